@@ -1,0 +1,247 @@
+//! Safe extraction of a layer into a directory, ready to be an overlayfs lower layer.
+//!
+//! Safety: every TOC name is already normalised without `..` (see [`super::index`]); here
+//! each ancestor of a path is checked with `lstat` to be a real directory inside the root, so a
+//! symlink — from the layer or already in the directory — is never followed, and a final
+//! symlink is replaced, never written through. Whiteouts become what overlayfs expects:
+//! `.wh.X` → character device 0/0 named X, `.wh..wh..opq` → `trusted.overlay.opaque=y`.
+
+use super::reader::{BlobSource, LayerReader};
+use super::{FormatError, NodeKind, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use crate::sys;
+use std::collections::HashSet;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Prefix of a whiteout name.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of the opaque-directory marker.
+pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+
+/// How to extract.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// Turn whiteout files into overlayfs whiteouts (default) or keep them as files.
+    pub overlay_whiteouts: bool,
+    /// Xattr names used to mark opaque directories.
+    pub opaque_xattrs: Vec<String>,
+    /// Apply uid/gid (needs root; otherwise ownership is left to the caller).
+    pub chown: bool,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions {
+            overlay_whiteouts: true,
+            opaque_xattrs: vec!["trusted.overlay.opaque".into()],
+            chown: sys::is_root(),
+        }
+    }
+}
+
+/// What an extraction did.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractReport {
+    /// Names created.
+    pub entries: usize,
+    /// Regular-file bytes written (verified).
+    pub bytes: u64,
+    /// Whiteouts turned into overlay form.
+    pub whiteouts: usize,
+    /// Things the OS refused to non-root users (devices, trusted xattrs, ownership).
+    pub skipped: Vec<String>,
+}
+
+fn io_at(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> FormatError {
+    let ctx = format!("{what} {}", path.display());
+    move |e| FormatError::io(ctx, e)
+}
+
+/// Makes sure every ancestor of `rel` under `root` is a real directory (creating missing
+/// ones), and returns the full path of `rel`.
+fn safe_parent(root: &Path, rel: &str) -> Result<PathBuf, FormatError> {
+    let mut cur = root.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for comp in &comps[..comps.len().saturating_sub(1)] {
+        cur.push(comp);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(FormatError::UnsafePath {
+                    path: rel.to_string(),
+                    reason: format!(
+                        "ancestor {} is not a directory (a symlink is never followed)",
+                        cur.strip_prefix(root).unwrap_or(&cur).display()
+                    ),
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir(&cur).map_err(io_at(&cur, "creating directory"))?;
+            }
+            Err(e) => return Err(io_at(&cur, "inspecting")(e)),
+        }
+    }
+    Ok(root.join(rel))
+}
+
+/// Makes sure `rel` and its ancestors are real directories under `root`.
+fn safe_dir(root: &Path, rel: &str) -> Result<PathBuf, FormatError> {
+    if rel.is_empty() {
+        return Ok(root.to_path_buf());
+    }
+    safe_parent(root, &format!("{rel}/_"))?;
+    Ok(root.join(rel))
+}
+
+/// Removes whatever non-directory sits at `path` (a symlink itself, never its target).
+fn clear(path: &Path, keep_dir: bool) -> Result<(), FormatError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => {
+            if keep_dir {
+                Ok(())
+            } else {
+                fs::remove_dir_all(path).map_err(io_at(path, "replacing"))
+            }
+        }
+        Ok(_) => fs::remove_file(path).map_err(io_at(path, "replacing")),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(path, "inspecting")(e)),
+    }
+}
+
+/// Extracts the whole layer under `root` (created if missing).
+pub fn extract_layer<S: BlobSource>(
+    reader: &LayerReader<S>,
+    root: &Path,
+    opts: &ExtractOptions,
+) -> Result<ExtractReport, FormatError> {
+    fs::create_dir_all(root).map_err(io_at(root, "creating"))?;
+    let index = reader.index();
+    let mut report = ExtractReport::default();
+    let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
+    let names: HashSet<&str> = index.entries.iter().map(|e| e.path.as_str()).collect();
+    let skip = |report: &mut ExtractReport, what: String| {
+        if report.skipped.len() < 1000 {
+            report.skipped.push(what);
+        }
+    };
+
+    for entry in &index.entries {
+        let rel = entry.path.as_str();
+        if rel == PREFETCH_LANDMARK || rel == NO_PREFETCH_LANDMARK {
+            continue;
+        }
+        let node = index.node(entry.node);
+        if rel.is_empty() {
+            dirs.push((root.to_path_buf(), entry.node));
+            continue;
+        }
+        let base = rel.rsplit('/').next().unwrap_or(rel);
+        if opts.overlay_whiteouts && base.starts_with(WHITEOUT_PREFIX) {
+            let parent_rel = rel.rsplit_once('/').map_or("", |(p, _)| p);
+            if base == OPAQUE_WHITEOUT {
+                let dir = safe_dir(root, parent_rel)?;
+                for x in &opts.opaque_xattrs {
+                    if let Err(e) = sys::lsetxattr(&dir, x, b"y") {
+                        skip(&mut report, format!("{x} on {parent_rel}/: {e}"));
+                    }
+                }
+            } else {
+                let target = &base[WHITEOUT_PREFIX.len()..];
+                let target_rel = if parent_rel.is_empty() {
+                    target.to_string()
+                } else {
+                    format!("{parent_rel}/{target}")
+                };
+                if names.contains(target_rel.as_str()) {
+                    continue; // the layer itself recreates it; the whiteout only hides lowers
+                }
+                let path = safe_parent(root, &target_rel)?;
+                clear(&path, false)?;
+                if let Err(e) = sys::mknod(&path, libc::S_IFCHR, 0, 0) {
+                    skip(&mut report, format!("whiteout {target_rel}: {e}"));
+                }
+            }
+            report.whiteouts += 1;
+            continue;
+        }
+
+        let path = safe_parent(root, rel)?;
+        if entry.hardlink {
+            clear(&path, false)?;
+            let target = root.join(&node.path);
+            fs::hard_link(&target, &path).map_err(io_at(&path, "hardlinking"))?;
+            report.entries += 1;
+            continue;
+        }
+        clear(&path, node.kind == NodeKind::Dir)?;
+        match node.kind {
+            NodeKind::Dir => {
+                if !path.is_dir() {
+                    fs::create_dir(&path).map_err(io_at(&path, "creating directory"))?;
+                }
+                dirs.push((path.clone(), entry.node));
+            }
+            NodeKind::Reg => {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io_at(&path, "creating"))?;
+                report.bytes += reader.copy_file(entry.node, &mut f)?;
+            }
+            NodeKind::Symlink => {
+                std::os::unix::fs::symlink(&node.link_target, &path)
+                    .map_err(io_at(&path, "creating symlink"))?;
+            }
+            NodeKind::Char | NodeKind::Block | NodeKind::Fifo => {
+                let mode = node.kind.file_type_bits() | node.mode;
+                if let Err(e) = sys::mknod(&path, mode, node.dev_major, node.dev_minor) {
+                    skip(&mut report, format!("{} {rel}: {e}", node.kind.as_str()));
+                    continue;
+                }
+            }
+        }
+        if node.kind != NodeKind::Dir {
+            apply_metadata(&path, node, opts, &mut report, rel)?;
+        }
+        report.entries += 1;
+    }
+    // Directories last, deepest first, so creating children does not disturb their times.
+    for (path, id) in dirs.iter().rev() {
+        let node = index.node(*id);
+        apply_metadata(path, node, opts, &mut report, &node.path)?;
+        report.entries += usize::from(!node.path.is_empty());
+    }
+    Ok(report)
+}
+
+fn apply_metadata(
+    path: &Path,
+    node: &super::Node,
+    opts: &ExtractOptions,
+    report: &mut ExtractReport,
+    rel: &str,
+) -> Result<(), FormatError> {
+    if opts.chown {
+        sys::lchown(path, node.uid, node.gid).map_err(io_at(path, "chown"))?;
+    }
+    for (k, v) in &node.xattrs {
+        if let Err(e) = sys::lsetxattr(path, k, v) {
+            if report.skipped.len() < 1000 {
+                report.skipped.push(format!("xattr {k} on {rel}: {e}"));
+            }
+        }
+    }
+    if node.kind != NodeKind::Symlink {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(node.mode))
+            .map_err(io_at(path, "chmod"))?;
+    }
+    sys::set_times_nofollow(path, node.mtime, node.mtime_nsec).map_err(io_at(path, "utimes"))?;
+    Ok(())
+}

@@ -1,0 +1,740 @@
+//! The validated, random-access view of a TOC: an inode table with directory trees, hardlinks
+//! sharing inodes, and per-file chunk lists sorted by offset with the blob range of each.
+//!
+//! Everything a hostile TOC could do wrong is refused here, once, so readers, extraction and
+//! FUSE can rely on the invariants: normalised names without `..`, no duplicate non-directory
+//! names, hardlinks to earlier non-directories, contiguous chunks covering exactly the file
+//! size, chunk frames inside the payload, every chunk with a digest.
+
+use super::time::parse_rfc3339;
+use super::toc::{Toc, TocEntry};
+use super::{Compression, FormatError, Limits, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use crate::Digest;
+use base64::Engine as _;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Index of a node in [`Index::nodes`]; the root is 0.
+pub type NodeId = u32;
+
+/// What kind of file a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Directory.
+    Dir,
+    /// Regular file.
+    Reg,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    Char,
+    /// Block device.
+    Block,
+    /// Named pipe.
+    Fifo,
+}
+
+impl NodeKind {
+    /// The TOC spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Dir => "dir",
+            NodeKind::Reg => "reg",
+            NodeKind::Symlink => "symlink",
+            NodeKind::Char => "char",
+            NodeKind::Block => "block",
+            NodeKind::Fifo => "fifo",
+        }
+    }
+
+    /// The `S_IFMT` bits of this kind.
+    pub fn file_type_bits(self) -> u32 {
+        match self {
+            NodeKind::Dir => libc::S_IFDIR,
+            NodeKind::Reg => libc::S_IFREG,
+            NodeKind::Symlink => libc::S_IFLNK,
+            NodeKind::Char => libc::S_IFCHR,
+            NodeKind::Block => libc::S_IFBLK,
+            NodeKind::Fifo => libc::S_IFIFO,
+        }
+    }
+}
+
+/// One verified-on-read piece of a regular file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset of the chunk within the file.
+    pub file_offset: u64,
+    /// Decompressed size of the chunk.
+    pub size: u64,
+    /// Blob offset of the frame holding it.
+    pub blob_offset: u64,
+    /// Blob offset where that frame's byte range ends (exclusive).
+    pub blob_end: u64,
+    /// Decompressed bytes to skip inside the frame before the chunk starts.
+    pub inner_offset: u64,
+    /// SHA-256 of the chunk's decompressed bytes; `None` only for zero-filled chunks.
+    pub digest: Option<Digest>,
+    /// A zstd:chunked chunk of zeros with no frame behind it.
+    pub zeros: bool,
+}
+
+/// One inode.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Kind of file.
+    pub kind: NodeKind,
+    /// Permission and setuid/setgid/sticky bits (no file-type bits).
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Size of a regular file; 0 otherwise.
+    pub size: u64,
+    /// Modification time, Unix seconds.
+    pub mtime: i64,
+    /// Nanoseconds of the modification time.
+    pub mtime_nsec: u32,
+    /// Symlink target.
+    pub link_target: String,
+    /// Device major.
+    pub dev_major: u32,
+    /// Device minor.
+    pub dev_minor: u32,
+    /// Extended attributes.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Digest of the whole file, when the TOC gives one.
+    pub digest: Option<Digest>,
+    /// Chunks of a regular file, sorted by file offset, covering `[0, size)` exactly.
+    pub chunks: Vec<Chunk>,
+    /// Directory entries by name.
+    pub children: BTreeMap<String, NodeId>,
+    /// Parent directory (the root is its own parent).
+    pub parent: NodeId,
+    /// Link count: names for files, 2 + subdirectories for directories.
+    pub nlink: u32,
+    /// First path this node was seen under ("" for the root).
+    pub path: String,
+    /// True for directories that only exist because a deeper entry named them.
+    pub implicit: bool,
+}
+
+impl Node {
+    fn new(kind: NodeKind, parent: NodeId, path: String) -> Self {
+        Node {
+            kind,
+            mode: if kind == NodeKind::Dir { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            link_target: String::new(),
+            dev_major: 0,
+            dev_minor: 0,
+            xattrs: BTreeMap::new(),
+            digest: None,
+            chunks: Vec::new(),
+            children: BTreeMap::new(),
+            parent,
+            nlink: 1,
+            path,
+            implicit: false,
+        }
+    }
+
+    /// The chunk holding file offset `off`, by binary search.
+    pub fn chunk_at(&self, off: u64) -> Option<usize> {
+        let i = self.chunks.partition_point(|c| c.file_offset <= off);
+        (i > 0 && off < self.chunks[i - 1].file_offset + self.chunks[i - 1].size).then(|| i - 1)
+    }
+}
+
+/// One name in TOC order, for listing and extraction.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Normalised path ("" is the root).
+    pub path: String,
+    /// The inode it names.
+    pub node: NodeId,
+    /// True when the TOC entry was a hardlink to `node`.
+    pub hardlink: bool,
+}
+
+/// The validated index of one layer.
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// Inodes; 0 is the root directory.
+    pub nodes: Vec<Node>,
+    /// Names in TOC order (chunks and implicit directories excluded).
+    pub entries: Vec<Entry>,
+    /// Frame codec of the payload.
+    pub compression: Compression,
+    /// Blob offset where the payload ends and TOC/footer begin.
+    pub payload_end: u64,
+    /// Regular files listed before the prefetch landmark, in TOC order.
+    pub prefetch: Vec<NodeId>,
+    /// Whether the layer carries a `.no.prefetch.landmark`.
+    pub no_prefetch_landmark: bool,
+    /// Number of chunk records.
+    pub chunk_count: usize,
+}
+
+/// Cleans a TOC or tar name: strips `./` and `/` prefixes and `.` components, refuses `..`,
+/// NUL and overlong names. The root is "".
+pub fn normalize_path(raw: &str, limits: &Limits) -> Result<String, FormatError> {
+    if raw.len() > limits.max_name {
+        return Err(FormatError::entry(raw, "name too long"));
+    }
+    if raw.contains('\0') {
+        return Err(FormatError::entry(raw, "name contains NUL"));
+    }
+    let mut out = String::with_capacity(raw.len());
+    for comp in raw.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => return Err(FormatError::entry(raw, "name contains '..'")),
+            c => {
+                if !out.is_empty() {
+                    out.push('/');
+                }
+                out.push_str(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn split_parent(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    }
+}
+
+fn non_negative(e: &TocEntry, what: &str, v: i64) -> Result<u64, FormatError> {
+    u64::try_from(v).map_err(|_| FormatError::entry(&e.name, format!("negative {what} {v}")))
+}
+
+fn small(e: &TocEntry, what: &str, v: i64) -> Result<u32, FormatError> {
+    u32::try_from(v).map_err(|_| FormatError::entry(&e.name, format!("{what} {v} out of range")))
+}
+
+struct Builder<'a> {
+    limits: &'a Limits,
+    nodes: Vec<Node>,
+    by_path: HashMap<String, NodeId>,
+    entries: Vec<Entry>,
+}
+
+impl Builder<'_> {
+    /// Returns the directory at `path`, creating missing ones implicitly.
+    fn dir(&mut self, path: &str, raw: &str) -> Result<NodeId, FormatError> {
+        if let Some(&id) = self.by_path.get(path) {
+            if self.nodes[id as usize].kind != NodeKind::Dir {
+                return Err(FormatError::entry(
+                    raw,
+                    format!("{path:?} is used as a directory but is not one"),
+                ));
+            }
+            return Ok(id);
+        }
+        let (parent_path, base) = split_parent(path);
+        let parent = self.dir(parent_path, raw)?;
+        let mut node = Node::new(NodeKind::Dir, parent, path.to_string());
+        node.implicit = true;
+        node.nlink = 2;
+        Ok(self.insert(parent, base, path, node))
+    }
+
+    fn insert(&mut self, parent: NodeId, base: &str, path: &str, node: Node) -> NodeId {
+        let id = self.nodes.len() as NodeId;
+        if node.kind == NodeKind::Dir {
+            self.nodes[parent as usize].nlink += 1;
+        }
+        self.nodes.push(node);
+        self.nodes[parent as usize]
+            .children
+            .insert(base.to_string(), id);
+        self.by_path.insert(path.to_string(), id);
+        id
+    }
+}
+
+fn apply_meta(node: &mut Node, e: &TocEntry, limits: &Limits) -> Result<(), FormatError> {
+    node.mode = (non_negative(e, "mode", e.mode)? & 0o7777) as u32;
+    node.uid = small(e, "uid", e.uid)?;
+    node.gid = small(e, "gid", e.gid)?;
+    if !e.mod_time.is_empty() {
+        let (s, ns) = parse_rfc3339(&e.mod_time)
+            .ok_or_else(|| FormatError::entry(&e.name, format!("bad modtime {:?}", e.mod_time)))?;
+        node.mtime = s;
+        node.mtime_nsec = ns;
+    }
+    if e.xattrs.len() > limits.max_xattrs {
+        return Err(FormatError::entry(&e.name, "too many xattrs"));
+    }
+    let mut total = 0usize;
+    for (k, v) in &e.xattrs {
+        if k.is_empty() || k.contains('\0') {
+            return Err(FormatError::entry(&e.name, "bad xattr name"));
+        }
+        let val = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|_| FormatError::entry(&e.name, format!("xattr {k:?} is not base64")))?;
+        total += k.len() + val.len();
+        if total > limits.max_xattr_bytes {
+            return Err(FormatError::entry(&e.name, "xattrs too large"));
+        }
+        node.xattrs.insert(k.clone(), val);
+    }
+    Ok(())
+}
+
+/// A chunk as read from the TOC, before its frame end is known.
+struct RawChunk {
+    node: NodeId,
+    file_offset: u64,
+    size: u64,
+    blob_offset: u64,
+    end_offset: u64,
+    inner_offset: u64,
+    digest: Option<Digest>,
+    zeros: bool,
+}
+
+fn raw_chunk(e: &TocEntry, node: NodeId, limits: &Limits) -> Result<RawChunk, FormatError> {
+    let zeros = match e.chunk_type.as_str() {
+        "" | "data" => false,
+        "zeros" => true,
+        other => return Err(FormatError::entry(&e.name, format!("unknown chunkType {other:?}"))),
+    };
+    let inner = non_negative(e, "innerOffset", e.inner_offset)?;
+    if inner > limits.max_inner_offset {
+        return Err(FormatError::entry(&e.name, "innerOffset too large"));
+    }
+    let digest = if e.chunk_digest.is_empty() {
+        None
+    } else {
+        Some(e.chunk_digest.parse()?)
+    };
+    Ok(RawChunk {
+        node,
+        file_offset: non_negative(e, "chunkOffset", e.chunk_offset)?,
+        size: non_negative(e, "chunkSize", e.chunk_size)?,
+        blob_offset: non_negative(e, "offset", e.offset)?,
+        end_offset: non_negative(e, "endOffset", e.end_offset)?,
+        inner_offset: inner,
+        digest,
+        zeros,
+    })
+}
+
+impl Index {
+    /// Parses TOC JSON bytes, bounded by `limits`, into a validated index.
+    pub fn from_json(
+        json: &[u8],
+        compression: Compression,
+        payload_end: u64,
+        limits: &Limits,
+    ) -> Result<Index, FormatError> {
+        if json.len() as u64 > limits.max_toc_json {
+            return Err(FormatError::Limit(format!(
+                "TOC JSON is {} bytes (max {})",
+                json.len(),
+                limits.max_toc_json
+            )));
+        }
+        let toc: Toc = serde_json::from_slice(json).map_err(|e| FormatError::Toc(e.to_string()))?;
+        Index::build(&toc, compression, payload_end, limits)
+    }
+
+    /// Validates a parsed TOC into an index.
+    pub fn build(
+        toc: &Toc,
+        compression: Compression,
+        payload_end: u64,
+        limits: &Limits,
+    ) -> Result<Index, FormatError> {
+        if toc.version != 1 {
+            return Err(FormatError::Toc(format!(
+                "unsupported TOC version {}",
+                toc.version
+            )));
+        }
+        if toc.entries.len() > limits.max_entries {
+            return Err(FormatError::Limit(format!(
+                "TOC has {} entries (max {})",
+                toc.entries.len(),
+                limits.max_entries
+            )));
+        }
+        let mut root = Node::new(NodeKind::Dir, 0, String::new());
+        root.implicit = true;
+        root.nlink = 2;
+        let mut b = Builder {
+            limits,
+            nodes: vec![root],
+            by_path: HashMap::from([(String::new(), 0)]),
+            entries: Vec::with_capacity(toc.entries.len()),
+        };
+        let mut raw_chunks: Vec<RawChunk> = Vec::new();
+        let mut last_reg: Option<NodeId> = None;
+        let mut prefetch_end: Option<usize> = None;
+        let mut no_prefetch = false;
+
+        for e in &toc.entries {
+            if e.kind == "chunk" {
+                let node = last_reg
+                    .ok_or_else(|| FormatError::entry(&e.name, "chunk entry without a file"))?;
+                raw_chunks.push(raw_chunk(e, node, b.limits)?);
+                continue;
+            }
+            last_reg = None;
+            let path = normalize_path(&e.name, b.limits)?;
+            let kind = match e.kind.as_str() {
+                "dir" => NodeKind::Dir,
+                "reg" => NodeKind::Reg,
+                "symlink" => NodeKind::Symlink,
+                "char" => NodeKind::Char,
+                "block" => NodeKind::Block,
+                "fifo" => NodeKind::Fifo,
+                "hardlink" => {
+                    let target = normalize_path(&e.link_name, b.limits)?;
+                    let &id = b.by_path.get(&target).ok_or_else(|| {
+                        FormatError::entry(
+                            &e.name,
+                            format!("hardlink target {:?} is not an earlier entry", e.link_name),
+                        )
+                    })?;
+                    if b.nodes[id as usize].kind == NodeKind::Dir {
+                        return Err(FormatError::entry(&e.name, "hardlink to a directory"));
+                    }
+                    if b.by_path.contains_key(&path) {
+                        return Err(FormatError::entry(&e.name, "duplicate name"));
+                    }
+                    let (pp, base) = split_parent(&path);
+                    if base.is_empty() {
+                        return Err(FormatError::entry(&e.name, "hardlink named as the root"));
+                    }
+                    let parent = b.dir(pp, &e.name)?;
+                    b.nodes[parent as usize]
+                        .children
+                        .insert(base.to_string(), id);
+                    b.by_path.insert(path.clone(), id);
+                    let n = &mut b.nodes[id as usize];
+                    n.nlink = n.nlink.saturating_add(1);
+                    b.entries.push(Entry {
+                        path,
+                        node: id,
+                        hardlink: true,
+                    });
+                    continue;
+                }
+                other => {
+                    return Err(FormatError::entry(&e.name, format!("unknown type {other:?}")))
+                }
+            };
+            let id = if kind == NodeKind::Dir {
+                let id = b.dir(&path, &e.name)?;
+                let n = &mut b.nodes[id as usize];
+                n.implicit = false;
+                apply_meta(n, e, b.limits)?;
+                id
+            } else {
+                if path.is_empty() {
+                    return Err(FormatError::entry(&e.name, "non-directory named as the root"));
+                }
+                if b.by_path.contains_key(&path) {
+                    return Err(FormatError::entry(&e.name, "duplicate name"));
+                }
+                let (pp, base) = split_parent(&path);
+                let parent = b.dir(pp, &e.name)?;
+                let mut node = Node::new(kind, parent, path.clone());
+                apply_meta(&mut node, e, b.limits)?;
+                match kind {
+                    NodeKind::Symlink => {
+                        if e.link_name.is_empty() || e.link_name.len() > b.limits.max_name {
+                            return Err(FormatError::entry(&e.name, "bad symlink target"));
+                        }
+                        if e.link_name.contains('\0') {
+                            return Err(FormatError::entry(&e.name, "symlink target has NUL"));
+                        }
+                        node.link_target = e.link_name.clone();
+                    }
+                    NodeKind::Char | NodeKind::Block => {
+                        node.dev_major = small(e, "devMajor", e.dev_major)?;
+                        node.dev_minor = small(e, "devMinor", e.dev_minor)?;
+                    }
+                    NodeKind::Reg => {
+                        node.size = non_negative(e, "size", e.size)?;
+                        if !e.digest.is_empty() {
+                            node.digest = Some(e.digest.parse()?);
+                        }
+                    }
+                    _ => {}
+                }
+                let id = b.insert(parent, base, &path, node);
+                if kind == NodeKind::Reg {
+                    last_reg = Some(id);
+                    if b.nodes[id as usize].size > 0 {
+                        raw_chunks.push(raw_chunk(e, id, b.limits)?);
+                    }
+                }
+                id
+            };
+            if path == PREFETCH_LANDMARK && prefetch_end.is_none() {
+                prefetch_end = Some(b.entries.len());
+            }
+            if path == NO_PREFETCH_LANDMARK {
+                no_prefetch = true;
+            }
+            b.entries.push(Entry {
+                path,
+                node: id,
+                hardlink: false,
+            });
+        }
+
+        let chunk_count = raw_chunks.len();
+        attach_chunks(&mut b.nodes, raw_chunks, payload_end, limits)?;
+        let prefetch = match prefetch_end {
+            Some(end) => b.entries[..end]
+                .iter()
+                .filter(|e| !e.hardlink && b.nodes[e.node as usize].kind == NodeKind::Reg)
+                .map(|e| e.node)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Index {
+            nodes: b.nodes,
+            entries: b.entries,
+            compression,
+            payload_end,
+            prefetch,
+            no_prefetch_landmark: no_prefetch,
+            chunk_count,
+        })
+    }
+
+    /// The node at a path (normalised the same way as TOC names).
+    pub fn lookup(&self, path: &str) -> Option<NodeId> {
+        let norm = normalize_path(path, &Limits::default()).ok()?;
+        let mut id: NodeId = 0;
+        if norm.is_empty() {
+            return Some(0);
+        }
+        for comp in norm.split('/') {
+            id = *self.nodes[id as usize].children.get(comp)?;
+        }
+        Some(id)
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    /// Total decompressed bytes of all regular files.
+    pub fn total_file_bytes(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Reg)
+            .map(|n| n.size)
+            .sum()
+    }
+}
+
+/// Sorts each file's chunks, fills in sizes and frame ends, and checks coverage and bounds.
+fn attach_chunks(
+    nodes: &mut [Node],
+    raw: Vec<RawChunk>,
+    payload_end: u64,
+    limits: &Limits,
+) -> Result<(), FormatError> {
+    let mut frame_starts: Vec<u64> = raw
+        .iter()
+        .filter(|c| !c.zeros)
+        .map(|c| c.blob_offset)
+        .collect();
+    frame_starts.push(payload_end);
+    frame_starts.sort_unstable();
+    frame_starts.dedup();
+    let mut seen: HashSet<(u64, u64)> = HashSet::with_capacity(raw.len());
+
+    let mut by_node: BTreeMap<NodeId, Vec<RawChunk>> = BTreeMap::new();
+    for c in raw {
+        by_node.entry(c.node).or_default().push(c);
+    }
+    for (id, mut chunks) in by_node {
+        let node = &mut nodes[id as usize];
+        let name = node.path.clone();
+        chunks.sort_by_key(|c| c.file_offset);
+        let size = node.size;
+        let single = chunks.len() == 1;
+        let mut expect = 0u64;
+        let mut out = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            if c.file_offset != expect {
+                return Err(FormatError::entry(
+                    &name,
+                    format!(
+                        "chunk at file offset {} where {expect} was expected (gap or overlap)",
+                        c.file_offset
+                    ),
+                ));
+            }
+            let len = if c.size == 0 {
+                size.saturating_sub(c.file_offset)
+            } else {
+                c.size
+            };
+            if len == 0 || len > limits.max_chunk {
+                return Err(FormatError::entry(
+                    &name,
+                    format!("chunk size {len} at offset {} out of range", c.file_offset),
+                ));
+            }
+            let digest = match (c.digest, c.zeros) {
+                (Some(d), _) => Some(d),
+                (None, true) => None,
+                (None, false) if single => node.digest,
+                (None, false) => None,
+            };
+            if digest.is_none() && !c.zeros {
+                return Err(FormatError::entry(
+                    &name,
+                    format!("chunk at offset {} has no digest to verify", c.file_offset),
+                ));
+            }
+            let (blob_offset, blob_end) = if c.zeros {
+                (0, 0)
+            } else {
+                if c.blob_offset >= payload_end {
+                    return Err(FormatError::entry(
+                        &name,
+                        format!(
+                            "chunk frame offset {} is past the payload end {payload_end}",
+                            c.blob_offset
+                        ),
+                    ));
+                }
+                if !seen.insert((c.blob_offset, c.inner_offset)) {
+                    return Err(FormatError::entry(
+                        &name,
+                        format!("chunk frame offset {} is used twice", c.blob_offset),
+                    ));
+                }
+                let next = frame_starts[frame_starts.partition_point(|&o| o <= c.blob_offset)];
+                let end = if c.end_offset > c.blob_offset && c.end_offset <= next {
+                    c.end_offset
+                } else {
+                    next
+                };
+                (c.blob_offset, end)
+            };
+            if let Some(prev) = out.last() {
+                let prev: &Chunk = prev;
+                if !c.zeros && !prev.zeros && blob_offset < prev.blob_offset {
+                    return Err(FormatError::entry(&name, "chunk frames out of order"));
+                }
+            }
+            out.push(Chunk {
+                file_offset: c.file_offset,
+                size: len,
+                blob_offset,
+                blob_end,
+                inner_offset: c.inner_offset,
+                digest,
+                zeros: c.zeros,
+            });
+            expect = c.file_offset.checked_add(len).ok_or_else(|| {
+                FormatError::entry(&name, "chunk offset overflows")
+            })?;
+        }
+        if expect != size {
+            return Err(FormatError::entry(
+                &name,
+                format!("chunks cover {expect} bytes of a {size}-byte file"),
+            ));
+        }
+        node.chunks = out;
+    }
+    for n in nodes.iter() {
+        if n.kind == NodeKind::Reg && n.size > 0 && n.chunks.is_empty() {
+            return Err(FormatError::entry(&n.path, "non-empty file without chunks"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(json: &str) -> Result<Index, FormatError> {
+        Index::from_json(json.as_bytes(), Compression::Gzip, 10_000, &Limits::default())
+    }
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn builds_tree_with_chunks_and_hardlinks() {
+        let j = format!(
+            r#"{{"version":1,"entries":[
+            {{"name":"./a/","type":"dir","mode":16877}},
+            {{"name":"a/f","type":"reg","size":10,"offset":100,"chunkSize":4,"chunkDigest":"{D}"}},
+            {{"name":"a/f","type":"chunk","offset":200,"chunkOffset":4,"chunkDigest":"{D}"}},
+            {{"name":"b/h","type":"hardlink","linkName":"a/f"}},
+            {{"name":"a/.wh.x","type":"reg"}}
+        ]}}"#
+        );
+        let i = idx(&j).unwrap();
+        let f = i.lookup("/a/f").unwrap();
+        assert_eq!(i.lookup("b/h"), Some(f));
+        let n = i.node(f);
+        assert_eq!(n.nlink, 2);
+        assert_eq!(n.chunks.len(), 2);
+        assert_eq!((n.chunks[0].size, n.chunks[0].blob_end), (4, 200));
+        assert_eq!((n.chunks[1].size, n.chunks[1].blob_end), (6, 10_000));
+        assert_eq!(n.chunk_at(3), Some(0));
+        assert_eq!(n.chunk_at(4), Some(1));
+        assert_eq!(n.chunk_at(10), None);
+        assert!(i.node(i.lookup("b").unwrap()).implicit);
+        assert_eq!(i.node(i.lookup("a").unwrap()).mode, 0o755);
+    }
+
+    #[test]
+    fn refuses_hostile_entries() {
+        for (json, want) in [
+            (r#"{"version":2,"entries":[]}"#, "version"),
+            (r#"{"version":1,"entries":[{"name":"../x","type":"dir"}]}"#, ".."),
+            (r#"{"version":1,"entries":[{"name":"a","type":"fifo"},{"name":"a","type":"fifo"}]}"#, "duplicate"),
+            (r#"{"version":1,"entries":[{"name":"a","type":"hardlink","linkName":"../etc/passwd"}]}"#, ".."),
+            (r#"{"version":1,"entries":[{"name":"a","type":"hardlink","linkName":"nope"}]}"#, "earlier"),
+            (r#"{"version":1,"entries":[{"name":"a","type":"fifo"},{"name":"a/b","type":"fifo"}]}"#, "not one"),
+            (r#"{"version":1,"entries":[{"name":"a","type":"weird"}]}"#, "unknown type"),
+            (r#"{"version":1,"entries":[{"name":"a","type":"reg","size":5,"offset":20000}]}"#, "digest"),
+            (r#"{"version":1,"entries":[{"name":"a","type":"chunk"}]}"#, "without a file"),
+            (r#"{"version":1,"entries":[{"name":"a","type":"reg","size":-1}]}"#, "negative"),
+            (r#"{"version":1,"entries":[{"name":"a","type":"reg","size":3}]}"#, "digest"),
+        ] {
+            let err = idx(json).unwrap_err().to_string();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+        let past = format!(
+            r#"{{"version":1,"entries":[{{"name":"a","type":"reg","size":5,"offset":20000,"chunkDigest":"{D}"}}]}}"#
+        );
+        assert!(idx(&past).unwrap_err().to_string().contains("past the payload"));
+        let gap = format!(
+            r#"{{"version":1,"entries":[{{"name":"a","type":"reg","size":9,"offset":5,"chunkSize":4,"chunkDigest":"{D}"}},{{"name":"a","type":"chunk","offset":9,"chunkOffset":5,"chunkDigest":"{D}"}}]}}"#
+        );
+        assert!(idx(&gap).unwrap_err().to_string().contains("gap or overlap"));
+    }
+
+    #[test]
+    fn deep_json_is_an_error_not_a_crash() {
+        let deep = "[".repeat(100_000);
+        assert!(idx(&deep).is_err());
+    }
+}

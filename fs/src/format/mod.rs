@@ -1,0 +1,50 @@
+//! The eStargz family of lazily readable layer formats.
+//!
+//! A layer blob is a valid `tar.gz` (or `tar.zst`) whose compression frames start at file
+//! boundaries, plus a table of contents (TOC) and a footer that points at it. Reading goes
+//! footer → TOC → [`Index`] → verified chunk; writing goes tar → frames + TOC + footer.
+//! FORMAT.md in the shared docs holds the byte-level facts this module implements.
+
+mod compression;
+mod error;
+pub mod extract;
+pub mod footer;
+pub mod index;
+mod limits;
+pub mod reader;
+pub mod tar;
+mod time;
+pub mod toc;
+pub mod verify;
+pub mod writer;
+
+pub use compression::Compression;
+pub use error::FormatError;
+pub use index::{Chunk, Index, Node, NodeId, NodeKind};
+pub use limits::Limits;
+pub use reader::{BlobSource, FileBlob, LayerReader, OpenOptions};
+pub use writer::{convert_layer, ConvertReport, WriterOptions};
+
+/// Name of the TOC tar entry in gzip eStargz.
+pub const TOC_NAME: &str = "stargz.index.json";
+/// Landmark written after the prioritized files.
+pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
+/// Landmark written first when there is nothing to prefetch.
+pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
+/// The one payload byte of a landmark file.
+pub const LANDMARK_CONTENT: u8 = 0xf;
+
+/// Manifest annotation carrying the digest of the uncompressed TOC JSON.
+pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// Manifest annotation carrying the uncompressed size of the layer tar.
+pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
+/// zstd:chunked manifest position annotations (both spellings seen in the wild).
+pub const ZSTD_CHUNKED_POSITION_ANNOTATIONS: [&str; 2] = [
+    "io.containers.zstd-chunked.manifest-position",
+    "io.github.containers.zstd-chunked.manifest-position",
+];
+/// zstd:chunked manifest checksum annotations (digest of the compressed TOC).
+pub const ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS: [&str; 2] = [
+    "io.containers.zstd-chunked.manifest-checksum",
+    "io.github.containers.zstd-chunked.manifest-checksum",
+];

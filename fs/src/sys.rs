@@ -1,0 +1,116 @@
+//! Thin safe wrappers over the few libc calls std lacks (mknod, lchown, xattrs, utimensat),
+//! so `unsafe` lives in one small file.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `mknod(path, mode, makedev(major, minor))`; `mode` includes the file-type bits.
+pub fn mknod(path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+    let c = cpath(path)?;
+    let dev = libc::makedev(major, minor);
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    check(unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, dev) })
+}
+
+/// `lchown(path, uid, gid)` (does not follow a final symlink).
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: valid C string; plain integer arguments.
+    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) })
+}
+
+/// `lsetxattr(path, name, value, 0)`.
+pub fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let c = cpath(path)?;
+    let n = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains NUL"))?;
+    // SAFETY: both strings are valid and NUL-terminated; the value pointer/length pair
+    // describes a live slice.
+    check(unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// Lists and reads all xattrs of a path without following a final symlink.
+pub fn lgetxattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let c = cpath(path)?;
+    // SAFETY: a null buffer with size 0 asks only for the needed size.
+    let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if size < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut names = vec![0u8; size as usize];
+    // SAFETY: the buffer is writable for `names.len()` bytes.
+    let size =
+        unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if size < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(size as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        // SAFETY: size query with a null buffer.
+        let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut val = vec![0u8; len as usize];
+        // SAFETY: the buffer is writable for `val.len()` bytes.
+        let len = unsafe {
+            libc::lgetxattr(c.as_ptr(), n.as_ptr(), val.as_mut_ptr().cast(), val.len())
+        };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        val.truncate(len as usize);
+        out.push((String::from_utf8_lossy(name).into_owned(), val));
+    }
+    Ok(out)
+}
+
+/// Sets atime and mtime to `secs.nsec` without following a final symlink.
+pub fn set_times_nofollow(path: &Path, secs: i64, nsec: u32) -> io::Result<()> {
+    let c = cpath(path)?;
+    let ts = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: i64::from(nsec.min(999_999_999)) as libc::c_long,
+    };
+    let times = [ts, ts];
+    // SAFETY: valid C string and a two-element timespec array as utimensat requires.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// Whether the process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,6 @@
+//! stargaze-worker: snapshotters, the containerd snapshots service and the BuildKit-style OCI
+//! worker. It builds on `stargaze-fs`; the pieces arrive with their issues (04 and 05).
+#![warn(missing_docs)]
+
+/// The crate version, for `stargaze version` and worker labels.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
