@@ -471,3 +471,152 @@ mod tests {
         assert!(parse_pax(b"99 path=x\n", &mut Pending::default()).is_err());
     }
 }
+
+/// What to write for one entry with [`TarBuilder`].
+#[derive(Debug, Clone)]
+pub struct HeaderSpec {
+    /// Path inside the archive.
+    pub path: String,
+    /// Entry type.
+    pub kind: TarKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u64,
+    /// Owner gid.
+    pub gid: u64,
+    /// Modification time (Unix seconds).
+    pub mtime: i64,
+    /// Link target.
+    pub link_name: String,
+    /// Device numbers.
+    pub dev: (u32, u32),
+    /// Extended attributes (written as `SCHILY.xattr.*` PAX records).
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl HeaderSpec {
+    /// A spec with defaults (root-owned, mode 0644 / 0755 for dirs, mtime 0).
+    pub fn new(path: &str, kind: TarKind) -> Self {
+        HeaderSpec {
+            path: path.to_string(),
+            kind,
+            mode: if kind == TarKind::Dir { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            link_name: String::new(),
+            dev: (0, 0),
+            xattrs: BTreeMap::new(),
+        }
+    }
+}
+
+fn pax_record(out: &mut Vec<u8>, key: &str, val: &[u8]) {
+    let body = key.len() + val.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    out.extend_from_slice(format!("{len} {key}=").as_bytes());
+    out.extend_from_slice(val);
+    out.push(b'\n');
+}
+
+fn ustar_block(name: &[u8], flag: u8, spec: &HeaderSpec, size: u64, link: &[u8]) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    h[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+    let mut put = |range: std::ops::Range<usize>, v: u64| {
+        let width = range.len() - 1;
+        let s = format!("{v:0width$o}");
+        let b = s.as_bytes();
+        let b = &b[b.len().saturating_sub(width)..];
+        h[range.start..range.start + b.len()].copy_from_slice(b);
+    };
+    put(100..108, u64::from(spec.mode & 0o7777));
+    put(108..116, spec.uid.min(0o7777777));
+    put(116..124, spec.gid.min(0o7777777));
+    put(124..136, size);
+    put(136..148, spec.mtime.max(0) as u64);
+    put(329..337, u64::from(spec.dev.0));
+    put(337..345, u64::from(spec.dev.1));
+    h[156] = flag;
+    h[157..157 + link.len().min(100)].copy_from_slice(&link[..link.len().min(100)]);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// Header bytes for one entry: a PAX record block when a name is long, an id is large or
+/// xattrs are present, then the ustar header.
+pub fn header_bytes(spec: &HeaderSpec, size: u64) -> Vec<u8> {
+    let flag = match spec.kind {
+        TarKind::Reg => b'0',
+        TarKind::Hardlink => b'1',
+        TarKind::Symlink => b'2',
+        TarKind::Char => b'3',
+        TarKind::Block => b'4',
+        TarKind::Dir => b'5',
+        TarKind::Fifo => b'6',
+    };
+    let mut pax = Vec::new();
+    let path = spec.path.as_bytes();
+    if path.len() > 100 || !spec.path.is_ascii() {
+        pax_record(&mut pax, "path", path);
+    }
+    if spec.link_name.len() > 100 || !spec.link_name.is_ascii() {
+        pax_record(&mut pax, "linkpath", spec.link_name.as_bytes());
+    }
+    if spec.uid > 0o7777777 {
+        pax_record(&mut pax, "uid", spec.uid.to_string().as_bytes());
+    }
+    if spec.gid > 0o7777777 {
+        pax_record(&mut pax, "gid", spec.gid.to_string().as_bytes());
+    }
+    for (k, v) in &spec.xattrs {
+        pax_record(&mut pax, &format!("SCHILY.xattr.{k}"), v);
+    }
+    let mut out = Vec::new();
+    if !pax.is_empty() {
+        let name = format!("PaxHeaders/{}", spec.path.chars().take(60).collect::<String>());
+        let pspec = HeaderSpec::new(&name, TarKind::Reg);
+        out.extend_from_slice(&ustar_block(name.as_bytes(), b'x', &pspec, pax.len() as u64, b""));
+        let plen = pax.len() as u64;
+        out.extend_from_slice(&pax);
+        out.resize(out.len() + padding(plen), 0);
+    }
+    out.extend_from_slice(&ustar_block(path, flag, spec, size, spec.link_name.as_bytes()));
+    out
+}
+
+/// Writes a tar stream entry by entry.
+pub struct TarBuilder<W: std::io::Write> {
+    w: W,
+}
+
+impl<W: std::io::Write> TarBuilder<W> {
+    /// Starts a tar stream on `w`.
+    pub fn new(w: W) -> Self {
+        TarBuilder { w }
+    }
+
+    /// Appends one entry; `data` is the payload of a regular file (empty otherwise).
+    pub fn append(&mut self, spec: &HeaderSpec, data: &[u8]) -> std::io::Result<()> {
+        let size = if spec.kind == TarKind::Reg { data.len() as u64 } else { 0 };
+        self.w.write_all(&header_bytes(spec, size))?;
+        if size > 0 {
+            self.w.write_all(data)?;
+            self.w.write_all(&[0u8; BLOCK][..padding(size)])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the end-of-archive marker and returns the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.w.write_all(&[0u8; 2 * BLOCK])?;
+        Ok(self.w)
+    }
+}
