@@ -1,1 +1,63 @@
-fn main(){}
+//! `stargaze`: the one binary. Parses flags, sets up logging and hands each subcommand to its
+//! module in `cmd/`; the work itself lives in the `stargaze-fs` and `stargaze-worker` crates.
+
+mod cmd;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Start containers before their image has arrived: lazily pulled eStargz layers.
+#[derive(Parser)]
+#[command(name = "stargaze", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `stargaze_fs=debug`.
+    #[arg(long, global = true, env = "STARGAZE_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a layer's TOC (stargz.index.json) as JSON.
+    Toc(cmd::inspect::TocArgs),
+    /// List a layer's entries: type, mode, uid:gid, size, name.
+    Ls(cmd::inspect::LsArgs),
+    /// Write one file's verified content to stdout.
+    Cat(cmd::inspect::CatArgs),
+    /// Unpack a layer into a directory (safely; whiteouts in overlayfs form).
+    Extract(cmd::extract::ExtractArgs),
+    /// Check footer, TOC and every chunk digest of a layer.
+    Verify(cmd::verify::VerifyArgs),
+    /// Convert an OCI image layout's layers to eStargz.
+    Convert(cmd::convert::ConvertArgs),
+    /// Run the main job on an embedded sample image, offline.
+    Demo(cmd::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Toc(a) => cmd::inspect::toc(a),
+        Command::Ls(a) => cmd::inspect::ls(a),
+        Command::Cat(a) => cmd::inspect::cat(a),
+        Command::Extract(a) => cmd::extract::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stargaze: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
