@@ -1,0 +1,184 @@
+//! Shared support for the integration tests and benchmarks: where the reference fixtures are,
+//! the one prerequisite check (`require`), the stargaze binary, and tree snapshots for
+//! comparing extracted or unpacked root filesystems.
+
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// `../shared/fixtures` beside the checkout.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// True under CI, where a missing prerequisite is a failure rather than a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Checks a prerequisite. Under CI a missing one panics; elsewhere the test prints why it is
+/// skipped and the caller returns early.
+pub fn require(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("prerequisite missing under CI: {what}");
+    }
+    eprintln!("SKIPPED: prerequisite missing: {what}");
+    false
+}
+
+/// Whether a program is on PATH.
+pub fn have(prog: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join(prog).is_file())
+    })
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `stargaze` binary next to the test executable (built by `cargo build -p stargaze`).
+pub fn stargaze_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("stargaze")
+}
+
+/// Runs a command, panicking with its output when it fails; returns stdout.
+pub fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a tree snapshot records of one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    /// Type letter: d, f, l, c, b, p, s.
+    pub kind: char,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size of a regular file.
+    pub size: u64,
+    /// Symlink target.
+    pub link: String,
+    /// Device number for devices.
+    pub rdev: u64,
+    /// sha256 of a regular file's content.
+    pub content: String,
+    /// Extended attributes.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Modification time of non-directories (dirs' times change as children are created).
+    pub mtime: i64,
+}
+
+/// Snapshots a directory tree: every path under `root` (relative), never following symlinks.
+/// `ignore` lists top-level names to leave out.
+pub fn tree(root: &Path, ignore: &[&str]) -> BTreeMap<String, PathInfo> {
+    let mut out = BTreeMap::new();
+    walk(root, root, ignore, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, ignore: &[&str], out: &mut BTreeMap<String, PathInfo>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let rel = p.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+        if ignore.contains(&rel.as_str()) {
+            continue;
+        }
+        let m = std::fs::symlink_metadata(&p).expect("lstat");
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_symlink() {
+            'l'
+        } else if ft.is_file() {
+            'f'
+        } else if ft.is_char_device() {
+            'c'
+        } else if ft.is_block_device() {
+            'b'
+        } else if ft.is_fifo() {
+            'p'
+        } else {
+            's'
+        };
+        let content = if kind == 'f' {
+            hex::encode(Sha256::digest(std::fs::read(&p).expect("read file")))
+        } else {
+            String::new()
+        };
+        let link = if kind == 'l' {
+            std::fs::read_link(&p).expect("readlink").to_string_lossy().into_owned()
+        } else {
+            String::new()
+        };
+        let xattrs = stargaze_fs::sys::lgetxattrs(&p)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        out.insert(
+            rel.clone(),
+            PathInfo {
+                kind,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                size: if kind == 'f' { m.size() } else { 0 },
+                link,
+                rdev: if matches!(kind, 'c' | 'b') { m.rdev() } else { 0 },
+                content,
+                xattrs,
+                mtime: if kind == 'd' { 0 } else { m.mtime() },
+            },
+        );
+        if kind == 'd' {
+            walk(root, &p, ignore, out);
+        }
+    }
+}
+
+/// Asserts two tree snapshots are equal, listing the first differences.
+pub fn assert_same_tree(a: &BTreeMap<String, PathInfo>, b: &BTreeMap<String, PathInfo>) {
+    let mut diffs = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => diffs.push(format!("only in first: {k}")),
+            Some(w) if w != v => diffs.push(format!("differs: {k}\n  {v:?}\n  {w:?}")),
+            _ => {}
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            diffs.push(format!("only in second: {k}"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+}

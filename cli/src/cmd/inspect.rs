@@ -44,9 +44,7 @@ pub fn toc(a: TocArgs) -> anyhow::Result<()> {
     let r = open_blob(&a.blob, a.toc_digest.as_deref())?;
     let mut out = std::io::stdout().lock();
     out.write_all(r.toc_json())?;
-    if !r.toc_json().ends_with(b"\n") {
-        out.write_all(b"\n")?;
-    }
+    out.flush()?;
     Ok(())
 }
 
