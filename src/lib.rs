@@ -182,3 +182,79 @@ pub fn assert_same_tree(a: &BTreeMap<String, PathInfo>, b: &BTreeMap<String, Pat
         diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
 }
+
+/// A private containerd (own root, state and sockets under a temp dir), stopped by PID on drop.
+pub struct Containerd {
+    child: std::process::Child,
+    /// The gRPC socket.
+    pub socket: PathBuf,
+    /// Holds root, state and the log.
+    pub dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until `ctr version` answers.
+    pub fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("stargaze-ctd-")
+            .tempdir()
+            .expect("temp dir");
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let cfg = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{dbg}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = socket.display(),
+            dbg = d.join("debug.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), cfg).expect("write config");
+        let log = std::fs::File::create(d.join("log")).expect("log file");
+        let child = std::process::Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning containerd");
+        let c = Containerd { child, socket, dir };
+        for _ in 0..200 {
+            let ok = std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(&c.socket)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(c.dir.path().join("log")).unwrap_or_default();
+        panic!("containerd did not start:\n{log}");
+    }
+
+    /// A command for `prog` (ctr or ctr-remote) aimed at this containerd.
+    pub fn cmd(&self, prog: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(prog);
+        c.arg("--address").arg(&self.socket);
+        c
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
