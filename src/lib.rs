@@ -32,9 +32,8 @@ pub fn require(ok: bool, what: &str) -> bool {
 
 /// Whether a program is on PATH.
 pub fn have(prog: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join(prog).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
 }
 
 /// Whether we run as root.
@@ -52,7 +51,9 @@ pub fn stargaze_bin() -> PathBuf {
 
 /// Runs a command, panicking with its output when it fails; returns stdout.
 pub fn run(cmd: &mut std::process::Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\n{}\n{}",
@@ -104,7 +105,11 @@ fn walk(root: &Path, dir: &Path, ignore: &[&str], out: &mut BTreeMap<String, Pat
         .collect();
     entries.sort();
     for p in entries {
-        let rel = p.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+        let rel = p
+            .strip_prefix(root)
+            .expect("under root")
+            .to_string_lossy()
+            .into_owned();
         if ignore.contains(&rel.as_str()) {
             continue;
         }
@@ -131,7 +136,10 @@ fn walk(root: &Path, dir: &Path, ignore: &[&str], out: &mut BTreeMap<String, Pat
             String::new()
         };
         let link = if kind == 'l' {
-            std::fs::read_link(&p).expect("readlink").to_string_lossy().into_owned()
+            std::fs::read_link(&p)
+                .expect("readlink")
+                .to_string_lossy()
+                .into_owned()
         } else {
             String::new()
         };
@@ -148,7 +156,11 @@ fn walk(root: &Path, dir: &Path, ignore: &[&str], out: &mut BTreeMap<String, Pat
                 gid: m.gid(),
                 size: if kind == 'f' { m.size() } else { 0 },
                 link,
-                rdev: if matches!(kind, 'c' | 'b') { m.rdev() } else { 0 },
+                rdev: if matches!(kind, 'c' | 'b') {
+                    m.rdev()
+                } else {
+                    0
+                },
                 content,
                 xattrs,
                 mtime: if kind == 'd' { 0 } else { m.mtime() },
@@ -179,7 +191,12 @@ pub fn assert_same_tree(a: &BTreeMap<String, PathInfo>, b: &BTreeMap<String, Pat
         diffs.is_empty(),
         "{} differences:\n{}",
         diffs.len(),
-        diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        diffs
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 

@@ -29,7 +29,9 @@ fn layer_annotations(manifest: &str) -> BTreeMap<String, String> {
 
 fn open(blob: &str, manifest: &str) -> LayerReader<FileBlob> {
     let ann = layer_annotations(manifest);
-    let toc: Digest = ann["containerd.io/snapshot/stargz/toc.digest"].parse().unwrap();
+    let toc: Digest = ann["containerd.io/snapshot/stargz/toc.digest"]
+        .parse()
+        .unwrap();
     LayerReader::open(
         FileBlob::open(&fixture(blob)).unwrap(),
         &OpenOptions {
@@ -58,9 +60,20 @@ fn fixture_files_have_the_documented_digests() {
 
 #[test]
 fn estargz_fixture_reads_byte_for_byte() {
-    let r = open("estargz-fixture-layer.tar.gz", "estargz-fixture-manifest.json");
-    assert_eq!(r.footer(), Footer::Gzip { toc_offset: 1_143_104 });
-    assert_eq!(r.toc_json(), std::fs::read(fixture("estargz-fixture-toc.json")).unwrap());
+    let r = open(
+        "estargz-fixture-layer.tar.gz",
+        "estargz-fixture-manifest.json",
+    );
+    assert_eq!(
+        r.footer(),
+        Footer::Gzip {
+            toc_offset: 1_143_104
+        }
+    );
+    assert_eq!(
+        r.toc_json(),
+        std::fs::read(fixture("estargz-fixture-toc.json")).unwrap()
+    );
     assert_eq!(r.index().compression, Compression::Gzip);
     assert!(r.index().no_prefetch_landmark);
     let v = verify_layer(&r, |_| {}).unwrap();
@@ -85,7 +98,10 @@ fn estargz_fixture_reads_byte_for_byte() {
     let h = idx.lookup("etc/hello.txt").unwrap();
     assert_eq!(idx.lookup("etc/hello-hardlink.txt"), Some(h));
     assert_eq!(idx.node(h).nlink, 2);
-    assert_eq!(idx.node(idx.lookup("data/fifo").unwrap()).kind, NodeKind::Fifo);
+    assert_eq!(
+        idx.node(idx.lookup("data/fifo").unwrap()).kind,
+        NodeKind::Fifo
+    );
     assert_eq!(idx.node(idx.lookup("data/empty").unwrap()).size, 0);
 }
 
@@ -110,7 +126,11 @@ fn optimized_fixture_has_prefetch_files() {
         "estargz-optimized-fixture-manifest.json",
     );
     let idx = r.index();
-    let names: Vec<&str> = idx.prefetch.iter().map(|&n| idx.node(n).path.as_str()).collect();
+    let names: Vec<&str> = idx
+        .prefetch
+        .iter()
+        .map(|&n| idx.node(n).path.as_str())
+        .collect();
     assert!(names.contains(&"bin/busybox"), "{names:?}");
     assert!(names.contains(&"etc/hello.txt") || names.contains(&"etc/hello-hardlink.txt"));
     assert!(!idx.no_prefetch_landmark);
@@ -119,7 +139,10 @@ fn optimized_fixture_has_prefetch_files() {
 
 #[test]
 fn zstdchunked_fixture_reads_with_and_without_annotations() {
-    let r = open("zstdchunked-fixture-layer.tar.zst", "zstdchunked-fixture-manifest.json");
+    let r = open(
+        "zstdchunked-fixture-layer.tar.zst",
+        "zstdchunked-fixture-manifest.json",
+    );
     assert_eq!(r.index().compression, Compression::Zstd);
     verify_layer(&r, |_| {}).unwrap();
     // Footer alone (no annotations) finds the same TOC.
@@ -144,16 +167,30 @@ fn all_formats_extract_to_the_plain_layer_tree() {
     let plain = tmp.path().join("plain");
     std::fs::create_dir(&plain).unwrap();
     let mut tar = std::process::Command::new("tar");
-    tar.arg("-xzf").arg(fixture("plain-fixture-layer.tar.gz")).arg("-C").arg(&plain);
+    tar.arg("-xzf")
+        .arg(fixture("plain-fixture-layer.tar.gz"))
+        .arg("-C")
+        .arg(&plain);
     if is_root() {
-        tar.arg("--same-owner").arg("--xattrs").arg("--xattrs-include=*");
+        tar.arg("--same-owner")
+            .arg("--xattrs")
+            .arg("--xattrs-include=*");
     }
     run(&mut tar);
     let want = tree(&plain, &[]);
     for (blob, manifest) in [
-        ("estargz-fixture-layer.tar.gz", "estargz-fixture-manifest.json"),
-        ("estargz-optimized-fixture-layer.tar.gz", "estargz-optimized-fixture-manifest.json"),
-        ("zstdchunked-fixture-layer.tar.zst", "zstdchunked-fixture-manifest.json"),
+        (
+            "estargz-fixture-layer.tar.gz",
+            "estargz-fixture-manifest.json",
+        ),
+        (
+            "estargz-optimized-fixture-layer.tar.gz",
+            "estargz-optimized-fixture-manifest.json",
+        ),
+        (
+            "zstdchunked-fixture-layer.tar.zst",
+            "zstdchunked-fixture-manifest.json",
+        ),
     ] {
         let r = open(blob, manifest);
         let dir = tmp.path().join(blob);
@@ -166,14 +203,24 @@ fn all_formats_extract_to_the_plain_layer_tree() {
 #[test]
 fn cli_inspects_the_fixture() {
     let bin = stargaze_suite::stargaze_bin();
-    if !require(bin.is_file(), "the stargaze binary (cargo build -p stargaze)") {
+    if !require(
+        bin.is_file(),
+        "the stargaze binary (cargo build -p stargaze)",
+    ) {
         return;
     }
     let blob = fixture("estargz-fixture-layer.tar.gz");
     let toc = run(std::process::Command::new(&bin).arg("toc").arg(&blob));
-    assert_eq!(toc.as_bytes(), &std::fs::read(fixture("estargz-fixture-toc.json")).unwrap()[..]);
+    assert_eq!(
+        toc.as_bytes(),
+        &std::fs::read(fixture("estargz-fixture-toc.json")).unwrap()[..]
+    );
     let ls = run(std::process::Command::new(&bin).arg("ls").arg(&blob));
-    assert!(ls.lines().any(|l| l.starts_with("symlink") && l.contains("bin/cat -> busybox")), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("symlink") && l.contains("bin/cat -> busybox")),
+        "{ls}"
+    );
     assert!(ls.lines().any(|l| l.starts_with("fifo")), "{ls}");
     let hello = std::process::Command::new(&bin)
         .args(["cat"])
@@ -191,7 +238,12 @@ fn cli_inspects_the_fixture() {
     ]));
     assert!(v.starts_with("ok:"), "{v}");
     let bad = std::process::Command::new(&bin)
-        .args(["verify", blob.to_str().unwrap(), "--toc-digest", "sha256:00"])
+        .args([
+            "verify",
+            blob.to_str().unwrap(),
+            "--toc-digest",
+            "sha256:00",
+        ])
         .output()
         .unwrap();
     assert!(!bad.status.success());

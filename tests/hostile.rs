@@ -51,7 +51,8 @@ fn open_err(blob: Vec<u8>) -> String {
 fn valid_layer() -> Vec<u8> {
     let mut t = TarBuilder::new(Vec::new());
     t.append(&HeaderSpec::new("a/", TarKind::Dir), b"").unwrap();
-    t.append(&HeaderSpec::new("a/file", TarKind::Reg), &[42u8; 10_000]).unwrap();
+    t.append(&HeaderSpec::new("a/file", TarKind::Reg), &[42u8; 10_000])
+        .unwrap();
     let tar = t.finish().unwrap();
     let mut out = Vec::new();
     let opts = WriterOptions {
@@ -69,7 +70,17 @@ fn d(data: &[u8]) -> String {
 #[test]
 fn truncated_blobs_fail_cleanly() {
     let blob = valid_layer();
-    for cut in [0, 1, 10, 50, 51, 52, blob.len() / 2, blob.len() - 52, blob.len() - 1] {
+    for cut in [
+        0,
+        1,
+        10,
+        50,
+        51,
+        52,
+        blob.len() / 2,
+        blob.len() - 52,
+        blob.len() - 1,
+    ] {
         let e = open_err(blob[..cut].to_vec());
         assert!(!e.is_empty());
     }
@@ -88,7 +99,10 @@ fn truncated_blobs_fail_cleanly() {
 #[test]
 fn garbage_and_wrong_footers() {
     assert!(open_err(vec![0u8; 200]).contains("no eStargz"));
-    assert!(open_err(b"just some bytes that are long enough to hold a footer, but no".to_vec()).contains("footer"));
+    assert!(
+        open_err(b"just some bytes that are long enough to hold a footer, but no".to_vec())
+            .contains("footer")
+    );
     let mut blob = valid_layer();
     let n = blob.len();
     blob[n - 20] = b'Z'; // inside the hex offset
@@ -103,11 +117,17 @@ fn garbage_and_wrong_footers() {
 fn toc_garbage_nesting_and_size() {
     let (b, _) = blob_with_toc(&[], "this is not json");
     assert!(open_err(b).contains("invalid TOC"));
-    let deep = format!("{{\"version\":1,\"entries\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep = format!(
+        "{{\"version\":1,\"entries\":{}{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     let (b, _) = blob_with_toc(&[], &deep);
     assert!(open_err(b).contains("invalid TOC"));
     // Oversized TOC and too many entries against tight limits.
-    let many: Vec<String> = (0..2000).map(|i| format!("{{\"name\":\"f{i}\",\"type\":\"fifo\"}}")).collect();
+    let many: Vec<String> = (0..2000)
+        .map(|i| format!("{{\"name\":\"f{i}\",\"type\":\"fifo\"}}"))
+        .collect();
     let toc = format!("{{\"version\":1,\"entries\":[{}]}}", many.join(","));
     let (b, _) = blob_with_toc(&[], &toc);
     let tight = OpenOptions {
@@ -117,7 +137,10 @@ fn toc_garbage_nesting_and_size() {
         },
         ..Default::default()
     };
-    let e = LayerReader::open(b.clone(), &tight).err().unwrap().to_string();
+    let e = LayerReader::open(b.clone(), &tight)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("entries"), "{e}");
     let tiny = OpenOptions {
         limits: Limits {
@@ -165,11 +188,16 @@ fn hostile_names_are_refused() {
         let e = open_err(b);
         assert!(e.contains(want), "{name:?}: {e}");
     }
-    let toc = r#"{"version":1,"entries":[{"name":"x","type":"fifo"},{"name":"./x","type":"fifo"}]}"#;
+    let toc =
+        r#"{"version":1,"entries":[{"name":"x","type":"fifo"},{"name":"./x","type":"fifo"}]}"#;
     assert!(open_err(blob_with_toc(&[], toc).0).contains("duplicate"));
-    let toc = r#"{"version":1,"entries":[{"name":"h","type":"hardlink","linkName":"../../etc/shadow"}]}"#;
+    let toc =
+        r#"{"version":1,"entries":[{"name":"h","type":"hardlink","linkName":"../../etc/shadow"}]}"#;
     assert!(open_err(blob_with_toc(&[], toc).0).contains(".."));
-    let toc = format!(r#"{{"version":1,"entries":[{{"name":"{}","type":"fifo"}}]}}"#, "n".repeat(5000));
+    let toc = format!(
+        r#"{{"version":1,"entries":[{{"name":"{}","type":"fifo"}}]}}"#,
+        "n".repeat(5000)
+    );
     assert!(open_err(blob_with_toc(&[], &toc).0).contains("too long"));
 }
 
@@ -190,7 +218,7 @@ fn absolute_names_and_symlink_escapes_stay_inside_the_root() {
     );
     // First pass to learn the payload offset (always 0 for the first member).
     let toc = toc.replace("OFF", "0").replace("\"offset\":0,", "");
-    let (b, _) = blob_with_toc(&[payload.clone()], &toc);
+    let (b, _) = blob_with_toc(std::slice::from_ref(&payload), &toc);
     // The symlink is a leaf in the TOC, so "esc/file" under it is refused at index time.
     let e = open_err(b);
     assert!(e.contains("not one") || e.contains("directory"), "{e}");
@@ -206,10 +234,17 @@ fn absolute_names_and_symlink_escapes_stay_inside_the_root() {
     let root = tmp.path().join("root");
     std::fs::create_dir(&root).unwrap();
     std::os::unix::fs::symlink(&outside, root.join("pre")).unwrap();
-    let e = extract_layer(&r, &root, &ExtractOptions::default()).err().unwrap().to_string();
+    let e = extract_layer(&r, &root, &ExtractOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("never followed"), "{e}");
     assert_eq!(std::fs::read(root.join("abs")).unwrap(), b"pwned");
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote outside the root");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote outside the root"
+    );
 }
 
 #[test]
@@ -217,13 +252,38 @@ fn chunk_offsets_out_of_range_or_overlapping() {
     let data = vec![1u8; 100];
     let dg = d(&data);
     for (toc, want) in [
-        (format!(r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"offset":999999,"chunkDigest":"{dg}"}}]}}"#), "past the payload"),
-        (format!(r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"chunkSize":60,"chunkDigest":"{dg}"}},{{"name":"f","type":"chunk","chunkOffset":50,"chunkDigest":"{dg}"}}]}}"#), "gap or overlap"),
-        (format!(r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"chunkDigest":"{dg}"}},{{"name":"g","type":"reg","size":100,"chunkDigest":"{dg}"}}]}}"#), "used twice"),
-        (format!(r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"chunkSize":40,"chunkDigest":"{dg}"}}]}}"#), "cover"),
-        (format!(r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"innerOffset":-4,"chunkDigest":"{dg}"}}]}}"#), "negative"),
+        (
+            format!(
+                r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"offset":999999,"chunkDigest":"{dg}"}}]}}"#
+            ),
+            "past the payload",
+        ),
+        (
+            format!(
+                r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"chunkSize":60,"chunkDigest":"{dg}"}},{{"name":"f","type":"chunk","chunkOffset":50,"chunkDigest":"{dg}"}}]}}"#
+            ),
+            "gap or overlap",
+        ),
+        (
+            format!(
+                r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"chunkDigest":"{dg}"}},{{"name":"g","type":"reg","size":100,"chunkDigest":"{dg}"}}]}}"#
+            ),
+            "used twice",
+        ),
+        (
+            format!(
+                r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"chunkSize":40,"chunkDigest":"{dg}"}}]}}"#
+            ),
+            "cover",
+        ),
+        (
+            format!(
+                r#"{{"version":1,"entries":[{{"name":"f","type":"reg","size":100,"innerOffset":-4,"chunkDigest":"{dg}"}}]}}"#
+            ),
+            "negative",
+        ),
     ] {
-        let (b, _) = blob_with_toc(&[data.clone()], &toc);
+        let (b, _) = blob_with_toc(std::slice::from_ref(&data), &toc);
         let e = open_err(b);
         assert!(e.contains(want), "{want}: {e}");
     }
@@ -244,7 +304,10 @@ fn chunk_digest_mismatch_never_returns_bytes() {
     assert!(verify_layer(&r, |_| {}).is_err());
     let mut sink = Vec::new();
     assert!(r.copy_file(id, &mut sink).is_err());
-    assert!(sink.is_empty(), "bytes of an unverified chunk reached the writer");
+    assert!(
+        sink.is_empty(),
+        "bytes of an unverified chunk reached the writer"
+    );
 }
 
 #[test]

@@ -6,12 +6,18 @@ use stargaze_fs::format::extract::{extract_layer, ExtractOptions};
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions};
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::image::{annotations_of, OciLayout};
-use stargaze_suite::{assert_same_tree, have, is_root, require, run, stargaze_bin, tree, Containerd};
+use stargaze_suite::{
+    assert_same_tree, have, is_root, require, run, stargaze_bin, tree, Containerd,
+};
 use std::path::Path;
 use std::process::Command;
 
 /// Names eStargz adds at the layer root; the reference's layers carry them too.
-const FORMAT_FILES: [&str; 3] = [".no.prefetch.landmark", ".prefetch.landmark", "stargz.index.json"];
+const FORMAT_FILES: [&str; 3] = [
+    ".no.prefetch.landmark",
+    ".prefetch.landmark",
+    "stargz.index.json",
+];
 
 fn small_sample(dir: &Path) {
     let opts = SampleOptions {
@@ -34,11 +40,21 @@ fn converted_image_passes_skopeo_and_umoci() {
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("oci");
     small_sample(&oci);
-    let out = run(Command::new(stargaze_bin()).args(["convert", &format!("oci:{}:sample", oci.display()), &format!("oci:{}:esgz", oci.display())]));
+    let out = run(Command::new(stargaze_bin()).args([
+        "convert",
+        &format!("oci:{}:sample", oci.display()),
+        &format!("oci:{}:esgz", oci.display()),
+    ]));
     assert!(out.contains("converted 2 layers"), "{out}");
-    run(Command::new(stargaze_bin()).args(["convert", "--zstd", &format!("oci:{}:sample", oci.display()), &format!("oci:{}:zstd", oci.display())]));
+    run(Command::new(stargaze_bin()).args([
+        "convert",
+        "--zstd",
+        &format!("oci:{}:sample", oci.display()),
+        &format!("oci:{}:zstd", oci.display()),
+    ]));
     for tag in ["sample", "esgz", "zstd"] {
-        let j = run(Command::new("skopeo").args(["inspect", &format!("oci:{}:{tag}", oci.display())]));
+        let j =
+            run(Command::new("skopeo").args(["inspect", &format!("oci:{}:{tag}", oci.display())]));
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["Layers"].as_array().map(Vec::len), Some(2), "{tag}: {j}");
     }
@@ -51,11 +67,22 @@ fn converted_image_passes_skopeo_and_umoci() {
     }
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    run(Command::new("umoci").args(["unpack", "--image", &format!("{}:sample", oci.display())]).arg(&a));
-    run(Command::new("umoci").args(["unpack", "--image", &format!("{}:esgz", oci.display())]).arg(&b));
-    assert_same_tree(&tree(&a.join("rootfs"), &FORMAT_FILES), &tree(&b.join("rootfs"), &FORMAT_FILES));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:sample", oci.display())])
+        .arg(&a));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:esgz", oci.display())])
+        .arg(&b));
+    assert_same_tree(
+        &tree(&a.join("rootfs"), &FORMAT_FILES),
+        &tree(&b.join("rootfs"), &FORMAT_FILES),
+    );
     // Converting again keeps the eStargz layers as they are.
-    let again = run(Command::new(stargaze_bin()).args(["convert", &format!("oci:{}:esgz", oci.display()), &format!("oci:{}:esgz2", oci.display())]));
+    let again = run(Command::new(stargaze_bin()).args([
+        "convert",
+        &format!("oci:{}:esgz", oci.display()),
+        &format!("oci:{}:esgz2", oci.display()),
+    ]));
     assert_eq!(again.matches("already eStargz: kept").count(), 2, "{again}");
 }
 
@@ -71,33 +98,77 @@ fn reference_converter_and_stargaze_make_the_same_tree() {
     let oci = tmp.path().join("oci");
     small_sample(&oci);
     let archive = tmp.path().join("sample.tar");
-    run(Command::new("tar").arg("-C").arg(&oci).arg("-cf").arg(&archive).arg("."));
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&oci)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."));
     let ctd = Containerd::start();
-    run(ctd.cmd("ctr").args(["image", "import", "--base-name", "stargaze.test/sample"]).arg(&archive));
-    run(ctd.cmd("ctr-remote").args(["image", "convert", "--estargz", "--oci", "stargaze.test/sample:sample", "stargaze.test/sample:esgz"]));
+    run(ctd
+        .cmd("ctr")
+        .args(["image", "import", "--base-name", "stargaze.test/sample"])
+        .arg(&archive));
+    run(ctd.cmd("ctr-remote").args([
+        "image",
+        "convert",
+        "--estargz",
+        "--oci",
+        "stargaze.test/sample:sample",
+        "stargaze.test/sample:esgz",
+    ]));
     let exported = tmp.path().join("ref.tar");
-    run(ctd.cmd("ctr").args(["image", "export"]).arg(&exported).arg("stargaze.test/sample:esgz"));
+    run(ctd
+        .cmd("ctr")
+        .args(["image", "export"])
+        .arg(&exported)
+        .arg("stargaze.test/sample:esgz"));
     drop(ctd);
     let refdir = tmp.path().join("ref");
     std::fs::create_dir(&refdir).unwrap();
-    run(Command::new("tar").arg("-C").arg(&refdir).arg("-xf").arg(&exported));
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&refdir)
+        .arg("-xf")
+        .arg(&exported));
     let ref_layout = OciLayout::open(&refdir).unwrap();
     let (_, ref_manifest) = ref_layout.resolve(None).unwrap();
 
     // Ours, from the same source image.
     let layout = OciLayout::open(&oci).unwrap();
-    stargaze_fs::image::convert_image(&layout, Some("sample"), &layout, Some("esgz"), &Default::default(), &mut |_, _, _| {}).unwrap();
+    stargaze_fs::image::convert_image(
+        &layout,
+        Some("sample"),
+        &layout,
+        Some("esgz"),
+        &Default::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     let (_, our_manifest) = layout.resolve(Some("esgz")).unwrap();
     assert_eq!(ref_manifest.layers().len(), our_manifest.layers().len());
 
-    for (i, (rl, ol)) in ref_manifest.layers().iter().zip(our_manifest.layers()).enumerate() {
+    for (i, (rl, ol)) in ref_manifest
+        .layers()
+        .iter()
+        .zip(our_manifest.layers())
+        .enumerate()
+    {
         let open = |layout: &OciLayout, desc| {
             let ann = annotations_of(desc);
-            let toc = ann.get("containerd.io/snapshot/stargz/toc.digest").expect("toc.digest").parse().unwrap();
+            let toc = ann
+                .get("containerd.io/snapshot/stargz/toc.digest")
+                .expect("toc.digest")
+                .parse()
+                .unwrap();
             let d = OciLayout::digest_of(desc).unwrap();
             LayerReader::open(
                 FileBlob::open(&layout.blob_path(&d)).unwrap(),
-                &OpenOptions { toc_digest: Some(toc), annotations: ann, ..Default::default() },
+                &OpenOptions {
+                    toc_digest: Some(toc),
+                    annotations: ann,
+                    ..Default::default()
+                },
             )
             .unwrap()
         };
@@ -110,7 +181,12 @@ fn reference_converter_and_stargaze_make_the_same_tree() {
         assert_same_tree(&tree(&rd, &FORMAT_FILES), &tree(&od, &FORMAT_FILES));
         // Same files in the same TOC order (landmark aside).
         let names = |r: &LayerReader<FileBlob>| -> Vec<String> {
-            r.index().entries.iter().map(|e| e.path.clone()).filter(|p| !FORMAT_FILES.contains(&p.as_str())).collect()
+            r.index()
+                .entries
+                .iter()
+                .map(|e| e.path.clone())
+                .filter(|p| !FORMAT_FILES.contains(&p.as_str()))
+                .collect()
         };
         assert_eq!(names(&r), names(&o), "layer {i}: TOC order");
     }

@@ -5,7 +5,9 @@ use proptest::prelude::*;
 use stargaze_fs::format::footer::Footer;
 use stargaze_fs::format::tar::{HeaderSpec, TarBuilder, TarKind};
 use stargaze_fs::format::verify::verify_layer;
-use stargaze_fs::format::{convert_layer, Compression, LayerReader, NodeKind, OpenOptions, WriterOptions};
+use stargaze_fs::format::{
+    convert_layer, Compression, LayerReader, NodeKind, OpenOptions, WriterOptions,
+};
 use stargaze_fs::image::sample::sample_bytes;
 use std::sync::OnceLock;
 
@@ -25,7 +27,8 @@ fn base(c: Compression) -> &'static Base {
         for (i, size) in [0usize, 1, 700, 3000, 9000].into_iter().enumerate() {
             let data = sample_bytes(i as u64, size, 50);
             let name = format!("d/f{i}");
-            t.append(&HeaderSpec::new(&name, TarKind::Reg), &data).unwrap();
+            t.append(&HeaderSpec::new(&name, TarKind::Reg), &data)
+                .unwrap();
             files.push((name, data));
         }
         let mut l = HeaderSpec::new("d/l", TarKind::Symlink);

@@ -25,9 +25,19 @@ fn item(path: &str, kind: TarKind, data: Vec<u8>) -> Item {
 
 /// Every entry type and the interesting sizes around the chunk size.
 fn every_kind() -> Vec<Item> {
-    let mut v = vec![item("./", TarKind::Dir, vec![]), item("d/", TarKind::Dir, vec![])];
-    for (i, size) in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 17].into_iter().enumerate() {
-        let mut it = item(&format!("d/size-{size}"), TarKind::Reg, sample_bytes(i as u64, size, 50));
+    let mut v = vec![
+        item("./", TarKind::Dir, vec![]),
+        item("d/", TarKind::Dir, vec![]),
+    ];
+    for (i, size) in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 17]
+        .into_iter()
+        .enumerate()
+    {
+        let mut it = item(
+            &format!("d/size-{size}"),
+            TarKind::Reg,
+            sample_bytes(i as u64, size, 50),
+        );
         it.spec.mode = 0o640;
         it.spec.uid = 1000 + i as u64;
         it.spec.gid = 2000;
@@ -75,7 +85,11 @@ fn tar_of(items: &[Item]) -> Vec<u8> {
     t.finish().unwrap()
 }
 
-fn convert(tar: &[u8], compression: Compression, prioritized: Vec<String>) -> (Vec<u8>, stargaze_fs::format::ConvertReport) {
+fn convert(
+    tar: &[u8],
+    compression: Compression,
+    prioritized: Vec<String>,
+) -> (Vec<u8>, stargaze_fs::format::ConvertReport) {
     let opts = WriterOptions {
         compression,
         level: compression.default_level(),
@@ -92,10 +106,15 @@ fn decompress_all(blob: &[u8], c: Compression) -> Vec<u8> {
     let mut out = Vec::new();
     match c {
         Compression::Gzip => {
-            flate2::read::MultiGzDecoder::new(blob).read_to_end(&mut out).unwrap();
+            flate2::read::MultiGzDecoder::new(blob)
+                .read_to_end(&mut out)
+                .unwrap();
         }
         Compression::Zstd => {
-            zstd::stream::read::Decoder::new(blob).unwrap().read_to_end(&mut out).unwrap();
+            zstd::stream::read::Decoder::new(blob)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
         }
     }
     out
@@ -157,12 +176,19 @@ fn reader_serves_every_entry_as_written() {
         assert_eq!(v.chunks, rep.chunks);
         let idx = r.index();
         for it in &items {
-            let id = idx.lookup(&it.spec.path).unwrap_or_else(|| panic!("{} missing", it.spec.path));
+            let id = idx
+                .lookup(&it.spec.path)
+                .unwrap_or_else(|| panic!("{} missing", it.spec.path));
             let n = idx.node(id);
             match it.spec.kind {
                 TarKind::Reg => {
                     assert_eq!(n.size, it.data.len() as u64, "{}", it.spec.path);
-                    assert_eq!(r.read_file(id, 0, n.size).unwrap(), it.data, "{}", it.spec.path);
+                    assert_eq!(
+                        r.read_file(id, 0, n.size).unwrap(),
+                        it.data,
+                        "{}",
+                        it.spec.path
+                    );
                     assert_eq!(n.mode, it.spec.mode);
                     assert_eq!((n.uid, n.gid), (it.spec.uid as u32, it.spec.gid as u32));
                     assert_eq!(n.mtime, it.spec.mtime);
@@ -186,7 +212,12 @@ fn reader_serves_every_entry_as_written() {
         // Random-access reads across chunk boundaries.
         let big = idx.lookup(&format!("d/size-{}", 5 * CHUNK + 17)).unwrap();
         let all = r.read_file(big, 0, u64::MAX).unwrap();
-        for (off, len) in [(0u64, 1u64), (CHUNK as u64 - 1, 2), (3 * CHUNK as u64 - 5, CHUNK as u64 + 10), (5 * CHUNK as u64 + 16, 100)] {
+        for (off, len) in [
+            (0u64, 1u64),
+            (CHUNK as u64 - 1, 2),
+            (3 * CHUNK as u64 - 5, CHUNK as u64 + 10),
+            (5 * CHUNK as u64 + 16, 100),
+        ] {
             let got = r.read_file(big, off, len).unwrap();
             let end = ((off + len) as usize).min(all.len());
             assert_eq!(got, &all[off as usize..end]);
@@ -207,7 +238,10 @@ fn prioritized_files_come_first_then_the_landmark() {
     let r = LayerReader::open(blob, &OpenOptions::default()).unwrap();
     let idx = r.index();
     let order: Vec<&str> = idx.entries.iter().map(|e| e.path.as_str()).collect();
-    let lm = order.iter().position(|p| *p == ".prefetch.landmark").unwrap();
+    let lm = order
+        .iter()
+        .position(|p| *p == ".prefetch.landmark")
+        .unwrap();
     let before = &order[..lm];
     // Parents first, the hardlink's target before the hardlink.
     assert_eq!(before[0], "d");
@@ -216,8 +250,15 @@ fn prioritized_files_come_first_then_the_landmark() {
     let h = before.iter().position(|p| *p == "d/hard").unwrap();
     assert!(t < h);
     assert!(before.contains(&"o/kept"));
-    let pre: Vec<&str> = idx.prefetch.iter().map(|&n| idx.node(n).path.as_str()).collect();
-    assert!(pre.contains(&target.as_str()) && pre.contains(&"o/kept"), "{pre:?}");
+    let pre: Vec<&str> = idx
+        .prefetch
+        .iter()
+        .map(|&n| idx.node(n).path.as_str())
+        .collect();
+    assert!(
+        pre.contains(&target.as_str()) && pre.contains(&"o/kept"),
+        "{pre:?}"
+    );
     verify_layer(&r, |_| {}).unwrap();
     // Every entry is still there exactly once.
     assert_eq!(order.len(), items.len() + 1);
@@ -258,7 +299,13 @@ fn extraction_equals_gnu_tar() {
         assert_eq!(t["w/gone"].kind, 'c');
         assert_eq!(t["w/gone"].rdev, 0);
         assert!(!t.contains_key("w/.wh.gone"));
-        assert_eq!(t["o"].xattrs.get("trusted.overlay.opaque").map(Vec::as_slice), Some(&b"y"[..]));
+        assert_eq!(
+            t["o"]
+                .xattrs
+                .get("trusted.overlay.opaque")
+                .map(Vec::as_slice),
+            Some(&b"y"[..])
+        );
     }
 }
 

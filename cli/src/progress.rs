@@ -25,7 +25,12 @@ impl Progress {
     pub fn tick(&mut self, msg: impl FnOnce() -> String) {
         if self.last.elapsed() >= Duration::from_millis(500) {
             self.last = Instant::now();
-            eprintln!("{}: {} ({:.1}s)", self.label, msg(), self.start.elapsed().as_secs_f64());
+            eprintln!(
+                "{}: {} ({:.1}s)",
+                self.label,
+                msg(),
+                self.start.elapsed().as_secs_f64()
+            );
         }
     }
 

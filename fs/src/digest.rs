@@ -134,10 +134,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_digests() {
-        assert!(matches!("md5:00".parse::<Digest>(), Err(DigestError::Algorithm(_))));
+        assert!(matches!(
+            "md5:00".parse::<Digest>(),
+            Err(DigestError::Algorithm(_))
+        ));
         assert!("sha256:../../etc".parse::<Digest>().is_err());
-        assert!("sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
-            .parse::<Digest>()
-            .is_err());
+        assert!(
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+                .parse::<Digest>()
+                .is_err()
+        );
     }
 }

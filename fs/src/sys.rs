@@ -62,8 +62,7 @@ pub fn lgetxattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     }
     let mut names = vec![0u8; size as usize];
     // SAFETY: the buffer is writable for `names.len()` bytes.
-    let size =
-        unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let size = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     if size < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -78,9 +77,8 @@ pub fn lgetxattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
         }
         let mut val = vec![0u8; len as usize];
         // SAFETY: the buffer is writable for `val.len()` bytes.
-        let len = unsafe {
-            libc::lgetxattr(c.as_ptr(), n.as_ptr(), val.as_mut_ptr().cast(), val.len())
-        };
+        let len =
+            unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
         if len < 0 {
             return Err(io::Error::last_os_error());
         }

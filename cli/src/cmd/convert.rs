@@ -47,7 +47,11 @@ pub fn read_prioritized(path: &PathBuf) -> anyhow::Result<Vec<String>> {
 pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     let src: ImageRef = a.src.parse()?;
     let dst: ImageRef = a.dst.parse()?;
-    let compression = if a.zstd { Compression::Zstd } else { Compression::Gzip };
+    let compression = if a.zstd {
+        Compression::Zstd
+    } else {
+        Compression::Gzip
+    };
     let mut writer = WriterOptions {
         compression,
         level: a.level.unwrap_or(compression.default_level()),
@@ -86,8 +90,16 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
             bytes(l.source_size),
             bytes(l.result_size),
             l.files,
-            if l.kept { ", already eStargz: kept" } else { "" },
-            if l.prioritized > 0 { format!(", {} prioritized", l.prioritized) } else { String::new() },
+            if l.kept {
+                ", already eStargz: kept"
+            } else {
+                ""
+            },
+            if l.prioritized > 0 {
+                format!(", {} prioritized", l.prioritized)
+            } else {
+                String::new()
+            },
             l.toc_digest
         );
     }

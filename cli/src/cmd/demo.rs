@@ -30,7 +30,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let layout_dir = work.join("oci");
     let p = Progress::new("demo");
 
-    println!("[1/4] building the sample image in {}", layout_dir.display());
+    println!(
+        "[1/4] building the sample image in {}",
+        layout_dir.display()
+    );
     let opts = SampleOptions {
         small_files: a.files,
         ..Default::default()
@@ -40,7 +43,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         "      {} entries, {} of file data{} ({:.2}s)",
         stats.entries,
         bytes(stats.bytes),
-        if stats.busybox { ", busybox included" } else { ", busybox not installed on this host" },
+        if stats.busybox {
+            ", busybox included"
+        } else {
+            ", busybox not installed on this host"
+        },
         p.elapsed()
     );
 
@@ -100,8 +107,14 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     println!("[4/4] reading single files by their chunks only");
     let (base_size, base) = &readers[0];
-    for path in ["etc/hello.txt", "usr/share/doc/pkg-0007/file-3.txt", "usr/lib/libsample0.so"] {
-        let Some(id) = base.index().lookup(path) else { continue };
+    for path in [
+        "etc/hello.txt",
+        "usr/share/doc/pkg-0007/file-3.txt",
+        "usr/lib/libsample0.so",
+    ] {
+        let Some(id) = base.index().lookup(path) else {
+            continue;
+        };
         let node = base.index().node(id);
         let frames: u64 = node.chunks.iter().map(|c| c.blob_end - c.blob_offset).sum();
         let data = base.read_file(id, 0, node.size)?;

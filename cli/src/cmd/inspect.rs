@@ -55,7 +55,11 @@ pub fn ls(a: LsArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for e in &idx.entries {
         let n = idx.node(e.node);
-        let kind = if e.hardlink { "hardlink" } else { n.kind.as_str() };
+        let kind = if e.hardlink {
+            "hardlink"
+        } else {
+            n.kind.as_str()
+        };
         let name = if e.path.is_empty() { "." } else { &e.path };
         let extra = match n.kind {
             NodeKind::Symlink => format!(" -> {}", n.link_target),

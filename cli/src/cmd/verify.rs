@@ -28,7 +28,11 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<()> {
         a.blob.display(),
         r.footer(),
         r.toc_digest(),
-        if a.toc_digest.is_some() { "matches the given digest" } else { "no digest given" },
+        if a.toc_digest.is_some() {
+            "matches the given digest"
+        } else {
+            "no digest given"
+        },
         report.entries,
         report.files,
         report.chunks,

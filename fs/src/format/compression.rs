@@ -36,10 +36,8 @@ impl Compression {
         match self {
             Compression::Gzip => {
                 let lvl = flate2::Compression::new(level.clamp(0, 9) as u32);
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(data.len() / 2 + 64),
-                    lvl,
-                );
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), lvl);
                 // Writing into a Vec cannot fail.
                 let _ = enc.write_all(data);
                 enc.finish().unwrap_or_default()

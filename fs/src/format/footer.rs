@@ -92,10 +92,14 @@ impl Footer {
 
     fn checked(self, blob_size: u64) -> Result<Footer, FormatError> {
         let (start, end) = match self {
-            Footer::Gzip { toc_offset } => (toc_offset, blob_size.saturating_sub(GZIP_FOOTER_SIZE as u64)),
-            Footer::LegacyGzip { toc_offset } => {
-                (toc_offset, blob_size.saturating_sub(LEGACY_FOOTER_SIZE as u64))
-            }
+            Footer::Gzip { toc_offset } => (
+                toc_offset,
+                blob_size.saturating_sub(GZIP_FOOTER_SIZE as u64),
+            ),
+            Footer::LegacyGzip { toc_offset } => (
+                toc_offset,
+                blob_size.saturating_sub(LEGACY_FOOTER_SIZE as u64),
+            ),
             Footer::Zstd {
                 toc_offset,
                 toc_compressed,

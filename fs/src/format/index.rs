@@ -307,7 +307,12 @@ fn raw_chunk(e: &TocEntry, node: NodeId, limits: &Limits) -> Result<RawChunk, Fo
     let zeros = match e.chunk_type.as_str() {
         "" | "data" => false,
         "zeros" => true,
-        other => return Err(FormatError::entry(&e.name, format!("unknown chunkType {other:?}"))),
+        other => {
+            return Err(FormatError::entry(
+                &e.name,
+                format!("unknown chunkType {other:?}"),
+            ))
+        }
     };
     let inner = non_negative(e, "innerOffset", e.inner_offset)?;
     if inner > limits.max_inner_offset {
@@ -432,7 +437,10 @@ impl Index {
                     continue;
                 }
                 other => {
-                    return Err(FormatError::entry(&e.name, format!("unknown type {other:?}")))
+                    return Err(FormatError::entry(
+                        &e.name,
+                        format!("unknown type {other:?}"),
+                    ))
                 }
             };
             let id = if kind == NodeKind::Dir {
@@ -443,7 +451,10 @@ impl Index {
                 id
             } else {
                 if path.is_empty() {
-                    return Err(FormatError::entry(&e.name, "non-directory named as the root"));
+                    return Err(FormatError::entry(
+                        &e.name,
+                        "non-directory named as the root",
+                    ));
                 }
                 if b.by_path.contains_key(&path) {
                     return Err(FormatError::entry(&e.name, "duplicate name"));
@@ -648,9 +659,10 @@ fn attach_chunks(
                 digest,
                 zeros: c.zeros,
             });
-            expect = c.file_offset.checked_add(len).ok_or_else(|| {
-                FormatError::entry(&name, "chunk offset overflows")
-            })?;
+            expect = c
+                .file_offset
+                .checked_add(len)
+                .ok_or_else(|| FormatError::entry(&name, "chunk offset overflows"))?;
         }
         if expect != size {
             return Err(FormatError::entry(
@@ -673,7 +685,12 @@ mod tests {
     use super::*;
 
     fn idx(json: &str) -> Result<Index, FormatError> {
-        Index::from_json(json.as_bytes(), Compression::Gzip, 10_000, &Limits::default())
+        Index::from_json(
+            json.as_bytes(),
+            Compression::Gzip,
+            10_000,
+            &Limits::default(),
+        )
     }
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -708,16 +725,46 @@ mod tests {
     fn refuses_hostile_entries() {
         for (json, want) in [
             (r#"{"version":2,"entries":[]}"#, "version"),
-            (r#"{"version":1,"entries":[{"name":"../x","type":"dir"}]}"#, ".."),
-            (r#"{"version":1,"entries":[{"name":"a","type":"fifo"},{"name":"a","type":"fifo"}]}"#, "duplicate"),
-            (r#"{"version":1,"entries":[{"name":"a","type":"hardlink","linkName":"../etc/passwd"}]}"#, ".."),
-            (r#"{"version":1,"entries":[{"name":"a","type":"hardlink","linkName":"nope"}]}"#, "earlier"),
-            (r#"{"version":1,"entries":[{"name":"a","type":"fifo"},{"name":"a/b","type":"fifo"}]}"#, "not one"),
-            (r#"{"version":1,"entries":[{"name":"a","type":"weird"}]}"#, "unknown type"),
-            (r#"{"version":1,"entries":[{"name":"a","type":"reg","size":5,"offset":20000}]}"#, "digest"),
-            (r#"{"version":1,"entries":[{"name":"a","type":"chunk"}]}"#, "without a file"),
-            (r#"{"version":1,"entries":[{"name":"a","type":"reg","size":-1}]}"#, "negative"),
-            (r#"{"version":1,"entries":[{"name":"a","type":"reg","size":3}]}"#, "digest"),
+            (
+                r#"{"version":1,"entries":[{"name":"../x","type":"dir"}]}"#,
+                "..",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"fifo"},{"name":"a","type":"fifo"}]}"#,
+                "duplicate",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"hardlink","linkName":"../etc/passwd"}]}"#,
+                "..",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"hardlink","linkName":"nope"}]}"#,
+                "earlier",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"fifo"},{"name":"a/b","type":"fifo"}]}"#,
+                "not one",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"weird"}]}"#,
+                "unknown type",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"reg","size":5,"offset":20000}]}"#,
+                "digest",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"chunk"}]}"#,
+                "without a file",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"reg","size":-1}]}"#,
+                "negative",
+            ),
+            (
+                r#"{"version":1,"entries":[{"name":"a","type":"reg","size":3}]}"#,
+                "digest",
+            ),
         ] {
             let err = idx(json).unwrap_err().to_string();
             assert!(err.contains(want), "{json}: {err}");
@@ -725,11 +772,17 @@ mod tests {
         let past = format!(
             r#"{{"version":1,"entries":[{{"name":"a","type":"reg","size":5,"offset":20000,"chunkDigest":"{D}"}}]}}"#
         );
-        assert!(idx(&past).unwrap_err().to_string().contains("past the payload"));
+        assert!(idx(&past)
+            .unwrap_err()
+            .to_string()
+            .contains("past the payload"));
         let gap = format!(
             r#"{{"version":1,"entries":[{{"name":"a","type":"reg","size":9,"offset":5,"chunkSize":4,"chunkDigest":"{D}"}},{{"name":"a","type":"chunk","offset":9,"chunkOffset":5,"chunkDigest":"{D}"}}]}}"#
         );
-        assert!(idx(&gap).unwrap_err().to_string().contains("gap or overlap"));
+        assert!(idx(&gap)
+            .unwrap_err()
+            .to_string()
+            .contains("gap or overlap"));
     }
 
     #[test]

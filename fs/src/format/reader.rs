@@ -135,12 +135,11 @@ impl<S: BlobSource> LayerReader<S> {
                 toc_uncompressed,
                 ..
             } => {
-                let (off, clen, ulen) =
-                    zstd_position(&opts.annotations, size).unwrap_or((
-                        toc_offset,
-                        toc_compressed,
-                        toc_uncompressed,
-                    ));
+                let (off, clen, ulen) = zstd_position(&opts.annotations, size).unwrap_or((
+                    toc_offset,
+                    toc_compressed,
+                    toc_uncompressed,
+                ));
                 let json = read_zstd_toc(&source, off, clen, ulen, opts)?;
                 (json, Compression::Zstd, off.saturating_sub(8))
             }
@@ -299,7 +298,10 @@ fn zstd_position(ann: &BTreeMap<String, String>, size: u64) -> Option<(u64, u64,
     let v = ZSTD_CHUNKED_POSITION_ANNOTATIONS
         .iter()
         .find_map(|k| ann.get(*k))?;
-    let parts: Vec<u64> = v.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let parts: Vec<u64> = v
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     if parts.len() != 4 || parts[3] != 1 {
         return None;
     }

@@ -251,7 +251,9 @@ impl<R: Read> TarReader<R> {
         let padded = size.div_ceil(BLOCK as u64) as usize * BLOCK;
         let mut data = vec![0u8; padded];
         if self.fill(&mut data)? != padded {
-            return Err(FormatError::Truncated("tar extension header ends early".into()));
+            return Err(FormatError::Truncated(
+                "tar extension header ends early".into(),
+            ));
         }
         raw.extend_from_slice(&data);
         data.truncate(size as usize);
@@ -447,7 +449,10 @@ mod tests {
         t.resize(1024 + 2 * BLOCK, 0);
         let mut r = TarReader::new(&t[..]);
         let e = r.next_entry().unwrap().unwrap();
-        assert_eq!((e.path.as_str(), e.size, e.mode), ("stargz.index.json", 3, 0o444));
+        assert_eq!(
+            (e.path.as_str(), e.size, e.mode),
+            ("stargz.index.json", 3, 0o444)
+        );
         let mut b = [0u8; 3];
         r.read_data_exact(&mut b).unwrap();
         assert_eq!(&b, b"abc");
@@ -456,16 +461,20 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        let g = vec![7u8; 1024];
+        let g = [7u8; 1024];
         assert!(TarReader::new(&g[..]).next_entry().is_err());
-        let short = vec![7u8; 100];
+        let short = [7u8; 100];
         assert!(TarReader::new(&short[..]).next_entry().is_err());
     }
 
     #[test]
     fn pax_records_apply() {
         let mut p = Pending::default();
-        parse_pax(b"20 path=a/long/name\n28 SCHILY.xattr.user.k=vvvv\n", &mut p).unwrap();
+        parse_pax(
+            b"20 path=a/long/name\n28 SCHILY.xattr.user.k=vvvv\n",
+            &mut p,
+        )
+        .unwrap();
         assert_eq!(p.path.as_deref(), Some("a/long/name"));
         assert_eq!(p.xattrs["user.k"], b"vvvv");
         assert!(parse_pax(b"99 path=x\n", &mut Pending::default()).is_err());
@@ -581,14 +590,29 @@ pub fn header_bytes(spec: &HeaderSpec, size: u64) -> Vec<u8> {
     }
     let mut out = Vec::new();
     if !pax.is_empty() {
-        let name = format!("PaxHeaders/{}", spec.path.chars().take(60).collect::<String>());
+        let name = format!(
+            "PaxHeaders/{}",
+            spec.path.chars().take(60).collect::<String>()
+        );
         let pspec = HeaderSpec::new(&name, TarKind::Reg);
-        out.extend_from_slice(&ustar_block(name.as_bytes(), b'x', &pspec, pax.len() as u64, b""));
+        out.extend_from_slice(&ustar_block(
+            name.as_bytes(),
+            b'x',
+            &pspec,
+            pax.len() as u64,
+            b"",
+        ));
         let plen = pax.len() as u64;
         out.extend_from_slice(&pax);
         out.resize(out.len() + padding(plen), 0);
     }
-    out.extend_from_slice(&ustar_block(path, flag, spec, size, spec.link_name.as_bytes()));
+    out.extend_from_slice(&ustar_block(
+        path,
+        flag,
+        spec,
+        size,
+        spec.link_name.as_bytes(),
+    ));
     out
 }
 
@@ -605,7 +629,11 @@ impl<W: std::io::Write> TarBuilder<W> {
 
     /// Appends one entry; `data` is the payload of a regular file (empty otherwise).
     pub fn append(&mut self, spec: &HeaderSpec, data: &[u8]) -> std::io::Result<()> {
-        let size = if spec.kind == TarKind::Reg { data.len() as u64 } else { 0 };
+        let size = if spec.kind == TarKind::Reg {
+            data.len() as u64
+        } else {
+            0
+        };
         self.w.write_all(&header_bytes(spec, size))?;
         if size > 0 {
             self.w.write_all(data)?;

@@ -101,7 +101,15 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for secs in [0i64, 1, 86_399, 1_764_033_968, 951_782_400, -1, 4_102_444_800] {
+        for secs in [
+            0i64,
+            1,
+            86_399,
+            1_764_033_968,
+            951_782_400,
+            -1,
+            4_102_444_800,
+        ] {
             let s = format_rfc3339(secs);
             assert_eq!(parse_rfc3339(&s), Some((secs, 0)), "{s}");
         }

@@ -52,7 +52,7 @@ pub fn verify_layer<S: BlobSource>(
             }
         }
         report.files += 1;
-        if report.files % 256 == 0 {
+        if report.files.is_multiple_of(256) {
             progress(&report);
         }
     }

@@ -388,9 +388,10 @@ pub fn convert_layer<R: Read, W: Write + Send>(
 
     // Fill in frame offsets now that the writer knows them.
     for &(entry, seq) in &framer.frame_of {
-        let off = offsets.get(seq as usize).copied().ok_or_else(|| {
-            FormatError::Tar(format!("frame {seq} was never written"))
-        })?;
+        let off = offsets
+            .get(seq as usize)
+            .copied()
+            .ok_or_else(|| FormatError::Tar(format!("frame {seq} was never written")))?;
         framer.toc[entry].offset = off as i64;
     }
     let toc = Toc {
@@ -424,11 +425,7 @@ pub fn convert_layer<R: Read, W: Write + Send>(
                 compressed.len() as u64,
                 json.len() as u64,
             ));
-            zstd_position = Some(format!(
-                "{toc_off}:{}:{}:1",
-                compressed.len(),
-                json.len()
-            ));
+            zstd_position = Some(format!("{toc_off}:{}:{}:1", compressed.len(), json.len()));
             zstd_checksum = Some(Digest::of(&compressed));
         }
     }
@@ -538,8 +535,8 @@ fn frame_input<R: Read>(
             }
         }
         if seen[i].kind == TarKind::Hardlink {
-            let target = super::index::normalize_path(&seen[i].link, &Limits::default())
-                .unwrap_or_default();
+            let target =
+                super::index::normalize_path(&seen[i].link, &Limits::default()).unwrap_or_default();
             if let Some(&j) = by_path.get(target.as_str()) {
                 place(j, seen, by_path, placed, order, depth + 1);
             }

@@ -154,7 +154,9 @@ pub fn convert_image(
         dst.commit_blob(tmp, &report.blob_digest)?;
 
         let mut ann: HashMap<String, String> = desc.annotations().clone().unwrap_or_default();
-        ann.retain(|k, _| !k.contains("zstd-chunked") && !k.starts_with("containerd.io/snapshot/stargz"));
+        ann.retain(|k, _| {
+            !k.contains("zstd-chunked") && !k.starts_with("containerd.io/snapshot/stargz")
+        });
         ann.insert(
             format::TOC_DIGEST_ANNOTATION.into(),
             report.toc_digest.to_string(),

@@ -128,8 +128,8 @@ impl OciLayout {
             )));
         }
         let path = self.blob_path(&d);
-        let f = fs::File::open(&path)
-            .map_err(|e| ImageError::io(format!("opening blob {d}"), e))?;
+        let f =
+            fs::File::open(&path).map_err(|e| ImageError::io(format!("opening blob {d}"), e))?;
         let mut data = Vec::new();
         f.take(MAX_MANIFEST_SIZE + 1)
             .read_to_end(&mut data)
@@ -284,8 +284,7 @@ impl OciLayout {
                     .iter()
                     .find(|d| {
                         d.platform().as_ref().is_some_and(|p| {
-                            p.architecture().to_string() == arch
-                                && p.os().to_string() == "linux"
+                            p.architecture().to_string() == arch && p.os().to_string() == "linux"
                         })
                     })
                     .or_else(|| idx.manifests().first())
@@ -300,10 +299,18 @@ impl OciLayout {
     }
 
     /// Stores a manifest and points `tag` at it in `index.json` (replacing the old target).
-    pub fn tag_manifest(&self, manifest: &ImageManifest, tag: Option<&str>) -> Result<Descriptor, ImageError> {
+    pub fn tag_manifest(
+        &self,
+        manifest: &ImageManifest,
+        tag: Option<&str>,
+    ) -> Result<Descriptor, ImageError> {
         let data = serde_json::to_vec(manifest).map_err(|e| json_err("image manifest", e))?;
         let d = self.put_blob(&data)?;
-        let mut desc = Descriptor::new(MediaType::ImageManifest, data.len() as u64, Self::to_oci(&d)?);
+        let mut desc = Descriptor::new(
+            MediaType::ImageManifest,
+            data.len() as u64,
+            Self::to_oci(&d)?,
+        );
         if let Some(t) = tag {
             desc.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), t.to_string())])));
         }

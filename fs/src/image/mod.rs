@@ -3,11 +3,13 @@
 
 mod build;
 mod convert;
-pub mod sample;
 mod error;
 mod layout;
+pub mod sample;
 
-pub use convert::{annotations_of, convert_image, ImageConvertOptions, ImageConvertReport, LayerOutcome};
 pub use build::{write_image, ImageConfig, LayerInput};
+pub use convert::{
+    annotations_of, convert_image, ImageConvertOptions, ImageConvertReport, LayerOutcome,
+};
 pub use error::ImageError;
 pub use layout::{ImageRef, OciLayout, MAX_MANIFEST_SIZE};

@@ -48,8 +48,22 @@ pub struct SampleStats {
 /// Deterministic text-like bytes: compressible like real files, different per seed.
 pub fn sample_bytes(seed: u64, len: usize, entropy: u8) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "layer ", "chunk ", "lazy ", "pull ", "image ", "stargz ", "fuse ", "verify ",
-        "registry ", "range ", "toc ", "digest ", "overlay ", "runc ", "snapshot ", "\n",
+        "layer ",
+        "chunk ",
+        "lazy ",
+        "pull ",
+        "image ",
+        "stargz ",
+        "fuse ",
+        "verify ",
+        "registry ",
+        "range ",
+        "toc ",
+        "digest ",
+        "overlay ",
+        "runc ",
+        "snapshot ",
+        "\n",
     ];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 16);
@@ -90,7 +104,18 @@ pub fn write_sample_layers(
         s.mtime = 1_700_000_000;
         s
     };
-    for d in ["bin/", "etc/", "usr/", "usr/bin/", "usr/lib/", "usr/share/", "usr/share/doc/", "var/", "var/log/", "tmp/"] {
+    for d in [
+        "bin/",
+        "etc/",
+        "usr/",
+        "usr/bin/",
+        "usr/lib/",
+        "usr/share/",
+        "usr/share/doc/",
+        "var/",
+        "var/log/",
+        "tmp/",
+    ] {
         let mut s = dir_spec(d);
         if d == "tmp/" {
             s.mode = 0o1777;
@@ -101,11 +126,16 @@ pub fn write_sample_layers(
     hello.mtime = 1_700_000_000;
     add(&mut t, hello, b"hello from a lazily pulled layer\n")?;
     let mut os = HeaderSpec::new("etc/os-release", TarKind::Reg);
-    os.xattrs.insert("user.stargaze.origin".into(), b"sample".to_vec());
+    os.xattrs
+        .insert("user.stargaze.origin".into(), b"sample".to_vec());
     add(&mut t, os, b"NAME=stargaze-sample\nID=sample\n")?;
     let mut passwd = HeaderSpec::new("etc/passwd", TarKind::Reg);
     passwd.mode = 0o644;
-    add(&mut t, passwd, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")?;
+    add(
+        &mut t,
+        passwd,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+    )?;
     let mut link = HeaderSpec::new("lib", TarKind::Symlink);
     link.link_name = "usr/lib".into();
     add(&mut t, link, b"")?;
@@ -136,15 +166,27 @@ pub fn write_sample_layers(
     let mut fifo = HeaderSpec::new("var/log/pipe", TarKind::Fifo);
     fifo.mode = 0o600;
     add(&mut t, fifo, b"")?;
-    add(&mut t, HeaderSpec::new("var/log/empty.log", TarKind::Reg), b"")?;
+    add(
+        &mut t,
+        HeaderSpec::new("var/log/empty.log", TarKind::Reg),
+        b"",
+    )?;
 
     let per_dir = 10usize;
     for i in 0..opts.small_files {
         if i % per_dir == 0 {
-            add(&mut t, dir_spec(&format!("usr/share/doc/pkg-{:04}/", i / per_dir)), b"")?;
+            add(
+                &mut t,
+                dir_spec(&format!("usr/share/doc/pkg-{:04}/", i / per_dir)),
+                b"",
+            )?;
         }
         let mut s = HeaderSpec::new(
-            &format!("usr/share/doc/pkg-{:04}/file-{}.txt", i / per_dir, i % per_dir),
+            &format!(
+                "usr/share/doc/pkg-{:04}/file-{}.txt",
+                i / per_dir,
+                i % per_dir
+            ),
             TarKind::Reg,
         );
         s.uid = (i % 3) as u64 * 1000;
@@ -160,15 +202,31 @@ pub fn write_sample_layers(
     let f = std::fs::File::create(&top).map_err(io)?;
     let mut t = TarBuilder::new(BufWriter::new(f));
     add(&mut t, dir_spec("etc/"), b"")?;
-    add(&mut t, HeaderSpec::new("etc/hello.txt", TarKind::Reg), b"hello from the top layer\n")?;
-    add(&mut t, HeaderSpec::new("etc/.wh.os-release", TarKind::Reg), b"")?;
+    add(
+        &mut t,
+        HeaderSpec::new("etc/hello.txt", TarKind::Reg),
+        b"hello from the top layer\n",
+    )?;
+    add(
+        &mut t,
+        HeaderSpec::new("etc/.wh.os-release", TarKind::Reg),
+        b"",
+    )?;
     add(&mut t, dir_spec("var/log/"), b"")?;
-    add(&mut t, HeaderSpec::new("var/log/.wh..wh..opq", TarKind::Reg), b"")?;
+    add(
+        &mut t,
+        HeaderSpec::new("var/log/.wh..wh..opq", TarKind::Reg),
+        b"",
+    )?;
     add(&mut t, dir_spec("app/"), b"")?;
     let mut app = HeaderSpec::new("app/run.sh", TarKind::Reg);
     app.mode = 0o755;
     add(&mut t, app, b"#!/bin/sh\necho app-ok\n")?;
-    add(&mut t, HeaderSpec::new("app/data.bin", TarKind::Reg), &sample_bytes(99, 3 << 20, 90))?;
+    add(
+        &mut t,
+        HeaderSpec::new("app/data.bin", TarKind::Reg),
+        &sample_bytes(99, 3 << 20, 90),
+    )?;
     t.finish().map_err(io)?;
     Ok(vec![base, top])
 }
