@@ -49,13 +49,29 @@ impl Compression {
     /// Decompresses the frame at the start of `frame`, skips `skip` bytes and returns the next
     /// `want` bytes. Fails if the frame holds fewer; never inflates more than `skip + want`.
     pub fn read_range(self, frame: &[u8], skip: u64, want: u64) -> Result<Vec<u8>, FormatError> {
+        self.read_range_hashed(frame, skip, want, None)
+    }
+
+    /// Like [`Self::read_range`], feeding each decompressed piece to `hasher` while it is
+    /// still in cache or, for large chunks, on a second thread (verification then costs little
+    /// beyond decompression). `hasher` must be fresh: it ends up holding the digest of exactly
+    /// the returned bytes.
+    pub fn read_range_hashed(
+        self,
+        frame: &[u8],
+        skip: u64,
+        want: u64,
+        hasher: Option<&mut crate::digest::Hasher>,
+    ) -> Result<Vec<u8>, FormatError> {
         match self {
-            Compression::Gzip => take_range(flate2::read::GzDecoder::new(frame), skip, want),
+            Compression::Gzip => {
+                take_range(flate2::read::GzDecoder::new(frame), skip, want, hasher)
+            }
             Compression::Zstd => {
                 let dec = zstd::stream::read::Decoder::with_buffer(frame)
                     .map_err(|e| FormatError::Decompress(format!("zstd: {e}")))?
                     .single_frame();
-                take_range(dec, skip, want)
+                take_range(dec, skip, want, hasher)
             }
         }
     }
@@ -82,7 +98,12 @@ impl Compression {
     }
 }
 
-fn take_range(mut r: impl Read, skip: u64, want: u64) -> Result<Vec<u8>, FormatError> {
+fn take_range(
+    mut r: impl Read,
+    skip: u64,
+    want: u64,
+    mut hasher: Option<&mut crate::digest::Hasher>,
+) -> Result<Vec<u8>, FormatError> {
     let skipped = std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink())
         .map_err(|e| FormatError::Decompress(e.to_string()))?;
     if skipped != skip {
@@ -91,10 +112,17 @@ fn take_range(mut r: impl Read, skip: u64, want: u64) -> Result<Vec<u8>, FormatE
         )));
     }
     let cap = usize::try_from(want).map_err(|_| FormatError::Limit("chunk too large".into()))?;
-    let mut out = Vec::with_capacity(cap);
-    r.take(want)
-        .read_to_end(&mut out)
-        .map_err(|e| FormatError::Decompress(e.to_string()))?;
+    let mut out = vec![0u8; cap];
+    let filled = match hasher {
+        Some(h) if cap >= PARALLEL_HASH_MIN => fill_hashing_in_parallel(&mut r, &mut out, h)?,
+        Some(h) => {
+            let n = fill(&mut r, &mut out)?;
+            h.update(&out[..n]);
+            n
+        }
+        None => fill(&mut r, &mut out)?,
+    };
+    out.truncate(filled);
     if out.len() as u64 != want {
         return Err(FormatError::Decompress(format!(
             "frame holds {} bytes where {want} were expected",
@@ -102,6 +130,68 @@ fn take_range(mut r: impl Read, skip: u64, want: u64) -> Result<Vec<u8>, FormatE
         )));
     }
     Ok(out)
+}
+
+/// Chunks at least this large are hashed on a second thread while they decompress.
+const PARALLEL_HASH_MIN: usize = 1 << 20;
+const PIECE: usize = 256 << 10;
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, FormatError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FormatError::Decompress(e.to_string())),
+        }
+    }
+    Ok(n)
+}
+
+/// Decompresses into `out` piece by piece while a scoped thread hashes the finished pieces,
+/// so verification overlaps decompression instead of following it.
+fn fill_hashing_in_parallel(
+    r: &mut impl Read,
+    out: &mut [u8],
+    hasher: &mut crate::digest::Hasher,
+) -> Result<usize, FormatError> {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<&[u8]>();
+        let worker = s.spawn(move || {
+            let mut h = crate::digest::Hasher::new();
+            for piece in rx {
+                h.update(piece);
+            }
+            h
+        });
+        let mut total = 0;
+        let mut result = Ok(());
+        for piece in out.chunks_mut(PIECE) {
+            let len = piece.len();
+            match fill(r, piece) {
+                Ok(n) => {
+                    total += n;
+                    let done: &[u8] = piece;
+                    let _ = tx.send(&done[..n]);
+                    if n < len {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        match worker.join() {
+            Ok(h) => *hasher = h,
+            Err(_) => return Err(FormatError::Decompress("hash thread panicked".into())),
+        }
+        result.map(|()| total)
+    })
 }
 
 #[cfg(test)]

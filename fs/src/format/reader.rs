@@ -247,24 +247,28 @@ pub fn decode_chunk(
     c: &super::Chunk,
     frame: &[u8],
 ) -> Result<Vec<u8>, FormatError> {
+    let mut hasher = crate::digest::Hasher::new();
     let data = compression
-        .read_range(frame, c.inner_offset, c.size)
+        .read_range_hashed(frame, c.inner_offset, c.size, Some(&mut hasher))
         .map_err(|e| FormatError::entry(file, format!("chunk at {}: {e}", c.file_offset)))?;
-    verify_chunk(file, c, data)
+    check_digest(file, c, hasher.finish())?;
+    Ok(data)
+}
+
+fn check_digest(file: &str, c: &super::Chunk, actual: Digest) -> Result<(), FormatError> {
+    match c.digest {
+        Some(expected) if expected != actual => Err(FormatError::ChunkDigest {
+            file: file.to_string(),
+            file_offset: c.file_offset,
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn verify_chunk(file: &str, c: &super::Chunk, data: Vec<u8>) -> Result<Vec<u8>, FormatError> {
-    if let Some(expected) = c.digest {
-        let actual = Digest::of(&data);
-        if actual != expected {
-            return Err(FormatError::ChunkDigest {
-                file: file.to_string(),
-                file_offset: c.file_offset,
-                expected,
-                actual,
-            });
-        }
-    }
+    check_digest(file, c, Digest::of(&data))?;
     Ok(data)
 }
 
