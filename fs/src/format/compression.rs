@@ -102,7 +102,7 @@ fn take_range(
     mut r: impl Read,
     skip: u64,
     want: u64,
-    mut hasher: Option<&mut crate::digest::Hasher>,
+    hasher: Option<&mut crate::digest::Hasher>,
 ) -> Result<Vec<u8>, FormatError> {
     let skipped = std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink())
         .map_err(|e| FormatError::Decompress(e.to_string()))?;
