@@ -69,7 +69,9 @@ fn benches(c: &mut Criterion) {
         b.iter(|| serde_json::from_slice::<Toc>(&json).unwrap())
     });
     g.bench_function("parse_and_index", |b| {
-        b.iter(|| Index::from_json(&json, Compression::Gzip, u64::MAX / 2, &Limits::default()).unwrap())
+        b.iter(|| {
+            Index::from_json(&json, Compression::Gzip, u64::MAX / 2, &Limits::default()).unwrap()
+        })
     });
     g.finish();
 
@@ -132,6 +134,8 @@ criterion_group!(format_benches, benches);
 
 fn main() {
     format_benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
     ratios();
 }

@@ -58,7 +58,9 @@ fn convert_bench() {
         ours.push(t.elapsed().as_secs_f64());
     }
     let ours = median(ours);
-    println!("convert: stargaze convert (gzip 9, 4 MiB chunks, 2 cores): {ours:.2} s (median of {runs})");
+    println!(
+        "convert: stargaze convert (gzip 9, 4 MiB chunks, 2 cores): {ours:.2} s (median of {runs})"
+    );
 
     if !(is_root() && have("containerd") && have("ctr") && have("ctr-remote")) {
         println!("convert: reference SKIPPED: needs root, containerd, ctr and ctr-remote");
@@ -66,9 +68,17 @@ fn convert_bench() {
     }
     let tmp = tempfile::tempdir().expect("temp");
     let archive = tmp.path().join("src.tar");
-    run(Command::new("tar").arg("-C").arg(&src).arg("-cf").arg(&archive).arg("."));
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."));
     let ctd = Containerd::start();
-    run(ctd.cmd("ctr").args(["image", "import", "--base-name", "bench.local/img"]).arg(&archive));
+    run(ctd
+        .cmd("ctr")
+        .args(["image", "import", "--base-name", "bench.local/img"])
+        .arg(&archive));
     let mut theirs = Vec::new();
     for i in 0..runs {
         let t = Instant::now();
@@ -92,7 +102,10 @@ fn convert_bench() {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
     if want("convert") {
         convert_bench();
