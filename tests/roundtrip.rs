@@ -351,3 +351,78 @@ fn large_layer_streams_through_many_chunks() {
     let r = LayerReader::open(out, &OpenOptions::default()).unwrap();
     assert_eq!(verify_layer(&r, |_| {}).unwrap().bytes, (40 << 20) + 1);
 }
+
+#[test]
+fn legacy_stargz_and_zstd_chunked_footers_read_the_same_layer() {
+    let tar = tar_of(&every_kind());
+    // Legacy stargz: the same blob with the 47-byte crfs footer instead of the 51-byte one.
+    let (blob, rep) = convert(&tar, Compression::Gzip, vec![]);
+    let r = LayerReader::open(blob.clone(), &OpenOptions::default()).unwrap();
+    let toc_off = r.index().payload_end;
+    let mut legacy = blob[..blob.len() - 51].to_vec();
+    legacy.extend_from_slice(&[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 22, 0]);
+    legacy.extend_from_slice(format!("{toc_off:016x}STARGZ").as_bytes());
+    legacy.extend_from_slice(&[1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let l = LayerReader::open(
+        legacy,
+        &OpenOptions {
+            toc_digest: Some(rep.toc_digest),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        l.footer(),
+        stargaze_fs::format::footer::Footer::LegacyGzip { .. }
+    ));
+    assert_eq!(verify_layer(&l, |_| {}).unwrap().chunks, rep.chunks);
+
+    // containers/storage zstd:chunked: 64-byte footer with the capital-N magic.
+    let (zblob, zrep) = convert(&tar, Compression::Zstd, vec![]);
+    let pos: Vec<u64> = zrep
+        .zstd_manifest_position
+        .as_ref()
+        .unwrap()
+        .split(':')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let mut z = zblob[..zblob.len() - 48].to_vec();
+    z.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18]);
+    z.extend_from_slice(&64u32.to_le_bytes());
+    for v in [pos[0], pos[1], pos[2], 1, 0, 0, 0] {
+        z.extend_from_slice(&v.to_le_bytes());
+    }
+    z.extend_from_slice(b"GNUlInUx");
+    let zr = LayerReader::open(
+        z.clone(),
+        &OpenOptions {
+            toc_digest: Some(zrep.toc_digest),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(verify_layer(&zr, |_| {}).unwrap().chunks, zrep.chunks);
+    // Located by the annotations alone when the footer is unreadable.
+    let n = z.len();
+    z[n - 8..].copy_from_slice(b"XXXXXXXX");
+    assert!(LayerReader::open(z.clone(), &OpenOptions::default()).is_err());
+    let mut ann = std::collections::BTreeMap::new();
+    ann.insert(
+        "io.github.containers.zstd-chunked.manifest-position".to_string(),
+        zrep.zstd_manifest_position.clone().unwrap(),
+    );
+    ann.insert(
+        "io.github.containers.zstd-chunked.manifest-checksum".to_string(),
+        zrep.zstd_manifest_checksum.unwrap().to_string(),
+    );
+    let by_ann = LayerReader::open(
+        z,
+        &OpenOptions {
+            annotations: ann,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(by_ann.toc_digest(), zrep.toc_digest);
+    assert_eq!(verify_layer(&by_ann, |_| {}).unwrap().chunks, zrep.chunks);
+}

@@ -111,7 +111,17 @@ impl<S: BlobSource> LayerReader<S> {
         let size = source.size();
         let tail_len = size.min(MAX_FOOTER_READ as u64);
         let tail = source.read_range(size - tail_len, tail_len)?;
-        let footer = Footer::parse(&tail, size)?;
+        // zstd:chunked layers are located by their annotations when present (containers/storage
+        // never reads the footer); otherwise by the footer.
+        let footer = match zstd_position(&opts.annotations, size) {
+            Some((toc_offset, toc_compressed, toc_uncompressed)) => Footer::Zstd {
+                toc_offset,
+                toc_compressed,
+                toc_uncompressed,
+                footer_size: 0,
+            },
+            None => Footer::parse(&tail, size)?,
+        };
         let (toc_json, compression, payload_end) = match footer {
             Footer::Gzip { toc_offset } | Footer::LegacyGzip { toc_offset } => {
                 let footer_len = match footer {
