@@ -56,9 +56,9 @@ impl Compression {
     /// still in cache or, for large chunks, on a second thread (verification then costs little
     /// beyond decompression). `hasher` must be fresh: it ends up holding the digest of exactly
     /// the returned bytes.
-    pub fn read_range_hashed(
+    pub fn read_range_hashed<R: std::io::BufRead>(
         self,
-        frame: &[u8],
+        frame: R,
         skip: u64,
         want: u64,
         hasher: Option<&mut crate::digest::Hasher>,

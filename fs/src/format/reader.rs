@@ -209,10 +209,17 @@ impl<S: BlobSource> LayerReader<S> {
             let data = vec![0u8; c.size as usize];
             return verify_chunk(&n.path, c, data);
         }
-        let frame = self
-            .source
-            .read_range(c.blob_offset, c.blob_end - c.blob_offset)?;
-        decode_chunk(self.index.compression, &n.path, c, &frame)
+        // Stream the frame from the source so only what decompression needs is read and held,
+        // however long a (hostile) TOC claims the frame is.
+        let frame = std::io::BufReader::with_capacity(
+            256 << 10,
+            SourceReader {
+                source: &self.source,
+                pos: c.blob_offset,
+                end: c.blob_end.min(self.source.size()),
+            },
+        );
+        decode_chunk_from(self.index.compression, &n.path, c, frame)
     }
 
     /// Reads `len` bytes of a regular file at `offset` (short at end of file), verified.
@@ -250,12 +257,41 @@ impl<S: BlobSource> LayerReader<S> {
     }
 }
 
+/// Reads a blob range sequentially through [`BlobSource::read_at`].
+struct SourceReader<'a, S> {
+    source: &'a S,
+    pos: u64,
+    end: u64,
+}
+
+impl<S: BlobSource> std::io::Read for SourceReader<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.end.saturating_sub(self.pos)) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.source.read_at(self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Decompresses one chunk from its frame bytes and verifies it.
 pub fn decode_chunk(
     compression: Compression,
     file: &str,
     c: &super::Chunk,
     frame: &[u8],
+) -> Result<Vec<u8>, FormatError> {
+    decode_chunk_from(compression, file, c, frame)
+}
+
+/// [`decode_chunk`] over any buffered reader positioned at the frame start.
+pub fn decode_chunk_from<R: std::io::BufRead>(
+    compression: Compression,
+    file: &str,
+    c: &super::Chunk,
+    frame: R,
 ) -> Result<Vec<u8>, FormatError> {
     let mut hasher = crate::digest::Hasher::new();
     let data = compression
