@@ -365,3 +365,19 @@ fn hostile_tar_inputs_to_the_converter() {
     };
     assert!(convert_layer(&ok[..], &mut out, &zero, &mut |_| {}).is_err());
 }
+
+#[test]
+fn converter_refuses_names_readers_would_refuse() {
+    for names in [vec!["a", "./a"], vec!["../up"]] {
+        let mut t = TarBuilder::new(Vec::new());
+        for n in &names {
+            t.append(&HeaderSpec::new(n, TarKind::Fifo), b"").unwrap();
+        }
+        let tar = t.finish().unwrap();
+        let mut out = Vec::new();
+        let e = convert_layer(&tar[..], &mut out, &WriterOptions::default(), &mut |_| {})
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("twice") || e.contains(".."), "{names:?}: {e}");
+    }
+}

@@ -31,18 +31,22 @@ impl Compression {
         }
     }
 
-    /// Compresses `data` into one independent frame.
-    pub fn compress(self, data: &[u8], level: i32) -> Vec<u8> {
+    /// Compresses `data` into one independent frame. Levels are clamped to the codec's range.
+    pub fn compress(self, data: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+        let failed = |e: std::io::Error| FormatError::io("compressing a frame", e);
         match self {
             Compression::Gzip => {
                 let lvl = flate2::Compression::new(level.clamp(0, 9) as u32);
                 let mut enc =
                     flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), lvl);
-                // Writing into a Vec cannot fail.
-                let _ = enc.write_all(data);
-                enc.finish().unwrap_or_default()
+                enc.write_all(data).map_err(failed)?;
+                enc.finish().map_err(failed)
             }
-            Compression::Zstd => zstd::bulk::compress(data, level).unwrap_or_default(),
+            Compression::Zstd => {
+                let range = zstd::compression_level_range();
+                let lvl = level.clamp(*range.start(), *range.end());
+                zstd::bulk::compress(data, lvl).map_err(failed)
+            }
         }
     }
 
@@ -202,7 +206,7 @@ mod tests {
     fn frames_round_trip_and_bound() {
         for c in [Compression::Gzip, Compression::Zstd] {
             let data = vec![7u8; 100_000];
-            let f = c.compress(&data, c.default_level());
+            let f = c.compress(&data, c.default_level()).unwrap();
             assert_eq!(c.read_range(&f, 10, 20).unwrap(), vec![7u8; 20]);
             assert!(c.read_range(&f, 99_990, 20).is_err());
             assert!(c.read_all_bounded(&f, 1000).is_err(), "bomb bound");

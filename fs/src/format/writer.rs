@@ -79,6 +79,7 @@ pub struct ConvertReport {
 }
 
 type Job = (u64, Vec<u8>);
+type Done = (u64, Result<Vec<u8>, FormatError>);
 
 /// Stage that cuts the uncompressed stream into frames and records TOC entries.
 struct Framer {
@@ -93,6 +94,8 @@ struct Framer {
     /// For each TOC entry with a payload, the frame sequence number holding it.
     frame_of: Vec<(usize, u64)>,
     names_seen: HashSet<u64>,
+    /// Normalised names of non-directories written so far (readers refuse duplicates).
+    paths: HashSet<String>,
     groups_seen: HashSet<u64>,
     files: usize,
     chunks: usize,
@@ -157,6 +160,15 @@ impl Framer {
             TarKind::Dir => "dir",
             TarKind::Fifo => "fifo",
         };
+        // Refuse now what every eStargz reader would refuse later.
+        let norm = super::index::normalize_path(&e.path, &Limits::default())
+            .map_err(|err| FormatError::Tar(err.to_string()))?;
+        if e.kind != TarKind::Dir && !self.paths.insert(norm) {
+            return Err(FormatError::Tar(format!(
+                "entry {:?} appears twice; eStargz readers refuse duplicate names",
+                e.path
+            )));
+        }
         let mut t = self.base_entry(e, kind);
         match e.kind {
             TarKind::Hardlink | TarKind::Symlink => t.link_name = e.link_name.clone(),
@@ -243,7 +255,7 @@ impl Framer {
 }
 
 /// Compresses frames from `jobs` until the channel closes.
-fn compressor(jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<Job>, c: Compression, level: i32) {
+fn compressor(jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<Done>, c: Compression, level: i32) {
     loop {
         let job = match jobs.lock() {
             Ok(rx) => rx.recv(),
@@ -260,14 +272,14 @@ fn compressor(jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<Job>, c: Compression
 fn frame_writer<W: Write>(
     out: &mut W,
     hasher: &mut Hasher,
-    done: Receiver<Job>,
+    done: Receiver<Done>,
     tokens: SyncSender<()>,
 ) -> Result<(Vec<u64>, u64), FormatError> {
     let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut offsets = Vec::new();
     let mut pos = 0u64;
     for (seq, data) in done {
-        pending.insert(seq, data);
+        pending.insert(seq, data?);
         while let Some(data) = pending.remove(&(offsets.len() as u64)) {
             offsets.push(pos);
             out.write_all(&data)
@@ -333,7 +345,7 @@ pub fn convert_layer<R: Read, W: Write + Send>(
     }
     let threads = opts.threads.clamp(1, 64);
     let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
-    let (done_tx, done_rx) = channel::<Job>();
+    let (done_tx, done_rx) = channel::<Done>();
     let token_count = threads * 4 + 4;
     let (tok_tx, tok_rx) = sync_channel::<()>(token_count);
     for _ in 0..token_count {
@@ -350,6 +362,7 @@ pub fn convert_layer<R: Read, W: Write + Send>(
         toc: Vec::new(),
         frame_of: Vec::new(),
         names_seen: HashSet::new(),
+        paths: HashSet::new(),
         groups_seen: HashSet::new(),
         files: 0,
         chunks: 0,
@@ -411,11 +424,11 @@ pub fn convert_layer<R: Read, W: Write + Send>(
             toc_tar.extend_from_slice(&vec![0u8; padding(json.len() as u64) + 1024]);
             framer.diff.update(&toc_tar);
             framer.uncompressed += toc_tar.len() as u64;
-            tail.extend_from_slice(&Compression::Gzip.compress(&toc_tar, opts.level));
+            tail.extend_from_slice(&Compression::Gzip.compress(&toc_tar, opts.level)?);
             tail.extend_from_slice(&gzip_footer(payload_size));
         }
         Compression::Zstd => {
-            let compressed = Compression::Zstd.compress(&json, opts.level);
+            let compressed = Compression::Zstd.compress(&json, opts.level)?;
             tail.extend_from_slice(&SKIPPABLE_MAGIC);
             tail.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
             tail.extend_from_slice(&compressed);
@@ -547,8 +560,12 @@ fn frame_input<R: Read>(
         }
     }
     for want in &opts.prioritized {
-        let norm = super::index::normalize_path(want, &Limits::default()).unwrap_or_default();
-        match by_path.get(norm.as_str()) {
+        let norm = super::index::normalize_path(want, &Limits::default());
+        match norm
+            .ok()
+            .filter(|n| !n.is_empty())
+            .and_then(|n| by_path.get(n.as_str()))
+        {
             Some(&i) => {
                 if !placed[i] {
                     *prioritized_found += 1;
