@@ -66,19 +66,8 @@ fn convert_bench() {
         println!("convert: reference SKIPPED: needs root, containerd, ctr and ctr-remote");
         return;
     }
-    let tmp = tempfile::tempdir().expect("temp");
-    let archive = tmp.path().join("src.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&src)
-        .arg("-cf")
-        .arg(&archive)
-        .arg("."));
     let ctd = Containerd::start();
-    run(ctd
-        .cmd("ctr")
-        .args(["image", "import", "--base-name", "bench.local/img"])
-        .arg(&archive));
+    ctd.import_layout(&src, "bench.local/img");
     let mut theirs = Vec::new();
     for i in 0..runs {
         let t = Instant::now();

@@ -251,6 +251,22 @@ impl Containerd {
         panic!("containerd did not start:\n{log}");
     }
 
+    /// Imports an OCI layout directory; its tags become images named `base_name:TAG`.
+    pub fn import_layout(&self, layout: &Path, base_name: &str) {
+        let archive = self.dir.path().join("import.tar");
+        run(std::process::Command::new("tar")
+            .arg("-C")
+            .arg(layout)
+            .arg("-cf")
+            .arg(&archive)
+            .arg("."));
+        run(self
+            .cmd("ctr")
+            .args(["image", "import", "--base-name", base_name])
+            .arg(&archive));
+        let _ = std::fs::remove_file(&archive);
+    }
+
     /// A command for `prog` (ctr or ctr-remote) aimed at this containerd.
     pub fn cmd(&self, prog: &str) -> std::process::Command {
         let mut c = std::process::Command::new(prog);

@@ -97,18 +97,8 @@ fn reference_converter_and_stargaze_make_the_same_tree() {
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("oci");
     small_sample(&oci);
-    let archive = tmp.path().join("sample.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&oci)
-        .arg("-cf")
-        .arg(&archive)
-        .arg("."));
     let ctd = Containerd::start();
-    run(ctd
-        .cmd("ctr")
-        .args(["image", "import", "--base-name", "stargaze.test/sample"])
-        .arg(&archive));
+    ctd.import_layout(&oci, "stargaze.test/sample");
     run(ctd.cmd("ctr-remote").args([
         "image",
         "convert",
