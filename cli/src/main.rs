@@ -32,6 +32,8 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
     /// Convert an OCI image layout's layers to eStargz.
     Convert(cmd::convert::ConvertArgs),
+    /// The built-in OCI registry (`registry serve --root DIR`).
+    Registry(cmd::registry::RegistryArgs),
     /// Run the main job on an embedded sample image, offline.
     Demo(cmd::demo::DemoArgs),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Registry(a) => cmd::registry::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

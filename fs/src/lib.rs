@@ -8,6 +8,8 @@
 pub mod digest;
 pub mod format;
 pub mod image;
+pub mod registry;
+pub mod remote;
 pub mod sys;
 
 pub use digest::Digest;

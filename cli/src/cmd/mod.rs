@@ -4,6 +4,7 @@ pub mod convert;
 pub mod demo;
 pub mod extract;
 pub mod inspect;
+pub mod registry;
 pub mod verify;
 
 use anyhow::Context;

@@ -305,24 +305,57 @@ impl OciLayout {
         tag: Option<&str>,
     ) -> Result<Descriptor, ImageError> {
         let data = serde_json::to_vec(manifest).map_err(|e| json_err("image manifest", e))?;
-        let d = self.put_blob(&data)?;
-        let mut desc = Descriptor::new(
-            MediaType::ImageManifest,
-            data.len() as u64,
-            Self::to_oci(&d)?,
-        );
+        // An untagged write replaces the layout's other untagged image (convert's output).
+        self.record_manifest(&data, MediaType::ImageManifest, tag, tag.is_none())
+    }
+
+    /// Stores manifest bytes exactly as given and records them in `index.json`: under `tag`
+    /// (moving the tag from its old target), or untagged when `tag` is `None` and the digest
+    /// is not listed yet. Not safe against a concurrent writer of the same layout; callers
+    /// that share a layout serialise (the built-in registry locks per repository).
+    pub fn put_manifest_bytes(
+        &self,
+        data: &[u8],
+        media_type: MediaType,
+        tag: Option<&str>,
+    ) -> Result<Descriptor, ImageError> {
+        self.record_manifest(data, media_type, tag, false)
+    }
+
+    fn record_manifest(
+        &self,
+        data: &[u8],
+        media_type: MediaType,
+        tag: Option<&str>,
+        replace_untagged: bool,
+    ) -> Result<Descriptor, ImageError> {
+        let d = self.put_blob(data)?;
+        let mut desc = Descriptor::new(media_type, data.len() as u64, Self::to_oci(&d)?);
         if let Some(t) = tag {
             desc.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), t.to_string())])));
         }
         let mut index = self.index()?;
+        let untagged_known = tag.is_none()
+            && !replace_untagged
+            && index
+                .manifests()
+                .iter()
+                .any(|m| m.digest().to_string() == d.to_string());
+        if untagged_known {
+            return Ok(desc);
+        }
         let mut manifests: Vec<Descriptor> = index
             .manifests()
             .iter()
             .filter(|m| {
                 let name = m.annotations().as_ref().and_then(|a| a.get(REF_NAME));
                 match tag {
-                    Some(t) => name.is_none_or(|n| n != t),
-                    None => name.is_some(),
+                    // Drop the tag's old holder and an untagged entry of the same digest.
+                    Some(t) => {
+                        name.is_none_or(|n| n != t)
+                            && !(name.is_none() && m.digest().to_string() == d.to_string())
+                    }
+                    None => !replace_untagged || name.is_some(),
                 }
             })
             .cloned()
@@ -332,6 +365,19 @@ impl OciLayout {
         let json = serde_json::to_vec(&index).map_err(|e| json_err("index.json", e))?;
         self.write_file("index.json", &json)?;
         Ok(desc)
+    }
+
+    /// The tags recorded in `index.json`, with their descriptors.
+    pub fn tags(&self) -> Result<Vec<(String, Descriptor)>, ImageError> {
+        Ok(self
+            .index()?
+            .manifests()
+            .iter()
+            .filter_map(|m| {
+                let t = m.annotations().as_ref()?.get(REF_NAME)?;
+                Some((t.clone(), m.clone()))
+            })
+            .collect())
     }
 }
 

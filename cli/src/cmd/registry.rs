@@ -1,0 +1,87 @@
+//! `stargaze registry serve`: run the built-in OCI registry over a directory of OCI layouts
+//! until interrupted (SIGINT/SIGTERM), printing where it listens.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use stargaze_fs::registry::{Registry, RegistryOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// `stargaze registry …`
+#[derive(Args)]
+pub struct RegistryArgs {
+    #[command(subcommand)]
+    command: RegistryCommand,
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Serve OCI image layouts under ROOT (repository `a/b` is `ROOT/a/b`).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Directory of repositories (created if missing).
+    #[arg(long)]
+    root: PathBuf,
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    addr: SocketAddr,
+    /// htpasswd file of bcrypt hashes (`htpasswd -Bbn USER PASS`); enables basic auth.
+    #[arg(long)]
+    htpasswd: Option<PathBuf>,
+}
+
+/// Runs the subcommand.
+pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
+    match a.command {
+        RegistryCommand::Serve(s) => serve(s),
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async {
+        let mut opts = RegistryOptions::new(&a.root);
+        opts.htpasswd = a.htpasswd.clone();
+        let reg = Registry::bind(&opts, a.addr)
+            .await
+            .context("starting the registry")?;
+        let addr = reg.local_addr()?;
+        println!(
+            "stargaze registry: serving {} on http://{addr}{}",
+            a.root.display(),
+            if a.htpasswd.is_some() {
+                " (basic auth)"
+            } else {
+                ""
+            }
+        );
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = tx.send(true);
+        });
+        reg.serve(rx).await?;
+        println!("stargaze registry: stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
