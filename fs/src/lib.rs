@@ -10,6 +10,7 @@ pub mod format;
 pub mod image;
 pub mod registry;
 pub mod remote;
+pub mod stream;
 pub mod sys;
 
 pub use digest::Digest;

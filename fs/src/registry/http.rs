@@ -13,7 +13,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// Response body type.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -343,27 +343,9 @@ async fn get_blob(
 
 /// Streams `len` bytes of `file` from its current position.
 fn file_body(file: tokio::fs::File, len: u64) -> Body {
-    let stream = futures_util::stream::unfold((file, len), |(mut file, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let mut buf = vec![0u8; left.min(256 << 10) as usize];
-        match file.read(&mut buf).await {
-            Ok(0) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob shorter than its size",
-                )),
-                (file, 0),
-            )),
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Frame::data(Bytes::from(buf))), (file, left - n as u64)))
-            }
-            Err(e) => Some((Err(e), (file, 0))),
-        }
-    });
-    BodyExt::boxed(StreamBody::new(stream))
+    use futures_util::StreamExt as _;
+    let frames = crate::stream::file_chunks(file, len).map(|r| r.map(Frame::data));
+    BodyExt::boxed(StreamBody::new(frames))
 }
 
 async fn put_manifest(

@@ -128,7 +128,7 @@ impl Store {
         };
         let (d, listed_type) = match entry {
             Ok(desc) => (
-                parse_digest(&desc.digest().to_string())?,
+                parse_digest(desc.digest().as_ref())?,
                 Some(desc.media_type().to_string()),
             ),
             Err(d) => (d, None),

@@ -1,0 +1,174 @@
+//! Sessions: credentials are never global. A client (a build, a CRI pull) registers a
+//! credential provider under a session ID; a fetch names the session IDs that asked for it
+//! (the snapshot labels `containerd.io/snapshot/remote/stargz.session.N[.suffix]`), and
+//! the providers are asked in that order for the host's credentials — the first that answers
+//! wins. A session that ends is unregistered and can no longer be asked.
+
+use super::Credentials;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// The snapshot label prefix naming session IDs.
+pub const SESSION_LABEL: &str = "containerd.io/snapshot/remote/stargz.session";
+
+/// Something that can answer "credentials for this host?".
+pub trait CredentialProvider: Send + Sync {
+    /// Credentials for `host`, `Ok(None)` when this provider has none.
+    fn credentials(&self, host: &str) -> Result<Option<Credentials>, String>;
+}
+
+/// A fixed map of host → credentials (explicit configuration, tests).
+#[derive(Debug, Default, Clone)]
+pub struct StaticCredentials {
+    by_host: HashMap<String, Credentials>,
+}
+
+impl StaticCredentials {
+    /// Adds credentials for a host.
+    pub fn with(mut self, host: &str, creds: Credentials) -> Self {
+        self.by_host.insert(host.to_string(), creds);
+        self
+    }
+}
+
+impl CredentialProvider for StaticCredentials {
+    fn credentials(&self, host: &str) -> Result<Option<Credentials>, String> {
+        Ok(self.by_host.get(host).cloned())
+    }
+}
+
+impl CredentialProvider for super::DockerConfig {
+    fn credentials(&self, host: &str) -> Result<Option<Credentials>, String> {
+        super::DockerConfig::credentials(self, host)
+    }
+}
+
+/// Registered sessions by ID.
+#[derive(Default)]
+pub struct SessionManager {
+    sessions: RwLock<HashMap<String, Arc<dyn CredentialProvider>>>,
+}
+
+impl std::fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.sessions.read().map(|s| s.len()).unwrap_or(0);
+        write!(f, "SessionManager({n} sessions)")
+    }
+}
+
+impl SessionManager {
+    /// An empty manager.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers (or replaces) the provider of session `id`.
+    pub fn register(&self, id: &str, provider: Arc<dyn CredentialProvider>) {
+        if let Ok(mut s) = self.sessions.write() {
+            s.insert(id.to_string(), provider);
+        }
+    }
+
+    /// Forgets session `id`.
+    pub fn unregister(&self, id: &str) {
+        if let Ok(mut s) = self.sessions.write() {
+            s.remove(id);
+        }
+    }
+
+    /// Asks the named sessions in order; the first with credentials for `host` wins.
+    /// Unknown sessions are skipped; a provider error is returned only if no later one answers.
+    pub fn credentials(&self, ids: &[String], host: &str) -> Result<Option<Credentials>, String> {
+        let providers: Vec<(String, Arc<dyn CredentialProvider>)> = match self.sessions.read() {
+            Ok(s) => ids
+                .iter()
+                .filter_map(|id| s.get(id).map(|p| (id.clone(), p.clone())))
+                .collect(),
+            Err(_) => return Err("session table is poisoned".into()),
+        };
+        let mut first_err = None;
+        for (id, p) in providers {
+            match p.credentials(host) {
+                Ok(Some(c)) => {
+                    tracing::debug!(session = %id, %host, "credentials from session");
+                    return Ok(Some(c));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(session = %id, %host, error = %e, "session provider failed");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Session IDs named by snapshot labels, in label order (`…session.0`, `…session.1`, …).
+pub fn session_ids_from_labels(labels: &HashMap<String, String>) -> Vec<String> {
+    let mut by_index: BTreeMap<(u32, String), String> = BTreeMap::new();
+    for (k, v) in labels {
+        let Some(rest) = k
+            .strip_prefix(SESSION_LABEL)
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let (n, suffix) = rest.split_once('.').unwrap_or((rest, ""));
+        if let Ok(n) = n.parse::<u32>() {
+            if !v.is_empty() {
+                by_index.insert((n, suffix.to_string()), v.clone());
+            }
+        }
+    }
+    by_index.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_answer_wins_in_order() {
+        let m = SessionManager::new();
+        m.register("a", Arc::new(StaticCredentials::default()));
+        m.register(
+            "b",
+            Arc::new(StaticCredentials::default().with("h", Credentials::basic("bu", "bp"))),
+        );
+        m.register(
+            "c",
+            Arc::new(StaticCredentials::default().with("h", Credentials::basic("cu", "cp"))),
+        );
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            m.credentials(&ids(&["x", "a", "c", "b"]), "h").unwrap(),
+            Some(Credentials::basic("cu", "cp"))
+        );
+        assert_eq!(m.credentials(&ids(&["a"]), "h").unwrap(), None);
+        m.unregister("c");
+        assert_eq!(
+            m.credentials(&ids(&["c", "b"]), "h").unwrap(),
+            Some(Credentials::basic("bu", "bp"))
+        );
+    }
+
+    #[test]
+    fn label_order() {
+        let labels: HashMap<String, String> = [
+            (format!("{SESSION_LABEL}.1.xyz"), "second".to_string()),
+            (format!("{SESSION_LABEL}.0.xyz"), "first".to_string()),
+            (format!("{SESSION_LABEL}.10"), "third".to_string()),
+            (format!("{SESSION_LABEL}.bad"), "no".to_string()),
+            ("other".to_string(), "no".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            session_ids_from_labels(&labels),
+            vec!["first", "second", "third"]
+        );
+    }
+}
