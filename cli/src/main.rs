@@ -32,6 +32,8 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
     /// Convert an OCI image layout's layers to eStargz.
     Convert(cmd::convert::ConvertArgs),
+    /// Copy an image between oci:DIR[:TAG] and docker://HOST/REPO[:TAG].
+    Copy(cmd::copy::CopyArgs),
     /// The built-in OCI registry (`registry serve --root DIR`).
     Registry(cmd::registry::RegistryArgs),
     /// Run the main job on an embedded sample image, offline.
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Registry(a) => cmd::registry::run(a),
+        Command::Copy(a) => cmd::copy::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,12 @@
 //! One module per subcommand; each owns its clap arguments and its output.
 
 pub mod convert;
+pub mod copy;
 pub mod demo;
 pub mod extract;
 pub mod inspect;
 pub mod registry;
+pub mod remote;
 pub mod verify;
 
 use anyhow::Context;

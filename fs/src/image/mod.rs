@@ -7,7 +7,7 @@ mod error;
 mod layout;
 pub mod sample;
 
-pub use build::{write_image, ImageConfig, LayerInput};
+pub use build::{hash_file, write_image, ImageConfig, LayerInput};
 pub use convert::{
     annotations_of, convert_image, ImageConvertOptions, ImageConvertReport, LayerOutcome,
 };

@@ -517,7 +517,7 @@ async fn complete(
     append_body(path, body, size).await?;
     let (st, n, p) = (state.clone(), name.to_string(), path.to_path_buf());
     blocking(move || {
-        let (got, _) = Store::hash_file(&p).map_err(ApiError::internal)?;
+        let (got, _) = crate::image::hash_file(&p).map_err(ApiError::internal)?;
         if got != want {
             return Err(ApiError::digest_invalid(format!(
                 "uploaded content hashes to {got}, not {want}"

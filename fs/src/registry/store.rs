@@ -5,7 +5,7 @@
 //! component that collides with a layout's own files) and digests are strict sha256.
 
 use super::error::ApiError;
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::image::OciLayout;
 use crate::remote::reference::{validate_repository, validate_tag};
 use oci_spec::image::MediaType;
@@ -253,22 +253,6 @@ impl Store {
                 ApiError::internal(format!("mounting blob {d}: {e}"))
             })?;
         Ok(d)
-    }
-
-    /// Hashes a file.
-    pub fn hash_file(path: &Path) -> Result<(Digest, u64), std::io::Error> {
-        let mut f = fs::File::open(path)?;
-        let mut h = Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n_total = 0u64;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok((h.finish(), n_total));
-            }
-            n_total += n as u64;
-            h.update(&buf[..n]);
-        }
     }
 }
 

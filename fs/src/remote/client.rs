@@ -161,6 +161,12 @@ fn transport(url: &str, e: &reqwest::Error) -> RemoteError {
     }
 }
 
+/// The `Content-Length` header itself (reqwest's `content_length()` is the body size hint,
+/// which is 0 for HEAD).
+fn header_len(resp: &reqwest::Response) -> Option<u64> {
+    header_str(resp, "content-length").and_then(|v| v.trim().parse().ok())
+}
+
 fn header_str<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -555,9 +561,7 @@ impl RegistryClient {
             return Ok(None);
         }
         let reply = check_status(reply, &format!("blob {d}")).await?;
-        reply
-            .resp
-            .content_length()
+        header_len(&reply.resp)
             .map(Some)
             .ok_or_else(|| RemoteError::protocol(&reply.url, "HEAD without Content-Length"))
     }
@@ -807,7 +811,7 @@ impl RegistryClient {
         let reply = self.call(&c).await?;
         match reply.resp.status().as_u16() {
             404 => Ok(None),
-            200 => Ok(reply.resp.content_length()),
+            200 => Ok(header_len(&reply.resp)),
             _ => {
                 check_status(reply, &format!("blob {d}")).await?;
                 Ok(None)

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod copy;
 pub mod error;
 pub mod hosts;
 pub mod manifest;

@@ -1,0 +1,49 @@
+//! Registry flags shared by the subcommands that talk to registries, and the client they
+//! build: docker config credentials as the fallback, insecure hosts and mirrors from flags.
+
+use anyhow::Context;
+use clap::Args;
+use stargaze_fs::remote::auth::{CredentialProvider, DockerConfig};
+use stargaze_fs::remote::{ClientOptions, RegistryClient};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `--insecure-registry`, `--mirror`, `--docker-config`.
+#[derive(Args, Clone, Default)]
+pub struct RegistryFlags {
+    /// Allow plain HTTP to HOST[:PORT] (localhost and 127.0.0.0/8 always are). Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure: Vec<String>,
+    /// Try MIRROR (http(s)://host[:port]) before REGISTRY for pulls: REGISTRY=MIRROR. Repeatable.
+    #[arg(long = "mirror", value_name = "REGISTRY=MIRROR")]
+    pub mirrors: Vec<String>,
+    /// Docker config file with credentials (default: $DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json).
+    #[arg(long)]
+    pub docker_config: Option<PathBuf>,
+}
+
+impl RegistryFlags {
+    /// Builds a client from the flags.
+    pub fn client(&self) -> anyhow::Result<RegistryClient> {
+        let mut opts = ClientOptions::default();
+        for h in &self.insecure {
+            opts.hosts.set_insecure(h);
+        }
+        for m in &self.mirrors {
+            let (reg, url) = m
+                .split_once('=')
+                .with_context(|| format!("--mirror {m:?}: expected REGISTRY=MIRROR"))?;
+            opts.hosts
+                .add_mirror(reg, url)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--mirror {m:?}"))?;
+        }
+        let cfg = match &self.docker_config {
+            Some(p) => DockerConfig::load(p).map_err(anyhow::Error::msg)?,
+            None => DockerConfig::load_default().map_err(anyhow::Error::msg)?,
+        };
+        opts.fallback = vec![Arc::new(cfg) as Arc<dyn CredentialProvider>];
+        Ok(RegistryClient::new(opts)?)
+    }
+}
