@@ -218,7 +218,7 @@ async fn read_top(cx: &Ctx<'_>, src: &ImageLocation) -> Result<Manifest, RemoteE
                     }
                 };
                 let d = OciLayout::digest_of(&desc).map_err(layout_err)?;
-                layout_manifest(&layout, &d, desc.size(), &desc.media_type().to_string())
+                layout_manifest(&layout, &d, desc.size(), desc.media_type().as_ref())
             })
             .await
         }
