@@ -5,6 +5,7 @@
 //! writes and converts OCI image layouts. Later layers (remote, cache, fuse) build on these.
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod digest;
 pub mod format;
 pub mod image;

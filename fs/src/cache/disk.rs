@@ -1,0 +1,264 @@
+//! The on-disk tier: a content-addressed chunk store, `ROOT/sha256/<2 hex>/<hex>`. Writes
+//! go to a temp file in `ROOT/tmp`, are fsynced, then renamed into place, so a crash leaves
+//! either nothing or a whole file. Every read re-hashes the file: a corrupted or truncated
+//! entry is removed and reported as a miss (the fetcher then refetches). The total size is
+//! capped; least recently used entries go first, and the order survives restarts through
+//! file modification times (touched on hits).
+
+use super::VerifiedChunk;
+use crate::digest::Digest;
+use lru::LruCache;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Why the disk cache failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskCacheError {
+    /// File-system I/O.
+    #[error("chunk cache {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskCacheError {
+    let context = context.into();
+    move |source| DiskCacheError::Io { context, source }
+}
+
+struct State {
+    lru: LruCache<Digest, u64>,
+    bytes: u64,
+}
+
+/// A chunk store under one directory.
+pub struct DiskCache {
+    root: PathBuf,
+    cap: u64,
+    state: Mutex<State>,
+}
+
+impl DiskCache {
+    /// Opens (or creates) the store at `root` with a size cap, indexing what is there.
+    pub fn open(root: &Path, cap: u64) -> Result<Self, DiskCacheError> {
+        fs::create_dir_all(root.join("sha256")).map_err(io(format!("creating {}", root.display())))?;
+        let tmp = root.join("tmp");
+        // Leftover temp files are from writes a crash interrupted.
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io("creating tmp dir"))?;
+        let mut found: Vec<(std::time::SystemTime, Digest, u64)> = Vec::new();
+        let shards = fs::read_dir(root.join("sha256")).map_err(io("listing the store"))?;
+        for shard in shards.flatten() {
+            let Ok(entries) = fs::read_dir(shard.path()) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(d) = format!("sha256:{name}").parse::<Digest>() else {
+                    let _ = fs::remove_file(e.path());
+                    continue;
+                };
+                if let Ok(m) = e.metadata() {
+                    if m.is_file() {
+                        let t = m.modified().unwrap_or(std::time::UNIX_EPOCH);
+                        found.push((t, d, m.len()));
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|(t, _, _)| *t);
+        let mut state = State {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+        };
+        for (_, d, len) in found {
+            state.lru.put(d, len);
+            state.bytes += len;
+        }
+        let cache = DiskCache {
+            root: root.to_path_buf(),
+            cap,
+            state: Mutex::new(state),
+        };
+        cache.evict();
+        Ok(cache)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where a chunk lives.
+    pub fn path_of(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join("sha256").join(&hex[..2]).join(hex)
+    }
+
+    /// Bytes stored.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// Chunks stored.
+    pub fn len(&self) -> usize {
+        self.lock().lru.len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads and re-verifies a chunk of `len` bytes; a bad entry is removed and misses.
+    pub fn get(&self, d: &Digest, len: u64) -> Option<VerifiedChunk> {
+        if self.lock().lru.get(d).is_none() {
+            return None;
+        }
+        let path = self.path_of(d);
+        let read = fs::File::open(&path).and_then(|f| {
+            let mut data = Vec::with_capacity(len as usize);
+            f.take(len + 1).read_to_end(&mut data)?;
+            Ok(data)
+        });
+        let data: Arc<[u8]> = match read {
+            Ok(v) if v.len() as u64 == len => v.into(),
+            Ok(v) => {
+                tracing::warn!(digest = %d, want = len, got = v.len(), "cached chunk has the wrong size; dropping it");
+                self.forget(d);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(digest = %d, error = %e, "cached chunk unreadable; dropping it");
+                self.forget(d);
+                return None;
+            }
+        };
+        match VerifiedChunk::verify(*d, data) {
+            Some(c) => {
+                // Touch so the LRU order survives a restart.
+                let _ = fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                Some(c)
+            }
+            None => {
+                tracing::warn!(digest = %d, "cached chunk is corrupt; dropping it");
+                self.forget(d);
+                None
+            }
+        }
+    }
+
+    fn forget(&self, d: &Digest) {
+        let mut s = self.lock();
+        if let Some(len) = s.lru.pop(d) {
+            s.bytes -= len;
+        }
+        drop(s);
+        let _ = fs::remove_file(self.path_of(d));
+    }
+
+    /// Stores a verified chunk (temp file, fsync, rename), then evicts beyond the cap.
+    pub fn put(&self, c: &VerifiedChunk) -> Result<(), DiskCacheError> {
+        let len = c.data().len() as u64;
+        if len > self.cap {
+            return Ok(());
+        }
+        if self.lock().lru.get(c.digest()).is_some() {
+            return Ok(());
+        }
+        let path = self.path_of(c.digest());
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io("creating shard dir"))?;
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
+            .map_err(io("creating temp file"))?;
+        tmp.write_all(c.data())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(io(format!("writing chunk {}", c.digest())))?;
+        tmp.persist(&path)
+            .map_err(|e| DiskCacheError::Io {
+                context: format!("storing chunk {}", c.digest()),
+                source: e.error,
+            })?;
+        {
+            let mut s = self.lock();
+            if s.lru.put(*c.digest(), len).is_none() {
+                s.bytes += len;
+            }
+        }
+        self.evict();
+        Ok(())
+    }
+
+    fn evict(&self) {
+        loop {
+            let victim = {
+                let mut s = self.lock();
+                if s.bytes <= self.cap {
+                    return;
+                }
+                match s.lru.pop_lru() {
+                    Some((d, len)) => {
+                        s.bytes -= len;
+                        d
+                    }
+                    None => return,
+                }
+            };
+            let _ = fs::remove_file(self.path_of(&victim));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(b: u8, n: usize) -> VerifiedChunk {
+        let data: Arc<[u8]> = vec![b; n].into();
+        VerifiedChunk::verify(Digest::of(&data), data).unwrap()
+    }
+
+    #[test]
+    fn survives_restart_and_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (chunk(1, 400), chunk(2, 400), chunk(3, 400));
+        {
+            let cache = DiskCache::open(dir.path(), 1000).unwrap();
+            cache.put(&a).unwrap();
+            cache.put(&b).unwrap();
+            assert!(cache.get(a.digest(), 400).is_some());
+        }
+        let cache = DiskCache::open(dir.path(), 1000).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(b.digest(), 400).unwrap().data(), b.data());
+        cache.put(&c).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert!(cache.bytes() <= 1000);
+    }
+
+    #[test]
+    fn corrupt_and_truncated_entries_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let (a, b) = (chunk(1, 300), chunk(2, 300));
+        cache.put(&a).unwrap();
+        cache.put(&b).unwrap();
+        let mut bytes = fs::read(cache.path_of(a.digest())).unwrap();
+        bytes[10] ^= 1;
+        fs::write(cache.path_of(a.digest()), bytes).unwrap();
+        fs::write(cache.path_of(b.digest()), [2u8; 100]).unwrap();
+        assert!(cache.get(a.digest(), 300).is_none());
+        assert!(cache.get(b.digest(), 300).is_none());
+        assert!(!cache.path_of(a.digest()).exists());
+        assert_eq!(cache.len(), 0);
+        cache.put(&a).unwrap();
+        assert!(cache.get(a.digest(), 300).is_some());
+    }
+}
