@@ -9,6 +9,7 @@ pub mod cache;
 pub mod digest;
 pub mod format;
 pub mod image;
+pub mod layer;
 pub mod registry;
 pub mod remote;
 pub mod stream;

@@ -1,15 +1,23 @@
-//! `stargaze demo`: the main job on an embedded default, offline. Today it builds the sample
-//! image, converts it to eStargz, verifies every layer and reads single files by their
-//! chunks; serving it from the built-in registry and mounting it lazily join as they land.
+//! `stargaze demo`: the main job on an embedded default, offline. It builds the sample
+//! image, converts it to eStargz, verifies every layer, serves it from the built-in registry
+//! on an ephemeral loopback port and reads a few files through the lazy fetcher, reporting
+//! how much of the layer was fetched. Mounting it with FUSE joins when that lands.
 
 use crate::progress::{bytes, Progress};
 use anyhow::Context;
 use clap::Args;
+use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
 use stargaze_fs::format::verify::verify_layer;
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions, WriterOptions};
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::image::{annotations_of, convert_image, ImageConvertOptions, OciLayout};
+use stargaze_fs::layer::RemoteLayer;
+use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
+use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
+use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// `stargaze demo`
 #[derive(Args)]
@@ -31,7 +39,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let p = Progress::new("demo");
 
     println!(
-        "[1/4] building the sample image in {}",
+        "[1/5] building the sample image in {}",
         layout_dir.display()
     );
     let opts = SampleOptions {
@@ -51,7 +59,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         p.elapsed()
     );
 
-    println!("[2/4] converting to eStargz (gzip, 4 MiB chunks, all cores)");
+    println!("[2/5] converting to eStargz (gzip, 4 MiB chunks, all cores)");
     let layout = OciLayout::open(&layout_dir)?;
     let t = std::time::Instant::now();
     let report = convert_image(
@@ -76,7 +84,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     println!("      converted in {:.2}s", t.elapsed().as_secs_f64());
 
-    println!("[3/4] verifying footer, TOC digest and every chunk of each layer");
+    println!("[3/5] verifying footer, TOC digest and every chunk of each layer");
     let (_, manifest) = layout.resolve(Some("sample-esgz"))?;
     let mut readers = Vec::new();
     for desc in manifest.layers() {
@@ -105,29 +113,92 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         readers.push((desc.size(), r));
     }
 
-    println!("[4/4] reading single files by their chunks only");
-    let (base_size, base) = &readers[0];
+    drop(readers);
+
+    let registry = BackgroundRegistry::start(
+        RegistryOptions::new(work.join("registry")),
+        "127.0.0.1:0".parse()?,
+    )
+    .context("starting the built-in registry")?;
+    let image = format!("{}/demo/sample:esgz", registry.addr());
+    println!("[4/5] serving it from the built-in registry as {image}");
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let client = Arc::new(RegistryClient::new(ClientOptions::default())?);
+    let pushed = rt.block_on(copy_image(
+        &client,
+        &ImageLocation::Layout(format!("oci:{}:sample-esgz", layout_dir.display()).parse()?),
+        &ImageLocation::Registry(Reference::parse(&image)?),
+        &CopyOptions::default(),
+        &Quiet,
+    ))?;
+    println!(
+        "      pushed {} blobs ({}) and the manifest",
+        pushed.blobs_copied,
+        bytes(pushed.bytes)
+    );
+
+    println!("[5/5] reading files lazily through the fetcher (Range GETs, verified chunks)");
+    let cache = Arc::new(ChunkCache::new(
+        Some(MemoryCache::new(64 << 20)),
+        Some(DiskCache::open(&work.join("cache"), 1 << 30)?),
+    ));
+    let reference = Reference::parse(&image)?;
+    let (m, _) = rt.block_on(client.resolve(&reference, &Platform::host(), &[]))?;
+    let base_desc = m.layers.first().context("the image has no layers")?;
+    let base = rt.block_on(RemoteLayer::open(
+        client.clone(),
+        &reference,
+        base_desc,
+        cache,
+        Vec::new(),
+        FetchOptions::default(),
+    ))?;
+    let after_open = base.counters();
+    println!(
+        "      opened layer {}: TOC of {} entries read with {} request(s), {}",
+        &base.digest().to_string()[..19],
+        base.index().entries.len(),
+        after_open.requests,
+        bytes(after_open.bytes_fetched)
+    );
     for path in [
         "etc/hello.txt",
         "usr/share/doc/pkg-0007/file-3.txt",
         "usr/lib/libsample0.so",
+        "etc/hello.txt",
     ] {
-        let Some(id) = base.index().lookup(path) else {
+        if base.index().lookup(path).is_none() {
             continue;
-        };
-        let node = base.index().node(id);
-        let frames: u64 = node.chunks.iter().map(|c| c.blob_end - c.blob_offset).sum();
-        let data = base.read_file(id, 0, node.size)?;
+        }
+        let before = base.counters();
+        let data = rt.block_on(base.read_path(path))?;
+        let now = base.counters();
         println!(
-            "      {path}: {} read through {} chunk(s), {} of the {} layer touched",
+            "      {path}: {} in {} request(s), {} fetched{}",
             bytes(data.len() as u64),
-            node.chunks.len(),
-            bytes(frames),
-            bytes(*base_size)
+            now.requests - before.requests,
+            bytes(now.bytes_fetched - before.bytes_fetched),
+            if now.cache_hits > before.cache_hits {
+                " (cache hit)"
+            } else {
+                ""
+            }
         );
     }
+    let c = base.counters();
     println!(
-        "demo done in {:.2}s: sample image built, {} layers converted to eStargz and verified{}",
+        "      fetched {} of the {} layer ({:.2}%) in {} requests; served {}; cache {} hits / {} misses",
+        bytes(c.bytes_fetched),
+        bytes(base.size()),
+        100.0 * c.bytes_fetched as f64 / base.size() as f64,
+        c.requests,
+        bytes(c.bytes_served),
+        c.cache_hits,
+        c.cache_misses
+    );
+    drop(registry);
+    println!(
+        "demo done in {:.2}s: sample image built, {} layers converted to eStargz and verified, served from the built-in registry and read lazily{}",
         p.elapsed(),
         report.layers.len(),
         match &a.keep {

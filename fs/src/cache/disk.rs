@@ -47,7 +47,8 @@ pub struct DiskCache {
 impl DiskCache {
     /// Opens (or creates) the store at `root` with a size cap, indexing what is there.
     pub fn open(root: &Path, cap: u64) -> Result<Self, DiskCacheError> {
-        fs::create_dir_all(root.join("sha256")).map_err(io(format!("creating {}", root.display())))?;
+        fs::create_dir_all(root.join("sha256"))
+            .map_err(io(format!("creating {}", root.display())))?;
         let tmp = root.join("tmp");
         // Leftover temp files are from writes a crash interrupted.
         let _ = fs::remove_dir_all(&tmp);
@@ -55,7 +56,9 @@ impl DiskCache {
         let mut found: Vec<(std::time::SystemTime, Digest, u64)> = Vec::new();
         let shards = fs::read_dir(root.join("sha256")).map_err(io("listing the store"))?;
         for shard in shards.flatten() {
-            let Ok(entries) = fs::read_dir(shard.path()) else { continue };
+            let Ok(entries) = fs::read_dir(shard.path()) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let Ok(d) = format!("sha256:{name}").parse::<Digest>() else {
@@ -181,11 +184,10 @@ impl DiskCache {
         tmp.write_all(c.data())
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(io(format!("writing chunk {}", c.digest())))?;
-        tmp.persist(&path)
-            .map_err(|e| DiskCacheError::Io {
-                context: format!("storing chunk {}", c.digest()),
-                source: e.error,
-            })?;
+        tmp.persist(&path).map_err(|e| DiskCacheError::Io {
+            context: format!("storing chunk {}", c.digest()),
+            source: e.error,
+        })?;
         {
             let mut s = self.lock();
             if s.lru.put(*c.digest(), len).is_none() {

@@ -22,7 +22,12 @@ pub struct VerifiedChunk {
 
 impl std::fmt::Debug for VerifiedChunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "VerifiedChunk({}, {} bytes)", self.digest, self.data.len())
+        write!(
+            f,
+            "VerifiedChunk({}, {} bytes)",
+            self.digest,
+            self.data.len()
+        )
     }
 }
 

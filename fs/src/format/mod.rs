@@ -22,7 +22,9 @@ pub use compression::Compression;
 pub use error::FormatError;
 pub use index::{Chunk, Index, Node, NodeId, NodeKind};
 pub use limits::Limits;
-pub use reader::{BlobSource, FileBlob, LayerReader, OpenOptions};
+pub use reader::{
+    decode_chunk, metadata_start, BlobSource, FileBlob, LayerReader, OpenOptions, WindowBlob,
+};
 pub use writer::{convert_layer, ConvertReport, WriterOptions};
 
 /// Name of the TOC tar entry in gzip eStargz.

@@ -85,6 +85,83 @@ fn eof() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past end of blob")
 }
 
+/// A window of a blob held in memory (`[start, size)`), e.g. the metadata a remote reader
+/// fetched with one Range request; reads outside it fail.
+#[derive(Debug, Clone)]
+pub struct WindowBlob {
+    size: u64,
+    start: u64,
+    data: Vec<u8>,
+}
+
+impl WindowBlob {
+    /// `data` holds the blob's bytes from `start` to its end, `size`.
+    pub fn new(size: u64, start: u64, data: Vec<u8>) -> Result<Self, FormatError> {
+        if start.checked_add(data.len() as u64) != Some(size) {
+            return Err(FormatError::Truncated(format!(
+                "window of {} bytes at {start} does not end at the blob size {size}",
+                data.len()
+            )));
+        }
+        Ok(WindowBlob { size, start, data })
+    }
+}
+
+impl BlobSource for WindowBlob {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if offset < self.start || end.is_none_or(|e| e > self.size) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "read at {offset} is outside the fetched window from {}",
+                    self.start
+                ),
+            ));
+        }
+        let from = (offset - self.start) as usize;
+        buf.copy_from_slice(&self.data[from..from + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Where a layer's metadata (TOC through footer) starts, from the last bytes of the blob
+/// (`tail`, at least the footer) and the descriptor annotations, so a remote reader can
+/// fetch all of it with one more Range request. Refuses metadata larger than the limits.
+pub fn metadata_start(tail: &[u8], size: u64, opts: &OpenOptions) -> Result<u64, FormatError> {
+    let start = match zstd_position(&opts.annotations, size) {
+        Some((off, _, _)) => off,
+        None => {
+            let n = tail.len().min(MAX_FOOTER_READ);
+            match Footer::parse(&tail[tail.len() - n..], size)? {
+                Footer::Gzip { toc_offset } | Footer::LegacyGzip { toc_offset } => toc_offset,
+                Footer::Zstd { toc_offset, .. } => toc_offset,
+            }
+        }
+    };
+    if start > size {
+        return Err(FormatError::Truncated(format!(
+            "TOC offset {start} is past the blob end {size}"
+        )));
+    }
+    let len = size - start;
+    if len
+        > opts
+            .limits
+            .max_toc_compressed
+            .saturating_add(MAX_FOOTER_READ as u64)
+    {
+        return Err(FormatError::Limit(format!(
+            "layer metadata is {len} bytes (max {})",
+            opts.limits.max_toc_compressed
+        )));
+    }
+    Ok(start)
+}
+
 /// What the caller trusts about the blob, typically from the manifest.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {

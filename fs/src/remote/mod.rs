@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod copy;
 pub mod error;
+pub mod fetcher;
 pub mod hosts;
 pub mod manifest;
 pub mod platform;

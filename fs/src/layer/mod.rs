@@ -1,0 +1,205 @@
+//! One lazily read layer: its metadata (footer + TOC) fetched with two small Range GETs and
+//! checked against the manifest's TOC digest, its index, and reads of file ranges served
+//! chunk by chunk through the fetcher (cache → merged Range GETs → verify). The FUSE
+//! filesystem of a later layer of the stack sits on [`RemoteLayer::read`].
+
+use crate::cache::ChunkCache;
+use crate::digest::Digest;
+use crate::format::{
+    metadata_start, FormatError, Index, LayerReader, NodeId, NodeKind, OpenOptions, WindowBlob,
+};
+use crate::remote::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
+use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Annotation carrying the digest of the uncompressed TOC.
+pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// Bytes read from the end of the blob first: the footer, and the whole TOC when small.
+const FIRST_TAIL: u64 = 256 << 10;
+
+/// Why a layer could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// Registry access failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The layer's metadata is not a valid eStargz/zstd:chunked TOC.
+    #[error("layer {digest}: {source}")]
+    Format {
+        /// The layer.
+        digest: Digest,
+        /// Cause.
+        #[source]
+        source: FormatError,
+    },
+    /// Reading chunks failed.
+    #[error("layer {digest}, {file}: {source}")]
+    Fetch {
+        /// The layer.
+        digest: Digest,
+        /// The file being read.
+        file: String,
+        /// Cause.
+        #[source]
+        source: FetchError,
+    },
+    /// The node is not a regular file.
+    #[error("{0} is not a regular file")]
+    NotAFile(String),
+    /// A worker thread failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A layer read lazily from a registry.
+pub struct RemoteLayer {
+    reader: LayerReader<WindowBlob>,
+    fetcher: Fetcher,
+    metadata_requests: u64,
+    metadata_bytes: u64,
+}
+
+impl RemoteLayer {
+    /// Opens the layer `desc` of repository `reference`: fetches the tail, then (if the TOC
+    /// is larger) the rest of the metadata, and builds the index.
+    pub async fn open(
+        client: Arc<RegistryClient>,
+        reference: &Reference,
+        desc: &Descriptor,
+        cache: Arc<ChunkCache>,
+        sessions: Vec<String>,
+        fetch: FetchOptions,
+    ) -> Result<Self, LayerError> {
+        let digest = desc.digest()?;
+        let blob = RemoteBlob {
+            client,
+            reference: reference.clone(),
+            digest,
+            size: desc.size,
+            sessions,
+        };
+        let fmt_err = |source| LayerError::Format { digest, source };
+        let annotations: BTreeMap<String, String> = desc
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut opts = OpenOptions {
+            annotations,
+            ..OpenOptions::default()
+        };
+        if let Some(t) = opts.annotations.get(TOC_DIGEST_ANNOTATION) {
+            opts.toc_digest = Some(t.parse().map_err(|e| {
+                fmt_err(FormatError::Toc(format!(
+                    "{TOC_DIGEST_ANNOTATION} annotation: {e}"
+                )))
+            })?);
+        }
+        let size = desc.size;
+        if size == 0 {
+            return Err(fmt_err(FormatError::Truncated("empty layer blob".into())));
+        }
+        let tail_len = size.min(FIRST_TAIL);
+        let mut data = blob.range(size - tail_len, tail_len).await?.to_vec();
+        let mut requests = 1;
+        let start = metadata_start(&data, size, &opts).map_err(fmt_err)?;
+        if start < size - tail_len {
+            let head = blob.range(start, size - tail_len - start).await?;
+            requests += 1;
+            let mut all = head.to_vec();
+            all.extend_from_slice(&data);
+            data = all;
+        }
+        let window_start = size - data.len() as u64;
+        let metadata_bytes = data.len() as u64;
+        let window = WindowBlob::new(size, window_start, data).map_err(fmt_err)?;
+        let reader = tokio::task::spawn_blocking(move || LayerReader::open(window, &opts))
+            .await
+            .map_err(|e| LayerError::Internal(e.to_string()))?
+            .map_err(fmt_err)?;
+        let compression = reader.index().compression;
+        Ok(RemoteLayer {
+            reader,
+            fetcher: Fetcher::new(blob, compression, cache, fetch),
+            metadata_requests: requests,
+            metadata_bytes,
+        })
+    }
+
+    /// The index.
+    pub fn index(&self) -> &Index {
+        self.reader.index()
+    }
+
+    /// Digest of the TOC JSON.
+    pub fn toc_digest(&self) -> Digest {
+        self.reader.toc_digest()
+    }
+
+    /// The blob's digest.
+    pub fn digest(&self) -> Digest {
+        self.fetcher.blob().digest
+    }
+
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.fetcher.blob().size
+    }
+
+    /// Counters of chunk traffic, plus the metadata requests made at open.
+    pub fn counters(&self) -> CounterSnapshot {
+        let mut s = self.fetcher.counters().snapshot();
+        s.requests += self.metadata_requests;
+        s.bytes_fetched += self.metadata_bytes;
+        s
+    }
+
+    /// Reads `len` bytes of regular file `node` at `offset` (short at end of file), verified.
+    pub async fn read(&self, node: NodeId, offset: u64, len: u64) -> Result<Vec<u8>, LayerError> {
+        let n = self.index().node(node);
+        if n.kind != NodeKind::Reg {
+            return Err(LayerError::NotAFile(n.path.clone()));
+        }
+        let end = offset.saturating_add(len).min(n.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let (Some(first), Some(last)) = (n.chunk_at(offset), n.chunk_at(end - 1)) else {
+            return Err(LayerError::Format {
+                digest: self.digest(),
+                source: FormatError::entry(&n.path, format!("no chunk covers {offset}..{end}")),
+            });
+        };
+        let chunks = &n.chunks[first..=last];
+        let data = self
+            .fetcher
+            .chunks(&n.path, chunks)
+            .await
+            .map_err(|source| LayerError::Fetch {
+                digest: self.digest(),
+                file: n.path.clone(),
+                source,
+            })?;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (c, d) in chunks.iter().zip(&data) {
+            let from = offset.saturating_sub(c.file_offset) as usize;
+            let to = ((end - c.file_offset) as usize).min(d.len());
+            if from < to {
+                out.extend_from_slice(&d[from..to]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a whole regular file by path.
+    pub async fn read_path(&self, path: &str) -> Result<Vec<u8>, LayerError> {
+        let id = self
+            .index()
+            .lookup(path)
+            .ok_or_else(|| LayerError::NotAFile(path.to_string()))?;
+        let size = self.index().node(id).size;
+        self.read(id, 0, size).await
+    }
+}

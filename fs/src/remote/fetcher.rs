@@ -1,0 +1,423 @@
+//! The chunk fetcher: turns chunk reads into as few Range requests as possible and never lets
+//! an unverified byte through.
+//!
+//! * Cache first (memory, then disk), by chunk digest.
+//! * Missing chunks are sorted by blob offset and neighbours whose frames lie within
+//!   `merge_gap` of each other are fetched with one Range GET (up to `max_request` bytes).
+//! * Single flight: each chunk being fetched has an entry in the in-flight table; a second
+//!   reader of it waits for the first fetch's result instead of fetching again.
+//! * Cancellation: the fetch runs in the first reader's future. If that reader goes away,
+//!   its HTTP request is dropped, its in-flight entries are removed and waiters take over.
+//! * Every chunk is decompressed and verified against its TOC digest; a mismatch (wrong
+//!   bytes on the wire) is refetched once alone, then reported — never served, never cached.
+
+use super::client::RegistryClient;
+use super::error::RemoteError;
+use super::reference::Reference;
+use crate::cache::{ChunkCache, VerifiedChunk};
+use crate::digest::Digest;
+use crate::format::{decode_chunk, Chunk, Compression, FormatError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Why a chunk could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The registry request failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The chunk failed to decompress or verify, even after a refetch.
+    #[error("{0}")]
+    Verify(FormatError),
+    /// Another reader's fetch of the same chunk failed.
+    #[error("{0}")]
+    Shared(String),
+    /// A worker thread failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Tuning of request merging.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// Largest hole between two frames that still merges them into one request.
+    pub merge_gap: u64,
+    /// Largest merged request.
+    pub max_request: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            merge_gap: 256 << 10,
+            max_request: 16 << 20,
+        }
+    }
+}
+
+/// Per-layer counters.
+#[derive(Debug, Default)]
+pub struct LayerCounters {
+    /// Range requests sent for chunks.
+    pub requests: AtomicU64,
+    /// Compressed bytes fetched.
+    pub bytes_fetched: AtomicU64,
+    /// Decompressed bytes handed to readers.
+    pub bytes_served: AtomicU64,
+    /// Chunks found in a cache.
+    pub cache_hits: AtomicU64,
+    /// Chunks not found in a cache.
+    pub cache_misses: AtomicU64,
+    /// Chunks that failed verification on arrival.
+    pub verify_failures: AtomicU64,
+    /// Reads that waited on another reader's fetch.
+    pub shared_waits: AtomicU64,
+}
+
+/// A snapshot of [`LayerCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// Range requests.
+    pub requests: u64,
+    /// Compressed bytes fetched.
+    pub bytes_fetched: u64,
+    /// Bytes served.
+    pub bytes_served: u64,
+    /// Cache hits.
+    pub cache_hits: u64,
+    /// Cache misses.
+    pub cache_misses: u64,
+    /// Verification failures.
+    pub verify_failures: u64,
+    /// Shared waits.
+    pub shared_waits: u64,
+}
+
+impl LayerCounters {
+    /// Current values.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            requests: g(&self.requests),
+            bytes_fetched: g(&self.bytes_fetched),
+            bytes_served: g(&self.bytes_served),
+            cache_hits: g(&self.cache_hits),
+            cache_misses: g(&self.cache_misses),
+            verify_failures: g(&self.verify_failures),
+            shared_waits: g(&self.shared_waits),
+        }
+    }
+}
+
+/// A blob in a registry repository.
+#[derive(Debug, Clone)]
+pub struct RemoteBlob {
+    /// The client.
+    pub client: Arc<RegistryClient>,
+    /// Repository (tag/digest of the image do not matter).
+    pub reference: Reference,
+    /// Blob digest.
+    pub digest: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// Sessions whose credentials may be used, in order.
+    pub sessions: Vec<String>,
+}
+
+impl RemoteBlob {
+    /// Range read of the blob; checks the registry's idea of its size against ours.
+    pub async fn range(&self, offset: u64, len: u64) -> Result<bytes::Bytes, RemoteError> {
+        let r = self
+            .client
+            .blob_range(&self.reference, &self.digest, offset, len, &self.sessions)
+            .await?;
+        if len > 0 && r.total != self.size {
+            return Err(RemoteError::protocol(
+                format!("blob {}", self.digest),
+                format!(
+                    "registry says the blob is {} bytes; its descriptor says {}",
+                    r.total, self.size
+                ),
+            ));
+        }
+        Ok(r.data)
+    }
+}
+
+type Key = (u64, u64);
+type Outcome = Option<Result<Arc<[u8]>, String>>;
+
+/// Fetches verified chunks of one layer.
+pub struct Fetcher {
+    blob: RemoteBlob,
+    compression: Compression,
+    cache: Arc<ChunkCache>,
+    opts: FetchOptions,
+    counters: Arc<LayerCounters>,
+    inflight: Mutex<HashMap<Key, watch::Receiver<Outcome>>>,
+}
+
+/// Removes a leader's in-flight entries however its future ends.
+struct FlightGuard<'a> {
+    table: &'a Mutex<HashMap<Key, watch::Receiver<Outcome>>>,
+    keys: Vec<Key>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            t.remove(k);
+        }
+    }
+}
+
+fn key(c: &Chunk) -> Key {
+    (c.blob_offset, c.inner_offset)
+}
+
+impl Fetcher {
+    /// A fetcher for `blob` whose frames use `compression`.
+    pub fn new(
+        blob: RemoteBlob,
+        compression: Compression,
+        cache: Arc<ChunkCache>,
+        opts: FetchOptions,
+    ) -> Self {
+        Fetcher {
+            blob,
+            compression,
+            cache,
+            opts,
+            counters: Arc::new(LayerCounters::default()),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The layer's counters.
+    pub fn counters(&self) -> &Arc<LayerCounters> {
+        &self.counters
+    }
+
+    /// The blob.
+    pub fn blob(&self) -> &RemoteBlob {
+        &self.blob
+    }
+
+    fn cached(&self, c: &Chunk) -> Option<Arc<[u8]>> {
+        let d = c.digest.as_ref()?;
+        self.cache.get(d, c.size).map(|(v, _)| v.data().clone())
+    }
+
+    /// Verified bytes of `chunks` (of file `file`, for messages), in order.
+    pub async fn chunks(&self, file: &str, chunks: &[Chunk]) -> Result<Vec<Arc<[u8]>>, FetchError> {
+        let mut out: Vec<Option<Arc<[u8]>>> = vec![None; chunks.len()];
+        for (i, c) in chunks.iter().enumerate() {
+            if c.zeros || c.size == 0 {
+                out[i] = Some(vec![0u8; c.size as usize].into());
+            } else if let Some(d) = self.cached(c) {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                out[i] = Some(d);
+            }
+        }
+        loop {
+            let mut lead: Vec<(usize, watch::Sender<Outcome>)> = Vec::new();
+            let mut wait: Vec<(usize, watch::Receiver<Outcome>)> = Vec::new();
+            {
+                let mut t = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                for (i, c) in chunks.iter().enumerate() {
+                    if out[i].is_some() {
+                        continue;
+                    }
+                    if let Some(rx) = t.get(&key(c)) {
+                        wait.push((i, rx.clone()));
+                        continue;
+                    }
+                    // A leader that just finished put its chunk in the cache before leaving
+                    // the table; look again before fetching.
+                    if let Some(d) = c.digest.as_ref().and_then(|d| {
+                        self.cache
+                            .memory()
+                            .and_then(|m| m.get(d))
+                            .map(|v| v.data().clone())
+                    }) {
+                        out[i] = Some(d);
+                        continue;
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    t.insert(key(c), rx);
+                    lead.push((i, tx));
+                }
+            }
+            if !lead.is_empty() {
+                self.counters
+                    .cache_misses
+                    .fetch_add(lead.len() as u64, Ordering::Relaxed);
+                let _guard = FlightGuard {
+                    table: &self.inflight,
+                    keys: lead.iter().map(|(i, _)| key(&chunks[*i])).collect(),
+                };
+                let mine: Vec<(usize, &Chunk)> =
+                    lead.iter().map(|(i, _)| (*i, &chunks[*i])).collect();
+                let results = self.fetch(file, &mine).await;
+                let mut first_err = None;
+                for ((i, tx), r) in lead.into_iter().zip(results) {
+                    match r {
+                        Ok(d) => {
+                            let _ = tx.send(Some(Ok(d.clone())));
+                            out[i] = Some(d);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Some(Err(e.to_string())));
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                if let Some(e) = first_err {
+                    return Err(e);
+                }
+            }
+            for (i, mut rx) in wait {
+                self.counters.shared_waits.fetch_add(1, Ordering::Relaxed);
+                let got = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
+                match got {
+                    Ok(Some(Ok(d))) => out[i] = Some(d),
+                    Ok(Some(Err(e))) => return Err(FetchError::Shared(e)),
+                    // The leader went away (cancelled): go round and fetch it ourselves.
+                    Ok(None) | Err(_) => {}
+                }
+            }
+            if out.iter().all(Option::is_some) {
+                let data: Vec<Arc<[u8]>> = out.into_iter().flatten().collect();
+                let served: u64 = data.iter().map(|d| d.len() as u64).sum();
+                self.counters
+                    .bytes_served
+                    .fetch_add(served, Ordering::Relaxed);
+                return Ok(data);
+            }
+        }
+    }
+
+    /// Fetches and verifies `mine` (indices into the caller's list), merging neighbours.
+    /// Returns one result per entry, in the same order.
+    async fn fetch(
+        &self,
+        file: &str,
+        mine: &[(usize, &Chunk)],
+    ) -> Vec<Result<Arc<[u8]>, FetchError>> {
+        let mut order: Vec<usize> = (0..mine.len()).collect();
+        order.sort_by_key(|&k| mine[k].1.blob_offset);
+        // Group into regions [start, end) of positions in `order`.
+        let mut regions: Vec<(u64, u64, Vec<usize>)> = Vec::new();
+        for k in order {
+            let c = mine[k].1;
+            match regions.last_mut() {
+                Some((start, end, members))
+                    if c.blob_offset <= end.saturating_add(self.opts.merge_gap)
+                        && c.blob_end.max(*end) - *start <= self.opts.max_request =>
+                {
+                    *end = (*end).max(c.blob_end);
+                    members.push(k);
+                }
+                _ => regions.push((c.blob_offset, c.blob_end, vec![k])),
+            }
+        }
+        let futs = regions
+            .iter()
+            .map(|(start, end, members)| self.fetch_region(file, *start, *end, members, mine));
+        let done = futures_util::future::join_all(futs).await;
+        let mut results: Vec<Option<Result<Arc<[u8]>, FetchError>>> =
+            (0..mine.len()).map(|_| None).collect();
+        for region in done {
+            for (k, r) in region {
+                results[k] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(FetchError::Internal("chunk left unfetched".into()))))
+            .collect()
+    }
+
+    async fn fetch_region(
+        &self,
+        file: &str,
+        start: u64,
+        end: u64,
+        members: &[usize],
+        mine: &[(usize, &Chunk)],
+    ) -> Vec<(usize, Result<Arc<[u8]>, FetchError>)> {
+        let fetched = self.get(start, end - start).await;
+        let data = match fetched {
+            Ok(d) => d,
+            Err(e) => {
+                // The first chunk carries the error itself, the others its message.
+                let msg = e.to_string();
+                let mut first = Some(e);
+                return members
+                    .iter()
+                    .map(|&k| {
+                        let err = match first.take() {
+                            Some(e) => FetchError::Remote(e),
+                            None => FetchError::Shared(msg.clone()),
+                        };
+                        (k, Err(err))
+                    })
+                    .collect();
+            }
+        };
+        let mut out = Vec::with_capacity(members.len());
+        for &k in members {
+            let c = mine[k].1.clone();
+            let frame = data.slice((c.blob_offset - start) as usize..(c.blob_end - start) as usize);
+            let mut r = self.decode(file, &c, frame).await;
+            if let Err(FetchError::Verify(e)) = &r {
+                self.counters
+                    .verify_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(layer = %self.blob.digest, file, offset = c.file_offset, error = %e, "chunk failed verification; refetching it");
+                r = match self.get(c.blob_offset, c.blob_end - c.blob_offset).await {
+                    Ok(frame) => self.decode(file, &c, frame).await,
+                    Err(e) => Err(FetchError::Remote(e)),
+                };
+                if let Err(e) = &r {
+                    tracing::error!(layer = %self.blob.digest, file, offset = c.file_offset, error = %e, "chunk failed again; not serving it");
+                }
+            }
+            out.push((k, r));
+        }
+        out
+    }
+
+    async fn get(&self, offset: u64, len: u64) -> Result<bytes::Bytes, RemoteError> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let d = self.blob.range(offset, len).await?;
+        self.counters
+            .bytes_fetched
+            .fetch_add(d.len() as u64, Ordering::Relaxed);
+        Ok(d)
+    }
+
+    /// Decompresses and verifies one chunk off the async threads, then caches it.
+    async fn decode(
+        &self,
+        file: &str,
+        c: &Chunk,
+        frame: bytes::Bytes,
+    ) -> Result<Arc<[u8]>, FetchError> {
+        let (comp, file_s, chunk) = (self.compression, file.to_string(), c.clone());
+        let decoded =
+            tokio::task::spawn_blocking(move || decode_chunk(comp, &file_s, &chunk, &frame))
+                .await
+                .map_err(|e| FetchError::Internal(e.to_string()))?
+                .map_err(FetchError::Verify)?;
+        let data: Arc<[u8]> = decoded.into();
+        if let Some(d) = c.digest {
+            self.cache
+                .put(&VerifiedChunk::already_verified(d, data.clone()));
+        }
+        Ok(data)
+    }
+}
