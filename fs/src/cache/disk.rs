@@ -118,9 +118,8 @@ impl DiskCache {
 
     /// Reads and re-verifies a chunk of `len` bytes; a bad entry is removed and misses.
     pub fn get(&self, d: &Digest, len: u64) -> Option<VerifiedChunk> {
-        if self.lock().lru.get(d).is_none() {
-            return None;
-        }
+        // Unknown digests miss without touching the disk; known ones become most recent.
+        self.lock().lru.get(d)?;
         let path = self.path_of(d);
         let read = fs::File::open(&path).and_then(|f| {
             let mut data = Vec::with_capacity(len as usize);
