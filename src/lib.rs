@@ -2,6 +2,10 @@
 //! the one prerequisite check (`require`), the stargaze binary, and tree snapshots for
 //! comparing extracted or unpacked root filesystems.
 
+pub mod fault_proxy;
+pub mod http;
+pub mod servers;
+
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -290,4 +294,34 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Builds a small sample image in `dir` (tag `sample`) and its eStargz conversion (tag
+/// `esgz`, 1 MiB chunks so large files have several); returns the layout directory.
+pub fn sample_estargz(dir: &Path, small_files: usize) -> PathBuf {
+    use stargaze_fs::format::WriterOptions;
+    use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
+    use stargaze_fs::image::{convert_image, ImageConvertOptions, OciLayout};
+    let oci = dir.join("oci");
+    let opts = SampleOptions {
+        small_files,
+        large_files: vec![3 << 20, 600_000],
+        busybox: None,
+    };
+    build_sample_image(&oci, "sample", &opts).expect("sample image");
+    let layout = OciLayout::open(&oci).expect("layout");
+    let writer = WriterOptions {
+        chunk_size: 1 << 20,
+        ..WriterOptions::default()
+    };
+    convert_image(
+        &layout,
+        Some("sample"),
+        &layout,
+        Some("esgz"),
+        &ImageConvertOptions { writer },
+        &mut |_, _, _| {},
+    )
+    .expect("convert");
+    oci
 }

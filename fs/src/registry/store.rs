@@ -178,7 +178,13 @@ impl Store {
         let refs = referenced_digests(data)?;
         let lock = self.lock(name);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let layout = self.layout_or_create(name)?;
+        // A manifest can only refer to blobs already pushed, so a repository that does not
+        // exist yet cannot take one that refers to anything (and is not created for it).
+        let layout = match (self.layout(name), refs.first()) {
+            (Ok(l), _) => l,
+            (Err(_), Some((r, _))) => return Err(ApiError::manifest_blob_unknown(r)),
+            (Err(_), None) => self.layout_or_create(name)?,
+        };
         for (r, size) in refs {
             match fs::metadata(layout.blob_path(&r)) {
                 Ok(m) if m.is_file() && m.len() == size => {}
