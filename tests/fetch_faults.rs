@@ -1,0 +1,318 @@
+//! The fetcher through a fault-injecting proxy in front of the built-in registry: temporary
+//! faults (resets, stalls, 5xx, truncation, one flipped bit) end in retries and the right
+//! bytes; lasting ones in a clear error and never wrong bytes. Also single flight, request
+//! merging, cancellation and the disk cache's recovery from corrupt files.
+
+use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions};
+use stargaze_fs::image::OciLayout;
+use stargaze_fs::layer::{LayerError, RemoteLayer};
+use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
+use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
+use stargaze_fs::remote::fetcher::{FetchError, FetchOptions};
+use stargaze_fs::remote::{
+    ClientOptions, Descriptor, Platform, Reference, RegistryClient, RetryPolicy,
+};
+use stargaze_suite::fault_proxy::{Fault, FaultProxy, Rule};
+use stargaze_suite::sample_estargz;
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIG: &str = "usr/lib/libsample0.so"; // 3 MiB in 1 MiB chunks
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    _registry: BackgroundRegistry,
+    proxy: FaultProxy,
+    reference: Reference,
+    desc: Descriptor,
+    local: LayerReader<FileBlob>,
+    rt: tokio::runtime::Runtime,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = sample_estargz(tmp.path(), 30);
+    let registry = BackgroundRegistry::start(
+        RegistryOptions::new(tmp.path().join("reg")),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let direct = RegistryClient::new(ClientOptions::default()).unwrap();
+    rt.block_on(copy_image(
+        &direct,
+        &ImageLocation::Layout(format!("oci:{}:esgz", oci.display()).parse().unwrap()),
+        &ImageLocation::Registry(
+            Reference::parse(&format!("{}/f/img:v1", registry.addr())).unwrap(),
+        ),
+        &CopyOptions::default(),
+        &Quiet,
+    ))
+    .unwrap();
+    let proxy = FaultProxy::start(registry.addr());
+    let reference = Reference::parse(&format!("{}/f/img:v1", proxy.addr())).unwrap();
+    let (m, _) = rt
+        .block_on(direct.resolve(&reference, &Platform::host(), &[]))
+        .unwrap();
+    let desc = m.layers[0].clone();
+    let layout = OciLayout::open(&oci).unwrap();
+    let local = LayerReader::open(
+        FileBlob::open(&layout.blob_path(&desc.digest().unwrap())).unwrap(),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    Setup {
+        _tmp: tmp,
+        _registry: registry,
+        proxy,
+        reference,
+        desc,
+        local,
+        rt,
+    }
+}
+
+fn client(read_timeout: Duration) -> Arc<RegistryClient> {
+    let o = ClientOptions {
+        retry: RetryPolicy {
+            attempts: 4,
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
+        read_timeout,
+        ..ClientOptions::default()
+    };
+    Arc::new(RegistryClient::new(o).unwrap())
+}
+
+impl Setup {
+    fn layer(&self, client: Arc<RegistryClient>, cache: Arc<ChunkCache>) -> RemoteLayer {
+        self.rt
+            .block_on(RemoteLayer::open(
+                client,
+                &self.reference,
+                &self.desc,
+                cache,
+                vec![],
+                FetchOptions::default(),
+            ))
+            .unwrap()
+    }
+    fn fresh_layer(&self) -> RemoteLayer {
+        self.layer(
+            client(Duration::from_secs(1)),
+            Arc::new(ChunkCache::new(Some(MemoryCache::new(64 << 20)), None)),
+        )
+    }
+    fn expected(&self, path: &str) -> Vec<u8> {
+        let id = self.local.index().lookup(path).unwrap();
+        let n = self.local.index().node(id);
+        self.local.read_file(id, 0, n.size).unwrap()
+    }
+}
+
+#[test]
+fn temporary_faults_are_retried_to_the_right_bytes() {
+    let s = setup();
+    let want = s.expected(BIG);
+    for fault in [
+        Fault::ResetMidBody,
+        Fault::Stall(Duration::from_secs(5)),
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::Status(429),
+        Fault::Truncate,
+    ] {
+        let layer = s.fresh_layer();
+        s.proxy.clear();
+        s.proxy.reset_log();
+        s.proxy.add(Rule::new("/blobs/", 2, fault.clone()).ranges());
+        let got =
+            s.rt.block_on(layer.read_path(BIG))
+                .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        assert!(got == want, "{fault:?}: wrong bytes");
+        let ranges = s.proxy.seen().iter().filter(|r| r.range.is_some()).count();
+        assert!(
+            ranges >= 3,
+            "{fault:?}: two faulted attempts then success, saw {ranges}"
+        );
+    }
+}
+
+#[test]
+fn flipped_bits_are_refetched_or_reported_never_served() {
+    let s = setup();
+    let want = s.expected(BIG);
+    // Once: detected, refetched, right bytes.
+    let layer = s.fresh_layer();
+    s.proxy
+        .add(Rule::new("/blobs/", 1, Fault::FlipBit).ranges());
+    let got = s.rt.block_on(layer.read_path(BIG)).unwrap();
+    assert!(got == want);
+    assert_eq!(layer.counters().verify_failures, 1);
+    // Always: an error naming the file, nothing served, nothing cached.
+    let cache = Arc::new(ChunkCache::new(Some(MemoryCache::new(64 << 20)), None));
+    let layer = s.layer(client(Duration::from_secs(1)), cache.clone());
+    s.proxy.clear();
+    s.proxy
+        .add(Rule::new("/blobs/", usize::MAX, Fault::FlipBit).ranges());
+    let err = s.rt.block_on(layer.read_path(BIG)).unwrap_err();
+    match &err {
+        LayerError::Fetch {
+            file,
+            source: FetchError::Verify(_),
+            ..
+        } => assert_eq!(file, BIG),
+        other => panic!("expected a verification error, got {other}"),
+    }
+    // Chunks of the merged response that verified may be cached; the flipped one is not.
+    let node = s.local.index().node(s.local.index().lookup(BIG).unwrap());
+    let cached = node
+        .chunks
+        .iter()
+        .filter(|c| {
+            cache
+                .memory()
+                .unwrap()
+                .get(c.digest.as_ref().unwrap())
+                .is_some()
+        })
+        .count();
+    assert!(
+        cached < node.chunks.len(),
+        "the chunk that never verified is not cached"
+    );
+}
+
+#[test]
+fn lying_registries_get_clear_errors() {
+    let s = setup();
+    for fault in [Fault::ExtraBytes, Fault::WrongContentRange] {
+        s.proxy.clear();
+        let layer = s.fresh_layer();
+        s.proxy
+            .add(Rule::new("/blobs/", usize::MAX, fault.clone()).ranges());
+        let err = s.rt.block_on(layer.read_path(BIG)).unwrap_err().to_string();
+        assert!(
+            err.contains("Content-Length") || err.contains("Content-Range"),
+            "{fault:?}: {err}"
+        );
+    }
+    s.proxy.clear();
+    // A 404 on the blob is not retried and says so.
+    let layer = s.fresh_layer();
+    s.proxy
+        .add(Rule::new("/blobs/", usize::MAX, Fault::Status(404)).ranges());
+    let err = s.rt.block_on(layer.read_path(BIG)).unwrap_err().to_string();
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn single_flight_and_merging() {
+    let s = setup();
+    let want = s.expected(BIG);
+    let layer = Arc::new(s.fresh_layer());
+    s.proxy.reset_log();
+    s.proxy.add(
+        Rule::new(
+            "/blobs/",
+            usize::MAX,
+            Fault::Delay(Duration::from_millis(300)),
+        )
+        .ranges(),
+    );
+    let got: Vec<Vec<u8>> = s.rt.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let l = layer.clone();
+                tokio::spawn(async move { l.read_path(BIG).await.unwrap() })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    assert!(got.iter().all(|g| *g == want));
+    let ranges = s.proxy.seen().iter().filter(|r| r.range.is_some()).count();
+    assert_eq!(
+        ranges, 1,
+        "eight readers of a 3-chunk file: one merged request in flight"
+    );
+    assert!(layer.counters().shared_waits >= 1);
+}
+
+#[test]
+fn a_cancelled_reader_does_not_block_the_next() {
+    let s = setup();
+    let want = s.expected(BIG);
+    let layer = Arc::new(s.layer(
+        client(Duration::from_secs(600)),
+        Arc::new(ChunkCache::new(Some(MemoryCache::new(64 << 20)), None)),
+    ));
+    s.proxy
+        .add(Rule::new("/blobs/", 1, Fault::Stall(Duration::from_secs(120))).ranges());
+    s.rt.block_on(async {
+        let l = layer.clone();
+        let stuck = tokio::spawn(async move { l.read_path(BIG).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stuck.abort();
+        assert!(stuck.await.unwrap_err().is_cancelled());
+        // A hang here would mean the cancelled fetch still owned the chunks.
+        let next = tokio::time::timeout(Duration::from_secs(60), layer.read_path(BIG))
+            .await
+            .expect("the next reader was blocked by a cancelled one")
+            .unwrap();
+        assert!(next == want);
+    });
+}
+
+#[test]
+fn disk_cache_survives_restart_and_recovers_from_corruption() {
+    let s = setup();
+    let want = s.expected(BIG);
+    let dir = tempfile::tempdir().unwrap();
+    let disk_cache = || {
+        Arc::new(ChunkCache::new(
+            None,
+            Some(DiskCache::open(dir.path(), 1 << 30).unwrap()),
+        ))
+    };
+    let first = s.layer(client(Duration::from_secs(5)), disk_cache());
+    assert!(s.rt.block_on(first.read_path(BIG)).unwrap() == want);
+    assert!(first.counters().cache_misses >= 3);
+    drop(first);
+    // A restart: everything comes from disk.
+    let second = s.layer(client(Duration::from_secs(5)), disk_cache());
+    let before = second.counters();
+    assert!(s.rt.block_on(second.read_path(BIG)).unwrap() == want);
+    let after = second.counters();
+    assert_eq!(
+        after.requests, before.requests,
+        "no chunk request after a restart"
+    );
+    assert_eq!(after.cache_hits, 3);
+    drop(second);
+    // Corrupt one cached chunk and truncate another: both are refetched, bytes stay right.
+    let node = s.local.index().node(s.local.index().lookup(BIG).unwrap());
+    let cache = DiskCache::open(dir.path(), 1 << 30).unwrap();
+    let p0 = cache.path_of(node.chunks[0].digest.as_ref().unwrap());
+    let p1 = cache.path_of(node.chunks[1].digest.as_ref().unwrap());
+    let mut b = std::fs::read(&p0).unwrap();
+    b[1234] ^= 0xff;
+    std::fs::write(&p0, b).unwrap();
+    std::fs::write(&p1, b"short").unwrap();
+    drop(cache);
+    let third = s.layer(client(Duration::from_secs(5)), disk_cache());
+    let before = third.counters();
+    assert!(s.rt.block_on(third.read_path(BIG)).unwrap() == want);
+    let after = third.counters();
+    assert_eq!(
+        after.cache_misses - before.cache_misses,
+        2,
+        "the two bad entries missed"
+    );
+    assert!(after.requests > before.requests);
+}
