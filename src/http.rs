@@ -90,9 +90,10 @@ impl Response {
     }
 }
 
-fn read_head<R: BufRead>(
-    r: &mut R,
-) -> std::io::Result<Option<(String, BTreeMap<String, String>, Vec<(String, String)>)>> {
+/// Status or request line, headers by lowercase name, headers in order.
+type Head = (String, BTreeMap<String, String>, Vec<(String, String)>);
+
+fn read_head<R: BufRead>(r: &mut R) -> std::io::Result<Option<Head>> {
     let mut first = String::new();
     if r.read_line(&mut first)? == 0 {
         return Ok(None);
