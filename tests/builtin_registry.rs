@@ -305,10 +305,12 @@ fn basic_auth_right_and_wrong_password() {
     assert!(r.header("www-authenticate").unwrap().starts_with("Basic "));
     let reference = Reference::parse(&format!("{}/a/b:v1", reg.host())).unwrap();
     let client_with = |user: &str, pass: &str| {
-        let mut o = ClientOptions::default();
-        o.fallback = vec![Arc::new(
-            StaticCredentials::default().with(&reg.host(), Credentials::basic(user, pass)),
-        )];
+        let o = ClientOptions {
+            fallback: vec![Arc::new(
+                StaticCredentials::default().with(&reg.host(), Credentials::basic(user, pass)),
+            )],
+            ..ClientOptions::default()
+        };
         RegistryClient::new(o).unwrap()
     };
     let wrong = rt().block_on(client_with("alice", "nope").tags(&reference, &[]));
