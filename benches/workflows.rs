@@ -5,7 +5,13 @@
 //! sample image scaled up (20k small files, 80 MiB of large files), built once and cached in
 //! `target/bench-cache/`. Prints the median of 3 runs each and the ratio (goal ≥ 1.5).
 //!
-//! Run: `cargo build --release -p stargaze && cargo bench --bench workflows [-- convert]`
+//! `fetch`: one 256 MiB eStargz layer (a single file of incompressible data, gzip, 4 MiB
+//! chunks) served by the built-in registry on loopback. Reading the whole file through the
+//! fetcher (merged Range GETs, decompression, SHA-256 of every chunk, no cache) is timed next
+//! to one plain GET of the same blob (the baseline). Prints blob MB/s of both and the ratio
+//! (goal >= 0.8).
+//!
+//! Run: `cargo build --release -p stargaze && cargo bench --bench workflows [-- convert|fetch]`
 //! (root is needed for containerd).
 
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
@@ -90,6 +96,146 @@ fn convert_bench() {
     );
 }
 
+/// A layout holding one image whose only layer is a 256 MiB eStargz blob; built once.
+fn fetch_fixture() -> (PathBuf, u64) {
+    use stargaze_fs::format::tar::{padding, ustar_file_header};
+    use stargaze_fs::format::{convert_layer, WriterOptions};
+    use stargaze_fs::image::OciLayout;
+    let root = cache_dir().join("fetch-registry");
+    let repo = root.join("bench/fetch");
+    let marker = root.join("blob-size");
+    if let Ok(s) = std::fs::read_to_string(&marker) {
+        if let Ok(n) = s.trim().parse() {
+            return (root, n);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    eprintln!(
+        "building the 256 MiB fetch fixture in {} (once)",
+        root.display()
+    );
+    let size: u64 = 256 << 20;
+    let mut tar = Vec::with_capacity(size as usize + 4096);
+    tar.extend_from_slice(&ustar_file_header("data/blob.bin", size, 0o644));
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..size / 8 {
+        // xorshift: incompressible, reproducible.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        tar.extend_from_slice(&x.to_le_bytes());
+    }
+    tar.extend(std::iter::repeat_n(0u8, padding(size) + 1024));
+    let layout = OciLayout::open_or_create(&repo).expect("layout");
+    let mut tmp = layout.temp_blob().expect("temp blob");
+    let opts = WriterOptions {
+        level: 1,
+        ..WriterOptions::default()
+    };
+    let rep = convert_layer(&tar[..], tmp.as_file_mut(), &opts, &mut |_| {}).expect("convert");
+    layout.commit_blob(tmp, &rep.blob_digest).expect("commit");
+    let config = format!(
+        r#"{{"architecture":"{}","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+        stargaze_fs::image::host_arch(),
+        rep.diff_id
+    );
+    let cd = layout.put_blob(config.as_bytes()).expect("config");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":{},"annotations":{{"containerd.io/snapshot/stargz/toc.digest":"{}"}}}}]}}"#,
+        config.len(),
+        rep.blob_digest,
+        rep.blob_size,
+        rep.toc_digest
+    );
+    layout
+        .put_manifest_bytes(
+            manifest.as_bytes(),
+            oci_spec::image::MediaType::ImageManifest,
+            Some("v1"),
+        )
+        .expect("manifest");
+    std::fs::write(&marker, rep.blob_size.to_string()).expect("marker");
+    (root, rep.blob_size)
+}
+
+fn fetch_bench() {
+    use stargaze_fs::cache::ChunkCache;
+    use stargaze_fs::layer::RemoteLayer;
+    use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
+    use stargaze_fs::remote::fetcher::FetchOptions;
+    use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient};
+    use std::sync::Arc;
+    let (root, blob_size) = fetch_fixture();
+    let reg = BackgroundRegistry::start(
+        RegistryOptions::new(&root),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("registry");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = Arc::new(RegistryClient::new(ClientOptions::default()).expect("client"));
+    let reference = Reference::parse(&format!("{}/bench/fetch:v1", reg.addr())).expect("ref");
+    let (m, _) = rt
+        .block_on(client.resolve(&reference, &Platform::host(), &[]))
+        .expect("manifest");
+    let desc = m.layers[0].clone();
+    let url = format!("http://{}/v2/bench/fetch/blobs/{}", reg.addr(), desc.digest);
+    let plain = reqwest::Client::new();
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        let n = rt.block_on(async {
+            let mut resp = plain.get(&url).send().await.expect("GET");
+            let mut n = 0u64;
+            while let Some(c) = resp.chunk().await.expect("body") {
+                n += c.len() as u64;
+            }
+            n
+        });
+        assert_eq!(n, blob_size);
+        base.push(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let read = rt.block_on(async {
+            let layer = RemoteLayer::open(
+                client.clone(),
+                &reference,
+                &desc,
+                Arc::new(ChunkCache::new(None, None)),
+                vec![],
+                FetchOptions::default(),
+            )
+            .await
+            .expect("open");
+            let id = layer.index().lookup("data/blob.bin").expect("file");
+            let size = layer.index().node(id).size;
+            let data = layer.read(id, 0, size).await.expect("read");
+            (data.len() as u64, layer.counters())
+        });
+        ours.push(t.elapsed().as_secs_f64());
+        assert_eq!(read.0, 256 << 20);
+        if ours.len() == 1 {
+            println!(
+                "fetch: fetcher used {} requests, {} bytes fetched, {} verified chunks",
+                read.1.requests, read.1.bytes_fetched, read.1.cache_misses
+            );
+        }
+    }
+    let (o, b) = (median(ours), median(base));
+    let mb = blob_size as f64 / 1e6;
+    println!(
+        "fetch: one plain GET of the {mb:.0} MB blob (baseline): {b:.3} s = {:.0} MB/s",
+        mb / b
+    );
+    println!(
+        "fetch: fetcher, whole file via merged Range GETs + decompress + verify: {o:.3} s = {:.0} MB/s",
+        mb / o
+    );
+    println!(
+        "RATIO fetch: fetcher throughput is {:.2} of a plain GET (goal >= 0.8)",
+        b / o
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -98,5 +244,8 @@ fn main() {
     let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
     if want("convert") {
         convert_bench();
+    }
+    if want("fetch") {
+        fetch_bench();
     }
 }

@@ -1,0 +1,122 @@
+//! Criterion micro-benchmarks of chunk-cache hits, each beside its baseline:
+//! memory hit (LRU lookup + Arc clone) vs a plain `HashMap` lookup + Arc clone, and disk hit
+//! (read + re-verify SHA-256) vs a plain `std::fs::read` of the same file. Prints the ratios.
+//!
+//! Run: `cargo bench --bench cache`
+
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use stargaze_fs::cache::{DiskCache, MemoryCache, VerifiedChunk};
+use stargaze_fs::Digest;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+const SIZES: [usize; 2] = [64 << 10, 4 << 20];
+
+fn chunk(n: usize, seed: u8) -> VerifiedChunk {
+    let data: Arc<[u8]> = (0..n)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect::<Vec<_>>()
+        .into();
+    VerifiedChunk::verify(Digest::of(&data), data).expect("verified")
+}
+
+struct Fixture {
+    memory: MemoryCache,
+    map: HashMap<Digest, Arc<[u8]>>,
+    disk: DiskCache,
+    _dir: tempfile::TempDir,
+    chunks: Vec<VerifiedChunk>,
+}
+
+fn fixture(n: usize) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp");
+    let disk = DiskCache::open(dir.path(), 1 << 30).expect("disk cache");
+    let memory = MemoryCache::new(1 << 30);
+    let mut map = HashMap::new();
+    let chunks: Vec<VerifiedChunk> = (0..16).map(|s| chunk(n, s)).collect();
+    for c in &chunks {
+        memory.put(c);
+        disk.put(c).expect("put");
+        map.insert(*c.digest(), c.data().clone());
+    }
+    Fixture {
+        memory,
+        map,
+        disk,
+        _dir: dir,
+        chunks,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    for n in SIZES {
+        let f = fixture(n);
+        let d = *f.chunks[3].digest();
+        let path = f.disk.path_of(&d);
+        let mut g = c.benchmark_group(format!("cache_hit_{}KiB", n >> 10));
+        g.throughput(Throughput::Bytes(n as u64));
+        g.bench_function(BenchmarkId::new("memory", "hashmap (baseline)"), |b| {
+            b.iter(|| f.map.get(&d).cloned().expect("hit"))
+        });
+        g.bench_function(BenchmarkId::new("memory", "lru"), |b| {
+            b.iter(|| f.memory.get(&d).expect("hit"))
+        });
+        g.bench_function(BenchmarkId::new("disk", "fs::read (baseline)"), |b| {
+            b.iter(|| std::fs::read(&path).expect("read"))
+        });
+        g.bench_function(BenchmarkId::new("disk", "read+verify"), |b| {
+            b.iter(|| f.disk.get(&d, n as u64).expect("hit"))
+        });
+        g.finish();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ratios() {
+    for n in SIZES {
+        let f = fixture(n);
+        let d = *f.chunks[5].digest();
+        let path = f.disk.path_of(&d);
+        let reps = if n > 1 << 20 { 50 } else { 2000 };
+        let time = |f: &dyn Fn()| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        };
+        let (mut mb, mut ml, mut db, mut dv) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..7 {
+            mb.push(time(&|| drop(f.map.get(&d).cloned())));
+            ml.push(time(&|| drop(f.memory.get(&d))));
+            db.push(time(&|| drop(std::fs::read(&path))));
+            dv.push(time(&|| drop(f.disk.get(&d, n as u64))));
+        }
+        let (mb, ml, db, dv) = (median(mb), median(ml), median(db), median(dv));
+        println!(
+            "RATIO cache hit {} KiB: memory LRU {:.0} ns vs HashMap {:.0} ns = {:.2}x; disk read+verify {:.1} us vs fs::read {:.1} us = {:.2}x",
+            n >> 10,
+            ml * 1e9,
+            mb * 1e9,
+            ml / mb,
+            dv * 1e6,
+            db * 1e6,
+            dv / db
+        );
+    }
+}
+
+criterion_group!(cache_benches, benches);
+
+fn main() {
+    cache_benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+    ratios();
+}
