@@ -8,13 +8,12 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use stargaze_fs::cache::{DiskCache, MemoryCache, VerifiedChunk};
 use stargaze_fs::Digest;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 const SIZES: [usize; 2] = [64 << 10, 4 << 20];
 
 fn chunk(n: usize, seed: u8) -> VerifiedChunk {
-    let data: Arc<[u8]> = (0..n)
+    let data: bytes::Bytes = (0..n)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect::<Vec<_>>()
         .into();
@@ -23,7 +22,7 @@ fn chunk(n: usize, seed: u8) -> VerifiedChunk {
 
 struct Fixture {
     memory: MemoryCache,
-    map: HashMap<Digest, Arc<[u8]>>,
+    map: HashMap<Digest, Bytes>,
     disk: DiskCache,
     _dir: tempfile::TempDir,
     chunks: Vec<VerifiedChunk>,

@@ -7,7 +7,7 @@ use futures_util::Stream;
 use tokio::io::AsyncReadExt;
 
 /// Size of each read.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 1 << 20;
 
 /// Streams `len` bytes of `file` from its current position.
 pub fn file_chunks(

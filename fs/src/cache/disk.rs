@@ -7,11 +7,12 @@
 
 use super::VerifiedChunk;
 use crate::digest::Digest;
+use bytes::Bytes;
 use lru::LruCache;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// Why the disk cache failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +127,7 @@ impl DiskCache {
             f.take(len + 1).read_to_end(&mut data)?;
             Ok(data)
         });
-        let data: Arc<[u8]> = match read {
+        let data: Bytes = match read {
             Ok(v) if v.len() as u64 == len => v.into(),
             Ok(v) => {
                 tracing::warn!(digest = %d, want = len, got = v.len(), "cached chunk has the wrong size; dropping it");
@@ -222,7 +223,7 @@ mod tests {
     use super::*;
 
     fn chunk(b: u8, n: usize) -> VerifiedChunk {
-        let data: Arc<[u8]> = vec![b; n].into();
+        let data: Bytes = vec![b; n].into();
         VerifiedChunk::verify(Digest::of(&data), data).unwrap()
     }
 

@@ -76,10 +76,10 @@ impl MemoryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use bytes::Bytes;
 
     fn chunk(b: u8, n: usize) -> VerifiedChunk {
-        let data: Arc<[u8]> = vec![b; n].into();
+        let data: Bytes = vec![b; n].into();
         VerifiedChunk::verify(Digest::of(&data), data).unwrap()
     }
 

@@ -10,14 +10,14 @@ pub use disk::{DiskCache, DiskCacheError};
 pub use memory::MemoryCache;
 
 use crate::digest::Digest;
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 /// Chunk bytes known to hash to their digest.
 #[derive(Clone)]
 pub struct VerifiedChunk {
     digest: Digest,
-    data: Arc<[u8]>,
+    data: Bytes,
 }
 
 impl std::fmt::Debug for VerifiedChunk {
@@ -33,12 +33,12 @@ impl std::fmt::Debug for VerifiedChunk {
 
 impl VerifiedChunk {
     /// Hashes `data`; returns it as verified only if it matches `digest`.
-    pub fn verify(digest: Digest, data: Arc<[u8]>) -> Option<Self> {
+    pub fn verify(digest: Digest, data: Bytes) -> Option<Self> {
         (Digest::of(&data) == digest).then_some(VerifiedChunk { digest, data })
     }
 
     /// For bytes the caller has just hashed to `digest` (the decoder hashes as it inflates).
-    pub(crate) fn already_verified(digest: Digest, data: Arc<[u8]>) -> Self {
+    pub(crate) fn already_verified(digest: Digest, data: Bytes) -> Self {
         VerifiedChunk { digest, data }
     }
 
@@ -48,7 +48,7 @@ impl VerifiedChunk {
     }
 
     /// The bytes.
-    pub fn data(&self) -> &Arc<[u8]> {
+    pub fn data(&self) -> &Bytes {
         &self.data
     }
 }

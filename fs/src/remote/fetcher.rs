@@ -17,6 +17,7 @@ use super::reference::Reference;
 use crate::cache::{ChunkCache, VerifiedChunk};
 use crate::digest::Digest;
 use crate::format::{decode_chunk, Chunk, Compression, FormatError};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,7 +148,7 @@ impl RemoteBlob {
 }
 
 type Key = (u64, u64);
-type Outcome = Option<Result<Arc<[u8]>, String>>;
+type Outcome = Option<Result<Bytes, String>>;
 
 /// Fetches verified chunks of one layer.
 pub struct Fetcher {
@@ -206,14 +207,14 @@ impl Fetcher {
         &self.blob
     }
 
-    fn cached(&self, c: &Chunk) -> Option<Arc<[u8]>> {
+    fn cached(&self, c: &Chunk) -> Option<Bytes> {
         let d = c.digest.as_ref()?;
         self.cache.get(d, c.size).map(|(v, _)| v.data().clone())
     }
 
     /// Verified bytes of `chunks` (of file `file`, for messages), in order.
-    pub async fn chunks(&self, file: &str, chunks: &[Chunk]) -> Result<Vec<Arc<[u8]>>, FetchError> {
-        let mut out: Vec<Option<Arc<[u8]>>> = vec![None; chunks.len()];
+    pub async fn chunks(&self, file: &str, chunks: &[Chunk]) -> Result<Vec<Bytes>, FetchError> {
+        let mut out: Vec<Option<Bytes>> = vec![None; chunks.len()];
         for (i, c) in chunks.iter().enumerate() {
             if c.zeros || c.size == 0 {
                 out[i] = Some(vec![0u8; c.size as usize].into());
@@ -290,7 +291,7 @@ impl Fetcher {
                 }
             }
             if out.iter().all(Option::is_some) {
-                let data: Vec<Arc<[u8]>> = out.into_iter().flatten().collect();
+                let data: Vec<Bytes> = out.into_iter().flatten().collect();
                 let served: u64 = data.iter().map(|d| d.len() as u64).sum();
                 self.counters
                     .bytes_served
@@ -302,11 +303,7 @@ impl Fetcher {
 
     /// Fetches and verifies `mine` (indices into the caller's list), merging neighbours.
     /// Returns one result per entry, in the same order.
-    async fn fetch(
-        &self,
-        file: &str,
-        mine: &[(usize, &Chunk)],
-    ) -> Vec<Result<Arc<[u8]>, FetchError>> {
+    async fn fetch(&self, file: &str, mine: &[(usize, &Chunk)]) -> Vec<Result<Bytes, FetchError>> {
         let mut order: Vec<usize> = (0..mine.len()).collect();
         order.sort_by_key(|&k| mine[k].1.blob_offset);
         // Group into regions [start, end) of positions in `order`.
@@ -328,7 +325,7 @@ impl Fetcher {
             .iter()
             .map(|(start, end, members)| self.fetch_region(file, *start, *end, members, mine));
         let done = futures_util::future::join_all(futs).await;
-        let mut results: Vec<Option<Result<Arc<[u8]>, FetchError>>> =
+        let mut results: Vec<Option<Result<Bytes, FetchError>>> =
             (0..mine.len()).map(|_| None).collect();
         for region in done {
             for (k, r) in region {
@@ -348,7 +345,7 @@ impl Fetcher {
         end: u64,
         members: &[usize],
         mine: &[(usize, &Chunk)],
-    ) -> Vec<(usize, Result<Arc<[u8]>, FetchError>)> {
+    ) -> Vec<(usize, Result<Bytes, FetchError>)> {
         let fetched = self.get(start, end - start).await;
         let data = match fetched {
             Ok(d) => d,
@@ -368,18 +365,22 @@ impl Fetcher {
                     .collect();
             }
         };
-        let mut out = Vec::with_capacity(members.len());
-        for &k in members {
-            let c = mine[k].1.clone();
+        // Chunks of one region decode in parallel: a single file read keeps every core busy.
+        let decodes = members.iter().map(|&k| {
+            let c = mine[k].1;
             let frame = data.slice((c.blob_offset - start) as usize..(c.blob_end - start) as usize);
-            let mut r = self.decode(file, &c, frame).await;
+            async move { (k, c, self.decode(file, c, frame).await) }
+        });
+        let decoded = futures_util::future::join_all(decodes).await;
+        let mut out = Vec::with_capacity(members.len());
+        for (k, c, mut r) in decoded {
             if let Err(FetchError::Verify(e)) = &r {
                 self.counters
                     .verify_failures
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(layer = %self.blob.digest, file, offset = c.file_offset, error = %e, "chunk failed verification; refetching it");
                 r = match self.get(c.blob_offset, c.blob_end - c.blob_offset).await {
-                    Ok(frame) => self.decode(file, &c, frame).await,
+                    Ok(frame) => self.decode(file, c, frame).await,
                     Err(e) => Err(FetchError::Remote(e)),
                 };
                 if let Err(e) = &r {
@@ -406,14 +407,14 @@ impl Fetcher {
         file: &str,
         c: &Chunk,
         frame: bytes::Bytes,
-    ) -> Result<Arc<[u8]>, FetchError> {
+    ) -> Result<Bytes, FetchError> {
         let (comp, file_s, chunk) = (self.compression, file.to_string(), c.clone());
         let decoded =
             tokio::task::spawn_blocking(move || decode_chunk(comp, &file_s, &chunk, &frame))
                 .await
                 .map_err(|e| FetchError::Internal(e.to_string()))?
                 .map_err(FetchError::Verify)?;
-        let data: Arc<[u8]> = decoded.into();
+        let data: Bytes = decoded.into();
         if let Some(d) = c.digest {
             self.cache
                 .put(&VerifiedChunk::already_verified(d, data.clone()));
