@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo bench --bench cache`
 
+use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use stargaze_fs::cache::{DiskCache, MemoryCache, VerifiedChunk};
 use stargaze_fs::Digest;
@@ -13,7 +14,7 @@ use std::time::Instant;
 const SIZES: [usize; 2] = [64 << 10, 4 << 20];
 
 fn chunk(n: usize, seed: u8) -> VerifiedChunk {
-    let data: bytes::Bytes = (0..n)
+    let data: Bytes = (0..n)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect::<Vec<_>>()
         .into();
