@@ -209,3 +209,59 @@ fn mirrors_are_tried_in_order_before_the_origin() {
         m.digest
     );
 }
+
+#[test]
+fn secrets_never_reach_logs_or_errors() {
+    use stargaze_suite::servers::StargazeRegistry;
+    use stargaze_suite::{require, stargaze_bin};
+    if !require(stargaze_bin().is_file(), "the stargaze binary") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = sample_estargz(tmp.path(), 5);
+    let secret = "Sup3r-Secret-Pw";
+    let reg = StargazeRegistry::start(Some(("frank", secret)));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("frank:{secret}"));
+    let cfg = tmp.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let copy = |dst: &str| {
+        std::process::Command::new(stargaze_bin())
+            .args(["--log", "trace", "copy", "--docker-config"])
+            .arg(&cfg)
+            .arg(format!("oci:{}:esgz", oci.display()))
+            .arg(dst)
+            .output()
+            .unwrap()
+    };
+    let ok = copy(&format!("docker://{}/s/img:v1", reg.host()));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // A failing run too: wrong password for another registry user.
+    let wrong = format!("frank:{secret}-but-wrong");
+    let b64w = base64::engine::general_purpose::STANDARD.encode(&wrong);
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{b64w}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let bad = copy(&format!("docker://{}/s/img:v2", reg.host()));
+    assert!(!bad.status.success());
+    for out in [&ok, &bad] {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.len() > 100, "trace logging produced output");
+        for needle in [secret, b64.as_str(), b64w.as_str()] {
+            assert!(!text.contains(needle), "a secret reached the output");
+        }
+    }
+}

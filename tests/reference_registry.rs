@@ -372,3 +372,89 @@ fn redirects_drop_auth_across_hosts_and_loops_are_refused() {
         .unwrap_err();
     assert!(matches!(err, RemoteError::Redirects { .. }), "{err}");
 }
+
+#[test]
+fn docker_schema2_and_platform_selection() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = sample_estargz(tmp.path(), 20);
+    let reg = DockerRegistry::start(RegistryAuth::None);
+    let rt = rt();
+    let client = client_with(&reg.host(), None);
+
+    // Docker schema 2, as skopeo writes it.
+    run(Command::new("skopeo")
+        .args(["copy", "--format", "v2s2", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:esgz", oci.display()))
+        .arg(format!("docker://{}/d2/img:v1", reg.host())));
+    let r = Reference::parse(&format!("{}/d2/img:v1", reg.host())).unwrap();
+    let m = rt.block_on(client.manifest(&r, &[])).unwrap();
+    assert_eq!(m.media_type, stargaze_fs::remote::manifest::DOCKER_MANIFEST);
+    let back = tmp.path().join("d2");
+    run(Command::new(stargaze_bin())
+        .arg("copy")
+        .arg(format!("docker://{}/d2/img:v1", reg.host()))
+        .arg(format!("oci:{}:v1", back.display())));
+    let tags = OciLayout::open(&back).unwrap().tags().unwrap();
+    assert_eq!(
+        tags[0].1.digest().to_string(),
+        m.digest.to_string(),
+        "exact manifest bytes kept"
+    );
+    assert_eq!(
+        tags[0].1.media_type().to_string(),
+        stargaze_fs::remote::manifest::DOCKER_MANIFEST
+    );
+
+    // A two-platform index (both entries point at the sample manifest).
+    let layout = OciLayout::open(&oci).unwrap();
+    let esgz = layout
+        .tags()
+        .unwrap()
+        .into_iter()
+        .find(|(t, _)| t == "esgz")
+        .unwrap()
+        .1;
+    let entry = |arch: &str, variant: Option<&str>| {
+        let mut p = serde_json::json!({"os": "linux", "architecture": arch});
+        if let Some(v) = variant {
+            p["variant"] = serde_json::Value::String(v.into());
+        }
+        serde_json::json!({"mediaType": esgz.media_type().to_string(), "digest": esgz.digest().to_string(), "size": esgz.size(), "platform": p})
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("amd64", None), entry("arm64", Some("v8"))],
+    });
+    layout
+        .put_manifest_bytes(
+            index.to_string().as_bytes(),
+            oci_spec::image::MediaType::ImageIndex,
+            Some("multi"),
+        )
+        .unwrap();
+    run(Command::new(stargaze_bin())
+        .args(["copy", "--all"])
+        .arg(format!("oci:{}:multi", oci.display()))
+        .arg(format!("docker://{}/multi/img:v1", reg.host())));
+    let r = Reference::parse(&format!("{}/multi/img:v1", reg.host())).unwrap();
+    let (m, idx) = rt
+        .block_on(client.resolve(&r, &Platform::parse("linux/arm64/v8").unwrap(), &[]))
+        .unwrap();
+    assert!(idx.is_some_and(|i| i.is_index()));
+    assert_eq!(m.digest.to_string(), esgz.digest().to_string());
+    let e = rt
+        .block_on(client.resolve(&r, &Platform::parse("linux/s390x").unwrap(), &[]))
+        .unwrap_err();
+    assert!(matches!(e, RemoteError::Platform { .. }), "{e}");
+    let one = tmp.path().join("one");
+    run(Command::new(stargaze_bin())
+        .args(["copy", "--platform", "linux/arm64"])
+        .arg(format!("docker://{}/multi/img:v1", reg.host()))
+        .arg(format!("oci:{}:x", one.display())));
+    let tags = OciLayout::open(&one).unwrap().tags().unwrap();
+    assert_eq!(tags[0].1.digest().to_string(), esgz.digest().to_string());
+}
