@@ -265,3 +265,49 @@ fn secrets_never_reach_logs_or_errors() {
         }
     }
 }
+
+#[test]
+fn config_file_mirrors_reach_the_cli() {
+    use stargaze_suite::{require, run, stargaze_bin};
+    if !require(stargaze_bin().is_file(), "the stargaze binary") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = sample_estargz(tmp.path(), 5);
+    let mirror = registry(&tmp.path().join("m"), None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let plain = RegistryClient::new(ClientOptions::default()).unwrap();
+    push(&rt, &plain, &oci, &format!("{}/cfg/img:v1", mirror.addr())).unwrap();
+    // The origin does not exist; only the mirror from the config file can answer.
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[registry.\"origin.invalid:5000\"]\n  mirrors = [\"{}\"]\n",
+            mirror.addr()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let summary = run(std::process::Command::new(stargaze_bin())
+        .args(["copy", "--config"])
+        .arg(&cfg)
+        .arg("docker://origin.invalid:5000/cfg/img:v1")
+        .arg(format!("oci:{}:v1", out.display())));
+    assert!(summary.contains("copied"), "{summary}");
+    // A bad config file is a clear error.
+    std::fs::write(
+        &cfg,
+        "[registry.\"x\"]\n  mirrors = [\"http://no-scheme-here\"]\n",
+    )
+    .unwrap();
+    let bad = std::process::Command::new(stargaze_bin())
+        .args(["copy", "--config"])
+        .arg(&cfg)
+        .arg("docker://origin.invalid:5000/cfg/img:v1")
+        .arg(format!("oci:{}:v2", out.display()))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("host[:port]"));
+}

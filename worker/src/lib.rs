@@ -2,5 +2,7 @@
 //! worker. It builds on `stargaze-fs`; the pieces arrive with their issues (04 and 05).
 #![warn(missing_docs)]
 
+pub mod config;
+
 /// The crate version, for `stargaze version` and worker labels.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

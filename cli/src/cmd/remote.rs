@@ -5,12 +5,17 @@ use anyhow::Context;
 use clap::Args;
 use stargaze_fs::remote::auth::{CredentialProvider, DockerConfig};
 use stargaze_fs::remote::{ClientOptions, RegistryClient};
+use stargaze_worker::config::Config;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// `--insecure-registry`, `--mirror`, `--docker-config`.
+/// `--config`, `--insecure-registry`, `--mirror`, `--docker-config`.
 #[derive(Args, Clone, Default)]
 pub struct RegistryFlags {
+    /// Config file (buildkitd TOML; `[registry."host"]` mirrors and http are used). Default:
+    /// $STARGAZE_CONFIG, else /etc/stargaze/config.toml when it exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Allow plain HTTP to HOST[:PORT] (localhost and 127.0.0.0/8 always are). Repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure: Vec<String>,
@@ -27,6 +32,17 @@ impl RegistryFlags {
     /// Builds a client from the flags.
     pub fn client(&self) -> anyhow::Result<RegistryClient> {
         let mut opts = ClientOptions::default();
+        let cfg = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::load_default()?,
+        };
+        if !cfg.not_yet_used.is_empty() {
+            tracing::info!(sections = ?cfg.not_yet_used, "config sections not used by this command");
+        }
+        opts.hosts = cfg
+            .hosts()
+            .map_err(anyhow::Error::msg)
+            .context("config [registry]")?;
         for h in &self.insecure {
             opts.hosts.set_insecure(h);
         }
