@@ -239,33 +239,6 @@ fn fetch_bench() {
 
         let t = Instant::now();
         let n = rt.block_on(async {
-            let region = FetchOptions::default().max_request;
-            let starts: Vec<u64> = (0..blob_size).step_by(region as usize).collect();
-            let reads = starts
-                .iter()
-                .map(|&s| blob.range(s, region.min(blob_size - s)));
-            let parts = futures_util::future::join_all(reads).await;
-            parts
-                .into_iter()
-                .map(|p| p.expect("range").len() as u64)
-                .sum::<u64>()
-        });
-        assert_eq!(n, blob_size);
-        ranges.push(t.elapsed().as_secs_f64());
-
-        let t = Instant::now();
-        let r = stargaze_fs::format::LayerReader::open(
-            stargaze_fs::format::FileBlob::open(&local_path).expect("blob"),
-            &Default::default(),
-        )
-        .expect("open");
-        let id = r.index().lookup("data/blob.bin").expect("file");
-        let data = r.read_file(id, 0, 256 << 20).expect("local read");
-        assert_eq!(data.len(), 256 << 20);
-        local.push(t.elapsed().as_secs_f64());
-
-        let t = Instant::now();
-        let n = rt.block_on(async {
             // Like the Range reads, the bytes end up in memory.
             let mut resp = plain.get(&url).send().await.expect("GET");
             let mut body = Vec::with_capacity(blob_size as usize);

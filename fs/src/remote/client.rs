@@ -268,6 +268,7 @@ impl RegistryClient {
         loop {
             let permit = self.permit(&ep.host).await?;
             let auth = self.auth.header(&ep.host, &c.scope, c.sessions).await?;
+            let had_auth = auth.is_some();
             let sent = self.send_following(c, &url, &ep.host, auth).await;
             let (resp, final_url) = match sent {
                 Ok(x) => x,
@@ -303,7 +304,11 @@ impl RegistryClient {
             if status == 401 {
                 return Err(RemoteError::Auth {
                     host: ep.host.clone(),
-                    reason: "the registry refused the credentials (HTTP 401)".into(),
+                    reason: if had_auth {
+                        "the registry refused the credentials (HTTP 401)".into()
+                    } else {
+                        "authentication required (HTTP 401) and no credentials were found for this host".into()
+                    },
                 });
             }
             return Ok(Reply {
