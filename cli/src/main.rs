@@ -34,6 +34,12 @@ enum Command {
     Convert(cmd::convert::ConvertArgs),
     /// Copy an image between oci:DIR[:TAG] and docker://HOST/REPO[:TAG].
     Copy(cmd::copy::CopyArgs),
+    /// Mount an image from a registry as a lazily fetched rootfs at DIR.
+    Mount(cmd::mount::MountArgs),
+    /// Unmount a rootfs mounted by `stargaze mount` and print its figures.
+    Umount(cmd::mount::UmountArgs),
+    /// Per-layer figures of a mounted rootfs: bytes fetched, requests, cache, prefetch.
+    Stats(cmd::mount::StatsArgs),
     /// The built-in OCI registry (`registry serve --root DIR`).
     Registry(cmd::registry::RegistryArgs),
     /// Run the main job on an embedded sample image, offline.
@@ -58,6 +64,9 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Registry(a) => cmd::registry::run(a),
         Command::Copy(a) => cmd::copy::run(a),
+        Command::Mount(a) => cmd::mount::mount(a),
+        Command::Umount(a) => cmd::mount::umount(a),
+        Command::Stats(a) => cmd::mount::stats(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,8 +8,10 @@
 pub mod cache;
 pub mod digest;
 pub mod format;
+pub mod fuse;
 pub mod image;
 pub mod layer;
+pub mod mount;
 pub mod registry;
 pub mod remote;
 pub mod stream;

@@ -112,3 +112,56 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// mount(2) of an overlay filesystem at `target` with the given option string.
+pub fn mount_overlay(target: &Path, options: &str, read_only: bool) -> io::Result<()> {
+    let t = cpath(target)?;
+    let data = std::ffi::CString::new(options)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "options contain NUL"))?;
+    let flags = if read_only { libc::MS_RDONLY } else { 0 };
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            t.as_ptr(),
+            c"overlay".as_ptr(),
+            flags,
+            data.as_ptr() as *const libc::c_void,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// umount2(2); `lazy` detaches a busy mount.
+pub fn unmount(target: &Path, lazy: bool) -> io::Result<()> {
+    let t = cpath(target)?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `t` is a valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(t.as_ptr(), flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's, or /proc says so).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    let want = canon.to_string_lossy();
+    text.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(|m| m.replace("\\040", " ") == want)
+            .unwrap_or(false)
+    })
+}

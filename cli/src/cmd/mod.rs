@@ -5,6 +5,7 @@ pub mod copy;
 pub mod demo;
 pub mod extract;
 pub mod inspect;
+pub mod mount;
 pub mod registry;
 pub mod remote;
 pub mod verify;

@@ -11,7 +11,9 @@ use crate::format::{
 use crate::remote::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
 use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Annotation carrying the digest of the uncompressed TOC.
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
@@ -58,6 +60,33 @@ pub struct RemoteLayer {
     fetcher: Fetcher,
     metadata_requests: u64,
     metadata_bytes: u64,
+    /// On-demand reads in progress (background fetching yields to them).
+    foreground: AtomicUsize,
+    prefetch: Mutex<PrefetchState>,
+}
+
+/// Where a layer's prefetch stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum PrefetchState {
+    /// Not started.
+    Idle,
+    /// Fetching the files before the prefetch landmark.
+    Landmark,
+    /// Fetching the rest of the layer in the background.
+    Background {
+        /// Compressed bytes of the layer's chunks done so far.
+        done: u64,
+        /// Compressed bytes of all chunks.
+        total: u64,
+    },
+    /// Everything wanted is cached.
+    Done,
+    /// Stopped on an error (reads still work on demand).
+    Failed {
+        /// Why.
+        error: String,
+    },
 }
 
 impl RemoteLayer {
@@ -125,6 +154,8 @@ impl RemoteLayer {
             fetcher: Fetcher::new(blob, compression, cache, fetch),
             metadata_requests: requests,
             metadata_bytes,
+            foreground: AtomicUsize::new(0),
+            prefetch: Mutex::new(PrefetchState::Idle),
         })
     }
 
@@ -173,6 +204,10 @@ impl RemoteLayer {
             });
         };
         let chunks = &n.chunks[first..=last];
+        self.foreground.fetch_add(1, Ordering::SeqCst);
+        let _done = Finally(|| {
+            self.foreground.fetch_sub(1, Ordering::SeqCst);
+        });
         let data = self
             .fetcher
             .chunks(&n.path, chunks)
@@ -201,5 +236,141 @@ impl RemoteLayer {
             .ok_or_else(|| LayerError::NotAFile(path.to_string()))?;
         let size = self.index().node(id).size;
         self.read(id, 0, size).await
+    }
+}
+
+/// Runs a closure when dropped.
+struct Finally<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Finally<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// How the background fetch behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct BackgroundOptions {
+    /// Compressed bytes per second at most.
+    pub rate: u64,
+    /// Compressed bytes per batch.
+    pub batch: u64,
+}
+
+impl Default for BackgroundOptions {
+    fn default() -> Self {
+        BackgroundOptions {
+            rate: 64 << 20,
+            batch: 4 << 20,
+        }
+    }
+}
+
+impl RemoteLayer {
+    /// Where prefetch stands.
+    pub fn prefetch_state(&self) -> PrefetchState {
+        self.prefetch.lock().map(|s| s.clone()).unwrap_or(PrefetchState::Idle)
+    }
+
+    fn set_state(&self, s: PrefetchState) {
+        if let Ok(mut g) = self.prefetch.lock() {
+            *g = s;
+        }
+    }
+
+    /// Fetches the files listed before the prefetch landmark (merged into few requests).
+    /// Returns the number of chunks made ready.
+    pub async fn prefetch_landmark(&self) -> Result<usize, LayerError> {
+        self.set_state(PrefetchState::Landmark);
+        let index = self.index();
+        let mut chunks: Vec<crate::format::Chunk> = index
+            .prefetch
+            .iter()
+            .flat_map(|&id| index.node(id).chunks.iter().cloned())
+            .collect();
+        chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
+        let n = chunks.len();
+        for batch in chunks.chunks(64) {
+            self.fetcher
+                .chunks("(prefetch landmark)", batch)
+                .await
+                .map_err(|source| LayerError::Fetch {
+                    digest: self.digest(),
+                    file: "(prefetch)".into(),
+                    source,
+                })?;
+        }
+        Ok(n)
+    }
+
+    /// Fetches every chunk of the layer in blob order, `opts.batch` compressed bytes at a time,
+    /// at most `opts.rate` bytes per second, pausing while on-demand reads are in flight.
+    pub async fn background_fetch(&self, opts: BackgroundOptions) -> Result<(), LayerError> {
+        let index = self.index();
+        let mut chunks: Vec<(String, crate::format::Chunk)> = index
+            .nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Reg)
+            .flat_map(|n| n.chunks.iter().map(move |c| (n.path.clone(), c.clone())))
+            .collect();
+        chunks.sort_by_key(|(_, c)| (c.blob_offset, c.inner_offset));
+        chunks.dedup_by_key(|(_, c)| (c.blob_offset, c.inner_offset));
+        let total: u64 = chunks.iter().map(|(_, c)| c.blob_end - c.blob_offset).sum();
+        let mut done = 0u64;
+        let mut i = 0;
+        self.set_state(PrefetchState::Background { done, total });
+        while i < chunks.len() {
+            while self.foreground.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let start = i;
+            let mut bytes = 0;
+            while i < chunks.len() && (bytes < opts.batch || i == start) {
+                bytes += chunks[i].1.blob_end - chunks[i].1.blob_offset;
+                i += 1;
+            }
+            let batch: Vec<crate::format::Chunk> = chunks[start..i].iter().map(|(_, c)| c.clone()).collect();
+            let t = std::time::Instant::now();
+            self.fetcher
+                .chunks(&chunks[start].0, &batch)
+                .await
+                .map_err(|source| LayerError::Fetch {
+                    digest: self.digest(),
+                    file: chunks[start].0.clone(),
+                    source,
+                })?;
+            done += bytes;
+            self.set_state(PrefetchState::Background { done, total });
+            let min = Duration::from_secs_f64(bytes as f64 / opts.rate.max(1) as f64);
+            if let Some(wait) = min.checked_sub(t.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.set_state(PrefetchState::Done);
+        Ok(())
+    }
+
+    /// Landmark prefetch, then (when `background` is given) the rest of the layer; errors end
+    /// the prefetch (recorded in the state) but never the mount.
+    pub async fn run_prefetch(self: Arc<Self>, background: Option<BackgroundOptions>) {
+        let r = async {
+            self.prefetch_landmark().await?;
+            match background {
+                Some(b) => self.background_fetch(b).await,
+                None => Ok(()),
+            }
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                if background.is_none() {
+                    self.set_state(PrefetchState::Done);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(layer = %self.digest(), error = %e, "prefetch stopped");
+                self.set_state(PrefetchState::Failed { error: e.to_string() });
+            }
+        }
     }
 }

@@ -1,0 +1,465 @@
+//! `stargaze mount`, `umount` and `stats`: an image from a registry as a lazily fetched rootfs.
+//!
+//! `mount` resolves the image and mounts it (FUSE per layer + overlayfs) from a serving
+//! process: with `--foreground` that is this process; otherwise this process starts itself
+//! again detached (its own session, output to the mount's log), waits until the rootfs is
+//! ready or the server failed, and returns. Each mount keeps a private state directory under
+//! `$STARGAZE_RUN_DIR` (default `/run/stargaze`) named by the target path: the serving PID,
+//! layer mount points, the log and `stats.json` (rewritten every second). `umount` asks the
+//! server to stop (SIGTERM), and if it is gone or hangs, detaches whatever is left itself.
+
+use super::remote::RegistryFlags;
+use crate::progress::bytes;
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::fuse::{AccessRecorder, FsOptions, OpaqueXattr};
+use stargaze_fs::layer::BackgroundOptions;
+use stargaze_fs::mount::{mount_image, LayerStats, MountOptions};
+use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::remote::{Platform, Reference};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Opaque-directory xattr flavour.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OpaqueFlag {
+    /// trusted.overlay.opaque
+    Trusted,
+    /// user.overlay.opaque (overlay mounted with userxattr)
+    User,
+    /// both
+    Both,
+}
+
+/// `stargaze mount REF DIR`
+#[derive(Args, Clone)]
+pub struct MountArgs {
+    /// Image reference (`HOST/REPO[:TAG|@DIGEST]`, docker:// prefix optional).
+    reference: String,
+    /// Where the rootfs appears (created if missing).
+    dir: PathBuf,
+    /// Add an upper dir so the rootfs is writable.
+    #[arg(long)]
+    writable: bool,
+    /// Platform to take from a multi-platform image (default: this machine).
+    #[arg(long)]
+    platform: Option<Platform>,
+    /// Serve from this process until interrupted instead of a background process.
+    #[arg(long)]
+    foreground: bool,
+    /// Append each file the workload opens to FILE, in first-open order (for `convert --prioritize`).
+    #[arg(long, value_name = "FILE")]
+    record_access: Option<PathBuf>,
+    /// Disk chunk cache directory.
+    #[arg(long, default_value = "/var/lib/stargaze/cache")]
+    cache_dir: PathBuf,
+    /// Disk chunk cache size cap, in MiB.
+    #[arg(long, default_value_t = 10240)]
+    cache_mib: u64,
+    /// Memory chunk cache size, in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+    /// Do not prefetch the files before the prefetch landmark.
+    #[arg(long)]
+    no_prefetch: bool,
+    /// Do not fetch the rest of the layers in the background.
+    #[arg(long)]
+    no_background_fetch: bool,
+    /// Background fetch rate limit, MiB/s.
+    #[arg(long, default_value_t = 64)]
+    background_mib_per_sec: u64,
+    /// Which xattr marks opaque directories.
+    #[arg(long, value_enum, default_value = "trusted")]
+    opaque_xattr: OpaqueFlag,
+    #[command(flatten)]
+    registry: RegistryFlags,
+}
+
+/// `stargaze umount DIR`
+#[derive(Args)]
+pub struct UmountArgs {
+    /// A rootfs mounted by `stargaze mount`.
+    dir: PathBuf,
+}
+
+/// `stargaze stats DIR`
+#[derive(Args)]
+pub struct StatsArgs {
+    /// A rootfs mounted by `stargaze mount`.
+    dir: PathBuf,
+    /// Print the JSON as stored.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The runtime directory holding mount states.
+fn run_dir() -> PathBuf {
+    std::env::var_os("STARGAZE_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/stargaze"))
+}
+
+/// The state directory of the mount at `target` (already canonical).
+fn state_dir(target: &Path) -> PathBuf {
+    let key = stargaze_fs::Digest::of(target.as_os_str().as_encoded_bytes()).hex();
+    run_dir().join("mounts").join(&key[..16])
+}
+
+fn canonical_target(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    dir.canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    target: PathBuf,
+    reference: String,
+    manifest: String,
+    pid: i32,
+    layers: Vec<PathBuf>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StatsFile {
+    reference: String,
+    elapsed_secs: f64,
+    layers: Vec<serde_json::Value>,
+}
+
+/// Runs `mount`.
+pub fn mount(a: MountArgs) -> anyhow::Result<()> {
+    preflight()?;
+    let target = canonical_target(&a.dir)?;
+    let state = state_dir(&target);
+    if let Ok(s) = read_state(&state) {
+        if pid_alive(s.pid) {
+            bail!("{} is already mounted by stargaze (pid {})", target.display(), s.pid);
+        }
+        cleanup(&state, Some(&s), &target);
+    }
+    if a.foreground {
+        return serve(a, &target, &state);
+    }
+    spawn_server(&a, &target, &state)
+}
+
+fn preflight() -> anyhow::Result<()> {
+    if !stargaze_fs::sys::is_root() {
+        bail!("mounting needs root (FUSE with allow_other and overlayfs)");
+    }
+    if std::fs::metadata("/dev/fuse").is_err() {
+        bail!("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse");
+    }
+    Ok(())
+}
+
+fn spawn_server(a: &MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let log_path = state.join("log");
+    let log = std::fs::File::create(&log_path).context("creating the mount log")?;
+    let exe = std::env::current_exe().context("locating the stargaze binary")?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--foreground".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid in the child before exec only detaches it from our session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("starting the mount server")?;
+    let ready = state.join("ready");
+    loop {
+        if ready.exists() {
+            println!(
+                "mounted {} at {} in {:.2}s (server pid {}; log {})",
+                a.reference,
+                target.display(),
+                start.elapsed().as_secs_f64(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let _ = std::fs::remove_dir_all(state);
+            bail!("the mount server exited ({status}):\n{}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_state(state: &Path) -> anyhow::Result<State> {
+    let data = std::fs::read(state.join("state.json"))?;
+    Ok(serde_json::from_slice(&data)?)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(tmp, path)
+}
+
+fn stats_json(reference: &str, start: Instant, stats: &[LayerStats]) -> Vec<u8> {
+    let s = StatsFile {
+        reference: reference.to_string(),
+        elapsed_secs: start.elapsed().as_secs_f64(),
+        layers: stats
+            .iter()
+            .map(|l| serde_json::to_value(l).unwrap_or_default())
+            .collect(),
+    };
+    serde_json::to_vec_pretty(&s).unwrap_or_default()
+}
+
+fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let reference = Reference::parse(a.reference.trim_start_matches("docker://"))
+        .with_context(|| format!("image reference {:?}", a.reference))?;
+    let client = Arc::new(a.registry.client()?);
+    let disk = DiskCache::open(&a.cache_dir, a.cache_mib << 20)
+        .with_context(|| format!("chunk cache {}", a.cache_dir.display()))?;
+    let cache = Arc::new(ChunkCache::new(Some(MemoryCache::new(a.memory_mib << 20)), Some(disk)));
+    let recorder = match &a.record_access {
+        Some(p) => Some(Arc::new(
+            AccessRecorder::open(p).with_context(|| format!("--record-access {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let opts = MountOptions {
+        platform: a.platform.clone().unwrap_or_else(Platform::host),
+        writable: a.writable,
+        state_dir: state.to_path_buf(),
+        cache,
+        sessions: Vec::new(),
+        fetch: FetchOptions::default(),
+        fs: FsOptions {
+            opaque: match a.opaque_xattr {
+                OpaqueFlag::Trusted => OpaqueXattr::Trusted,
+                OpaqueFlag::User => OpaqueXattr::User,
+                OpaqueFlag::Both => OpaqueXattr::Both,
+            },
+            recorder,
+        },
+        prefetch: !a.no_prefetch,
+        background: (!a.no_background_fetch).then_some(BackgroundOptions {
+            rate: a.background_mib_per_sec.max(1) << 20,
+            ..BackgroundOptions::default()
+        }),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let image = tokio::select! {
+            r = mount_image(client, &reference, target, &opts) => r.with_context(|| format!("mounting {reference}"))?,
+            _ = term.recv() => bail!("interrupted while mounting"),
+            _ = int.recv() => bail!("interrupted while mounting"),
+        };
+        let st = State {
+            target: target.to_path_buf(),
+            reference: reference.to_string(),
+            manifest: image.manifest.clone(),
+            pid: std::process::id() as i32,
+            layers: image
+                .layers()
+                .iter()
+                .map(|l| match l {
+                    stargaze_fs::mount::MountedLayer::Lazy { dir, .. }
+                    | stargaze_fs::mount::MountedLayer::Unpacked { dir, .. } => dir.clone(),
+                })
+                .collect(),
+        };
+        write_atomic(&state.join("state.json"), &serde_json::to_vec_pretty(&st)?)?;
+        write_atomic(&state.join("stats.json"), &stats_json(&st.reference, start, &image.stats()))?;
+        std::fs::write(state.join("ready"), b"ok")?;
+        let lazy = image.stats().iter().filter(|l| l.mode == "lazy").count();
+        println!(
+            "mounted {reference} ({}) at {}: {} layers ({lazy} lazy) in {:.2}s",
+            image.manifest,
+            target.display(),
+            st.layers.len(),
+            start.elapsed().as_secs_f64()
+        );
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _ = write_atomic(&state.join("stats.json"), &stats_json(&st.reference, start, &image.stats()));
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        let stats = image.stats();
+        let _ = write_atomic(&state.join("stats.json"), &stats_json(&st.reference, start, &stats));
+        image.unmount()?;
+        print_stats(&stats);
+        println!("unmounted {}", target.display());
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // Keep stats.json for a last `umount` report; the rest of the state goes.
+    for sub in ["l", "upper", "work", "empty", "state.json", "ready"] {
+        let p = state.join(sub);
+        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+    }
+    Ok(())
+}
+
+fn print_stats(stats: &[LayerStats]) {
+    println!("layer                 mode      fetched / size            requests  hits/misses  prefetch");
+    for l in stats {
+        println!("{}", stats_line(&serde_json::to_value(l).unwrap_or_default()));
+    }
+}
+
+fn stats_line(v: &serde_json::Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let digest = v["digest"].as_str().unwrap_or("");
+    let size = n("size").max(1);
+    let prefetch = match v["prefetch"]["state"].as_str().unwrap_or("") {
+        "background" => format!(
+            "background {:.0}%",
+            100.0 * n_of(&v["prefetch"], "done") as f64 / n_of(&v["prefetch"], "total").max(1) as f64
+        ),
+        other => other.to_string(),
+    };
+    format!(
+        "{:<21} {:<9} {:>10} / {:<10} {:>5.1}% {:>8}  {:>5}/{:<5}  {}",
+        &digest[..digest.len().min(19)],
+        v["mode"].as_str().unwrap_or(""),
+        bytes(n("bytes_fetched")),
+        bytes(n("size")),
+        100.0 * n("bytes_fetched") as f64 / size as f64,
+        n("requests"),
+        n("cache_hits"),
+        n("cache_misses"),
+        prefetch
+    )
+}
+
+fn n_of(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+/// Detaches whatever a dead or hung server left behind.
+fn cleanup(state: &Path, st: Option<&State>, target: &Path) {
+    if stargaze_fs::sys::is_mount_point(target) {
+        let _ = stargaze_fs::sys::unmount(target, true);
+    }
+    let mut layer_dirs: Vec<PathBuf> = st.map(|s| s.layers.clone()).unwrap_or_default();
+    if let Ok(rd) = std::fs::read_dir(state.join("l")) {
+        layer_dirs.extend(rd.flatten().map(|e| e.path()));
+    }
+    for d in layer_dirs {
+        if stargaze_fs::sys::is_mount_point(&d) {
+            let _ = stargaze_fs::sys::unmount(&d, true);
+        }
+    }
+    let _ = std::fs::remove_dir_all(state);
+}
+
+/// Runs `umount`.
+pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
+    let target = a
+        .dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", a.dir.display()))?;
+    let state = state_dir(&target);
+    let st = read_state(&state).ok();
+    let Some(st) = st else {
+        if state.exists() || stargaze_fs::sys::is_mount_point(&target) {
+            cleanup(&state, None, &target);
+            println!("cleaned up a stale mount at {}", target.display());
+            return Ok(());
+        }
+        bail!("{} is not mounted by stargaze", target.display());
+    };
+    if pid_alive(st.pid) {
+        // SAFETY: SIGTERM to the server PID recorded in our own state file.
+        unsafe {
+            libc::kill(st.pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pid_alive(st.pid) && Instant::now() < deadline {
+            // Reap it if it is our child (it is not, normally; harmless otherwise).
+            // SAFETY: waitpid with WNOHANG on a specific pid.
+            unsafe {
+                libc::waitpid(st.pid, std::ptr::null_mut(), libc::WNOHANG);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if pid_alive(st.pid) {
+            eprintln!("stargaze: the mount server (pid {}) did not stop; killing it", st.pid);
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(st.pid, libc::SIGKILL);
+            }
+        }
+    }
+    if let Ok(data) = std::fs::read(state.join("stats.json")) {
+        if let Ok(s) = serde_json::from_slice::<StatsFile>(&data) {
+            println!("layer                 mode      fetched / size            requests  hits/misses  prefetch");
+            for l in &s.layers {
+                println!("{}", stats_line(l));
+            }
+        }
+    }
+    cleanup(&state, Some(&st), &target);
+    println!("unmounted {}", target.display());
+    Ok(())
+}
+
+/// Runs `stats`.
+pub fn stats(a: StatsArgs) -> anyhow::Result<()> {
+    let target = a
+        .dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", a.dir.display()))?;
+    let state = state_dir(&target);
+    let data = std::fs::read(state.join("stats.json"))
+        .with_context(|| format!("{} is not mounted by stargaze", target.display()))?;
+    if a.json {
+        println!("{}", String::from_utf8_lossy(&data));
+        return Ok(());
+    }
+    let s: StatsFile = serde_json::from_slice(&data).context("reading stats.json")?;
+    println!("{} at {} ({:.0}s mounted)", s.reference, target.display(), s.elapsed_secs);
+    println!("layer                 mode      fetched / size            requests  hits/misses  prefetch");
+    let (mut fetched, mut size) = (0u64, 0u64);
+    for l in &s.layers {
+        println!("{}", stats_line(l));
+        fetched += l["bytes_fetched"].as_u64().unwrap_or(0);
+        size += l["size"].as_u64().unwrap_or(0);
+    }
+    println!(
+        "total: {} fetched of {} ({:.1}%)",
+        bytes(fetched),
+        bytes(size),
+        100.0 * fetched as f64 / size.max(1) as f64
+    );
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! FUSE: each lazily read layer is a read-only filesystem ([`LayerFs`]) showing the layer with
+//! overlayfs' whiteout conventions ([`view`]), so kernel overlayfs can stack layers into an
+//! image rootfs exactly as the unpacked image would look.
+
+mod filesystem;
+pub mod view;
+
+pub use filesystem::{mount_layer, AccessRecorder, FsOptions, LayerFs};
+pub use view::OpaqueXattr;

@@ -1,0 +1,353 @@
+//! An image rootfs: every layer of the image mounted lazily through FUSE (or, when a layer is
+//! not eStargz, pulled whole, verified and unpacked — the fallback every peer has), composed
+//! with kernel overlayfs at the target directory (with an upper and work dir when writable).
+//! [`MountedImage`] owns all of it; dropping or [`MountedImage::unmount`] tears it down,
+//! overlay first, then each layer.
+
+mod fallback;
+
+use crate::cache::ChunkCache;
+use crate::fuse::{mount_layer, FsOptions, LayerFs};
+use crate::layer::{BackgroundOptions, LayerError, PrefetchState, RemoteLayer};
+use crate::remote::fetcher::{CounterSnapshot, FetchOptions};
+use crate::remote::{Platform, Reference, RegistryClient, RemoteError};
+use crate::format::FormatError;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// Registry access.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// A layer could not be opened.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// A fallback layer could not be unpacked.
+    #[error("layer {digest}: {reason}")]
+    Unpack {
+        /// The layer.
+        digest: String,
+        /// Why.
+        reason: String,
+    },
+    /// A mount system call failed.
+    #[error("{what} at {path}: {source}")]
+    Sys {
+        /// What was being mounted.
+        what: String,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to mount.
+#[derive(Clone)]
+pub struct MountOptions {
+    /// Platform picked from an index.
+    pub platform: Platform,
+    /// Add an upper dir so the rootfs is writable.
+    pub writable: bool,
+    /// Private directory for layer mount points, upper/work dirs and unpacked layers.
+    pub state_dir: PathBuf,
+    /// Chunk caches shared by the layers.
+    pub cache: Arc<ChunkCache>,
+    /// Sessions whose credentials may be used.
+    pub sessions: Vec<String>,
+    /// Request merging.
+    pub fetch: FetchOptions,
+    /// FUSE presentation (opaque xattr, access recording).
+    pub fs: FsOptions,
+    /// Prefetch the landmark files on mount.
+    pub prefetch: bool,
+    /// Then fetch the rest in the background.
+    pub background: Option<BackgroundOptions>,
+}
+
+/// One layer of a mounted image.
+pub enum MountedLayer {
+    /// Served lazily through FUSE.
+    Lazy {
+        /// The layer.
+        layer: Arc<RemoteLayer>,
+        /// Its FUSE mount point.
+        dir: PathBuf,
+        /// The FUSE session (unmounts when dropped).
+        session: Option<fuser::BackgroundSession>,
+    },
+    /// Pulled whole and unpacked (not eStargz).
+    Unpacked {
+        /// The layer digest.
+        digest: String,
+        /// Blob size.
+        size: u64,
+        /// Where it was unpacked.
+        dir: PathBuf,
+    },
+}
+
+/// Per-layer figures for `stats`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerStats {
+    /// Layer digest.
+    pub digest: String,
+    /// Blob size.
+    pub size: u64,
+    /// `lazy` or `unpacked`.
+    pub mode: &'static str,
+    /// Counters (zero for unpacked layers, which were fetched whole).
+    pub requests: u64,
+    /// Compressed bytes fetched.
+    pub bytes_fetched: u64,
+    /// Bytes served to readers.
+    pub bytes_served: u64,
+    /// Cache hits.
+    pub cache_hits: u64,
+    /// Cache misses.
+    pub cache_misses: u64,
+    /// Chunks that failed verification on arrival.
+    pub verify_failures: u64,
+    /// Prefetch state.
+    pub prefetch: PrefetchState,
+}
+
+/// A mounted image rootfs.
+pub struct MountedImage {
+    target: PathBuf,
+    layers: Vec<MountedLayer>,
+    overlay: bool,
+    /// The image manifest digest.
+    pub manifest: String,
+    prefetch_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn sys(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> MountError {
+    let (what, path) = (what.to_string(), path.to_path_buf());
+    move |source| MountError::Sys { what, path, source }
+}
+
+/// Whether a layer open failed because the blob simply is not eStargz (no footer/TOC).
+fn not_estargz(e: &LayerError) -> bool {
+    matches!(
+        e,
+        LayerError::Format {
+            source: FormatError::Footer(_) | FormatError::Truncated(_),
+            ..
+        }
+    )
+}
+
+/// Mounts `reference` at `target`. Must run inside a multi-threaded tokio runtime (FUSE reads
+/// are served on it).
+pub async fn mount_image(
+    client: Arc<RegistryClient>,
+    reference: &Reference,
+    target: &Path,
+    opts: &MountOptions,
+) -> Result<MountedImage, MountError> {
+    let (manifest, _) = client.resolve(reference, &opts.platform, &opts.sessions).await?;
+    std::fs::create_dir_all(opts.state_dir.join("l")).map_err(sys("state dir", &opts.state_dir))?;
+    let mut image = MountedImage {
+        target: target.to_path_buf(),
+        layers: Vec::new(),
+        overlay: false,
+        manifest: manifest.digest.to_string(),
+        prefetch_tasks: Vec::new(),
+    };
+    let rt = tokio::runtime::Handle::current();
+    // Open every layer's metadata concurrently (two small Range GETs each).
+    let opens = manifest.layers.iter().map(|desc| {
+        RemoteLayer::open(
+            client.clone(),
+            reference,
+            desc,
+            opts.cache.clone(),
+            opts.sessions.clone(),
+            opts.fetch,
+        )
+    });
+    let opened = futures_util::future::join_all(opens).await;
+    for (i, (desc, res)) in manifest.layers.iter().zip(opened).enumerate() {
+        let dir = opts.state_dir.join("l").join(i.to_string());
+        std::fs::create_dir_all(&dir).map_err(sys("layer dir", &dir))?;
+        match res {
+            Ok(layer) => {
+                let layer = Arc::new(layer);
+                let fs = LayerFs::new(layer.clone(), rt.clone(), opts.fs.clone());
+                let session = mount_layer(fs, &dir).map_err(sys("FUSE mount", &dir))?;
+                if opts.prefetch {
+                    let (l, bg) = (layer.clone(), opts.background);
+                    image.prefetch_tasks.push(tokio::spawn(l.run_prefetch(bg)));
+                }
+                image.layers.push(MountedLayer::Lazy {
+                    layer,
+                    dir,
+                    session: Some(session),
+                });
+            }
+            Err(e) if not_estargz(&e) => {
+                tracing::info!(layer = %desc.digest, "not eStargz; pulling it whole");
+                fallback::pull_and_unpack(&client, reference, desc, &dir, &opts.sessions).await?;
+                image.layers.push(MountedLayer::Unpacked {
+                    digest: desc.digest.clone(),
+                    size: desc.size,
+                    dir,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    image.compose(opts)?;
+    Ok(image)
+}
+
+impl MountedImage {
+    fn layer_dir(l: &MountedLayer) -> &Path {
+        match l {
+            MountedLayer::Lazy { dir, .. } | MountedLayer::Unpacked { dir, .. } => dir,
+        }
+    }
+
+    fn compose(&mut self, opts: &MountOptions) -> Result<(), MountError> {
+        std::fs::create_dir_all(&self.target).map_err(sys("target", &self.target))?;
+        // Top layer first; an empty bottom keeps overlay semantics (whiteouts hidden) even
+        // for a one-layer read-only image, which overlayfs would otherwise refuse.
+        let mut lowers: Vec<String> = self
+            .layers
+            .iter()
+            .rev()
+            .map(|l| escape(Self::layer_dir(l)))
+            .collect();
+        let empty = opts.state_dir.join("empty");
+        std::fs::create_dir_all(&empty).map_err(sys("empty dir", &empty))?;
+        if lowers.len() < 2 && !opts.writable {
+            lowers.push(escape(&empty));
+        }
+        let mut options = format!("lowerdir={}", lowers.join(":"));
+        if opts.writable {
+            let (upper, work) = (opts.state_dir.join("upper"), opts.state_dir.join("work"));
+            for d in [&upper, &work] {
+                std::fs::create_dir_all(d).map_err(sys("upper/work dir", d))?;
+            }
+            options.push_str(&format!(",upperdir={},workdir={}", escape(&upper), escape(&work)));
+        }
+        if opts.fs.opaque == crate::fuse::OpaqueXattr::User {
+            options.push_str(",userxattr");
+        }
+        crate::sys::mount_overlay(&self.target, &options, !opts.writable)
+            .map_err(sys("overlay mount", &self.target))?;
+        self.overlay = true;
+        Ok(())
+    }
+
+    /// The rootfs directory.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The layers, bottom first.
+    pub fn layers(&self) -> &[MountedLayer] {
+        &self.layers
+    }
+
+    /// Figures per layer, bottom first.
+    pub fn stats(&self) -> Vec<LayerStats> {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                MountedLayer::Lazy { layer, .. } => {
+                    let c: CounterSnapshot = layer.counters();
+                    LayerStats {
+                        digest: layer.digest().to_string(),
+                        size: layer.size(),
+                        mode: "lazy",
+                        requests: c.requests,
+                        bytes_fetched: c.bytes_fetched,
+                        bytes_served: c.bytes_served,
+                        cache_hits: c.cache_hits,
+                        cache_misses: c.cache_misses,
+                        verify_failures: c.verify_failures,
+                        prefetch: layer.prefetch_state(),
+                    }
+                }
+                MountedLayer::Unpacked { digest, size, .. } => LayerStats {
+                    digest: digest.clone(),
+                    size: *size,
+                    mode: "unpacked",
+                    requests: 1,
+                    bytes_fetched: *size,
+                    bytes_served: 0,
+                    cache_hits: 0,
+                    cache_misses: 0,
+                    verify_failures: 0,
+                    prefetch: PrefetchState::Done,
+                },
+            })
+            .collect()
+    }
+
+    /// Unmounts the overlay, then every layer (lazily when busy).
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), MountError> {
+        for t in self.prefetch_tasks.drain(..) {
+            t.abort();
+        }
+        let mut first_err = None;
+        if self.overlay {
+            if let Err(e) = crate::sys::unmount(&self.target, false) {
+                tracing::warn!(target = %self.target.display(), error = %e, "overlay busy; detaching it");
+                if let Err(e) = crate::sys::unmount(&self.target, true) {
+                    first_err.get_or_insert(MountError::Sys {
+                        what: "overlay unmount".into(),
+                        path: self.target.clone(),
+                        source: e,
+                    });
+                }
+            }
+            self.overlay = false;
+        }
+        for l in self.layers.iter_mut().rev() {
+            if let MountedLayer::Lazy { session, dir, .. } = l {
+                if let Some(s) = session.take() {
+                    // Dropping the session unmounts; detach first if something holds it.
+                    if crate::sys::unmount(dir, false).is_err() {
+                        let _ = crate::sys::unmount(dir, true);
+                    }
+                    drop(s);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountedImage {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::error!(error = %e, "unmounting the image");
+        }
+    }
+}
+
+/// Escapes `:` and `,` (and `\\`) for overlayfs options.
+fn escape(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, ':' | ',' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
