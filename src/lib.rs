@@ -4,6 +4,7 @@
 
 pub mod fault_proxy;
 pub mod http;
+pub mod mounts;
 pub mod servers;
 
 use sha2::{Digest as _, Sha256};

@@ -141,7 +141,11 @@ pub fn mount(a: MountArgs) -> anyhow::Result<()> {
     let state = state_dir(&target);
     if let Ok(s) = read_state(&state) {
         if pid_alive(s.pid) {
-            bail!("{} is already mounted by stargaze (pid {})", target.display(), s.pid);
+            bail!(
+                "{} is already mounted by stargaze (pid {})",
+                target.display(),
+                s.pid
+            );
         }
         cleanup(&state, Some(&s), &target);
     }
@@ -238,11 +242,16 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
     let client = Arc::new(a.registry.client()?);
     let disk = DiskCache::open(&a.cache_dir, a.cache_mib << 20)
         .with_context(|| format!("chunk cache {}", a.cache_dir.display()))?;
-    let cache = Arc::new(ChunkCache::new(Some(MemoryCache::new(a.memory_mib << 20)), Some(disk)));
+    let cache = Arc::new(ChunkCache::new(
+        Some(MemoryCache::new(a.memory_mib << 20)),
+        Some(disk),
+    ));
     let recorder = match &a.record_access {
-        Some(p) => Some(Arc::new(
-            AccessRecorder::open(p).with_context(|| format!("--record-access {}", p.display()))?,
-        )),
+        Some(p) => {
+            Some(Arc::new(AccessRecorder::open(p).with_context(|| {
+                format!("--record-access {}", p.display())
+            })?))
+        }
         None => None,
     };
     let opts = MountOptions {
@@ -324,15 +333,24 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
     // Keep stats.json for a last `umount` report; the rest of the state goes.
     for sub in ["l", "upper", "work", "empty", "state.json", "ready"] {
         let p = state.join(sub);
-        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
     }
     Ok(())
 }
 
 fn print_stats(stats: &[LayerStats]) {
-    println!("layer                 mode      fetched / size            requests  hits/misses  prefetch");
+    println!(
+        "layer                 mode      fetched / size            requests  hits/misses  prefetch"
+    );
     for l in stats {
-        println!("{}", stats_line(&serde_json::to_value(l).unwrap_or_default()));
+        println!(
+            "{}",
+            stats_line(&serde_json::to_value(l).unwrap_or_default())
+        );
     }
 }
 
@@ -343,7 +361,8 @@ fn stats_line(v: &serde_json::Value) -> String {
     let prefetch = match v["prefetch"]["state"].as_str().unwrap_or("") {
         "background" => format!(
             "background {:.0}%",
-            100.0 * n_of(&v["prefetch"], "done") as f64 / n_of(&v["prefetch"], "total").max(1) as f64
+            100.0 * n_of(&v["prefetch"], "done") as f64
+                / n_of(&v["prefetch"], "total").max(1) as f64
         ),
         other => other.to_string(),
     };
@@ -413,7 +432,10 @@ pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
         if pid_alive(st.pid) {
-            eprintln!("stargaze: the mount server (pid {}) did not stop; killing it", st.pid);
+            eprintln!(
+                "stargaze: the mount server (pid {}) did not stop; killing it",
+                st.pid
+            );
             // SAFETY: as above.
             unsafe {
                 libc::kill(st.pid, libc::SIGKILL);
@@ -447,8 +469,15 @@ pub fn stats(a: StatsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let s: StatsFile = serde_json::from_slice(&data).context("reading stats.json")?;
-    println!("{} at {} ({:.0}s mounted)", s.reference, target.display(), s.elapsed_secs);
-    println!("layer                 mode      fetched / size            requests  hits/misses  prefetch");
+    println!(
+        "{} at {} ({:.0}s mounted)",
+        s.reference,
+        target.display(),
+        s.elapsed_secs
+    );
+    println!(
+        "layer                 mode      fetched / size            requests  hits/misses  prefetch"
+    );
     let (mut fetched, mut size) = (0u64, 0u64);
     for l in &s.layers {
         println!("{}", stats_line(l));

@@ -17,7 +17,11 @@ pub struct RegistryFlags {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Allow plain HTTP to HOST[:PORT] (localhost and 127.0.0.0/8 always are). Repeatable.
-    #[arg(long = "insecure-registry", visible_alias = "insecure", value_name = "HOST")]
+    #[arg(
+        long = "insecure-registry",
+        visible_alias = "insecure",
+        value_name = "HOST"
+    )]
     pub insecure: Vec<String>,
     /// Try MIRROR (http(s)://host[:port]) before REGISTRY for pulls: REGISTRY=MIRROR. Repeatable.
     #[arg(long = "mirror", value_name = "REGISTRY=MIRROR")]

@@ -26,7 +26,10 @@ pub struct AccessRecorder {
 impl AccessRecorder {
     /// Appends to `path`.
     pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(AccessRecorder {
             seen: Mutex::new((Default::default(), Some(f))),
         })
@@ -202,13 +205,25 @@ impl Filesystem for LayerFs {
         });
     }
 
-    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
         let dir = match self.dir_of(ino) {
             Ok(d) => d,
             Err(e) => return reply.error(e),
         };
         let v = self.view();
-        for (i, (child_ino, name, e)) in self.listing(dir).into_iter().enumerate().skip(offset.max(0) as usize) {
+        for (i, (child_ino, name, e)) in self
+            .listing(dir)
+            .into_iter()
+            .enumerate()
+            .skip(offset.max(0) as usize)
+        {
             if reply.add(child_ino, i as i64 + 1, v.kind(e), &name) {
                 break;
             }
@@ -216,13 +231,25 @@ impl Filesystem for LayerFs {
         reply.ok();
     }
 
-    fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let dir = match self.dir_of(ino) {
             Ok(d) => d,
             Err(e) => return reply.error(e),
         };
         let v = self.view();
-        for (i, (child_ino, name, e)) in self.listing(dir).into_iter().enumerate().skip(offset.max(0) as usize) {
+        for (i, (child_ino, name, e)) in self
+            .listing(dir)
+            .into_iter()
+            .enumerate()
+            .skip(offset.max(0) as usize)
+        {
             let attr: FileAttr = v.attr(e);
             if reply.add(child_ino, i as i64 + 1, &name, &TTL, &attr, 0) {
                 break;
@@ -231,12 +258,24 @@ impl Filesystem for LayerFs {
         reply.ok();
     }
 
-    fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
         let Some(e) = self.node_of(ino) else {
             return reply.error(libc::ENOENT);
         };
         let name = name.as_bytes();
-        match self.view().xattrs(e).into_iter().find(|(k, _)| k.as_bytes() == name) {
+        match self
+            .view()
+            .xattrs(e)
+            .into_iter()
+            .find(|(k, _)| k.as_bytes() == name)
+        {
             Some((_, v)) => xattr_reply(&v, size, reply),
             None => reply.error(libc::ENODATA),
         }
@@ -266,13 +305,25 @@ impl Filesystem for LayerFs {
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
         let bytes = self.layer.index().total_file_bytes();
-        reply.statfs(bytes.div_ceil(4096), 0, 0, self.view().inode_count(), 0, 4096, 255, 4096);
+        reply.statfs(
+            bytes.div_ceil(4096),
+            0,
+            0,
+            self.view().inode_count(),
+            0,
+            4096,
+            255,
+            4096,
+        );
     }
 }
 
 /// Mounts `fs` read-only at `mountpoint` in a background thread; unmounted when the
 /// returned session is dropped.
-pub fn mount_layer(fs: LayerFs, mountpoint: &std::path::Path) -> std::io::Result<fuser::BackgroundSession> {
+pub fn mount_layer(
+    fs: LayerFs,
+    mountpoint: &std::path::Path,
+) -> std::io::Result<fuser::BackgroundSession> {
     use fuser::MountOption;
     let digest = fs.layer.digest().hex();
     let opts = [

@@ -70,7 +70,10 @@ impl<'a> View<'a> {
         let id = NodeId::try_from(ino.checked_sub(1)?).ok()?;
         let node = self.index.nodes.get(id as usize)?;
         let base = node.path.rsplit('/').next().unwrap_or("");
-        if base.starts_with(WHITEOUT_PREFIX) && base != OPAQUE_WHITEOUT && node.kind != NodeKind::Dir {
+        if base.starts_with(WHITEOUT_PREFIX)
+            && base != OPAQUE_WHITEOUT
+            && node.kind != NodeKind::Dir
+        {
             Some(Entry::Whiteout(id))
         } else {
             Some(Entry::Node(id))

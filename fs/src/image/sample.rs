@@ -163,6 +163,22 @@ pub fn write_sample_layers(
     let mut hl = HeaderSpec::new("usr/bin/sample-tool-link", TarKind::Hardlink);
     hl.link_name = "usr/bin/sample-tool".into();
     add(&mut t, hl, b"")?;
+    if !opts.large_files.is_empty() {
+        // A hardlink to a file of several chunks.
+        let mut hl = HeaderSpec::new("usr/lib/libsample0-again.so", TarKind::Hardlink);
+        hl.link_name = "usr/lib/libsample0.so".into();
+        add(&mut t, hl, b"")?;
+    }
+    add(&mut t, dir_spec("dev/"), b"")?;
+    let mut null = HeaderSpec::new("dev/null", TarKind::Char);
+    null.mode = 0o666;
+    null.dev = (1, 3);
+    add(&mut t, null, b"")?;
+    let mut loop0 = HeaderSpec::new("dev/loop0", TarKind::Block);
+    loop0.mode = 0o660;
+    loop0.gid = 6;
+    loop0.dev = (7, 0);
+    add(&mut t, loop0, b"")?;
     let mut fifo = HeaderSpec::new("var/log/pipe", TarKind::Fifo);
     fifo.mode = 0o600;
     add(&mut t, fifo, b"")?;

@@ -269,7 +269,10 @@ impl Default for BackgroundOptions {
 impl RemoteLayer {
     /// Where prefetch stands.
     pub fn prefetch_state(&self) -> PrefetchState {
-        self.prefetch.lock().map(|s| s.clone()).unwrap_or(PrefetchState::Idle)
+        self.prefetch
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(PrefetchState::Idle)
     }
 
     fn set_state(&self, s: PrefetchState) {
@@ -329,7 +332,8 @@ impl RemoteLayer {
                 bytes += chunks[i].1.blob_end - chunks[i].1.blob_offset;
                 i += 1;
             }
-            let batch: Vec<crate::format::Chunk> = chunks[start..i].iter().map(|(_, c)| c.clone()).collect();
+            let batch: Vec<crate::format::Chunk> =
+                chunks[start..i].iter().map(|(_, c)| c.clone()).collect();
             let t = std::time::Instant::now();
             self.fetcher
                 .chunks(&chunks[start].0, &batch)
@@ -369,7 +373,9 @@ impl RemoteLayer {
             }
             Err(e) => {
                 tracing::warn!(layer = %self.digest(), error = %e, "prefetch stopped");
-                self.set_state(PrefetchState::Failed { error: e.to_string() });
+                self.set_state(PrefetchState::Failed {
+                    error: e.to_string(),
+                });
             }
         }
     }

@@ -4,7 +4,9 @@
 
 use super::MountError;
 use crate::format::extract::{extract_layer, ExtractOptions};
-use crate::format::{convert_layer, Compression, FileBlob, LayerReader, OpenOptions, WriterOptions};
+use crate::format::{
+    convert_layer, Compression, FileBlob, LayerReader, OpenOptions, WriterOptions,
+};
 use crate::remote::{Descriptor, Reference, RegistryClient};
 use std::path::Path;
 
@@ -22,7 +24,8 @@ pub async fn pull_and_unpack(
         reason,
     };
     let parent = dir.parent().unwrap_or(dir);
-    let blob = tempfile::NamedTempFile::new_in(parent).map_err(|e| err(format!("temp file: {e}")))?;
+    let blob =
+        tempfile::NamedTempFile::new_in(parent).map_err(|e| err(format!("temp file: {e}")))?;
     let (file, blob_path) = blob.into_parts();
     let mut f = tokio::fs::File::from_std(file);
     client
@@ -32,17 +35,26 @@ pub async fn pull_and_unpack(
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         let input = std::fs::File::open(&blob_path).map_err(|e| e.to_string())?;
-        let mut indexed = tempfile::NamedTempFile::new_in(dir.parent().unwrap_or(&dir)).map_err(|e| e.to_string())?;
+        let mut indexed = tempfile::NamedTempFile::new_in(dir.parent().unwrap_or(&dir))
+            .map_err(|e| e.to_string())?;
         let opts = WriterOptions {
             compression: Compression::Gzip,
             level: 0,
             ..WriterOptions::default()
         };
-        convert_layer(std::io::BufReader::new(input), indexed.as_file_mut(), &opts, &mut |_| {})
-            .map_err(|e| format!("reading the layer tar: {e}"))?;
+        convert_layer(
+            std::io::BufReader::new(input),
+            indexed.as_file_mut(),
+            &opts,
+            &mut |_| {},
+        )
+        .map_err(|e| format!("reading the layer tar: {e}"))?;
         drop(blob_path);
-        let reader = LayerReader::open(FileBlob::open(indexed.path()).map_err(|e| e.to_string())?, &OpenOptions::default())
-            .map_err(|e| e.to_string())?;
+        let reader = LayerReader::open(
+            FileBlob::open(indexed.path()).map_err(|e| e.to_string())?,
+            &OpenOptions::default(),
+        )
+        .map_err(|e| e.to_string())?;
         let eo = ExtractOptions {
             chown: crate::sys::is_root(),
             ..ExtractOptions::default()

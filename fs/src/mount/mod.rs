@@ -7,11 +7,11 @@
 mod fallback;
 
 use crate::cache::ChunkCache;
+use crate::format::FormatError;
 use crate::fuse::{mount_layer, FsOptions, LayerFs};
 use crate::layer::{BackgroundOptions, LayerError, PrefetchState, RemoteLayer};
 use crate::remote::fetcher::{CounterSnapshot, FetchOptions};
 use crate::remote::{Platform, Reference, RegistryClient, RemoteError};
-use crate::format::FormatError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ pub enum MountError {
     Remote(#[from] RemoteError),
     /// A layer could not be opened.
     #[error(transparent)]
-    Layer(#[from] LayerError),
+    Layer(#[from] Box<LayerError>),
     /// A fallback layer could not be unpacked.
     #[error("layer {digest}: {reason}")]
     Unpack {
@@ -149,7 +149,9 @@ pub async fn mount_image(
     target: &Path,
     opts: &MountOptions,
 ) -> Result<MountedImage, MountError> {
-    let (manifest, _) = client.resolve(reference, &opts.platform, &opts.sessions).await?;
+    let (manifest, _) = client
+        .resolve(reference, &opts.platform, &opts.sessions)
+        .await?;
     std::fs::create_dir_all(opts.state_dir.join("l")).map_err(sys("state dir", &opts.state_dir))?;
     let mut image = MountedImage {
         target: target.to_path_buf(),
@@ -198,7 +200,7 @@ pub async fn mount_image(
                     dir,
                 });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Box::new(e).into()),
         }
     }
     image.compose(opts)?;
@@ -233,7 +235,11 @@ impl MountedImage {
             for d in [&upper, &work] {
                 std::fs::create_dir_all(d).map_err(sys("upper/work dir", d))?;
             }
-            options.push_str(&format!(",upperdir={},workdir={}", escape(&upper), escape(&work)));
+            options.push_str(&format!(
+                ",upperdir={},workdir={}",
+                escape(&upper),
+                escape(&work)
+            ));
         }
         if opts.fs.opaque == crate::fuse::OpaqueXattr::User {
             options.push_str(",userxattr");
