@@ -1,7 +1,7 @@
 //! `stargaze demo`: the main job on an embedded default, offline. It builds the sample
 //! image, converts it to eStargz, verifies every layer, serves it from the built-in registry
-//! on an ephemeral loopback port and reads a few files through the lazy fetcher, reporting
-//! how much of the layer was fetched. Mounting it with FUSE joins when that lands.
+//! on an ephemeral loopback port, mounts it lazily (FUSE per layer + overlayfs), reads files
+//! and runs busybox from the rootfs, and reports time to first byte and what was fetched.
 
 use crate::progress::{bytes, Progress};
 use anyhow::Context;
@@ -11,7 +11,8 @@ use stargaze_fs::format::verify::verify_layer;
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions, WriterOptions};
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::image::{annotations_of, convert_image, ImageConvertOptions, OciLayout};
-use stargaze_fs::layer::RemoteLayer;
+use stargaze_fs::fuse::FsOptions;
+use stargaze_fs::mount::{mount_image, MountOptions};
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::fetcher::FetchOptions;
@@ -32,6 +33,12 @@ pub struct DemoArgs {
 
 /// Runs the demo and prints each step and a summary.
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
+    if !stargaze_fs::sys::is_root() {
+        anyhow::bail!("the demo mounts a lazy rootfs and needs root (FUSE with allow_other, overlayfs, chroot); run it with sudo");
+    }
+    if !std::path::Path::new("/dev/fuse").exists() {
+        anyhow::bail!("the demo needs /dev/fuse (load the fuse module, or give the container --device /dev/fuse)");
+    }
     let tmp = tempfile::tempdir().context("creating a temp dir")?;
     let work = a.keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&work)?;
@@ -137,68 +144,70 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         bytes(pushed.bytes)
     );
 
-    println!("[5/5] reading files lazily through the fetcher (Range GETs, verified chunks)");
+    println!("[5/5] mounting it lazily (FUSE per layer + overlayfs) and using the rootfs");
+    let rootfs = work.join("rootfs");
     let cache = Arc::new(ChunkCache::new(
         Some(MemoryCache::new(64 << 20)),
         Some(DiskCache::open(&work.join("cache"), 1 << 30)?),
     ));
-    let reference = Reference::parse(&image)?;
-    let (m, _) = rt.block_on(client.resolve(&reference, &Platform::host(), &[]))?;
-    let base_desc = m.layers.first().context("the image has no layers")?;
-    let base = rt.block_on(RemoteLayer::open(
-        client.clone(),
-        &reference,
-        base_desc,
+    let mopts = MountOptions {
+        platform: Platform::host(),
+        writable: false,
+        state_dir: work.join("mount-state"),
         cache,
-        Vec::new(),
-        FetchOptions::default(),
-    ))?;
-    let after_open = base.counters();
+        sessions: Vec::new(),
+        fetch: FetchOptions::default(),
+        fs: FsOptions::default(),
+        prefetch: false,
+        background: None,
+    };
+    let reference = Reference::parse(&image)?;
+    let t = std::time::Instant::now();
+    let mounted = rt
+        .block_on(mount_image(client.clone(), &reference, &rootfs, &mopts))
+        .context("mounting the image")?;
+    let first = std::fs::read(rootfs.join("etc/hello.txt")).context("reading through the mount")?;
+    let ttfb = t.elapsed();
     println!(
-        "      opened layer {}: TOC of {} entries read with {} request(s), {}",
-        &base.digest().to_string()[..19],
-        base.index().entries.len(),
-        after_open.requests,
-        bytes(after_open.bytes_fetched)
+        "      mounted at {} and read the first file ({} B) {:.0} ms after the mount was requested",
+        rootfs.display(),
+        first.len(),
+        ttfb.as_secs_f64() * 1e3
     );
-    for path in [
-        "etc/hello.txt",
-        "usr/share/doc/pkg-0007/file-3.txt",
-        "usr/lib/libsample0.so",
-        "etc/hello.txt",
-    ] {
-        if base.index().lookup(path).is_none() {
-            continue;
+    for path in ["usr/share/doc/pkg-0007/file-3.txt", "usr/lib/libsample0.so"] {
+        if let Ok(data) = std::fs::read(rootfs.join(path)) {
+            println!("      read {path}: {}", bytes(data.len() as u64));
         }
-        let before = base.counters();
-        let data = rt.block_on(base.read_path(path))?;
-        let now = base.counters();
-        println!(
-            "      {path}: {} in {} request(s), {} fetched{}",
-            bytes(data.len() as u64),
-            now.requests - before.requests,
-            bytes(now.bytes_fetched - before.bytes_fetched),
-            if now.cache_hits > before.cache_hits {
-                " (cache hit)"
-            } else {
-                ""
-            }
-        );
     }
-    let c = base.counters();
+    if rootfs.join("bin/busybox").exists() {
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new("chroot")
+            .arg(&rootfs)
+            .args(["/bin/busybox", "sh", "-c", "echo \"busybox says: $(cat /etc/hello.txt)\""])
+            .output()
+            .context("running chroot")?;
+        anyhow::ensure!(out.status.success(), "busybox failed in the rootfs: {}", String::from_utf8_lossy(&out.stderr));
+        print!("      {}", String::from_utf8_lossy(&out.stdout));
+        println!("      (ran /bin/busybox from the lazy rootfs in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
+    }
+    let stats = mounted.stats();
+    let (fetched, size, verified, requests) = stats.iter().fold((0, 0, 0, 0), |a, l| {
+        (a.0 + l.bytes_fetched, a.1 + l.size, a.2 + l.cache_misses, a.3 + l.requests)
+    });
     println!(
-        "      fetched {} of the {} layer ({:.2}%) in {} requests; served {}; cache {} hits / {} misses",
-        bytes(c.bytes_fetched),
-        bytes(base.size()),
-        100.0 * c.bytes_fetched as f64 / base.size() as f64,
-        c.requests,
-        bytes(c.bytes_served),
-        c.cache_hits,
-        c.cache_misses
+        "      fetched {} of the {} image ({:.1}%) in {requests} Range requests; {verified} chunks verified",
+        bytes(fetched),
+        bytes(size),
+        100.0 * fetched as f64 / size.max(1) as f64
     );
+    {
+        let _guard = rt.enter();
+        mounted.unmount().context("unmounting")?;
+    }
+    println!("      unmounted");
     drop(registry);
     println!(
-        "demo done in {:.2}s: sample image built, {} layers converted to eStargz and verified, served from the built-in registry and read lazily{}",
+        "demo done in {:.2}s: sample image built, {} layers converted to eStargz and verified, served from the built-in registry, mounted lazily and used{}",
         p.elapsed(),
         report.layers.len(),
         match &a.keep {

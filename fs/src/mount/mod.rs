@@ -322,11 +322,12 @@ impl MountedImage {
         for l in self.layers.iter_mut().rev() {
             if let MountedLayer::Lazy { session, dir, .. } = l {
                 if let Some(s) = session.take() {
-                    // Dropping the session unmounts; detach first if something holds it.
-                    if crate::sys::unmount(dir, false).is_err() {
+                    // Dropping the session unmounts; if something still holds the layer,
+                    // detach it so it goes once released.
+                    drop(s);
+                    if crate::sys::is_mount_point(dir) {
                         let _ = crate::sys::unmount(dir, true);
                     }
-                    drop(s);
                 }
             }
         }
