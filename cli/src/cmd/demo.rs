@@ -9,9 +9,9 @@ use clap::Args;
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
 use stargaze_fs::format::verify::verify_layer;
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions, WriterOptions};
+use stargaze_fs::fuse::FsOptions;
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::image::{annotations_of, convert_image, ImageConvertOptions, OciLayout};
-use stargaze_fs::fuse::FsOptions;
 use stargaze_fs::mount::{mount_image, MountOptions};
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
@@ -183,16 +183,33 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let t = std::time::Instant::now();
         let out = std::process::Command::new("chroot")
             .arg(&rootfs)
-            .args(["/bin/busybox", "sh", "-c", "echo \"busybox says: $(cat /etc/hello.txt)\""])
+            .args([
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "echo \"busybox says: $(cat /etc/hello.txt)\"",
+            ])
             .output()
             .context("running chroot")?;
-        anyhow::ensure!(out.status.success(), "busybox failed in the rootfs: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "busybox failed in the rootfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         print!("      {}", String::from_utf8_lossy(&out.stdout));
-        println!("      (ran /bin/busybox from the lazy rootfs in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "      (ran /bin/busybox from the lazy rootfs in {:.0} ms)",
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
     let stats = mounted.stats();
     let (fetched, size, verified, requests) = stats.iter().fold((0, 0, 0, 0), |a, l| {
-        (a.0 + l.bytes_fetched, a.1 + l.size, a.2 + l.cache_misses, a.3 + l.requests)
+        (
+            a.0 + l.bytes_fetched,
+            a.1 + l.size,
+            a.2 + l.cache_misses,
+            a.3 + l.requests,
+        )
     });
     println!(
         "      fetched {} of the {} image ({:.1}%) in {requests} Range requests; {verified} chunks verified",
