@@ -224,7 +224,8 @@ impl Containerd {
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let cfg = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{dbg}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{dbg}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[proxy_plugins]\n  [proxy_plugins.stargz]\n    type = \"snapshot\"\n    address = \"{stargz}\"\n",
+            stargz = d.join("stargz.sock").display(),
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = socket.display(),
@@ -270,6 +271,11 @@ impl Containerd {
             .args(["image", "import", "--base-name", base_name])
             .arg(&archive));
         let _ = std::fs::remove_file(&archive);
+    }
+
+    /// The socket where containerd expects the proxy snapshotter named `stargz`.
+    pub fn stargz_socket(&self) -> PathBuf {
+        self.dir.path().join("stargz.sock")
     }
 
     /// A command for `prog` (ctr or ctr-remote) aimed at this containerd.
@@ -325,4 +331,80 @@ pub fn sample_estargz(dir: &Path, small_files: usize) -> PathBuf {
     )
     .expect("convert");
     oci
+}
+
+/// The reference snapshotter daemon built by `scripts/build-reference.sh`, if present.
+pub fn reference_stargz_grpc() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reference/containerd-stargz-grpc");
+    p.is_file().then_some(p)
+}
+
+/// The reference `containerd-stargz-grpc`, serving containerd's `stargz` proxy snapshotter
+/// with a private root; stopped by PID (it unmounts its layers), leftovers detached.
+pub struct ReferenceStargz {
+    child: std::process::Child,
+    /// Root and log.
+    pub dir: tempfile::TempDir,
+}
+
+impl ReferenceStargz {
+    /// Starts `bin` for `ctd`, treating `registry` (host:port) as plain HTTP.
+    pub fn start(bin: &Path, ctd: &Containerd, registry: &str) -> ReferenceStargz {
+        let dir = tempfile::Builder::new()
+            .prefix("stargaze-ref-")
+            .tempdir()
+            .expect("temp dir");
+        let cfg = dir.path().join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!("[[resolver.host.\"{registry}\".mirrors]]\nhost = \"{registry}\"\ninsecure = true\n"),
+        )
+        .expect("config");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log");
+        let sock = ctd.stargz_socket();
+        let child = std::process::Command::new(bin)
+            .arg("-address")
+            .arg(&sock)
+            .arg("-root")
+            .arg(dir.path().join("root"))
+            .arg("-config")
+            .arg(&cfg)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning containerd-stargz-grpc");
+        let r = ReferenceStargz { child, dir };
+        for _ in 0..100 {
+            if sock.exists() {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "containerd-stargz-grpc did not start:\n{}",
+            std::fs::read_to_string(r.dir.path().join("log")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for ReferenceStargz {
+    fn drop(&mut self) {
+        servers::stop_child(&mut self.child);
+        // Anything it left mounted under its root is detached.
+        let root = self.dir.path().to_string_lossy().into_owned();
+        if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut points: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|p| p.starts_with(&root))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(p)
+                    .status();
+            }
+        }
+    }
 }
