@@ -5,6 +5,7 @@
 pub mod fault_proxy;
 pub mod http;
 pub mod mounts;
+pub mod netem;
 pub mod servers;
 
 use sha2::{Digest as _, Sha256};
@@ -217,6 +218,11 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd and waits until `ctr version` answers.
     pub fn start() -> Containerd {
+        Self::start_in(None)
+    }
+
+    /// Starts containerd inside a network namespace (`/run/netns/NAME`) when given.
+    pub fn start_in(netns: Option<&Path>) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("stargaze-ctd-")
             .tempdir()
@@ -233,7 +239,15 @@ impl Containerd {
         );
         std::fs::write(d.join("config.toml"), cfg).expect("write config");
         let log = std::fs::File::create(d.join("log")).expect("log file");
-        let child = std::process::Command::new("containerd")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("containerd");
+                c
+            }
+            None => std::process::Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdout(log.try_clone().expect("log"))
@@ -350,6 +364,16 @@ pub struct ReferenceStargz {
 impl ReferenceStargz {
     /// Starts `bin` for `ctd`, treating `registry` (host:port) as plain HTTP.
     pub fn start(bin: &Path, ctd: &Containerd, registry: &str) -> ReferenceStargz {
+        Self::start_in(bin, ctd, registry, None)
+    }
+
+    /// As [`Self::start`], inside a network namespace when given.
+    pub fn start_in(
+        bin: &Path,
+        ctd: &Containerd,
+        registry: &str,
+        netns: Option<&Path>,
+    ) -> ReferenceStargz {
         let dir = tempfile::Builder::new()
             .prefix("stargaze-ref-")
             .tempdir()
@@ -362,7 +386,15 @@ impl ReferenceStargz {
         .expect("config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log");
         let sock = ctd.stargz_socket();
-        let child = std::process::Command::new(bin)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let child = cmd
             .arg("-address")
             .arg(&sock)
             .arg("-root")

@@ -70,6 +70,9 @@ pub struct MountArgs {
     /// Background fetch rate limit, MiB/s.
     #[arg(long, default_value_t = 64)]
     background_mib_per_sec: u64,
+    /// KiB of following chunks fetched along with each on-demand miss (0 = off).
+    #[arg(long, default_value_t = 0)]
+    readahead_kib: u64,
     /// Which xattr marks opaque directories.
     #[arg(long, value_enum, default_value = "trusted")]
     opaque_xattr: OpaqueFlag,
@@ -260,7 +263,10 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
         state_dir: state.to_path_buf(),
         cache,
         sessions: Vec::new(),
-        fetch: FetchOptions::default(),
+        fetch: FetchOptions {
+            readahead: a.readahead_kib << 10,
+            ..FetchOptions::default()
+        },
         fs: FsOptions {
             opaque: match a.opaque_xattr {
                 OpaqueFlag::Trusted => OpaqueXattr::Trusted,

@@ -102,6 +102,11 @@ impl DiskCache {
         self.root.join("sha256").join(&hex[..2]).join(hex)
     }
 
+    /// Whether the chunk is indexed (LRU order untouched; the file is checked when read).
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.lock().lru.contains(d)
+    }
+
     /// Bytes stored.
     pub fn bytes(&self) -> u64 {
         self.lock().bytes

@@ -57,6 +57,11 @@ impl MemoryCache {
         }
     }
 
+    /// Whether the chunk is held (LRU order untouched).
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.lock().lru.contains(d)
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.lock().bytes

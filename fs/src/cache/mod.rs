@@ -113,6 +113,12 @@ impl ChunkCache {
         None
     }
 
+    /// Whether either tier holds `digest` (no I/O, LRU order untouched).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.memory.as_ref().is_some_and(|m| m.contains(digest))
+            || self.disk.as_ref().is_some_and(|d| d.contains(digest))
+    }
+
     /// Stores a verified chunk in both tiers (a disk write failure is logged, not fatal).
     pub fn put(&self, c: &VerifiedChunk) {
         if let Some(m) = &self.memory {

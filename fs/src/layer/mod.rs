@@ -11,7 +11,7 @@ use crate::format::{
 use crate::remote::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
 use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,8 +60,15 @@ pub struct RemoteLayer {
     fetcher: Fetcher,
     metadata_requests: u64,
     metadata_bytes: u64,
+    /// Every chunk in blob order, for read-ahead: (blob offset, node, chunk index).
+    blob_order: Vec<(u64, NodeId, u32)>,
+    readahead: u64,
+    merge_gap: u64,
     /// On-demand reads in progress (background fetching yields to them).
     foreground: AtomicUsize,
+    /// When the layer was opened, and milliseconds after it of the last on-demand read.
+    opened: std::time::Instant,
+    last_foreground_ms: AtomicU64,
     prefetch: Mutex<PrefetchState>,
 }
 
@@ -149,12 +156,29 @@ impl RemoteLayer {
             .map_err(|e| LayerError::Internal(e.to_string()))?
             .map_err(fmt_err)?;
         let compression = reader.index().compression;
+        let mut blob_order: Vec<(u64, NodeId, u32)> = Vec::new();
+        for (id, n) in reader.index().nodes.iter().enumerate() {
+            if n.kind == NodeKind::Reg {
+                for (i, c) in n.chunks.iter().enumerate() {
+                    if !c.zeros {
+                        blob_order.push((c.blob_offset, id as NodeId, i as u32));
+                    }
+                }
+            }
+        }
+        blob_order.sort_unstable();
+        blob_order.dedup_by_key(|e| e.0);
         Ok(RemoteLayer {
             reader,
             fetcher: Fetcher::new(blob, compression, cache, fetch),
             metadata_requests: requests,
             metadata_bytes,
+            blob_order,
+            readahead: fetch.readahead,
+            merge_gap: fetch.merge_gap,
             foreground: AtomicUsize::new(0),
+            opened: std::time::Instant::now(),
+            last_foreground_ms: AtomicU64::new(0),
             prefetch: Mutex::new(PrefetchState::Idle),
         })
     }
@@ -206,17 +230,24 @@ impl RemoteLayer {
         let chunks = &n.chunks[first..=last];
         self.foreground.fetch_add(1, Ordering::SeqCst);
         let _done = Finally(|| {
+            let now = self.opened.elapsed().as_millis() as u64;
+            self.last_foreground_ms.fetch_max(now, Ordering::SeqCst);
             self.foreground.fetch_sub(1, Ordering::SeqCst);
         });
+        let extra = self.readahead_after(chunks.last().map_or(0, |c| c.blob_end));
         let data = self
             .fetcher
-            .chunks(&n.path, chunks)
+            .chunks_with_readahead(&n.path, chunks, &extra)
             .await
             .map_err(|source| LayerError::Fetch {
                 digest: self.digest(),
                 file: n.path.clone(),
                 source,
             })?;
+        self.fetcher
+            .counters()
+            .bytes_served
+            .fetch_add(end - offset, Ordering::Relaxed);
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (c, d) in chunks.iter().zip(&data) {
             let from = offset.saturating_sub(c.file_offset) as usize;
@@ -226,6 +257,28 @@ impl RemoteLayer {
             }
         }
         Ok(out)
+    }
+
+    /// Chunks that follow `end` in the blob, contiguous within the merge gap, up to the
+    /// read-ahead budget of compressed bytes.
+    fn readahead_after(&self, end: u64) -> Vec<crate::format::Chunk> {
+        let mut out = Vec::new();
+        if self.readahead == 0 {
+            return out;
+        }
+        let start = self.blob_order.partition_point(|e| e.0 < end);
+        let (mut budget, mut prev_end) = (self.readahead, end);
+        for &(off, id, i) in &self.blob_order[start..] {
+            let c = &self.index().node(id).chunks[i as usize];
+            let len = c.blob_end - c.blob_offset;
+            if off > prev_end.saturating_add(self.merge_gap) || len > budget {
+                break;
+            }
+            budget -= len;
+            prev_end = c.blob_end;
+            out.push(c.clone());
+        }
+        out
     }
 
     /// Reads a whole regular file by path.
@@ -253,15 +306,19 @@ impl<F: FnMut()> Drop for Finally<F> {
 pub struct BackgroundOptions {
     /// Compressed bytes per second at most.
     pub rate: u64,
-    /// Compressed bytes per batch.
+    /// Compressed bytes per batch (small, so an on-demand read never queues long behind one).
     pub batch: u64,
+    /// How long the layer must have had no on-demand read before a batch starts (a starting
+    /// workload reads in bursts; the link is its own until it pauses).
+    pub idle: Duration,
 }
 
 impl Default for BackgroundOptions {
     fn default() -> Self {
         BackgroundOptions {
             rate: 64 << 20,
-            batch: 4 << 20,
+            batch: 1 << 20,
+            idle: Duration::from_millis(500),
         }
     }
 }
@@ -323,7 +380,14 @@ impl RemoteLayer {
         let mut i = 0;
         self.set_state(PrefetchState::Background { done, total });
         while i < chunks.len() {
-            while self.foreground.load(Ordering::SeqCst) > 0 {
+            loop {
+                let now = self.opened.elapsed().as_millis() as u64;
+                let quiet = now.saturating_sub(self.last_foreground_ms.load(Ordering::SeqCst));
+                if self.foreground.load(Ordering::SeqCst) == 0
+                    && quiet >= opts.idle.as_millis() as u64
+                {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let start = i;

@@ -1,0 +1,441 @@
+//! Cold start under an emulated WAN, and warm reads through a mount.
+//!
+//! `coldstart`: time from "pull/mount requested" to the first output byte of
+//! `python3 -c 'print(12345)'` in a debootstrap'd Debian bookworm with python3 (~170 MB
+//! unpacked; built once with debootstrap + apt into `target/bench-cache/coldstart/`, never
+//! committed), served by the built-in registry behind a delaying proxy (20 ms each way) that
+//! listens inside a private network namespace whose loopback is shaped with `tc tbf` to
+//! 100 Mbit/s. Every run starts from wiped state. Three ways, three runs each (medians):
+//! (a) full pull + unpack + run: containerd `ctr image pull` + `ctr run` (overlayfs);
+//! (b) the reference lazy snapshotter: `containerd-stargz-grpc` (scripts/build-reference.sh)
+//!     with `ctr-remote image rpull` + `ctr run --snapshotter=stargz`;
+//! (c) `stargaze mount` + `chroot DIR python3 …`.
+//! Prints each time, the ratios c/b (goal <= 0.5) and c/a (goal <= 0.15), the physical limit
+//! of (c) (compressed bytes it fetched / link rate + 4 round trips: connect, manifest, TOC,
+//! data) and (c) as a multiple of it, and bytes fetched next to bytes the program read.
+//!
+//! `warm`: sequential (dd, 1 MiB blocks) and random (fio 4 KiB randread, when installed)
+//! read throughput of a fully fetched 256 MiB file through a lazy mount, page cache dropped,
+//! next to the same file on local disk.
+//!
+//! Run (root): `cargo build --release -p stargaze && scripts/build-reference.sh &&
+//! cargo bench --bench coldstart [-- coldstart|warm]`
+
+use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
+use stargaze_suite::netem::{DelayProxy, Netns};
+use stargaze_suite::{
+    have, is_root, reference_stargz_grpc, run, stargaze_bin, Containerd, ReferenceStargz,
+};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RATE_MBIT: f64 = 100.0;
+const DELAY: Duration = Duration::from_millis(20);
+const CMD: [&str; 3] = ["python3", "-c", "print(12345)"];
+const RUNS: usize = 3;
+
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cache")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The debian+python3 image as an OCI layout with tags `plain` (gzip) and `esgz`.
+fn debian_image() -> PathBuf {
+    let dir = cache_dir().join("coldstart");
+    let layout = dir.join("layout");
+    if layout.join("ready").is_file() {
+        return layout;
+    }
+    let rootfs = dir.join("rootfs");
+    if !rootfs.join("usr/bin/python3").exists() {
+        eprintln!("coldstart: building debian bookworm + python3 with debootstrap (once, ~2 min)");
+        let _ = std::fs::remove_dir_all(&rootfs);
+        std::fs::create_dir_all(&dir).expect("cache dir");
+        run(Command::new("debootstrap")
+            .args(["--variant=minbase", "bookworm"])
+            .arg(&rootfs)
+            .arg("http://deb.debian.org/debian"));
+        run(Command::new("chroot")
+            .arg(&rootfs)
+            .args(["apt-get", "update", "-qq"]));
+        run(Command::new("chroot")
+            .arg(&rootfs)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "python3",
+            ]));
+        run(Command::new("chroot")
+            .arg(&rootfs)
+            .args(["apt-get", "clean"]));
+        let _ = std::fs::remove_dir_all(rootfs.join("var/lib/apt/lists"));
+    }
+    let tar = dir.join("rootfs.tar");
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "-C"])
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    let _ = std::fs::remove_dir_all(&layout);
+    let l = stargaze_fs::image::OciLayout::open_or_create(&layout).expect("layout");
+    stargaze_fs::image::write_image(
+        &l,
+        "plain",
+        &[stargaze_fs::image::LayerInput { tar: tar.clone() }],
+        &stargaze_fs::image::ImageConfig {
+            cmd: vec!["/bin/bash".into()],
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        },
+    )
+    .expect("image");
+    let _ = std::fs::remove_file(&tar);
+    run(Command::new(stargaze_bin())
+        .arg("convert")
+        .arg(format!("oci:{}:plain", layout.display()))
+        .arg(format!("oci:{}:esgz", layout.display())));
+    std::fs::write(layout.join("ready"), b"").expect("marker");
+    layout
+}
+
+/// Seconds from `start` until `cmd` prints its first byte; the command must succeed.
+fn first_output(start: Instant, cmd: &mut Command) -> f64 {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut b = [0u8; 1];
+    let n = out.read(&mut b).expect("read");
+    let t = start.elapsed().as_secs_f64();
+    let mut rest = Vec::new();
+    let _ = out.read_to_end(&mut rest);
+    let o = child.wait_with_output().expect("wait");
+    assert!(
+        n == 1 && o.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    t
+}
+
+fn coldstart() {
+    if !(is_root() && have("debootstrap") && have("ip") && have("tc") && have("nsenter")) {
+        println!("coldstart: SKIPPED: needs root, debootstrap, iproute2 (ip, tc) and nsenter");
+        return;
+    }
+    let layout = debian_image();
+    let work = tempfile::tempdir().expect("temp");
+    let root = work.path().join("registry");
+    std::fs::create_dir_all(root.join("bench")).expect("root");
+    std::os::unix::fs::symlink(&layout, root.join("bench/debian")).expect("symlink");
+    let reg = BackgroundRegistry::start(
+        RegistryOptions::new(&root),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("registry");
+    let ns = Netns::create(Some(&format!("{RATE_MBIT}mbit")));
+    let proxy = DelayProxy::start(&ns, reg.addr(), DELAY);
+    let host = proxy.addr.to_string();
+    let plain = format!("{host}/bench/debian:plain");
+    let esgz = format!("{host}/bench/debian:esgz");
+    println!(
+        "coldstart: image debian bookworm + python3, link {RATE_MBIT} Mbit/s, {} ms each way; `{}`",
+        DELAY.as_millis(),
+        CMD.join(" ")
+    );
+
+    // (c) stargaze. COLDSTART_ONLY=c skips (a) and (b); COLDSTART_FLAGS adds mount flags.
+    let only_c = std::env::var("COLDSTART_ONLY").is_ok_and(|v| v == "c");
+    let extra: Vec<String> = std::env::var("COLDSTART_FLAGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut ours = Vec::new();
+    let mut last_stats = serde_json::Value::Null;
+    // One more run without background fetching measures what the command itself needed.
+    for i in 0..=RUNS {
+        let needed_only = i == RUNS;
+        let d = work.path().join(format!("sg{i}"));
+        let mnt = d.join("rootfs");
+        let run_dir = d.join("run");
+        let start = Instant::now();
+        let mut mount = ns.cmd(stargaze_bin());
+        mount
+            .env("STARGAZE_RUN_DIR", &run_dir)
+            .args(["mount", &esgz])
+            .arg(&mnt)
+            .arg("--cache-dir")
+            .arg(d.join("cache"))
+            .args(&extra);
+        if needed_only {
+            mount.arg("--no-background-fetch");
+        }
+        run(&mut mount);
+        let mounted = start.elapsed().as_secs_f64();
+        let t = first_output(start, Command::new("chroot").arg(&mnt).args(CMD));
+        if needed_only {
+            println!("coldstart: (c) without background fetch: {t:.2} s (mount ready after {mounted:.2} s)");
+        } else {
+            ours.push(t);
+        }
+        std::thread::sleep(Duration::from_millis(1200)); // one stats.json refresh
+        let out = Command::new(stargaze_bin())
+            .env("STARGAZE_RUN_DIR", &run_dir)
+            .args(["stats", "--json"])
+            .arg(&mnt)
+            .output()
+            .expect("stats");
+        last_stats = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        run(Command::new(stargaze_bin())
+            .env("STARGAZE_RUN_DIR", &run_dir)
+            .arg("umount")
+            .arg(&mnt));
+    }
+    let c = median(ours.clone());
+    println!("coldstart: (c) stargaze mount + chroot run: {c:.2} s (runs {ours:.2?})");
+
+    // (b) reference and (a) full pull, when containerd is here.
+    let mut b_time = None;
+    let mut a_time = None;
+    if only_c {
+        println!("coldstart: (a), (b) skipped (COLDSTART_ONLY=c)");
+    } else if have("containerd") && have("ctr") && have("ctr-remote") && have("runc") {
+        if let Some(bin) = reference_stargz_grpc() {
+            let mut v = Vec::new();
+            for i in 0..RUNS {
+                let ctd = Containerd::start_in(Some(&ns.path()));
+                let refd = ReferenceStargz::start_in(&bin, &ctd, &host, Some(&ns.path()));
+                let start = Instant::now();
+                let mut pull = ns.cmd("ctr-remote");
+                pull.arg("--address").arg(&ctd.socket).args([
+                    "image",
+                    "rpull",
+                    "--plain-http",
+                    &esgz,
+                ]);
+                run(&mut pull);
+                let mut r = ns.cmd("ctr");
+                r.arg("--address")
+                    .arg(&ctd.socket)
+                    .args([
+                        "run",
+                        "--rm",
+                        "--snapshotter=stargz",
+                        &esgz,
+                        &format!("ref{i}"),
+                    ])
+                    .args(CMD);
+                v.push(first_output(start, &mut r));
+                drop(refd);
+                drop(ctd);
+            }
+            let b = median(v.clone());
+            println!("coldstart: (b) reference containerd-stargz-grpc, rpull + ctr run: {b:.2} s (runs {v:.2?})");
+            b_time = Some(b);
+        } else {
+            println!("coldstart: (b) SKIPPED: no containerd-stargz-grpc (Go missing? run scripts/build-reference.sh)");
+        }
+        let mut v = Vec::new();
+        for i in 0..RUNS {
+            let ctd = Containerd::start_in(Some(&ns.path()));
+            let start = Instant::now();
+            let mut pull = ns.cmd("ctr");
+            pull.arg("--address")
+                .arg(&ctd.socket)
+                .args(["image", "pull", "--plain-http", &plain]);
+            run(&mut pull);
+            let mut r = ns.cmd("ctr");
+            r.arg("--address")
+                .arg(&ctd.socket)
+                .args(["run", "--rm", &plain, &format!("full{i}")])
+                .args(CMD);
+            v.push(first_output(start, &mut r));
+            drop(ctd);
+        }
+        let a = median(v.clone());
+        println!("coldstart: (a) full pull + unpack + run (containerd, overlayfs): {a:.2} s (runs {v:.2?})");
+        a_time = Some(a);
+    } else {
+        println!("coldstart: (a), (b) SKIPPED: need containerd, ctr, ctr-remote, runc");
+    }
+
+    let layers = last_stats["layers"].as_array().cloned().unwrap_or_default();
+    let fetched: u64 = layers
+        .iter()
+        .map(|l| l["bytes_fetched"].as_u64().unwrap_or(0))
+        .sum();
+    let served: u64 = layers
+        .iter()
+        .map(|l| l["bytes_served"].as_u64().unwrap_or(0))
+        .sum();
+    let requests: u64 = layers
+        .iter()
+        .map(|l| l["requests"].as_u64().unwrap_or(0))
+        .sum();
+    let size: u64 = layers.iter().map(|l| l["size"].as_u64().unwrap_or(0)).sum();
+    let rtt = 2.0 * DELAY.as_secs_f64();
+    let limit = fetched as f64 * 8.0 / (RATE_MBIT * 1e6) + 4.0 * rtt;
+    println!(
+        "coldstart: (c) the command needed {:.1} MB of the {:.1} MB image ({:.1}%) in {requests} requests; it read {:.1} MB",
+        fetched as f64 / 1e6,
+        size as f64 / 1e6,
+        100.0 * fetched as f64 / size.max(1) as f64,
+        served as f64 / 1e6
+    );
+    println!("coldstart: physical limit for (c): {limit:.2} s ({:.1} MB at {RATE_MBIT} Mbit/s + 4 RTT); (c) is {:.1}x of it", fetched as f64 / 1e6, c / limit);
+    if let Some(b) = b_time {
+        println!(
+            "RATIO coldstart: stargaze / reference = {:.2} (goal <= 0.5)",
+            c / b
+        );
+    }
+    if let Some(a) = a_time {
+        println!(
+            "RATIO coldstart: stargaze / full pull = {:.2} (goal <= 0.15)",
+            c / a
+        );
+    }
+    drop(proxy);
+    drop(ns);
+}
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn dd_mb_s(path: &Path) -> f64 {
+    drop_caches();
+    let size = std::fs::metadata(path).expect("size").len() as f64;
+    let t = Instant::now();
+    run(Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .args(["of=/dev/null", "bs=1M"]));
+    size / 1e6 / t.elapsed().as_secs_f64()
+}
+
+fn fio_mb_s(path: &Path) -> Option<f64> {
+    if !have("fio") {
+        return None;
+    }
+    drop_caches();
+    let out = Command::new("fio")
+        .args([
+            "--name=r",
+            "--rw=randread",
+            "--bs=4k",
+            "--ioengine=psync",
+            "--runtime=5",
+            "--time_based",
+            "--readonly",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={}", path.display()))
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["jobs"][0]["read"]["bw_bytes"].as_f64().map(|b| b / 1e6)
+}
+
+fn warm() {
+    if !is_root() {
+        println!("warm: SKIPPED: needs root");
+        return;
+    }
+    let work = tempfile::tempdir().expect("temp");
+    let oci = work.path().join("oci");
+    let opts = stargaze_fs::image::sample::SampleOptions {
+        small_files: 10,
+        large_files: vec![256 << 20],
+        busybox: None,
+    };
+    stargaze_fs::image::sample::build_sample_image(&oci, "sample", &opts).expect("sample");
+    run(Command::new(stargaze_bin())
+        .arg("convert")
+        .arg(format!("oci:{}:sample", oci.display()))
+        .arg(format!("oci:{}:esgz", oci.display())));
+    let reg = BackgroundRegistry::start(
+        RegistryOptions::new(work.path().join("reg")),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("registry");
+    let name = format!("{}/warm/img:v1", reg.addr());
+    run(Command::new(stargaze_bin())
+        .arg("copy")
+        .arg(format!("oci:{}:esgz", oci.display()))
+        .arg(format!("docker://{name}")));
+    let mnt = work.path().join("rootfs");
+    let run_dir = work.path().join("run");
+    run(Command::new(stargaze_bin())
+        .env("STARGAZE_RUN_DIR", &run_dir)
+        .args(["mount", &name])
+        .arg(&mnt)
+        .arg("--cache-dir")
+        .arg(work.path().join("cache"))
+        .args(["--background-mib-per-sec", "1024"]));
+    // Wait for the background fetch to finish.
+    for _ in 0..600 {
+        let out = Command::new(stargaze_bin())
+            .env("STARGAZE_RUN_DIR", &run_dir)
+            .args(["stats", "--json"])
+            .arg(&mnt)
+            .output()
+            .expect("stats");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["layers"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(|l| l["prefetch"]["state"] == "done"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let file = mnt.join("usr/lib/libsample0.so");
+    let local = work.path().join("local.so");
+    std::fs::copy(&file, &local).expect("copy");
+    let (mut m, mut l) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        m.push(dd_mb_s(&file));
+        l.push(dd_mb_s(&local));
+    }
+    let (m, l) = (median(m), median(l));
+    println!("warm: sequential read of a fetched 256 MiB file: mount {m:.0} MB/s vs local disk {l:.0} MB/s");
+    println!("RATIO warm sequential: {:.2} of local (goal >= 0.8 with passthrough; passthrough not used yet)", m / l);
+    if let (Some(fm), Some(fl)) = (fio_mb_s(&file), fio_mb_s(&local)) {
+        println!("warm: random 4 KiB reads: mount {fm:.1} MB/s vs local disk {fl:.1} MB/s");
+        println!("RATIO warm random: {:.2} of local", fm / fl);
+    } else {
+        println!("warm: random reads SKIPPED: fio not installed");
+    }
+    run(Command::new(stargaze_bin())
+        .env("STARGAZE_RUN_DIR", &run_dir)
+        .arg("umount")
+        .arg(&mnt));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    if want("coldstart") {
+        coldstart();
+    }
+    if want("warm") {
+        warm();
+    }
+}
