@@ -3,6 +3,8 @@
 //! chunk by chunk through the fetcher (cache → merged Range GETs → verify). The FUSE
 //! filesystem of a later layer of the stack sits on [`RemoteLayer::read`].
 
+mod elf;
+
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
 use crate::format::{
@@ -57,13 +59,15 @@ pub enum LayerError {
 /// A layer read lazily from a registry.
 pub struct RemoteLayer {
     reader: LayerReader<WindowBlob>,
-    fetcher: Fetcher,
+    fetcher: Arc<Fetcher>,
     metadata_requests: u64,
     metadata_bytes: u64,
     /// Every chunk in blob order, for read-ahead: (blob offset, node, chunk index).
     blob_order: Vec<(u64, NodeId, u32)>,
     readahead: u64,
     merge_gap: u64,
+    /// Binaries whose loader dependencies were already looked at.
+    elf_seen: Mutex<std::collections::HashSet<NodeId>>,
     /// On-demand reads in progress (background fetching yields to them).
     foreground: AtomicUsize,
     /// When the layer was opened, and milliseconds after it of the last on-demand read.
@@ -170,12 +174,13 @@ impl RemoteLayer {
         blob_order.dedup_by_key(|e| e.0);
         Ok(RemoteLayer {
             reader,
-            fetcher: Fetcher::new(blob, compression, cache, fetch),
+            fetcher: Arc::new(Fetcher::new(blob, compression, cache, fetch)),
             metadata_requests: requests,
             metadata_bytes,
             blob_order,
             readahead: fetch.readahead,
             merge_gap: fetch.merge_gap,
+            elf_seen: Mutex::new(Default::default()),
             foreground: AtomicUsize::new(0),
             opened: std::time::Instant::now(),
             last_foreground_ms: AtomicU64::new(0),
@@ -235,6 +240,9 @@ impl RemoteLayer {
             self.foreground.fetch_sub(1, Ordering::SeqCst);
         });
         let extra = self.readahead_after(chunks.last().map_or(0, |c| c.blob_end));
+        if !chunks.iter().all(|c| self.fetcher.is_cached(c)) {
+            self.continue_file(n, last + 1);
+        }
         let data = self
             .fetcher
             .chunks_with_readahead(&n.path, chunks, &extra)
@@ -244,6 +252,11 @@ impl RemoteLayer {
                 file: n.path.clone(),
                 source,
             })?;
+        if first == 0 {
+            if let Some(head) = data.first() {
+                self.prefetch_loader_deps(node, head);
+            }
+        }
         self.fetcher
             .counters()
             .bytes_served
@@ -257,6 +270,141 @@ impl RemoteLayer {
             }
         }
         Ok(out)
+    }
+
+    /// When a binary's first chunk arrives, its interpreter, `/etc/ld.so.cache` and its
+    /// `DT_NEEDED` libraries (looked up where the loader looks) are fetched in one go, in the
+    /// background: the loader will open them next, one after another.
+    fn prefetch_loader_deps(&self, node: NodeId, head: &[u8]) {
+        if let Ok(mut seen) = self.elf_seen.lock() {
+            if !seen.insert(node) {
+                return;
+            }
+        }
+        let Some(deps) = elf::dependencies(head) else {
+            return;
+        };
+        let mut paths: Vec<String> = Vec::new();
+        if let Some(i) = &deps.interp {
+            paths.push(i.clone());
+            paths.push("/etc/ld.so.cache".into());
+        }
+        const DIRS: [&str; 8] = [
+            "lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu",
+            "lib/aarch64-linux-gnu",
+            "usr/lib/aarch64-linux-gnu",
+            "lib64",
+            "usr/lib64",
+            "lib",
+            "usr/lib",
+        ];
+        for lib in &deps.needed {
+            if let Some(p) = DIRS
+                .iter()
+                .map(|d| format!("{d}/{lib}"))
+                .find(|p| self.resolve(p).is_some())
+            {
+                paths.push(p);
+            }
+        }
+        const BUDGET: u64 = 64 << 20;
+        let mut total = 0;
+        let mut chunks: Vec<crate::format::Chunk> = Vec::new();
+        let mut seen_nodes = std::collections::HashSet::new();
+        for p in &paths {
+            let Some(id) = self.resolve(p) else { continue };
+            let n = self.index().node(id);
+            if n.kind != NodeKind::Reg || !seen_nodes.insert(id) || total + n.size > BUDGET {
+                continue;
+            }
+            total += n.size;
+            chunks.extend(
+                n.chunks
+                    .iter()
+                    .filter(|c| !self.fetcher.is_cached(c))
+                    .cloned(),
+            );
+        }
+        if chunks.is_empty() {
+            return;
+        }
+        chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
+        chunks.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
+        let fetcher = self.fetcher.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fetcher.chunks("(loader dependencies)", &chunks).await {
+                tracing::debug!(error = %e, "prefetching loader dependencies failed");
+            }
+        });
+    }
+
+    /// Resolves `path` inside the layer, following symlinks (absolute ones from the layer
+    /// root) in every component, at most 32 of them; `None` if it leaves the layer's names.
+    pub fn resolve(&self, path: &str) -> Option<NodeId> {
+        let index = self.index();
+        let mut todo: std::collections::VecDeque<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect();
+        let mut cur: NodeId = 0;
+        let mut hops = 0;
+        while let Some(comp) = todo.pop_front() {
+            if comp == ".." {
+                cur = index.node(cur).parent;
+                continue;
+            }
+            let id = *index.node(cur).children.get(&comp)?;
+            let n = index.node(id);
+            if n.kind == NodeKind::Symlink {
+                hops += 1;
+                if hops > 32 {
+                    return None;
+                }
+                let target = n.link_target.clone();
+                if target.starts_with('/') {
+                    cur = 0;
+                }
+                for c in target
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .rev()
+                {
+                    todo.push_front(c.to_string());
+                }
+                continue;
+            }
+            cur = id;
+        }
+        Some(cur)
+    }
+
+    /// Once part of a file had to come from the network, the rest of it (up to 64 MiB) is
+    /// fetched alongside, in its own request: programs and libraries are read whole, so the
+    /// next miss in the same file overlaps the current one instead of following it. A later
+    /// read of those chunks waits for that fetch (single flight) rather than repeating it.
+    fn continue_file(&self, n: &crate::format::Node, from: usize) {
+        const BUDGET: u64 = 64 << 20;
+        let mut total = 0;
+        let rest: Vec<crate::format::Chunk> = n.chunks[from.min(n.chunks.len())..]
+            .iter()
+            .filter(|c| !self.fetcher.is_cached(c))
+            .take_while(|c| {
+                total += c.size;
+                total <= BUDGET
+            })
+            .cloned()
+            .collect();
+        if rest.is_empty() {
+            return;
+        }
+        let (fetcher, path) = (self.fetcher.clone(), n.path.clone());
+        tokio::spawn(async move {
+            if let Err(e) = fetcher.chunks(&path, &rest).await {
+                tracing::debug!(file = %path, error = %e, "fetching the rest of a file failed");
+            }
+        });
     }
 
     /// Chunks that follow `end` in the blob, contiguous within the merge gap, up to the
