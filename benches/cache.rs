@@ -8,6 +8,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use stargaze_fs::cache::{DiskCache, MemoryCache, VerifiedChunk};
 use stargaze_fs::Digest;
+use stargaze_suite::median;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -70,11 +71,6 @@ fn benches(c: &mut Criterion) {
         });
         g.finish();
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn ratios() {

@@ -24,7 +24,8 @@
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_suite::netem::{DelayProxy, Netns};
 use stargaze_suite::{
-    have, is_root, reference_stargz_grpc, run, stargaze_bin, Containerd, ReferenceStargz,
+    bench_cache_dir, have, is_root, median, reference_stargz_grpc, run, stargaze_bin, Containerd,
+    ReferenceStargz,
 };
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -36,18 +37,9 @@ const DELAY: Duration = Duration::from_millis(20);
 const CMD: [&str; 3] = ["python3", "-c", "print(12345)"];
 const RUNS: usize = 3;
 
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cache")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// The debian+python3 image as an OCI layout with tags `plain` (gzip) and `esgz`.
 fn debian_image() -> PathBuf {
-    let dir = cache_dir().join("coldstart");
+    let dir = bench_cache_dir().join("coldstart");
     let layout = dir.join("layout");
     if layout.join("ready").is_file() {
         return layout;

@@ -10,6 +10,7 @@ use stargaze_fs::format::toc::{Toc, TocEntry};
 use stargaze_fs::format::{Chunk, Compression, Index, Limits};
 use stargaze_fs::image::sample::sample_bytes;
 use stargaze_fs::Digest;
+use stargaze_suite::median;
 use std::time::Instant;
 
 fn big_toc(n: usize) -> Vec<u8> {
@@ -85,11 +86,6 @@ fn benches(c: &mut Criterion) {
         b.iter(|| decode_chunk(Compression::Gzip, "f", &chunk, &frame).unwrap())
     });
     g.finish();
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Interleaved side-by-side timing for the printed ratios.

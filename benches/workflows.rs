@@ -18,22 +18,13 @@
 //! (root is needed for containerd).
 
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
-use stargaze_suite::{have, is_root, run, stargaze_bin, Containerd};
-use std::path::{Path, PathBuf};
+use stargaze_suite::{bench_cache_dir, have, is_root, median, run, stargaze_bin, Containerd};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cache")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn bench_image() -> PathBuf {
-    let dir = cache_dir().join("convert-src");
+    let dir = bench_cache_dir().join("convert-src");
     if !dir.join("index.json").is_file() {
         eprintln!("building the bench image in {} (once)", dir.display());
         let _ = std::fs::remove_dir_all(&dir);
@@ -104,7 +95,7 @@ fn fetch_fixture() -> (PathBuf, u64) {
     use stargaze_fs::format::tar::{padding, ustar_file_header};
     use stargaze_fs::format::{convert_layer, WriterOptions};
     use stargaze_fs::image::OciLayout;
-    let root = cache_dir().join("fetch-registry");
+    let root = bench_cache_dir().join("fetch-registry");
     let repo = root.join("bench/fetch");
     let marker = root.join("blob-size");
     if let Ok(s) = std::fs::read_to_string(&marker) {

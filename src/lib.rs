@@ -440,3 +440,46 @@ impl Drop for ReferenceStargz {
         }
     }
 }
+
+/// Converts the layout's `sample` tag with the reference converter (`ctr-remote image convert
+/// --estargz --oci` in a private containerd) and exports the result as an OCI layout in
+/// `work/ref`; returns that directory.
+pub fn reference_convert(layout: &Path, work: &Path) -> PathBuf {
+    let ctd = Containerd::start();
+    ctd.import_layout(layout, "stargaze.test/sample");
+    run(ctd.cmd("ctr-remote").args([
+        "image",
+        "convert",
+        "--estargz",
+        "--oci",
+        "stargaze.test/sample:sample",
+        "stargaze.test/sample:esgz",
+    ]));
+    let exported = work.join("ref.tar");
+    run(ctd
+        .cmd("ctr")
+        .args(["image", "export"])
+        .arg(&exported)
+        .arg("stargaze.test/sample:esgz"));
+    drop(ctd);
+    let refdir = work.join("ref");
+    std::fs::create_dir_all(&refdir).expect("ref dir");
+    run(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&refdir)
+        .arg("-xf")
+        .arg(&exported));
+    let _ = std::fs::remove_file(&exported);
+    refdir
+}
+
+/// Median of timings (benches).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// `target/bench-cache`: inputs benches build once and keep (never committed).
+pub fn bench_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cache")
+}

@@ -6,9 +6,7 @@ use stargaze_fs::format::extract::{extract_layer, ExtractOptions};
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions};
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::image::{annotations_of, OciLayout};
-use stargaze_suite::{
-    assert_same_tree, have, is_root, require, run, stargaze_bin, tree, Containerd,
-};
+use stargaze_suite::{assert_same_tree, have, is_root, require, run, stargaze_bin, tree};
 use std::path::Path;
 use std::process::Command;
 
@@ -97,30 +95,7 @@ fn reference_converter_and_stargaze_make_the_same_tree() {
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("oci");
     small_sample(&oci);
-    let ctd = Containerd::start();
-    ctd.import_layout(&oci, "stargaze.test/sample");
-    run(ctd.cmd("ctr-remote").args([
-        "image",
-        "convert",
-        "--estargz",
-        "--oci",
-        "stargaze.test/sample:sample",
-        "stargaze.test/sample:esgz",
-    ]));
-    let exported = tmp.path().join("ref.tar");
-    run(ctd
-        .cmd("ctr")
-        .args(["image", "export"])
-        .arg(&exported)
-        .arg("stargaze.test/sample:esgz"));
-    drop(ctd);
-    let refdir = tmp.path().join("ref");
-    std::fs::create_dir(&refdir).unwrap();
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&refdir)
-        .arg("-xf")
-        .arg(&exported));
+    let refdir = stargaze_suite::reference_convert(&oci, tmp.path());
     let ref_layout = OciLayout::open(&refdir).unwrap();
     let (_, ref_manifest) = ref_layout.resolve(None).unwrap();
 

@@ -59,30 +59,7 @@ fn a_reference_converted_image_mounts_with_stargaze() {
     let tmp = tempfile::tempdir().unwrap();
     let oci = tmp.path().join("oci");
     sample(&oci, false);
-    let ctd = Containerd::start();
-    ctd.import_layout(&oci, "stargaze.test/sample");
-    run(ctd.cmd("ctr-remote").args([
-        "image",
-        "convert",
-        "--estargz",
-        "--oci",
-        "stargaze.test/sample:sample",
-        "stargaze.test/sample:esgz",
-    ]));
-    let exported = tmp.path().join("ref.tar");
-    run(ctd
-        .cmd("ctr")
-        .args(["image", "export"])
-        .arg(&exported)
-        .arg("stargaze.test/sample:esgz"));
-    drop(ctd);
-    let refdir = tmp.path().join("ref");
-    std::fs::create_dir(&refdir).unwrap();
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&refdir)
-        .arg("-xf")
-        .arg(&exported));
+    let refdir = stargaze_suite::reference_convert(&oci, tmp.path());
     let reg = registry(tmp.path());
     let name = format!("{}/ref/esgz:v1", reg.addr());
     run(Command::new(stargaze_bin())
