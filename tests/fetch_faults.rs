@@ -316,3 +316,18 @@ fn disk_cache_survives_restart_and_recovers_from_corruption() {
     );
     assert!(after.requests > before.requests);
 }
+
+#[test]
+fn paths_resolve_through_symlinks_inside_the_layer() {
+    let s = setup();
+    let layer = s.fresh_layer();
+    let want = layer.index().lookup("usr/lib/libsample0.so").unwrap();
+    // `lib` is a symlink to `usr/lib` in the sample.
+    assert_eq!(layer.resolve("lib/libsample0.so"), Some(want));
+    assert_eq!(layer.resolve("/lib/../lib/./libsample0.so"), Some(want));
+    assert_eq!(layer.resolve("usr/lib/libsample0.so"), Some(want));
+    assert_eq!(layer.resolve("lib/missing.so"), None);
+    assert_eq!(layer.resolve("etc/hello.txt/x"), None);
+    // `..` never climbs above the root.
+    assert_eq!(layer.resolve("../../usr/lib/libsample0.so"), Some(want));
+}
