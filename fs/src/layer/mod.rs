@@ -20,7 +20,7 @@ use std::time::Duration;
 /// Annotation carrying the digest of the uncompressed TOC.
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// Bytes read from the end of the blob first: the footer, and the whole TOC when small.
-const FIRST_TAIL: u64 = 256 << 10;
+const FIRST_TAIL: u64 = 512 << 10;
 
 /// Why a layer could not be opened or read.
 #[derive(Debug, thiserror::Error)]
