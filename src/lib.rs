@@ -406,8 +406,17 @@ impl ReferenceStargz {
             .spawn()
             .expect("spawning containerd-stargz-grpc");
         let r = ReferenceStargz { child, dir };
-        for _ in 0..100 {
-            if sock.exists() {
+        // containerd may have dialled the socket before it existed; its gRPC client then
+        // backs off and keeps answering "connection refused" for a while. Ready means
+        // containerd itself can list the snapshotter's snapshots.
+        for _ in 0..300 {
+            let ok = sock.exists()
+                && ctd
+                    .cmd("ctr")
+                    .args(["snapshots", "--snapshotter", "stargz", "ls"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+            if ok {
                 return r;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
