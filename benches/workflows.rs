@@ -297,11 +297,7 @@ fn fetch_bench() {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    let want = stargaze_suite::bench_selection();
     if want("convert") {
         convert_bench();
     }

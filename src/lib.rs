@@ -492,3 +492,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub fn bench_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cache")
 }
+
+/// Which named parts of a whole-workflow bench to run: the names given after `--`, or all.
+pub fn bench_selection() -> impl Fn(&str) -> bool {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    move |name| args.is_empty() || args.iter().any(|a| a == name)
+}

@@ -205,10 +205,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let stats = mounted.stats();
     let (fetched, size, verified, requests) = stats.iter().fold((0, 0, 0, 0), |a, l| {
         (
-            a.0 + l.bytes_fetched,
+            a.0 + l.counters.bytes_fetched,
             a.1 + l.size,
-            a.2 + l.cache_misses,
-            a.3 + l.requests,
+            a.2 + l.counters.cache_misses,
+            a.3 + l.counters.requests,
         )
     });
     println!(

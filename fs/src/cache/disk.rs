@@ -127,14 +127,15 @@ impl DiskCache {
         // Unknown digests miss without touching the disk; known ones become most recent.
         self.lock().lru.get(d)?;
         let path = self.path_of(d);
+        // One open serves the read and, after verification, the LRU touch.
         let read = fs::File::open(&path).and_then(|f| {
             let mut data = Vec::with_capacity(len as usize);
-            f.take(len + 1).read_to_end(&mut data)?;
-            Ok(data)
+            (&f).take(len + 1).read_to_end(&mut data)?;
+            Ok((f, data))
         });
-        let data: Bytes = match read {
-            Ok(v) if v.len() as u64 == len => v.into(),
-            Ok(v) => {
+        let (file, data): (fs::File, Bytes) = match read {
+            Ok((f, v)) if v.len() as u64 == len => (f, v.into()),
+            Ok((_, v)) => {
                 tracing::warn!(digest = %d, want = len, got = v.len(), "cached chunk has the wrong size; dropping it");
                 self.forget(d);
                 return None;
@@ -148,10 +149,7 @@ impl DiskCache {
         match VerifiedChunk::verify(*d, data) {
             Some(c) => {
                 // Touch so the LRU order survives a restart.
-                let _ = fs::File::options()
-                    .append(true)
-                    .open(&path)
-                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                let _ = file.set_modified(std::time::SystemTime::now());
                 Some(c)
             }
             None => {

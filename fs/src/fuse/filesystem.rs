@@ -7,8 +7,8 @@ use super::view::{Entry, OpaqueXattr, View};
 use crate::format::{NodeId, NodeKind};
 use crate::layer::RemoteLayer;
 use fuser::{
-    FileAttr, Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -87,7 +87,20 @@ impl LayerFs {
         }
     }
 
-    /// `.` and `..` followed by the visible children, from `offset`.
+    /// The directory listing from `offset`, each entry with the offset of the one after it
+    /// (what readdir and readdirplus hand back to the kernel).
+    fn page(&self, ino: u64, offset: i64) -> Result<Vec<(i64, u64, String, Entry)>, i32> {
+        let dir = self.dir_of(ino)?;
+        Ok(self
+            .listing(dir)
+            .into_iter()
+            .enumerate()
+            .skip(offset.max(0) as usize)
+            .map(|(i, (child_ino, name, e))| (i as i64 + 1, child_ino, name, e))
+            .collect())
+    }
+
+    /// `.` and `..` followed by the visible children.
     fn listing(&self, dir: NodeId) -> Vec<(u64, String, Entry)> {
         let v = self.view();
         let parent = self.layer.index().node(dir).parent;
@@ -213,18 +226,13 @@ impl Filesystem for LayerFs {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let dir = match self.dir_of(ino) {
-            Ok(d) => d,
+        let page = match self.page(ino, offset) {
+            Ok(p) => p,
             Err(e) => return reply.error(e),
         };
         let v = self.view();
-        for (i, (child_ino, name, e)) in self
-            .listing(dir)
-            .into_iter()
-            .enumerate()
-            .skip(offset.max(0) as usize)
-        {
-            if reply.add(child_ino, i as i64 + 1, v.kind(e), &name) {
+        for (next, child_ino, name, e) in page {
+            if reply.add(child_ino, next, v.kind(e), &name) {
                 break;
             }
         }
@@ -239,19 +247,13 @@ impl Filesystem for LayerFs {
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = match self.dir_of(ino) {
-            Ok(d) => d,
+        let page = match self.page(ino, offset) {
+            Ok(p) => p,
             Err(e) => return reply.error(e),
         };
         let v = self.view();
-        for (i, (child_ino, name, e)) in self
-            .listing(dir)
-            .into_iter()
-            .enumerate()
-            .skip(offset.max(0) as usize)
-        {
-            let attr: FileAttr = v.attr(e);
-            if reply.add(child_ino, i as i64 + 1, &name, &TTL, &attr, 0) {
+        for (next, child_ino, name, e) in page {
+            if reply.add(child_ino, next, &name, &TTL, &v.attr(e), 0) {
                 break;
             }
         }

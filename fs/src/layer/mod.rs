@@ -21,6 +21,8 @@ use std::time::Duration;
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// Bytes read from the end of the blob first: the footer, and the whole TOC when small.
 const FIRST_TAIL: u64 = 512 << 10;
+/// Speculative background fetches (rest of a file, loader dependencies) at once per layer.
+const SPECULATIVE_TASKS: usize = 4;
 
 /// Why a layer could not be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,8 @@ pub struct RemoteLayer {
     blob_order: Vec<(u64, NodeId, u32)>,
     readahead: u64,
     merge_gap: u64,
+    /// Bounds background fetches made on a guess (rest of a file, loader dependencies).
+    speculative: Arc<tokio::sync::Semaphore>,
     /// Binaries whose loader dependencies were already looked at.
     elf_seen: Mutex<std::collections::HashSet<NodeId>>,
     /// On-demand reads in progress (background fetching yields to them).
@@ -181,6 +185,7 @@ impl RemoteLayer {
             readahead: fetch.readahead,
             merge_gap: fetch.merge_gap,
             elf_seen: Mutex::new(Default::default()),
+            speculative: Arc::new(tokio::sync::Semaphore::new(SPECULATIVE_TASKS)),
             foreground: AtomicUsize::new(0),
             opened: std::time::Instant::now(),
             last_foreground_ms: AtomicU64::new(0),
@@ -331,12 +336,7 @@ impl RemoteLayer {
         }
         chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
         chunks.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
-        let fetcher = self.fetcher.clone();
-        tokio::spawn(async move {
-            if let Err(e) = fetcher.chunks("(loader dependencies)", &chunks).await {
-                tracing::debug!(error = %e, "prefetching loader dependencies failed");
-            }
-        });
+        self.speculate("(loader dependencies)".into(), chunks);
     }
 
     /// Resolves `path` inside the layer, following symlinks (absolute ones from the layer
@@ -399,10 +399,22 @@ impl RemoteLayer {
         if rest.is_empty() {
             return;
         }
-        let (fetcher, path) = (self.fetcher.clone(), n.path.clone());
+        self.speculate(n.path.clone(), rest);
+    }
+
+    /// Fetches `chunks` in the background for a read that has not come yet. At most
+    /// `SPECULATIVE_TASKS` run at once (each may hold up to 64 MiB while it decodes); beyond
+    /// that the guess is dropped, never queued, so a program opening many large files cannot
+    /// make speculation grow without bound.
+    fn speculate(&self, label: String, chunks: Vec<crate::format::Chunk>) {
+        let Ok(permit) = self.speculative.clone().try_acquire_owned() else {
+            return;
+        };
+        let fetcher = self.fetcher.clone();
         tokio::spawn(async move {
-            if let Err(e) = fetcher.chunks(&path, &rest).await {
-                tracing::debug!(file = %path, error = %e, "fetching the rest of a file failed");
+            let _permit = permit;
+            if let Err(e) = fetcher.chunks(&label, &chunks).await {
+                tracing::debug!(file = %label, error = %e, "speculative fetch failed");
             }
         });
     }

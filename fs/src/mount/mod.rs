@@ -99,18 +99,9 @@ pub struct LayerStats {
     pub size: u64,
     /// `lazy` or `unpacked`.
     pub mode: &'static str,
-    /// Counters (zero for unpacked layers, which were fetched whole).
-    pub requests: u64,
-    /// Compressed bytes fetched.
-    pub bytes_fetched: u64,
-    /// Bytes served to readers.
-    pub bytes_served: u64,
-    /// Cache hits.
-    pub cache_hits: u64,
-    /// Cache misses.
-    pub cache_misses: u64,
-    /// Chunks that failed verification on arrival.
-    pub verify_failures: u64,
+    /// Traffic counters (for an unpacked layer: one request of the whole blob).
+    #[serde(flatten)]
+    pub counters: CounterSnapshot,
     /// Prefetch state.
     pub prefetch: PrefetchState,
 }
@@ -271,12 +262,7 @@ impl MountedImage {
                         digest: layer.digest().to_string(),
                         size: layer.size(),
                         mode: "lazy",
-                        requests: c.requests,
-                        bytes_fetched: c.bytes_fetched,
-                        bytes_served: c.bytes_served,
-                        cache_hits: c.cache_hits,
-                        cache_misses: c.cache_misses,
-                        verify_failures: c.verify_failures,
+                        counters: c,
                         prefetch: layer.prefetch_state(),
                     }
                 }
@@ -284,12 +270,11 @@ impl MountedImage {
                     digest: digest.clone(),
                     size: *size,
                     mode: "unpacked",
-                    requests: 1,
-                    bytes_fetched: *size,
-                    bytes_served: 0,
-                    cache_hits: 0,
-                    cache_misses: 0,
-                    verify_failures: 0,
+                    counters: CounterSnapshot {
+                        requests: 1,
+                        bytes_fetched: *size,
+                        ..CounterSnapshot::default()
+                    },
                     prefetch: PrefetchState::Done,
                 },
             })

@@ -83,7 +83,7 @@ pub struct LayerCounters {
 }
 
 /// A snapshot of [`LayerCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CounterSnapshot {
     /// Range requests.
     pub requests: u64,
