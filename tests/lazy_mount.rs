@@ -320,3 +320,95 @@ fn umount_cleans_up_after_a_crashed_server() {
     assert_eq!(m.dir, dir);
     assert!(m.dir.join("etc/hello.txt").exists());
 }
+
+/// Polls `stats --json` until `done(stats)` or 30 s pass.
+fn wait_stats(m: &Mounted, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..300 {
+        if done(&m.stats()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}: {}", m.stats());
+}
+
+fn sum_of(stats: &serde_json::Value, key: &str) -> u64 {
+    stats["layers"]
+        .as_array()
+        .map_or(0, |l| l.iter().map(|l| l[key].as_u64().unwrap_or(0)).sum())
+}
+
+#[test]
+fn fully_fetched_files_are_served_by_passthrough_and_stay_verified() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = sample_estargz(tmp.path(), 20);
+    let reg = registry(tmp.path());
+    let name = push(&oci, "esgz", &reg, "t/passthrough");
+    let m = Mounted::mount(
+        &name,
+        &tmp.path().join("m"),
+        &["--background-mib-per-sec", "1024"],
+    );
+    wait_stats(&m, "the background fetch", |s| {
+        s["layers"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty() && l.iter().all(|l| l["prefetch"]["state"] == "done"))
+    });
+    let stats = m.stats();
+    let on = stats["layers"]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|l| l["passthrough"] == true));
+    // This kernel (6.18) has passthrough; CI must use it. Elsewhere an old kernel may not.
+    if !on {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "passthrough not in use: {stats}"
+        );
+        eprintln!("SKIP passthrough assertions: the kernel did not agree to FUSE passthrough");
+        return;
+    }
+    // libsample1.so is one 600 kB chunk: its chunk file is the whole file. Corrupt it in the
+    // cache before the first open; the open re-hashes it, drops it and serves good bytes.
+    let one = std::fs::read(umoci_like_read(&oci, "usr/lib/libsample1.so")).unwrap();
+    let digest = stargaze_fs::digest::Digest::of(&one).hex();
+    let cached = m.cache_dir.join("sha256").join(&digest[..2]).join(&digest);
+    let mut bad = std::fs::read(&cached).unwrap();
+    bad[1000] ^= 0x40;
+    std::fs::write(&cached, bad).unwrap();
+    assert!(std::fs::read(m.dir.join("usr/lib/libsample1.so")).unwrap() == one);
+    // libsample0.so is three 1 MiB chunks: assembled into one local file at first open.
+    let three = std::fs::read(umoci_like_read(&oci, "usr/lib/libsample0.so")).unwrap();
+    for _ in 0..2 {
+        let f = std::fs::File::open(m.dir.join("usr/lib/libsample0.so")).unwrap();
+        // Two opens at once share the inode's backing file.
+        let g = std::fs::File::open(m.dir.join("usr/lib/libsample0.so")).unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut got).unwrap();
+        assert!(got == three);
+        let mut part = vec![0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&g, &mut part, (1 << 20) - 100).unwrap();
+        assert!(part[..] == three[(1 << 20) - 100..(1 << 20) - 100 + 4096]);
+    }
+    let whole = stargaze_fs::digest::Digest::of(&three).hex();
+    assert!(
+        m.cache_dir
+            .join("sha256")
+            .join(&whole[..2])
+            .join(&whole)
+            .is_file(),
+        "the assembled copy is stored under the file digest"
+    );
+    wait_stats(&m, "passthrough opens in stats", |s| {
+        sum_of(s, "passthrough_opens") >= 5
+    });
+    // A small file stays on the FUSE read path.
+    assert_eq!(
+        std::fs::read_to_string(m.dir.join("etc/hello.txt")).unwrap(),
+        "hello from the top layer\n"
+    );
+    wait_stats(&m, "FUSE opens in stats", |s| sum_of(s, "fuse_opens") >= 1);
+    assert!(m.umount().status.success());
+}

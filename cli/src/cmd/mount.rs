@@ -73,6 +73,9 @@ pub struct MountArgs {
     /// KiB of following chunks fetched along with each on-demand miss (0 = off).
     #[arg(long, default_value_t = 0)]
     readahead_kib: u64,
+    /// Read fully fetched files through FUSE even where the kernel has passthrough.
+    #[arg(long)]
+    no_passthrough: bool,
     /// Which xattr marks opaque directories.
     #[arg(long, value_enum, default_value = "trusted")]
     opaque_xattr: OpaqueFlag,
@@ -274,6 +277,7 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
                 OpaqueFlag::Both => OpaqueXattr::Both,
             },
             recorder,
+            passthrough: !a.no_passthrough,
         },
         prefetch: !a.no_prefetch,
         background: (!a.no_background_fetch).then_some(BackgroundOptions {
@@ -349,9 +353,7 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
 }
 
 fn print_stats(stats: &[LayerStats]) {
-    println!(
-        "layer                 mode      fetched / size            requests  hits/misses  prefetch"
-    );
+    println!("{STATS_HEADER}");
     for l in stats {
         println!(
             "{}",
@@ -359,6 +361,10 @@ fn print_stats(stats: &[LayerStats]) {
         );
     }
 }
+
+/// Column titles of [`stats_line`].
+const STATS_HEADER: &str =
+    "layer                 mode      fetched / size            requests  hits/misses  opens pt/fuse  prefetch";
 
 fn stats_line(v: &serde_json::Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
@@ -372,8 +378,13 @@ fn stats_line(v: &serde_json::Value) -> String {
         ),
         other => other.to_string(),
     };
+    let opens = if v["passthrough"].as_bool().unwrap_or(false) {
+        format!("{}/{}", n("passthrough_opens"), n("fuse_opens"))
+    } else {
+        format!("off/{}", n("fuse_opens"))
+    };
     format!(
-        "{:<21} {:<9} {:>10} / {:<10} {:>5.1}% {:>8}  {:>5}/{:<5}  {}",
+        "{:<21} {:<9} {:>10} / {:<10} {:>5.1}% {:>8}  {:>5}/{:<5}  {:<13}  {}",
         &digest[..digest.len().min(19)],
         v["mode"].as_str().unwrap_or(""),
         bytes(n("bytes_fetched")),
@@ -382,6 +393,7 @@ fn stats_line(v: &serde_json::Value) -> String {
         n("requests"),
         n("cache_hits"),
         n("cache_misses"),
+        opens,
         prefetch
     )
 }
@@ -450,7 +462,7 @@ pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
     }
     if let Ok(data) = std::fs::read(state.join("stats.json")) {
         if let Ok(s) = serde_json::from_slice::<StatsFile>(&data) {
-            println!("layer                 mode      fetched / size            requests  hits/misses  prefetch");
+            println!("{STATS_HEADER}");
             for l in &s.layers {
                 println!("{}", stats_line(l));
             }
@@ -481,9 +493,7 @@ pub fn stats(a: StatsArgs) -> anyhow::Result<()> {
         target.display(),
         s.elapsed_secs
     );
-    println!(
-        "layer                 mode      fetched / size            requests  hits/misses  prefetch"
-    );
+    println!("{STATS_HEADER}");
     let (mut fetched, mut size) = (0u64, 0u64);
     for l in &s.layers {
         println!("{}", stats_line(l));

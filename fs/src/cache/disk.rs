@@ -4,6 +4,11 @@
 //! entry is removed and reported as a miss (the fetcher then refetches). The total size is
 //! capped; least recently used entries go first, and the order survives restarts through
 //! file modification times (touched on hits).
+//!
+//! Whole files live in the same store, under their own digest (a one-chunk file already is
+//! its chunk): FUSE passthrough hands the kernel an open descriptor of one, so reads of a
+//! fully fetched file never come back to user space. Such a file is hashed when it is stored
+//! and again the first time a process hands it out ([`DiskCache::open_file`]).
 
 use super::VerifiedChunk;
 use crate::digest::Digest;
@@ -43,6 +48,8 @@ pub struct DiskCache {
     root: PathBuf,
     cap: u64,
     state: Mutex<State>,
+    /// Whole files hashed by [`DiskCache::open_file`] in this process (each once).
+    verified: Mutex<std::collections::HashSet<Digest>>,
 }
 
 impl DiskCache {
@@ -87,6 +94,7 @@ impl DiskCache {
             root: root.to_path_buf(),
             cap,
             state: Mutex::new(state),
+            verified: Mutex::new(Default::default()),
         };
         cache.evict();
         Ok(cache)
@@ -160,7 +168,101 @@ impl DiskCache {
         }
     }
 
+    /// Opens the stored file `d` of `len` bytes for reading, re-hashing it first; a bad
+    /// entry is removed and misses. The returned descriptor stays valid if the entry is
+    /// evicted later (the inode lives while it is open).
+    pub fn open_file(&self, d: &Digest, len: u64) -> Option<fs::File> {
+        self.lock().lru.get(d)?;
+        let path = self.path_of(d);
+        let known = self.lock_verified().contains(d);
+        let checked = fs::File::open(&path).and_then(|f| {
+            if known {
+                let n = f.metadata()?.len();
+                return Ok((f, n, *d));
+            }
+            let mut h = crate::digest::Hasher::new();
+            let n = std::io::copy(&mut (&f).take(len + 1), &mut h)?;
+            Ok((f, n, h.finish()))
+        });
+        match checked {
+            Ok((f, n, got)) if n == len && got == *d => {
+                let _ = f.set_modified(std::time::SystemTime::now());
+                self.lock_verified().insert(*d);
+                Some(f)
+            }
+            Ok(_) => {
+                tracing::warn!(digest = %d, "cached file is corrupt or truncated; dropping it");
+                self.forget(d);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(digest = %d, error = %e, "cached file unreadable; dropping it");
+                self.forget(d);
+                None
+            }
+        }
+    }
+
+    /// Stores a whole file of `len` bytes whose SHA-256 must be `d`, written by `fill` into
+    /// a temp file; it enters the store only if its length and digest match. Returns false
+    /// (storing nothing) when `fill` ran out of data or the digest differs.
+    pub fn put_file(
+        &self,
+        d: &Digest,
+        len: u64,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<bool>,
+    ) -> Result<bool, DiskCacheError> {
+        if len > self.cap {
+            return Ok(false);
+        }
+        if self.lock().lru.get(d).is_some() {
+            return Ok(true);
+        }
+        let path = self.path_of(d);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io("creating shard dir"))?;
+        }
+        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
+            .map_err(io("creating temp file"))?;
+        let (complete, written, got) = {
+            let mut w = HashingWriter {
+                inner: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
+                hasher: crate::digest::Hasher::new(),
+                written: 0,
+            };
+            let complete = fill(&mut w)
+                .and_then(|ok| w.inner.flush().map(|()| ok))
+                .map_err(io(format!("writing file {d}")))?;
+            (complete, w.written, w.hasher.finish())
+        };
+        if !complete || written != len || got != *d {
+            tracing::warn!(digest = %d, written, want = len, "assembled file does not match its digest; not stored");
+            return Ok(false);
+        }
+        tmp.as_file()
+            .sync_all()
+            .map_err(io(format!("writing file {d}")))?;
+        tmp.persist(&path).map_err(|e| DiskCacheError::Io {
+            context: format!("storing file {d}"),
+            source: e.error,
+        })?;
+        self.lock_verified().insert(*d);
+        {
+            let mut s = self.lock();
+            if s.lru.put(*d, len).is_none() {
+                s.bytes += len;
+            }
+        }
+        self.evict();
+        Ok(true)
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Digest>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn forget(&self, d: &Digest) {
+        self.lock_verified().remove(d);
         let mut s = self.lock();
         if let Some(len) = s.lru.pop(d) {
             s.bytes -= len;
@@ -216,8 +318,29 @@ impl DiskCache {
                     None => return,
                 }
             };
+            self.lock_verified().remove(&victim);
             let _ = fs::remove_file(self.path_of(&victim));
         }
+    }
+}
+
+/// Counts and hashes what passes through to a file.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: crate::digest::Hasher,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -265,5 +388,38 @@ mod tests {
         assert_eq!(cache.len(), 0);
         cache.put(&a).unwrap();
         assert!(cache.get(a.digest(), 300).is_some());
+    }
+
+    #[test]
+    fn whole_files_are_checked_when_stored_and_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let data = vec![7u8; 5000];
+        let d = Digest::of(&data);
+        // Wrong bytes, short bytes, or a writer that gives up: nothing is stored.
+        assert!(!cache
+            .put_file(&d, 5000, |w| w.write_all(&[8u8; 5000]).map(|()| true))
+            .unwrap());
+        assert!(!cache
+            .put_file(&d, 5000, |w| w.write_all(&data[..10]).map(|()| true))
+            .unwrap());
+        assert!(!cache
+            .put_file(&d, 5000, |w| w.write_all(&data).map(|()| false))
+            .unwrap());
+        assert!(cache.open_file(&d, 5000).is_none());
+        assert!(cache
+            .put_file(&d, 5000, |w| w.write_all(&data).map(|()| true))
+            .unwrap());
+        let mut f = cache.open_file(&d, 5000).unwrap();
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+        // Corrupted on disk: a new process (a fresh index) re-hashes and drops it.
+        let mut bad = data.clone();
+        bad[3] = 0;
+        fs::write(cache.path_of(&d), &bad).unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(cache.open_file(&d, 5000).is_none());
+        assert!(!cache.path_of(&d).exists());
     }
 }

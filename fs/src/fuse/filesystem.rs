@@ -1,17 +1,23 @@
 //! The fuser filesystem over one lazily read layer. Metadata answers come from the in-memory
 //! index on the FUSE thread; reads are handed to the async runtime and replied from there,
 //! so a read waiting on the network never holds up lookups or other reads. Content is
-//! immutable, so attributes and entries get long timeouts and the page cache is kept.
+//! immutable, so attributes and entries get long timeouts and the page cache is kept. A
+//! file whose chunks are all cached is opened with FUSE passthrough when the kernel has it:
+//! the kernel then reads the verified local copy itself.
 
+use super::passthrough::{Decision, OpenCounters, OpenModes, FH_CACHED, FH_PASSTHROUGH};
 use super::view::{Entry, OpaqueXattr, View};
 use crate::format::{NodeId, NodeKind};
 use crate::layer::RemoteLayer;
 use fuser::{
-    Filesystem, KernelConfig, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,12 +56,24 @@ impl AccessRecorder {
 }
 
 /// Options of one layer's filesystem.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FsOptions {
     /// Which opaque xattr to answer.
     pub opaque: OpaqueXattr,
     /// Where to record opened files.
     pub recorder: Option<Arc<AccessRecorder>>,
+    /// Hand fully fetched files to the kernel (FUSE passthrough) when it supports that.
+    pub passthrough: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            opaque: OpaqueXattr::default(),
+            recorder: None,
+            passthrough: true,
+        }
+    }
 }
 
 /// One layer as a read-only FUSE filesystem.
@@ -63,40 +81,55 @@ pub struct LayerFs {
     layer: Arc<RemoteLayer>,
     rt: tokio::runtime::Handle,
     opts: FsOptions,
+    /// `passthrough` is set when the kernel agreed to it at init, cleared if registering a
+    /// backing file is refused.
+    counters: Arc<OpenCounters>,
+    modes: Arc<OpenModes>,
 }
 
 impl LayerFs {
     /// Serves `layer`, running reads on `rt`.
     pub fn new(layer: Arc<RemoteLayer>, rt: tokio::runtime::Handle, opts: FsOptions) -> Self {
-        LayerFs { layer, rt, opts }
+        LayerFs {
+            layer,
+            rt,
+            opts,
+            counters: Arc::new(OpenCounters::default()),
+            modes: Arc::new(OpenModes::default()),
+        }
+    }
+
+    /// How files have been opened (passthrough or not), live.
+    pub fn counters(&self) -> Arc<OpenCounters> {
+        self.counters.clone()
     }
 
     fn view(&self) -> View<'_> {
         View::new(self.layer.index(), self.opts.opaque)
     }
 
-    fn node_of(&self, ino: u64) -> Option<Entry> {
-        self.view().entry(ino)
+    fn node_of(&self, ino: INodeNo) -> Option<Entry> {
+        self.view().entry(ino.0)
     }
 
-    fn dir_of(&self, ino: u64) -> Result<NodeId, i32> {
+    fn dir_of(&self, ino: INodeNo) -> Result<NodeId, Errno> {
         match self.node_of(ino) {
             Some(Entry::Node(id)) if self.layer.index().node(id).kind == NodeKind::Dir => Ok(id),
-            Some(_) => Err(libc::ENOTDIR),
-            None => Err(libc::ENOENT),
+            Some(_) => Err(Errno::ENOTDIR),
+            None => Err(Errno::ENOENT),
         }
     }
 
     /// The directory listing from `offset`, each entry with the offset of the one after it
     /// (what readdir and readdirplus hand back to the kernel).
-    fn page(&self, ino: u64, offset: i64) -> Result<Vec<(i64, u64, String, Entry)>, i32> {
+    fn page(&self, ino: INodeNo, offset: u64) -> Result<Vec<(u64, u64, String, Entry)>, Errno> {
         let dir = self.dir_of(ino)?;
         Ok(self
             .listing(dir)
             .into_iter()
             .enumerate()
-            .skip(offset.max(0) as usize)
-            .map(|(i, (child_ino, name, e))| (i as i64 + 1, child_ino, name, e))
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .map(|(i, (child_ino, name, e))| (i as u64 + 1, child_ino, name, e))
             .collect())
     }
 
@@ -115,96 +148,175 @@ impl LayerFs {
     }
 }
 
+/// Replies to an open through the page cache, unless passthrough opens of the inode
+/// appeared meanwhile (then it joins them).
+fn reply_cached(modes: &OpenModes, c: &OpenCounters, ino: u64, reply: ReplyOpen) {
+    match modes.open_cached(ino) {
+        Ok(()) => {
+            c.fuse_opens.fetch_add(1, Ordering::Relaxed);
+            reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE)
+        }
+        Err(backing) => reply_passthrough(modes, c, ino, backing, reply),
+    }
+}
+
+/// Replies to an open with passthrough to `backing` (or the backing file the inode already
+/// has), unless cached opens of the inode appeared meanwhile (then it joins them).
+fn reply_passthrough(
+    modes: &OpenModes,
+    c: &OpenCounters,
+    ino: u64,
+    backing: Arc<BackingId>,
+    reply: ReplyOpen,
+) {
+    match modes.open_passthrough(ino, backing) {
+        Ok(b) => {
+            c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+            reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), &b)
+        }
+        Err(()) => reply_cached(modes, c, ino, reply),
+    }
+}
+
 fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
     if size == 0 {
         reply.size(data.len() as u32);
     } else if data.len() > size as usize {
-        reply.error(libc::ERANGE);
+        reply.error(Errno::ERANGE);
     } else {
         reply.data(data);
     }
 }
 
 impl Filesystem for LayerFs {
-    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
-        let _ = config.add_capabilities(
-            fuser::consts::FUSE_DO_READDIRPLUS | fuser::consts::FUSE_READDIRPLUS_AUTO,
-        );
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.set_max_readahead(4 << 20);
+        if self.opts.passthrough {
+            // Depth 1: backing files sit on a plain file system, and overlayfs may still
+            // stack on top of this one (the kernel allows two levels).
+            let on = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !on {
+                tracing::info!(layer = %self.layer.digest(), "kernel has no FUSE passthrough; fetched files are read through FUSE");
+            }
+            self.counters.passthrough.store(on, Ordering::Relaxed);
+        }
         Ok(())
     }
 
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let dir = match self.dir_of(parent) {
             Ok(d) => d,
             Err(e) => return reply.error(e),
         };
         let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         match self.view().lookup(dir, name) {
-            Some(e) => reply.entry(&TTL, &self.view().attr(e), 0),
-            None => reply.error(libc::ENOENT),
+            Some(e) => reply.entry(&TTL, &self.view().attr(e), Generation(0)),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.node_of(ino) {
             Some(e) => reply.attr(&TTL, &self.view().attr(e)),
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.node_of(ino) {
             Some(Entry::Node(id)) if self.layer.index().node(id).kind == NodeKind::Symlink => {
                 reply.data(self.layer.index().node(id).link_target.as_bytes())
             }
-            Some(_) => reply.error(libc::EINVAL),
-            None => reply.error(libc::ENOENT),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return reply.error(libc::EROFS);
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
         }
-        match self.node_of(ino) {
-            Some(Entry::Node(id)) => {
-                let n = self.layer.index().node(id);
-                if n.kind == NodeKind::Dir {
-                    return reply.error(libc::EISDIR);
-                }
-                if let Some(r) = &self.opts.recorder {
-                    if n.kind == NodeKind::Reg {
-                        r.record(id, &n.path);
-                    }
-                }
-                reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE)
+        let id = match self.node_of(ino) {
+            Some(Entry::Node(id)) => id,
+            Some(Entry::Whiteout(_)) => return reply.error(Errno::ENXIO),
+            None => return reply.error(Errno::ENOENT),
+        };
+        let n = self.layer.index().node(id);
+        if n.kind == NodeKind::Dir {
+            return reply.error(Errno::EISDIR);
+        }
+        if n.kind != NodeKind::Reg {
+            return reply.opened(FileHandle(0), FopenFlags::empty());
+        }
+        if let Some(r) = &self.opts.recorder {
+            r.record(id, &n.path);
+        }
+        let (modes, c) = (&self.modes, &self.counters);
+        if !c.passthrough.load(Ordering::Relaxed) {
+            c.fuse_opens.fetch_add(1, Ordering::Relaxed);
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        match modes.decide(ino.0) {
+            Decision::Cached => reply_cached(modes, c, ino.0, reply),
+            Decision::Passthrough(b) => reply_passthrough(modes, c, ino.0, b, reply),
+            Decision::Free if !self.layer.local_file_ready(id) => {
+                reply_cached(modes, c, ino.0, reply)
             }
-            Some(Entry::Whiteout(_)) => reply.error(libc::ENXIO),
-            None => reply.error(libc::ENOENT),
+            Decision::Free => {
+                // Assembling or re-hashing the local copy takes a while: not on this thread.
+                let (layer, modes, c) = (self.layer.clone(), modes.clone(), c.clone());
+                self.rt.spawn(async move {
+                    let Some(file) = layer.local_file(id).await else {
+                        return reply_cached(&modes, &c, ino.0, reply);
+                    };
+                    match reply.open_backing(&file) {
+                        Ok(b) => reply_passthrough(&modes, &c, ino.0, Arc::new(b), reply),
+                        Err(e) => {
+                            if c.passthrough.swap(false, Ordering::Relaxed) {
+                                tracing::warn!(layer = %layer.digest(), error = %e, "the kernel refused a passthrough backing file; reading through FUSE from now on");
+                            }
+                            reply_cached(&modes, &c, ino.0, reply)
+                        }
+                    }
+                });
+            }
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.modes.release(ino.0, fh.0);
+        reply.ok();
     }
 
     fn read(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         size: u32,
-        _flags: i32,
-        _lock: Option<u64>,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
         let id = match self.node_of(ino) {
             Some(Entry::Node(id)) if self.layer.index().node(id).kind == NodeKind::Reg => id,
-            Some(_) => return reply.error(libc::EINVAL),
-            None => return reply.error(libc::ENOENT),
-        };
-        let Ok(offset) = u64::try_from(offset) else {
-            return reply.error(libc::EINVAL);
+            Some(_) => return reply.error(Errno::EINVAL),
+            None => return reply.error(Errno::ENOENT),
         };
         let layer = self.layer.clone();
         self.rt.spawn(async move {
@@ -212,18 +324,18 @@ impl Filesystem for LayerFs {
                 Ok(data) => reply.data(&data),
                 Err(e) => {
                     tracing::error!(layer = %layer.digest(), file = %layer.index().node(id).path, offset, error = %e, "read failed");
-                    reply.error(libc::EIO)
+                    reply.error(Errno::EIO)
                 }
             }
         });
     }
 
     fn readdir(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let page = match self.page(ino, offset) {
@@ -232,7 +344,7 @@ impl Filesystem for LayerFs {
         };
         let v = self.view();
         for (next, child_ino, name, e) in page {
-            if reply.add(child_ino, next, v.kind(e), &name) {
+            if reply.add(INodeNo(child_ino), next, v.kind(e), &name) {
                 break;
             }
         }
@@ -240,11 +352,11 @@ impl Filesystem for LayerFs {
     }
 
     fn readdirplus(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let page = match self.page(ino, offset) {
@@ -253,23 +365,23 @@ impl Filesystem for LayerFs {
         };
         let v = self.view();
         for (next, child_ino, name, e) in page {
-            if reply.add(child_ino, next, &name, &TTL, &v.attr(e), 0) {
+            if reply.add(
+                INodeNo(child_ino),
+                next,
+                &name,
+                &TTL,
+                &v.attr(e),
+                Generation(0),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn getxattr(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        name: &OsStr,
-        size: u32,
-        reply: ReplyXattr,
-    ) {
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(e) = self.node_of(ino) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         let name = name.as_bytes();
         match self
@@ -279,13 +391,13 @@ impl Filesystem for LayerFs {
             .find(|(k, _)| k.as_bytes() == name)
         {
             Some((_, v)) => xattr_reply(&v, size, reply),
-            None => reply.error(libc::ENODATA),
+            None => reply.error(Errno::ENODATA),
         }
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let Some(e) = self.node_of(ino) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         let mut list = Vec::new();
         for (k, _) in self.view().xattrs(e) {
@@ -295,17 +407,17 @@ impl Filesystem for LayerFs {
         xattr_reply(&list, size, reply);
     }
 
-    fn access(&mut self, _req: &Request<'_>, ino: u64, mask: i32, reply: fuser::ReplyEmpty) {
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         if self.node_of(ino).is_none() {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         }
-        if mask & libc::W_OK != 0 {
-            return reply.error(libc::EROFS);
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
         }
         reply.ok();
     }
 
-    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let bytes = self.layer.index().total_file_bytes();
         reply.statfs(
             bytes.div_ceil(4096),
@@ -332,11 +444,13 @@ pub fn mount_layer(
         MountOption::FSName(format!("stargaze:{}", &digest[..12])),
         MountOption::Subtype("stargaze".into()),
         MountOption::RO,
-        MountOption::AllowOther,
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
         MountOption::Dev,
         MountOption::Suid,
     ];
-    fuser::spawn_mount2(fs, mountpoint, &opts)
+    let mut config = fuser::Config::default();
+    config.mount_options = opts.to_vec();
+    config.acl = fuser::SessionACL::All;
+    fuser::spawn_mount(fs, mountpoint, &config)
 }

@@ -3,7 +3,9 @@
 //! image rootfs exactly as the unpacked image would look.
 
 mod filesystem;
+mod passthrough;
 pub mod view;
 
 pub use filesystem::{mount_layer, AccessRecorder, FsOptions, LayerFs};
+pub use passthrough::{OpenCounters, OpenSnapshot};
 pub use view::OpaqueXattr;

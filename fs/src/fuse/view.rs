@@ -6,7 +6,7 @@
 
 use crate::format::extract::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use crate::format::{Index, Node, NodeId, NodeKind};
-use fuser::{FileAttr, FileType};
+use fuser::{FileAttr, FileType, INodeNo};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// FUSE inode number of the root.
@@ -164,7 +164,7 @@ impl<'a> View<'a> {
             Entry::Whiteout(id) => {
                 let t = mtime(self.node(id));
                 FileAttr {
-                    ino,
+                    ino: INodeNo(ino),
                     size: 0,
                     blocks: 0,
                     atime: t,
@@ -191,7 +191,7 @@ impl<'a> View<'a> {
                     _ => 0,
                 };
                 FileAttr {
-                    ino,
+                    ino: INodeNo(ino),
                     size,
                     blocks: size.div_ceil(512),
                     atime: t,

@@ -4,6 +4,9 @@
 //! filesystem of a later layer of the stack sits on [`RemoteLayer::read`].
 
 mod elf;
+mod local;
+
+pub use local::LOCAL_FILE_MIN;
 
 use crate::cache::ChunkCache;
 use crate::digest::Digest;

@@ -8,7 +8,7 @@ mod fallback;
 
 use crate::cache::ChunkCache;
 use crate::format::FormatError;
-use crate::fuse::{mount_layer, FsOptions, LayerFs};
+use crate::fuse::{mount_layer, FsOptions, LayerFs, OpenCounters, OpenSnapshot};
 use crate::layer::{BackgroundOptions, LayerError, PrefetchState, RemoteLayer};
 use crate::remote::fetcher::{CounterSnapshot, FetchOptions};
 use crate::remote::{Platform, Reference, RegistryClient, RemoteError};
@@ -78,6 +78,8 @@ pub enum MountedLayer {
         dir: PathBuf,
         /// The FUSE session (unmounts when dropped).
         session: Option<fuser::BackgroundSession>,
+        /// How its files were opened.
+        opens: Arc<OpenCounters>,
     },
     /// Pulled whole and unpacked (not eStargz).
     Unpacked {
@@ -104,6 +106,9 @@ pub struct LayerStats {
     pub counters: CounterSnapshot,
     /// Prefetch state.
     pub prefetch: PrefetchState,
+    /// Opens through FUSE reads and through passthrough.
+    #[serde(flatten)]
+    pub opens: OpenSnapshot,
 }
 
 /// A mounted image rootfs.
@@ -171,6 +176,7 @@ pub async fn mount_image(
             Ok(layer) => {
                 let layer = Arc::new(layer);
                 let fs = LayerFs::new(layer.clone(), rt.clone(), opts.fs.clone());
+                let opens = fs.counters();
                 let session = mount_layer(fs, &dir).map_err(sys("FUSE mount", &dir))?;
                 if opts.prefetch {
                     let (l, bg) = (layer.clone(), opts.background);
@@ -180,6 +186,7 @@ pub async fn mount_image(
                     layer,
                     dir,
                     session: Some(session),
+                    opens,
                 });
             }
             Err(e) if not_estargz(&e) => {
@@ -256,7 +263,7 @@ impl MountedImage {
         self.layers
             .iter()
             .map(|l| match l {
-                MountedLayer::Lazy { layer, .. } => {
+                MountedLayer::Lazy { layer, opens, .. } => {
                     let c: CounterSnapshot = layer.counters();
                     LayerStats {
                         digest: layer.digest().to_string(),
@@ -264,6 +271,7 @@ impl MountedImage {
                         mode: "lazy",
                         counters: c,
                         prefetch: layer.prefetch_state(),
+                        opens: opens.snapshot(),
                     }
                 }
                 MountedLayer::Unpacked { digest, size, .. } => LayerStats {
@@ -276,6 +284,7 @@ impl MountedImage {
                         ..CounterSnapshot::default()
                     },
                     prefetch: PrefetchState::Done,
+                    opens: OpenSnapshot::default(),
                 },
             })
             .collect()

@@ -207,6 +207,11 @@ impl Fetcher {
         &self.counters
     }
 
+    /// The chunk cache it fills.
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
     /// The blob.
     pub fn blob(&self) -> &RemoteBlob {
         &self.blob
