@@ -148,7 +148,8 @@ fn coldstart() {
         CMD.join(" ")
     );
 
-    // (c) stargaze. COLDSTART_ONLY=c skips (a) and (b); COLDSTART_FLAGS adds mount flags.
+    // (c) stargaze. COLDSTART_ONLY=c skips (a) and (b); COLDSTART_FLAGS adds mount flags;
+    // COLDSTART_LOG_DIR keeps the servers' logs.
     let only_c = std::env::var("COLDSTART_ONLY").is_ok_and(|v| v == "c");
     let extra: Vec<String> = std::env::var("COLDSTART_FLAGS")
         .unwrap_or_default()
@@ -191,6 +192,20 @@ fn coldstart() {
             .output()
             .expect("stats");
         last_stats = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // COLDSTART_LOG_DIR keeps each server's log (with COLDSTART_FLAGS="--log ...").
+        if let Some(keep) = std::env::var_os("COLDSTART_LOG_DIR") {
+            for m in std::fs::read_dir(run_dir.join("mounts"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = std::fs::create_dir_all(&keep);
+                let _ = std::fs::copy(
+                    m.path().join("log"),
+                    Path::new(&keep).join(format!("sg{i}.log")),
+                );
+            }
+        }
         run(Command::new(stargaze_bin())
             .env("STARGAZE_RUN_DIR", &run_dir)
             .arg("umount")

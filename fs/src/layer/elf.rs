@@ -13,27 +13,47 @@ const MAX_PHDRS: usize = 256;
 const MAX_DYN: usize = 4096;
 const MAX_NAME: usize = 256;
 
-fn u16_at(d: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        d.get(o..o.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-fn u32_at(d: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        d.get(o..o.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-fn u64_at(d: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        d.get(o..o.checked_add(8)?)?.try_into().ok()?,
-    ))
-}
+/// Pieces of a file at hand, each at its file offset (e.g. the first chunk and the chunk
+/// holding the dynamic section of a large binary).
+#[derive(Clone, Copy)]
+pub struct Pieces<'a>(pub &'a [(u64, &'a [u8])]);
 
-fn c_string(d: &[u8], o: usize) -> Option<String> {
-    let rest = d.get(o..)?;
-    let end = rest.iter().take(MAX_NAME).position(|&b| b == 0)?;
-    let s = std::str::from_utf8(&rest[..end]).ok()?;
-    (!s.is_empty()).then(|| s.to_string())
+impl<'a> Pieces<'a> {
+    /// `len` bytes at file offset `at`, if one piece holds them all.
+    fn get(&self, at: usize, len: usize) -> Option<&'a [u8]> {
+        let end = at.checked_add(len)?;
+        self.0.iter().find_map(|&(off, d)| {
+            let off = usize::try_from(off).ok()?;
+            (at >= off && end <= off.checked_add(d.len())?).then(|| &d[at - off..end - off])
+        })
+    }
+
+    /// The bytes from `at` to the end of the piece holding `at`.
+    fn tail(&self, at: usize) -> Option<&'a [u8]> {
+        self.0.iter().find_map(|&(off, d)| {
+            let off = usize::try_from(off).ok()?;
+            (at >= off && at < off.checked_add(d.len())?).then(|| &d[at - off..])
+        })
+    }
+
+    fn u16_at(&self, o: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(self.get(o, 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(&self, o: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(self.get(o, 4)?.try_into().ok()?))
+    }
+
+    fn u64_at(&self, o: usize) -> Option<u64> {
+        Some(u64::from_le_bytes(self.get(o, 8)?.try_into().ok()?))
+    }
+
+    fn c_string(&self, o: usize) -> Option<String> {
+        let rest = self.tail(o)?;
+        let end = rest.iter().take(MAX_NAME).position(|&b| b == 0)?;
+        let s = std::str::from_utf8(&rest[..end]).ok()?;
+        (!s.is_empty()).then(|| s.to_string())
+    }
 }
 
 /// What the loader needs for this file: interpreter path and needed library names.
@@ -43,16 +63,24 @@ pub struct Dependencies {
     pub interp: Option<String>,
     /// `DT_NEEDED` names, e.g. `libc.so.6`.
     pub needed: Vec<String>,
+    /// File range of the dynamic section when it was not among the pieces (large binaries
+    /// keep it past the first chunk): fetch it and parse again for the needed libraries.
+    pub dynamic_missing: Option<(u64, u64)>,
 }
 
 /// Parses the start of a file (as much as is at hand); `None` if it is not a 64-bit LE ELF.
 pub fn dependencies(d: &[u8]) -> Option<Dependencies> {
-    if d.get(..4)? != b"\x7fELF" || *d.get(4)? != 2 || *d.get(5)? != 1 {
+    dependencies_in(Pieces(&[(0, d)]))
+}
+
+/// Like [`dependencies`], over pieces of the file.
+pub fn dependencies_in(d: Pieces<'_>) -> Option<Dependencies> {
+    if d.get(0, 4)? != b"\x7fELF" || d.get(4, 2)? != [2, 1] {
         return None;
     }
-    let phoff = usize::try_from(u64_at(d, 0x20)?).ok()?;
-    let phentsize = u16_at(d, 0x36)? as usize;
-    let phnum = (u16_at(d, 0x38)? as usize).min(MAX_PHDRS);
+    let phoff = usize::try_from(d.u64_at(0x20)?).ok()?;
+    let phentsize = d.u16_at(0x36)? as usize;
+    let phnum = (d.u16_at(0x38)? as usize).min(MAX_PHDRS);
     if phentsize < 56 {
         return None;
     }
@@ -62,15 +90,15 @@ pub fn dependencies(d: &[u8]) -> Option<Dependencies> {
     for i in 0..phnum {
         let p = phoff.checked_add(i.checked_mul(phentsize)?)?;
         let (ty, off, vaddr, filesz) = (
-            u32_at(d, p)?,
-            u64_at(d, p + 8)?,
-            u64_at(d, p + 16)?,
-            u64_at(d, p + 32)?,
+            d.u32_at(p)?,
+            d.u64_at(p + 8)?,
+            d.u64_at(p + 16)?,
+            d.u64_at(p + 32)?,
         );
         match ty {
             PT_LOAD => loads.push((vaddr, off, filesz)),
             PT_DYNAMIC => dynamic = Some((off, filesz)),
-            PT_INTERP => out.interp = usize::try_from(off).ok().and_then(|o| c_string(d, o)),
+            PT_INTERP => out.interp = usize::try_from(off).ok().and_then(|o| d.c_string(o)),
             _ => {}
         }
     }
@@ -81,13 +109,17 @@ pub fn dependencies(d: &[u8]) -> Option<Dependencies> {
             .and_then(|(va, off, _)| usize::try_from(addr - va + off).ok())
     };
     if let Some((off, size)) = dynamic {
-        let off = usize::try_from(off).ok()?;
+        let at = usize::try_from(off).ok()?;
         let n = (usize::try_from(size).ok()? / 16).min(MAX_DYN);
+        if n > 0 && d.get(at, 16).is_none() {
+            out.dynamic_missing = Some((off, (n * 16) as u64));
+            return Some(out);
+        }
         let mut needed = Vec::new();
         let mut strtab = None;
         for i in 0..n {
-            let e = off.checked_add(i * 16)?;
-            let (Some(tag), Some(val)) = (u64_at(d, e), u64_at(d, e + 8)) else {
+            let e = at.checked_add(i * 16)?;
+            let (Some(tag), Some(val)) = (d.u64_at(e), d.u64_at(e + 8)) else {
                 break;
             };
             match tag {
@@ -100,7 +132,7 @@ pub fn dependencies(d: &[u8]) -> Option<Dependencies> {
         if let Some(st) = strtab {
             out.needed = needed
                 .into_iter()
-                .filter_map(|v| c_string(d, st.checked_add(usize::try_from(v).ok()?)?))
+                .filter_map(|v| d.c_string(st.checked_add(usize::try_from(v).ok()?)?))
                 .filter(|n| !n.contains('/'))
                 .collect();
         }
@@ -123,6 +155,39 @@ mod tests {
             deps.needed.iter().any(|n| n.starts_with("libc.so")),
             "{deps:?}"
         );
+    }
+
+    #[test]
+    fn dynamic_section_past_the_first_piece_is_asked_for_then_read() {
+        let Ok(data) = std::fs::read("/bin/ls") else {
+            return;
+        };
+        let whole = dependencies(&data).expect("ls is ELF");
+        let (off, len) = {
+            // Cut the file just before its dynamic section.
+            let mut cut = data.len();
+            while cut > 64 {
+                cut /= 2;
+                if dependencies(&data[..cut])
+                    .expect("head is ELF")
+                    .dynamic_missing
+                    .is_some()
+                {
+                    break;
+                }
+            }
+            let head = dependencies(&data[..cut]).unwrap();
+            assert!(head.needed.is_empty());
+            head.dynamic_missing.expect("a cut before .dynamic")
+        };
+        let (o, l) = (off as usize, len as usize);
+        let end = (o + l).min(data.len());
+        // Everything before the dynamic section (the string table sits there in ls) and
+        // the section itself, as two pieces: the same libraries as the whole file.
+        let pieces = [(0u64, &data[..o]), (off, &data[o..end])];
+        let two = dependencies_in(Pieces(&pieces)).unwrap();
+        assert_eq!(two.needed, whole.needed);
+        assert!(two.dynamic_missing.is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! chunk already is the whole file.
 
 use super::RemoteLayer;
-use crate::format::{NodeId, NodeKind};
+use crate::format::NodeId;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -18,11 +18,10 @@ impl RemoteLayer {
     /// enough, with a file digest in the TOC, a disk cache to hold it, and every chunk cached.
     pub fn local_file_ready(&self, node: NodeId) -> bool {
         let n = self.index().node(node);
-        n.kind == NodeKind::Reg
-            && n.size >= LOCAL_FILE_MIN
+        n.size >= LOCAL_FILE_MIN
             && n.digest.is_some()
             && self.fetcher.cache().disk().is_some()
-            && n.chunks.iter().all(|c| self.fetcher.is_cached(c))
+            && self.is_cached(node)
     }
 
     /// An open, verified local copy of regular file `node`, assembled from the chunk cache

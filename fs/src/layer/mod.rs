@@ -5,6 +5,7 @@
 
 mod elf;
 mod local;
+mod speculate;
 
 pub use local::LOCAL_FILE_MIN;
 
@@ -75,6 +76,10 @@ pub struct RemoteLayer {
     speculative: Arc<tokio::sync::Semaphore>,
     /// Binaries whose loader dependencies were already looked at.
     elf_seen: Mutex<std::collections::HashSet<NodeId>>,
+    /// glibc's data files were already fetched on a guess.
+    glibc_seen: std::sync::atomic::AtomicBool,
+    /// Directories whose small files were already fetched on a guess.
+    dirs_seen: Mutex<std::collections::HashSet<NodeId>>,
     /// On-demand reads in progress (background fetching yields to them).
     foreground: AtomicUsize,
     /// When the layer was opened, and milliseconds after it of the last on-demand read.
@@ -117,7 +122,7 @@ impl RemoteLayer {
         cache: Arc<ChunkCache>,
         sessions: Vec<String>,
         fetch: FetchOptions,
-    ) -> Result<Self, LayerError> {
+    ) -> Result<Arc<Self>, LayerError> {
         let digest = desc.digest()?;
         let blob = RemoteBlob {
             client,
@@ -179,7 +184,7 @@ impl RemoteLayer {
         }
         blob_order.sort_unstable();
         blob_order.dedup_by_key(|e| e.0);
-        Ok(RemoteLayer {
+        Ok(Arc::new(RemoteLayer {
             reader,
             fetcher: Arc::new(Fetcher::new(blob, compression, cache, fetch)),
             metadata_requests: requests,
@@ -188,12 +193,14 @@ impl RemoteLayer {
             readahead: fetch.readahead,
             merge_gap: fetch.merge_gap,
             elf_seen: Mutex::new(Default::default()),
+            dirs_seen: Mutex::new(Default::default()),
+            glibc_seen: Default::default(),
             speculative: Arc::new(tokio::sync::Semaphore::new(SPECULATIVE_TASKS)),
             foreground: AtomicUsize::new(0),
             opened: std::time::Instant::now(),
             last_foreground_ms: AtomicU64::new(0),
             prefetch: Mutex::new(PrefetchState::Idle),
-        })
+        }))
     }
 
     /// The index.
@@ -224,8 +231,19 @@ impl RemoteLayer {
         s
     }
 
+    /// Whether every chunk of regular file `node` is in a cache (no I/O).
+    pub fn is_cached(&self, node: NodeId) -> bool {
+        let n = self.index().node(node);
+        n.kind == NodeKind::Reg && n.chunks.iter().all(|c| self.fetcher.is_cached(c))
+    }
+
     /// Reads `len` bytes of regular file `node` at `offset` (short at end of file), verified.
-    pub async fn read(&self, node: NodeId, offset: u64, len: u64) -> Result<Vec<u8>, LayerError> {
+    pub async fn read(
+        self: &Arc<Self>,
+        node: NodeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, LayerError> {
         let n = self.index().node(node);
         if n.kind != NodeKind::Reg {
             return Err(LayerError::NotAFile(n.path.clone()));
@@ -250,6 +268,7 @@ impl RemoteLayer {
         let extra = self.readahead_after(chunks.last().map_or(0, |c| c.blob_end));
         if !chunks.iter().all(|c| self.fetcher.is_cached(c)) {
             self.continue_file(n, last + 1);
+            self.prefetch_siblings(node);
         }
         let data = self
             .fetcher
@@ -262,7 +281,7 @@ impl RemoteLayer {
             })?;
         if first == 0 {
             if let Some(head) = data.first() {
-                self.prefetch_loader_deps(node, head);
+                self.prefetch_loader_deps(node, head.clone());
             }
         }
         self.fetcher
@@ -278,68 +297,6 @@ impl RemoteLayer {
             }
         }
         Ok(out)
-    }
-
-    /// When a binary's first chunk arrives, its interpreter, `/etc/ld.so.cache` and its
-    /// `DT_NEEDED` libraries (looked up where the loader looks) are fetched in one go, in the
-    /// background: the loader will open them next, one after another.
-    fn prefetch_loader_deps(&self, node: NodeId, head: &[u8]) {
-        if let Ok(mut seen) = self.elf_seen.lock() {
-            if !seen.insert(node) {
-                return;
-            }
-        }
-        let Some(deps) = elf::dependencies(head) else {
-            return;
-        };
-        let mut paths: Vec<String> = Vec::new();
-        if let Some(i) = &deps.interp {
-            paths.push(i.clone());
-            paths.push("/etc/ld.so.cache".into());
-        }
-        const DIRS: [&str; 8] = [
-            "lib/x86_64-linux-gnu",
-            "usr/lib/x86_64-linux-gnu",
-            "lib/aarch64-linux-gnu",
-            "usr/lib/aarch64-linux-gnu",
-            "lib64",
-            "usr/lib64",
-            "lib",
-            "usr/lib",
-        ];
-        for lib in &deps.needed {
-            if let Some(p) = DIRS
-                .iter()
-                .map(|d| format!("{d}/{lib}"))
-                .find(|p| self.resolve(p).is_some())
-            {
-                paths.push(p);
-            }
-        }
-        const BUDGET: u64 = 64 << 20;
-        let mut total = 0;
-        let mut chunks: Vec<crate::format::Chunk> = Vec::new();
-        let mut seen_nodes = std::collections::HashSet::new();
-        for p in &paths {
-            let Some(id) = self.resolve(p) else { continue };
-            let n = self.index().node(id);
-            if n.kind != NodeKind::Reg || !seen_nodes.insert(id) || total + n.size > BUDGET {
-                continue;
-            }
-            total += n.size;
-            chunks.extend(
-                n.chunks
-                    .iter()
-                    .filter(|c| !self.fetcher.is_cached(c))
-                    .cloned(),
-            );
-        }
-        if chunks.is_empty() {
-            return;
-        }
-        chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
-        chunks.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
-        self.speculate("(loader dependencies)".into(), chunks);
     }
 
     /// Resolves `path` inside the layer, following symlinks (absolute ones from the layer
@@ -383,45 +340,6 @@ impl RemoteLayer {
         Some(cur)
     }
 
-    /// Once part of a file had to come from the network, the rest of it (up to 64 MiB) is
-    /// fetched alongside, in its own request: programs and libraries are read whole, so the
-    /// next miss in the same file overlaps the current one instead of following it. A later
-    /// read of those chunks waits for that fetch (single flight) rather than repeating it.
-    fn continue_file(&self, n: &crate::format::Node, from: usize) {
-        const BUDGET: u64 = 64 << 20;
-        let mut total = 0;
-        let rest: Vec<crate::format::Chunk> = n.chunks[from.min(n.chunks.len())..]
-            .iter()
-            .filter(|c| !self.fetcher.is_cached(c))
-            .take_while(|c| {
-                total += c.size;
-                total <= BUDGET
-            })
-            .cloned()
-            .collect();
-        if rest.is_empty() {
-            return;
-        }
-        self.speculate(n.path.clone(), rest);
-    }
-
-    /// Fetches `chunks` in the background for a read that has not come yet. At most
-    /// `SPECULATIVE_TASKS` run at once (each may hold up to 64 MiB while it decodes); beyond
-    /// that the guess is dropped, never queued, so a program opening many large files cannot
-    /// make speculation grow without bound.
-    fn speculate(&self, label: String, chunks: Vec<crate::format::Chunk>) {
-        let Ok(permit) = self.speculative.clone().try_acquire_owned() else {
-            return;
-        };
-        let fetcher = self.fetcher.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = fetcher.chunks(&label, &chunks).await {
-                tracing::debug!(file = %label, error = %e, "speculative fetch failed");
-            }
-        });
-    }
-
     /// Chunks that follow `end` in the blob, contiguous within the merge gap, up to the
     /// read-ahead budget of compressed bytes.
     fn readahead_after(&self, end: u64) -> Vec<crate::format::Chunk> {
@@ -445,7 +363,7 @@ impl RemoteLayer {
     }
 
     /// Reads a whole regular file by path.
-    pub async fn read_path(&self, path: &str) -> Result<Vec<u8>, LayerError> {
+    pub async fn read_path(self: &Arc<Self>, path: &str) -> Result<Vec<u8>, LayerError> {
         let id = self
             .index()
             .lookup(path)

@@ -174,7 +174,6 @@ pub async fn mount_image(
         std::fs::create_dir_all(&dir).map_err(sys("layer dir", &dir))?;
         match res {
             Ok(layer) => {
-                let layer = Arc::new(layer);
                 let fs = LayerFs::new(layer.clone(), rt.clone(), opts.fs.clone());
                 let opens = fs.counters();
                 let session = mount_layer(fs, &dir).map_err(sys("FUSE mount", &dir))?;

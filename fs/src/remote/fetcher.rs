@@ -393,7 +393,18 @@ impl Fetcher {
         members: &[usize],
         mine: &[(usize, &Chunk)],
     ) -> Vec<(usize, Result<Bytes, FetchError>)> {
+        let began = std::time::Instant::now();
         let fetched = self.get(start, end - start).await;
+        tracing::debug!(
+            layer = %self.blob.digest,
+            file,
+            start,
+            len = end - start,
+            chunks = members.len(),
+            ms = began.elapsed().as_millis() as u64,
+            ok = fetched.is_ok(),
+            "range request"
+        );
         let data = match fetched {
             Ok(d) => d,
             Err(e) => {
