@@ -136,6 +136,36 @@ pub fn mount_overlay(target: &Path, options: &str, read_only: bool) -> io::Resul
     }
 }
 
+/// A recursive bind mount of `source` at `target`, remounted read-only when asked.
+pub fn bind_mount(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+    let (s, t) = (cpath(source)?, cpath(target)?);
+    let call = |flags: libc::c_ulong| {
+        // SAFETY: `s` and `t` are valid NUL-terminated paths; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                s.as_ptr(),
+                t.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    call(libc::MS_BIND | libc::MS_REC)?;
+    if read_only {
+        if let Err(e) = call(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT | libc::MS_RDONLY) {
+            let _ = unmount(target, true);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// umount2(2); `lazy` detaches a busy mount.
 pub fn unmount(target: &Path, lazy: bool) -> io::Result<()> {
     let t = cpath(target)?;
