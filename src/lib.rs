@@ -432,21 +432,7 @@ impl Drop for ReferenceStargz {
     fn drop(&mut self) {
         servers::stop_child(&mut self.child);
         // Anything it left mounted under its root is detached.
-        let root = self.dir.path().to_string_lossy().into_owned();
-        if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut points: Vec<&str> = text
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|p| p.starts_with(&root))
-                .collect();
-            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for p in points {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(p)
-                    .status();
-            }
-        }
+        mounts::detach_under(self.dir.path());
     }
 }
 

@@ -119,3 +119,21 @@ impl Drop for Mounted {
         }
     }
 }
+
+/// Lazily detaches every mount at or under `root`, deepest first (what a stopped daemon
+/// may have left behind).
+pub fn detach_under(root: &Path) {
+    let root = root.to_string_lossy().into_owned();
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&root))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(p).status();
+    }
+}

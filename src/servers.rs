@@ -350,3 +350,100 @@ fn sign_jwt(key: &Path, x5c: &str, sub: &str, access: Vec<serde_json::Value>) ->
     let out = child.wait_with_output().expect("openssl output");
     format!("{input}.{}", b64url(&out.stdout))
 }
+
+/// `stargaze snapshotter serve` as a child process, on the socket containerd's proxy plugin
+/// `stargz` dials (so it stands where `containerd-stargz-grpc` would).
+pub struct StargazeSnapshotter {
+    child: Child,
+    /// Snapshot root, log and socket.
+    pub dir: tempfile::TempDir,
+    /// The snapshot root.
+    pub root: PathBuf,
+}
+
+impl StargazeSnapshotter {
+    /// Starts it for `ctd` with `extra` flags (e.g. `--backend overlayfs`) and waits until
+    /// containerd can list its snapshots.
+    pub fn start(ctd: &crate::Containerd, extra: &[&str]) -> StargazeSnapshotter {
+        let dir = tempfile::Builder::new()
+            .prefix("stargaze-snap-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().join("root");
+        let mut s = StargazeSnapshotter {
+            child: Self::spawn(ctd, &root, dir.path(), extra),
+            dir,
+            root,
+        };
+        s.wait_ready(ctd);
+        s
+    }
+
+    fn spawn(ctd: &crate::Containerd, root: &Path, work: &Path, extra: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work.join("log"))
+            .expect("log");
+        Command::new(crate::stargaze_bin())
+            .args([
+                "--log",
+                "stargaze_worker=debug,stargaze_fs=info",
+                "snapshotter",
+                "serve",
+            ])
+            .arg("--address")
+            .arg(ctd.stargz_socket())
+            .arg("--root")
+            .arg(root)
+            .args(extra)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning stargaze snapshotter serve")
+    }
+
+    fn wait_ready(&mut self, ctd: &crate::Containerd) {
+        for _ in 0..300 {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("stargaze snapshotter exited ({st}):\n{}", self.log());
+            }
+            let ok = ctd
+                .cmd("ctr")
+                .args(["snapshots", "--snapshotter", "stargz", "ls"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("stargaze snapshotter did not start:\n{}", self.log());
+    }
+
+    /// Kills it with SIGKILL (a crash) and starts it again on the same root.
+    pub fn crash_and_restart(&mut self, ctd: &crate::Containerd, extra: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(ctd, &self.root, self.dir.path(), extra);
+        self.wait_ready(ctd);
+    }
+
+    /// The server's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for StargazeSnapshotter {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+        crate::mounts::detach_under(&self.root);
+    }
+}

@@ -42,6 +42,8 @@ enum Command {
     Stats(cmd::mount::StatsArgs),
     /// The built-in OCI registry (`registry serve --root DIR`).
     Registry(cmd::registry::RegistryArgs),
+    /// containerd's snapshots service (`snapshotter serve --address SOCK --root DIR`).
+    Snapshotter(cmd::snapshotter::SnapshotterArgs),
     /// Run the main job on an embedded sample image, offline.
     Demo(cmd::demo::DemoArgs),
 }
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Registry(a) => cmd::registry::run(a),
+        Command::Snapshotter(a) => cmd::snapshotter::run(a),
         Command::Copy(a) => cmd::copy::run(a),
         Command::Mount(a) => cmd::mount::mount(a),
         Command::Umount(a) => cmd::mount::umount(a),

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod grpc;
 pub mod snapshot;
 
 /// The crate version, for `stargaze version` and worker labels.

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod mount;
 pub mod registry;
 pub mod remote;
+pub mod snapshotter;
 pub mod verify;
 
 use anyhow::Context;

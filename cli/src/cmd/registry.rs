@@ -69,7 +69,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());

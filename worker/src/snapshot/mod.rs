@@ -130,7 +130,8 @@ pub enum SnapshotError {
 /// Shorthand.
 pub type Result<T> = std::result::Result<T, SnapshotError>;
 
-pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SnapshotError {
+/// Maps an I/O error to [`SnapshotError::Io`] with what was being done.
+pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let context = context.into();
     move |source| SnapshotError::Io { context, source }
 }

@@ -1,0 +1,169 @@
+//! stargaze as containerd's proxy snapshotter (`stargaze snapshotter serve` on the socket of
+//! the `stargz` proxy plugin), with a real containerd 1.6 and runc: images pull and unpack
+//! through it, containers run from its mounts, `ctr snapshots` sees containerd's view of it,
+//! and a kill -9 of the daemon loses nothing.
+
+use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
+use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
+use stargaze_suite::servers::StargazeSnapshotter;
+use stargaze_suite::{have, is_root, require, run, stargaze_bin, Containerd};
+use std::path::Path;
+use std::process::Command;
+
+fn ready() -> bool {
+    require(is_root(), "root")
+        && require(
+            have("containerd") && have("ctr") && have("runc"),
+            "containerd, ctr, runc",
+        )
+        && require(Path::new("/bin/busybox").is_file(), "busybox-static")
+        && require(stargaze_bin().is_file(), "the stargaze binary")
+}
+
+/// A plain (gzip, not eStargz) image with busybox, pushed to a fresh registry; its name.
+fn plain_image(dir: &Path) -> (BackgroundRegistry, String) {
+    let oci = dir.join("oci");
+    let opts = SampleOptions {
+        small_files: 40,
+        large_files: vec![2 << 20],
+        ..SampleOptions::default()
+    };
+    build_sample_image(&oci, "sample", &opts).unwrap();
+    let reg = BackgroundRegistry::start(
+        RegistryOptions::new(dir.join("registry")),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let name = format!("{}/plain/busybox:v1", reg.addr());
+    run(Command::new(stargaze_bin())
+        .arg("copy")
+        .arg(format!("oci:{}:sample", oci.display()))
+        .arg(format!("docker://{name}")));
+    (reg, name)
+}
+
+fn snapshots(ctd: &Containerd, args: &[&str]) -> std::process::Output {
+    ctd.cmd("ctr")
+        .args(["snapshots", "--snapshotter", "stargz"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Rows of `ctr snapshots ls`: (key, parent, kind).
+fn table(ls: &str) -> Vec<(String, String, String)> {
+    ls.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.len() {
+                2 => Some((f[0].to_string(), String::new(), f[1].to_string())),
+                3 => Some((f[0].to_string(), f[1].to_string(), f[2].to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn run_hello(ctd: &Containerd, name: &str, id: &str) -> String {
+    run(ctd.cmd("ctr").args([
+        "run",
+        "--rm",
+        "--snapshotter=stargz",
+        name,
+        id,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "cat /etc/hello.txt; echo written > /tmp/x; cat /tmp/x",
+    ]))
+}
+
+#[test]
+fn containerd_pulls_and_runs_through_stargaze_and_survives_a_crash() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_reg, name) = plain_image(tmp.path());
+    let ctd = Containerd::start();
+    let backend = ["--backend", "overlayfs"];
+    let mut snap = StargazeSnapshotter::start(&ctd, &backend);
+    run(ctd.cmd("ctr").args([
+        "image",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "stargz",
+        &name,
+    ]));
+    assert_eq!(
+        run_hello(&ctd, &name, "c1"),
+        "hello from the top layer\nwritten\n"
+    );
+    // containerd's view: a committed chain, one per layer, with usage.
+    let ls = String::from_utf8_lossy(&snapshots(&ctd, &["ls"]).stdout).into_owned();
+    let rows = table(&ls);
+    let committed: Vec<&(String, String, String)> =
+        rows.iter().filter(|r| r.2 == "Committed").collect();
+    assert!(committed.len() >= 2, "{ls}");
+    let child = committed
+        .iter()
+        .find(|r| !r.1.is_empty())
+        .unwrap_or_else(|| panic!("a committed snapshot with a parent:\n{ls}"));
+    let usage = String::from_utf8_lossy(&snapshots(&ctd, &["usage", &child.0]).stdout).into_owned();
+    assert!(usage.contains(&child.0), "{usage}");
+    let info = String::from_utf8_lossy(&snapshots(&ctd, &["info", &child.0]).stdout).into_owned();
+    assert!(
+        info.contains(&child.1) && info.contains("Committed"),
+        "{info}"
+    );
+    // A parent cannot be removed while it has a child; containerd gets the error kind.
+    let out = snapshots(&ctd, &["rm", &child.1]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed precondition"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Labels set through containerd land in our store.
+    run(ctd.cmd("ctr").args([
+        "snapshots",
+        "--snapshotter",
+        "stargz",
+        "label",
+        &child.0,
+        "team=infra",
+    ]));
+    let info = String::from_utf8_lossy(&snapshots(&ctd, &["info", &child.0]).stdout).into_owned();
+    assert!(info.contains("\"team\": \"infra\""), "{info}");
+
+    // kill -9 mid-way and restart: the store is whole, containerd carries on.
+    snap.crash_and_restart(&ctd, &backend);
+    let ls2 = String::from_utf8_lossy(&snapshots(&ctd, &["ls"]).stdout).into_owned();
+    assert_eq!(table(&ls2).len(), rows.len(), "{ls}\n{ls2}");
+    assert_eq!(
+        run_hello(&ctd, &name, "c2"),
+        "hello from the top layer\nwritten\n"
+    );
+    // Removing the image and its snapshots leaves the root empty of snapshot dirs.
+    run(ctd.cmd("ctr").args(["image", "rm", "--sync", &name]));
+    let mut keys: Vec<String> = table(&String::from_utf8_lossy(&snapshots(&ctd, &["ls"]).stdout))
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    // Children first: remove until nothing is left (each pass removes the leaves).
+    for _ in 0..10 {
+        keys.retain(|k| !snapshots(&ctd, &["rm", k]).status.success());
+        if keys.is_empty() {
+            break;
+        }
+    }
+    assert!(keys.is_empty(), "left: {keys:?}\n{}", snap.log());
+    let dirs = std::fs::read_dir(snap.root.join("snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 0);
+    drop(snap);
+    drop(ctd);
+}
