@@ -444,6 +444,9 @@ impl StargazeSnapshotter {
 impl Drop for StargazeSnapshotter {
     fn drop(&mut self) {
         stop_child(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("--- stargaze snapshotter log ---\n{}", self.log());
+        }
         crate::mounts::detach_under(&self.root);
     }
 }

@@ -20,7 +20,9 @@ fn ready() -> bool {
         && require(stargaze_bin().is_file(), "the stargaze binary")
 }
 
-/// A plain (gzip, not eStargz) image with busybox, pushed to a fresh registry; its name.
+/// A plain (gzip, not eStargz) image with busybox, pushed to a fresh registry as
+/// `plain/busybox:v1`, and its eStargz conversion as `esgz/busybox:v1`; the registry and the
+/// plain image's name.
 fn plain_image(dir: &Path) -> (BackgroundRegistry, String) {
     let oci = dir.join("oci");
     let opts = SampleOptions {
@@ -39,7 +41,25 @@ fn plain_image(dir: &Path) -> (BackgroundRegistry, String) {
         .arg("copy")
         .arg(format!("oci:{}:sample", oci.display()))
         .arg(format!("docker://{name}")));
+    run(Command::new(stargaze_bin())
+        .arg("convert")
+        .arg(format!("oci:{}:sample", oci.display()))
+        .arg(format!("oci:{}:esgz", oci.display())));
+    run(Command::new(stargaze_bin())
+        .arg("copy")
+        .arg(format!("oci:{}:esgz", oci.display()))
+        .arg(format!("docker://{}/esgz/busybox:v1", reg.addr())));
     (reg, name)
+}
+
+/// FUSE mounts under `root` now.
+fn fuse_mounts_under(root: &Path) -> usize {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&root) && l.contains(" - fuse"))
+        .count()
 }
 
 fn snapshots(ctd: &Containerd, args: &[&str]) -> std::process::Output {
@@ -164,6 +184,84 @@ fn containerd_pulls_and_runs_through_stargaze_and_survives_a_crash() {
         .unwrap()
         .count();
     assert_eq!(dirs, 0);
+    drop(snap);
+    drop(ctd);
+}
+
+#[test]
+fn rpull_mounts_estargz_layers_lazily_falls_back_loudly_and_remounts_after_a_crash() {
+    if !ready()
+        || !require(have("ctr-remote"), "ctr-remote")
+        || !require(Path::new("/dev/fuse").exists(), "/dev/fuse")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, plain) = plain_image(tmp.path());
+    let esgz = format!("{}/esgz/busybox:v1", reg.addr());
+    let ctd = Containerd::start();
+    let mut snap = StargazeSnapshotter::start(&ctd, &[]);
+    run(ctd
+        .cmd("ctr-remote")
+        .args(["image", "rpull", "--plain-http", &esgz]));
+    let lazy = fuse_mounts_under(&snap.root);
+    assert!(lazy >= 2, "{lazy} lazy layers\n{}", snap.log());
+    // containerd did not download the layers: they are not in its content store.
+    let content = run(ctd.cmd("ctr").args(["content", "ls", "-q"]));
+    let manifest = run(ctd.cmd("ctr").args(["image", "ls"]));
+    let layer_blobs = stargaze_fs::image::OciLayout::open(&tmp.path().join("oci"))
+        .unwrap()
+        .resolve(Some("esgz"))
+        .unwrap()
+        .1
+        .layers()
+        .iter()
+        .map(|d| {
+            stargaze_fs::image::OciLayout::digest_of(d)
+                .unwrap()
+                .to_string()
+        })
+        .collect::<Vec<_>>();
+    for d in &layer_blobs {
+        assert!(
+            !content.contains(d.as_str()),
+            "layer {d} was downloaded:\n{content}\n{manifest}"
+        );
+    }
+    let hello = "cat /etc/hello.txt; /bin/busybox sha256sum /usr/lib/libsample0.so | cut -c1-16";
+    let want =
+        stargaze_fs::Digest::of(&stargaze_fs::image::sample::sample_bytes(1000, 2 << 20, 40)).hex();
+    let expect = format!("hello from the top layer\n{}\n", &want[..16]);
+    let ctr_run = |id: &str, image: &str| {
+        run(ctd.cmd("ctr").args([
+            "run",
+            "--rm",
+            "--snapshotter=stargz",
+            image,
+            id,
+            "/bin/busybox",
+            "sh",
+            "-c",
+            hello,
+        ]))
+    };
+    assert_eq!(ctr_run("lazy1", &esgz), expect);
+
+    // A plain image: every layer falls back, loudly, and still runs.
+    run(ctd
+        .cmd("ctr-remote")
+        .args(["image", "rpull", "--plain-http", &plain]));
+    assert_eq!(ctr_run("plain1", &plain), expect);
+    let log = snap.log();
+    assert!(
+        log.contains("layer not mounted lazily") && log.contains("not eStargz"),
+        "{log}"
+    );
+
+    // kill -9, restart: the lazy layers come back and serve the same bytes.
+    snap.crash_and_restart(&ctd, &[]);
+    assert!(fuse_mounts_under(&snap.root) >= lazy, "{}", snap.log());
+    assert_eq!(ctr_run("lazy2", &esgz), expect);
     drop(snap);
     drop(ctd);
 }

@@ -62,6 +62,19 @@ pub enum LayerError {
     Internal(String),
 }
 
+impl LayerError {
+    /// Whether the blob simply is not eStargz (no footer or TOC): a layer to pull whole.
+    pub fn is_not_estargz(&self) -> bool {
+        matches!(
+            self,
+            LayerError::Format {
+                source: FormatError::Footer(_) | FormatError::Truncated(_),
+                ..
+            }
+        )
+    }
+}
+
 /// A layer read lazily from a registry.
 pub struct RemoteLayer {
     reader: LayerReader<WindowBlob>,

@@ -7,7 +7,6 @@
 mod fallback;
 
 use crate::cache::ChunkCache;
-use crate::format::FormatError;
 use crate::fuse::{mount_layer, FsOptions, LayerFs, OpenCounters, OpenSnapshot};
 use crate::layer::{BackgroundOptions, LayerError, PrefetchState, RemoteLayer};
 use crate::remote::fetcher::{CounterSnapshot, FetchOptions};
@@ -126,17 +125,6 @@ fn sys(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> MountError {
     move |source| MountError::Sys { what, path, source }
 }
 
-/// Whether a layer open failed because the blob simply is not eStargz (no footer/TOC).
-fn not_estargz(e: &LayerError) -> bool {
-    matches!(
-        e,
-        LayerError::Format {
-            source: FormatError::Footer(_) | FormatError::Truncated(_),
-            ..
-        }
-    )
-}
-
 /// Mounts `reference` at `target`. Must run inside a multi-threaded tokio runtime (FUSE reads
 /// are served on it).
 pub async fn mount_image(
@@ -188,7 +176,7 @@ pub async fn mount_image(
                     opens,
                 });
             }
-            Err(e) if not_estargz(&e) => {
+            Err(e) if e.is_not_estargz() => {
                 tracing::info!(layer = %desc.digest, "not eStargz; pulling it whole");
                 fallback::pull_and_unpack(&client, reference, desc, &dir, &opts.sessions).await?;
                 image.layers.push(MountedLayer::Unpacked {

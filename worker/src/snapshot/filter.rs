@@ -2,7 +2,7 @@
 //! call send them: a filter is selectors joined by `,` (all must match); several filters
 //! match when any does. A selector is a field path — `name`, `parent`, `kind`, or
 //! `labels.KEY` (a key with dots or slashes is quoted: `labels."containerd.io/gc.root"`) —
-//! alone (the field is present) or followed by `==`, `!=` or `~=` (regular expression) and a
+//! alone (the field is present; name, parent and kind always are) or followed by `==`, `!=` or `~=` (regular expression) and a
 //! value, bare or quoted (`"…"`, `'…'`, or `/…/` for an expression).
 
 use super::{Info, SnapshotError};
@@ -187,9 +187,8 @@ impl Filter {
         self.selectors.iter().all(|s| {
             let value: Option<&str> = match s.path[0].as_str() {
                 "name" => Some(&info.name),
-                "parent" => Some(&info.parent)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| p.as_str()),
+                // Always present, possibly empty: containerd matches `parent==""` on a base.
+                "parent" => Some(info.parent.as_str()),
                 "kind" => Some(info.kind.as_str()),
                 _ => info.labels.get(&s.path[1..].join(".")).map(String::as_str),
             };
@@ -262,7 +261,7 @@ mod tests {
         let b = info("extract-1 sha256:def", "", Kind::Active, &[]);
         assert!(m("name==sha256:abc", &a));
         assert!(m("name==\"extract-1 sha256:def\"", &b));
-        assert!(m("parent==p1", &a) && !m("parent", &b) && m("parent", &a));
+        assert!(m("parent==p1", &a) && m("parent==\"\"", &b) && !m("parent==\"\"", &a));
         assert!(m("kind==committed", &a) && m("kind!=committed", &b));
         assert!(m("labels.\"containerd.io/gc.root\"", &a));
         assert!(!m("labels.\"containerd.io/gc.root\"", &b));

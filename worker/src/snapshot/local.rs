@@ -25,6 +25,9 @@ pub trait Driver: Send + Sync {
     fn create(&self, dir: &Path, parents: &[PathBuf], kind: Kind) -> Result<()>;
     /// The mounts of an active snapshot or a view at `dir`.
     fn mounts(&self, dir: &Path, parents: &[PathBuf], kind: Kind) -> Vec<Mount>;
+    /// Lets go of what the backend holds in `dir` (e.g. a lazy layer's FUSE mount) before
+    /// the directory is deleted.
+    fn release(&self, _dir: &Path) {}
 }
 
 /// A snapshotter over a store and a driver.
@@ -93,6 +96,51 @@ impl<D: Driver> LocalSnapshotter<D> {
     }
 
     fn create(&self, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        self.create_with(kind, key, parent, labels, &|dir, chain| {
+            self.driver.create(dir, chain, kind)
+        })
+    }
+
+    /// A committed snapshot `name` over `parent` whose directory `fill` makes (a remote
+    /// snapshotter mounts a lazy layer there): the record lands only if `fill` succeeds.
+    pub fn create_committed(
+        &self,
+        name: &str,
+        parent: &str,
+        labels: Labels,
+        fill: &dyn Fn(&Path, &[PathBuf]) -> Result<()>,
+    ) -> Result<()> {
+        self.create_with(Kind::Committed, name, parent, labels, fill)
+            .map(|_| ())
+    }
+
+    /// Every committed snapshot carrying label `key`, with its directory.
+    pub fn with_label(&self, key: &str) -> Result<Vec<(String, Record, PathBuf)>> {
+        Ok(self
+            .store
+            .all()?
+            .into_iter()
+            .filter(|(_, r)| r.labels.contains_key(key))
+            .map(|(k, r)| {
+                let dir = self.dir(r.id);
+                (k, r, dir)
+            })
+            .collect())
+    }
+
+    /// Directories of `key`'s committed ancestors and itself, nearest first.
+    pub fn chain_of(&self, key: &str) -> Result<Vec<PathBuf>> {
+        self.chain(&|k| self.store.get(k), key)
+    }
+
+    fn create_with(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+        fill: &dyn Fn(&Path, &[PathBuf]) -> Result<()>,
+    ) -> Result<Vec<Mount>> {
         validate_key(key)?;
         if !parent.is_empty() {
             validate_key(parent)?;
@@ -121,7 +169,7 @@ impl<D: Driver> LocalSnapshotter<D> {
             std::fs::remove_dir_all(&dir).map_err(io(format!("clearing {}", dir.display())))?;
         }
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let made = self.driver.create(&dir, &chain, kind).and_then(|()| {
+        let made = fill(&dir, &chain).and_then(|()| {
             let now = now_ns();
             tx.put(
                 key,
@@ -139,6 +187,7 @@ impl<D: Driver> LocalSnapshotter<D> {
             tx.commit()
         });
         if let Err(e) = made {
+            self.driver.release(&dir);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -275,6 +324,7 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
         tx.delete(key)?;
         tx.commit()?;
         let dir = self.dir(r.id);
+        self.driver.release(&dir);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %dir.display(), error = %e, "removed snapshot's directory stays until cleanup");
@@ -306,6 +356,11 @@ impl<D: Driver> Snapshotter for LocalSnapshotter<D> {
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|id| known.contains(&id));
             if !owned {
+                self.driver.release(&e.path());
+                if stargaze_fs::sys::is_mount_point(&e.path().join("fs")) {
+                    tracing::warn!(dir = %e.path().display(), "a directory no snapshot owns is still mounted; left alone");
+                    continue;
+                }
                 tracing::info!(dir = %e.path().display(), "removing a directory no snapshot owns");
                 std::fs::remove_dir_all(e.path())
                     .map_err(io(format!("removing {}", e.path().display())))?;

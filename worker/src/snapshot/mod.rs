@@ -14,6 +14,7 @@ pub mod mounts;
 pub mod native;
 pub mod overlay;
 pub mod probe;
+pub mod stargz;
 pub mod store;
 mod usage;
 

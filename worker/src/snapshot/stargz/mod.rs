@@ -1,0 +1,292 @@
+//! The `stargz` snapshotter: overlayfs snapshots, plus containerd's remote-snapshot flow. A
+//! Prepare carrying `containerd.io/snapshot.ref` and a layer's reference and digest (see
+//! [`labels`]) opens that layer from its registry (footer and TOC only), mounts it lazily
+//! through FUSE as the committed target snapshot, and answers "already exists" — containerd
+//! then skips downloading the layer. A layer that is not eStargz, or whose lazy mount fails,
+//! is not hidden: the reason is logged at warn level with the layer digest, counted, and the
+//! Prepare proceeds as a normal one so containerd pulls and unpacks that layer.
+//!
+//! Remote snapshots are remounted when the snapshotter opens (restart), and again on demand
+//! before a mount that stacks them.
+
+pub mod labels;
+pub mod lazy;
+
+use self::labels::{RemoteLayerRef, REMOTE, TOC_DIGEST};
+use self::lazy::{LazyOptions, LazyOverlay};
+use super::{
+    Driver, Info, Labels, LocalSnapshotter, Mount, Result, SnapshotError, Snapshotter, Usage,
+};
+use stargaze_fs::cache::ChunkCache;
+use stargaze_fs::layer::{LayerError, RemoteLayer, TOC_DIGEST_ANNOTATION};
+use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::remote::{Descriptor, RegistryClient};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counters for metrics and logs.
+#[derive(Debug, Default)]
+pub struct StargzCounters {
+    /// Layers mounted lazily.
+    pub lazy_mounts: AtomicU64,
+    /// Remote prepares that fell back to a normal pull.
+    pub fallbacks: AtomicU64,
+    /// Remote snapshots remounted after a restart or a lost mount.
+    pub remounts: AtomicU64,
+}
+
+/// Everything the stargz snapshotter reads layers with.
+pub struct RemoteSource {
+    /// Registry client (hosts, mirrors, credentials).
+    pub client: Arc<RegistryClient>,
+    /// Chunk caches shared by all layers.
+    pub cache: Arc<ChunkCache>,
+    /// Request merging.
+    pub fetch: FetchOptions,
+    /// FUSE and prefetch.
+    pub lazy: LazyOptions,
+}
+
+/// The stargz snapshotter.
+pub struct Stargz {
+    local: LocalSnapshotter<LazyOverlay>,
+    source: RemoteSource,
+    rt: tokio::runtime::Handle,
+    counters: Arc<StargzCounters>,
+}
+
+fn unavailable(what: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Unavailable(what.to_string())
+}
+
+impl Stargz {
+    /// Opens the snapshotter at `root`, serving lazy reads on `rt`, and remounts the remote
+    /// snapshots it has (failures are logged; they are retried when used).
+    pub fn open(root: &Path, source: RemoteSource, rt: tokio::runtime::Handle) -> Result<Self> {
+        let s = Stargz {
+            local: LocalSnapshotter::open(root, LazyOverlay::new())?,
+            source,
+            rt,
+            counters: Arc::new(StargzCounters::default()),
+        };
+        for (name, _, dir) in s.local.with_label(REMOTE)? {
+            if let Err(e) = s.remount(&name, &dir) {
+                tracing::warn!(snapshot = %name, error = %e, "remote snapshot not remounted at start; will retry when used");
+            }
+        }
+        Ok(s)
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> Arc<StargzCounters> {
+        self.counters.clone()
+    }
+
+    /// The lazy layers mounted now.
+    pub fn layers(&self) -> Vec<Arc<RemoteLayer>> {
+        self.local
+            .driver()
+            .layers()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
+    }
+
+    /// Unmounts every lazy layer (shutdown); snapshots stay in the store.
+    pub fn unmount_all(&self) {
+        self.local.driver().unmount_all();
+    }
+
+    /// Opens `layer` from its registry: size by HEAD, then footer and TOC.
+    fn open_layer(
+        &self,
+        layer: &RemoteLayerRef,
+    ) -> std::result::Result<Arc<RemoteLayer>, Box<LayerError>> {
+        let src = &self.source;
+        self.rt
+            .block_on(async {
+                let size = src
+                    .client
+                    .blob_size(&layer.reference, &layer.digest, &layer.sessions)
+                    .await?
+                    .ok_or_else(|| {
+                        LayerError::Internal(format!(
+                            "blob {} not in {}",
+                            layer.digest, layer.reference
+                        ))
+                    })?;
+                let desc = Descriptor {
+                    media_type: String::new(),
+                    digest: layer.digest.to_string(),
+                    size,
+                    annotations: layer
+                        .toc_digest
+                        .as_ref()
+                        .map(|t| [(TOC_DIGEST_ANNOTATION.to_string(), t.clone())].into()),
+                    platform: None,
+                    urls: None,
+                };
+                RemoteLayer::open(
+                    src.client.clone(),
+                    &layer.reference,
+                    &desc,
+                    src.cache.clone(),
+                    layer.sessions.clone(),
+                    src.fetch,
+                )
+                .await
+            })
+            .map_err(Box::new)
+    }
+
+    /// Mounts remote snapshot `name` (stored at `dir`) again.
+    fn remount(&self, name: &str, dir: &Path) -> Result<()> {
+        let info = self.local.stat(name)?;
+        let layer = labels::layer(&info.labels)?.ok_or_else(|| {
+            SnapshotError::Store(format!("remote snapshot {name:?} lost its layer labels"))
+        })?;
+        self.local.driver().release(dir);
+        let opened = self
+            .open_layer(&layer)
+            .map_err(|e| unavailable(format!("layer {}: {e}", layer.digest)))?;
+        self.local
+            .driver()
+            .mount(dir, opened, &self.rt, &self.source.lazy)?;
+        self.counters.remounts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %name, layer = %layer.digest, "remote snapshot remounted");
+        Ok(())
+    }
+
+    /// Makes sure every remote snapshot in `parent`'s chain is mounted (after a restart or
+    /// a lost FUSE connection); a layer that cannot be reached is "unavailable".
+    fn ensure_chain(&self, parent: &str) -> Result<()> {
+        let mut next = parent.to_string();
+        let mut hops = 0;
+        while !next.is_empty() && hops < 10_000 {
+            let info = self.local.stat(&next)?;
+            if info.labels.contains_key(REMOTE) {
+                let rec = self
+                    .local
+                    .store()
+                    .get(&next)?
+                    .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {next:?}")))?;
+                let dir = self.local.dir(rec.id);
+                if !self.local.driver().is_mounted(&dir) {
+                    self.remount(&next, &dir)?;
+                }
+            }
+            next = info.parent;
+            hops += 1;
+        }
+        Ok(())
+    }
+
+    /// The remote half of a Prepare: mount `layer` lazily as committed `target`.
+    fn prepare_remote(
+        &self,
+        target: &str,
+        parent: &str,
+        layer: &RemoteLayerRef,
+        labels: &Labels,
+    ) -> Result<()> {
+        if !parent.is_empty() {
+            self.ensure_chain(parent)?;
+        }
+        let opened = self.open_layer(layer).map_err(|e| {
+            if e.is_not_estargz() {
+                SnapshotError::FailedPrecondition(format!("not eStargz: {e}"))
+            } else {
+                unavailable(e)
+            }
+        })?;
+        let mut stored = labels::stored(labels);
+        if let Some(t) = &layer.toc_digest {
+            stored.insert(TOC_DIGEST.into(), t.clone());
+        }
+        let driver = self.local.driver();
+        self.local
+            .create_committed(target, parent, stored, &|dir, _| {
+                driver.mount(dir, opened.clone(), &self.rt, &self.source.lazy)
+            })?;
+        self.counters.lazy_mounts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %target, layer = %layer.digest, size = opened.size(), "layer mounted lazily");
+        Ok(())
+    }
+}
+
+impl Snapshotter for Stargz {
+    fn name(&self) -> &str {
+        "stargz"
+    }
+
+    fn stat(&self, key: &str) -> Result<Info> {
+        self.local.stat(key)
+    }
+
+    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        self.local.update(info, fieldpaths)
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage> {
+        self.local.usage(key)
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let info = self.local.stat(key)?;
+        self.ensure_chain(&info.parent)?;
+        self.local.mounts(key)
+    }
+
+    fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        let target = labels.get(labels::TARGET).cloned();
+        let layer = match &target {
+            Some(_) => labels::layer(&labels)?,
+            None => None,
+        };
+        if let (Some(target), Some(layer)) = (target, layer) {
+            super::validate_key(&target)?;
+            if self.local.stat(&target).is_ok() {
+                return Err(SnapshotError::AlreadyExists(format!("snapshot {target:?}")));
+            }
+            match self.prepare_remote(&target, parent, &layer, &labels) {
+                Ok(()) => {
+                    return Err(SnapshotError::AlreadyExists(format!(
+                        "snapshot {target:?} (mounted lazily)"
+                    )))
+                }
+                Err(e @ SnapshotError::AlreadyExists(_)) => return Err(e),
+                Err(e) => {
+                    self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(layer = %layer.digest, reference = %layer.reference, reason = %e, "layer not mounted lazily; containerd pulls and unpacks it");
+                }
+            }
+        } else if !parent.is_empty() {
+            self.ensure_chain(parent)?;
+        }
+        self.local.prepare(key, parent, labels)
+    }
+
+    fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        if !parent.is_empty() {
+            self.ensure_chain(parent)?;
+        }
+        self.local.view(key, parent, labels)
+    }
+
+    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        self.local.commit(name, key, labels)
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        self.local.remove(key)
+    }
+
+    fn walk(&self, filters: &[String], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
+        self.local.walk(filters, f)
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        self.local.cleanup()
+    }
+}
