@@ -351,35 +351,64 @@ fn sign_jwt(key: &Path, x5c: &str, sub: &str, access: Vec<serde_json::Value>) ->
     format!("{input}.{}", b64url(&out.stdout))
 }
 
-/// `stargaze snapshotter serve` as a child process, on the socket containerd's proxy plugin
-/// `stargz` dials (so it stands where `containerd-stargz-grpc` would).
+/// `stargaze snapshotter serve` as a child process, by default on the socket containerd's
+/// proxy plugin `stargz` dials (so it stands where `containerd-stargz-grpc` would).
 pub struct StargazeSnapshotter {
     child: Child,
     /// Snapshot root, log and socket.
     pub dir: tempfile::TempDir,
     /// The snapshot root.
     pub root: PathBuf,
+    /// The gRPC socket.
+    pub socket: PathBuf,
+    _socket_dir: Option<tempfile::TempDir>,
 }
 
 impl StargazeSnapshotter {
     /// Starts it for `ctd` with `extra` flags (e.g. `--backend overlayfs`) and waits until
     /// containerd can list its snapshots.
     pub fn start(ctd: &crate::Containerd, extra: &[&str]) -> StargazeSnapshotter {
+        let mut s = Self::spawn_new(ctd.stargz_socket(), extra);
+        s.wait_ready(&|| Self::containerd_sees_it(ctd));
+        s
+    }
+
+    /// Starts it on a socket of its own (no containerd), ready when the socket accepts.
+    pub fn start_alone(extra: &[&str]) -> StargazeSnapshotter {
+        let dir = tempfile::Builder::new()
+            .prefix("stargaze-sock-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("snapshotter.sock");
+        let mut s = Self::spawn_new(socket.clone(), extra);
+        s._socket_dir = Some(dir);
+        s.wait_ready(&|| std::os::unix::net::UnixStream::connect(&socket).is_ok());
+        s
+    }
+
+    fn spawn_new(socket: PathBuf, extra: &[&str]) -> StargazeSnapshotter {
         let dir = tempfile::Builder::new()
             .prefix("stargaze-snap-")
             .tempdir()
             .expect("temp dir");
         let root = dir.path().join("root");
-        let mut s = StargazeSnapshotter {
-            child: Self::spawn(ctd, &root, dir.path(), extra),
+        StargazeSnapshotter {
+            child: Self::spawn(&socket, &root, dir.path(), extra),
             dir,
             root,
-        };
-        s.wait_ready(ctd);
-        s
+            socket,
+            _socket_dir: None,
+        }
     }
 
-    fn spawn(ctd: &crate::Containerd, root: &Path, work: &Path, extra: &[&str]) -> Child {
+    fn containerd_sees_it(ctd: &crate::Containerd) -> bool {
+        ctd.cmd("ctr")
+            .args(["snapshots", "--snapshotter", "stargz", "ls"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn spawn(socket: &Path, root: &Path, work: &Path, extra: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -393,7 +422,7 @@ impl StargazeSnapshotter {
                 "serve",
             ])
             .arg("--address")
-            .arg(ctd.stargz_socket())
+            .arg(socket)
             .arg("--root")
             .arg(root)
             .args(extra)
@@ -404,17 +433,12 @@ impl StargazeSnapshotter {
             .expect("spawning stargaze snapshotter serve")
     }
 
-    fn wait_ready(&mut self, ctd: &crate::Containerd) {
+    fn wait_ready(&mut self, ready: &dyn Fn() -> bool) {
         for _ in 0..300 {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("stargaze snapshotter exited ({st}):\n{}", self.log());
             }
-            let ok = ctd
-                .cmd("ctr")
-                .args(["snapshots", "--snapshotter", "stargz", "ls"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
+            if ready() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -426,8 +450,13 @@ impl StargazeSnapshotter {
     pub fn crash_and_restart(&mut self, ctd: &crate::Containerd, extra: &[&str]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(ctd, &self.root, self.dir.path(), extra);
-        self.wait_ready(ctd);
+        self.child = Self::spawn(&self.socket, &self.root, self.dir.path(), extra);
+        self.wait_ready(&|| Self::containerd_sees_it(ctd));
+    }
+
+    /// Whether the server still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The server's PID.

@@ -5,8 +5,10 @@
 //!
 //! [`Snapshotter`]: crate::snapshot::Snapshotter
 
+mod client;
 mod service;
 
+pub use client::connect;
 pub use service::{serve, SnapshotService};
 
 /// Generated protobuf and gRPC code, in containerd's package layout.
