@@ -200,7 +200,12 @@ fn rpull_mounts_estargz_layers_lazily_falls_back_loudly_and_remounts_after_a_cra
     let (reg, plain) = plain_image(tmp.path());
     let esgz = format!("{}/esgz/busybox:v1", reg.addr());
     let ctd = Containerd::start();
-    let mut snap = StargazeSnapshotter::start(&ctd, &[]);
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", stargaze_suite::http::free_port())
+        .parse()
+        .unwrap();
+    let metrics_flag = metrics.to_string();
+    let flags = ["--metrics-address", metrics_flag.as_str()];
+    let mut snap = StargazeSnapshotter::start(&ctd, &flags);
     run(ctd
         .cmd("ctr-remote")
         .args(["image", "rpull", "--plain-http", &esgz]));
@@ -228,10 +233,11 @@ fn rpull_mounts_estargz_layers_lazily_falls_back_loudly_and_remounts_after_a_cra
             "layer {d} was downloaded:\n{content}\n{manifest}"
         );
     }
-    let hello = "cat /etc/hello.txt; /bin/busybox sha256sum /usr/lib/libsample0.so | cut -c1-16";
+    let hello =
+        "cat /etc/hello.txt; /bin/busybox sha256sum /usr/lib/libsample0.so 2>&1 | cut -c1-60";
     let want =
         stargaze_fs::Digest::of(&stargaze_fs::image::sample::sample_bytes(1000, 2 << 20, 40)).hex();
-    let expect = format!("hello from the top layer\n{}\n", &want[..16]);
+    let expect = format!("hello from the top layer\n{}\n", &want[..60]);
     let ctr_run = |id: &str, image: &str| {
         run(ctd.cmd("ctr").args([
             "run",
@@ -257,9 +263,24 @@ fn rpull_mounts_estargz_layers_lazily_falls_back_loudly_and_remounts_after_a_cra
         log.contains("layer not mounted lazily") && log.contains("not eStargz"),
         "{log}"
     );
+    // The same story in the metrics.
+    let page = stargaze_suite::http::send(metrics, "GET", "/metrics", &[], b"").unwrap();
+    let text = String::from_utf8_lossy(&page.body).into_owned();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+    };
+    assert!(value("stargaze_lazy_mounts_total") >= 2, "{text}");
+    assert!(value("stargaze_fallbacks_total") >= 1, "{text}");
+    assert!(value("stargaze_range_request_seconds_count") >= 1, "{text}");
+    assert!(
+        text.contains("stargaze_layer_fetched_bytes_total{layer=\"sha256:"),
+        "{text}"
+    );
 
     // kill -9, restart: the lazy layers come back and serve the same bytes.
-    snap.crash_and_restart(&ctd, &[]);
+    snap.crash_and_restart(&ctd, &flags);
     assert!(fuse_mounts_under(&snap.root) >= lazy, "{}", snap.log());
     assert_eq!(ctr_run("lazy2", &esgz), expect);
     drop(snap);

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod snapshot;
 
 /// The crate version, for `stargaze version` and worker labels.

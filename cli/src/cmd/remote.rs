@@ -16,6 +16,13 @@ pub struct RegistryFlags {
     /// $STARGAZE_CONFIG, else /etc/stargaze/config.toml when it exists.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub hosts: HostFlags,
+}
+
+/// `--insecure-registry`, `--mirror`, `--docker-config`.
+#[derive(Args, Clone, Default)]
+pub struct HostFlags {
     /// Allow plain HTTP to HOST[:PORT] (localhost and 127.0.0.0/8 always are). Repeatable.
     #[arg(
         long = "insecure-registry",
@@ -32,21 +39,9 @@ pub struct RegistryFlags {
     pub docker_config: Option<PathBuf>,
 }
 
-impl RegistryFlags {
-    /// Builds a client from the flags.
-    pub fn client(&self) -> anyhow::Result<RegistryClient> {
-        let mut opts = ClientOptions::default();
-        let cfg = match &self.config {
-            Some(p) => Config::load(p)?,
-            None => Config::load_default()?,
-        };
-        if !cfg.not_yet_used.is_empty() {
-            tracing::info!(sections = ?cfg.not_yet_used, "config sections not used by this command");
-        }
-        opts.hosts = cfg
-            .hosts()
-            .map_err(anyhow::Error::msg)
-            .context("config [registry]")?;
+impl HostFlags {
+    /// Builds a client from `opts` (hosts from a config file already in) plus the flags.
+    pub fn client(&self, mut opts: ClientOptions) -> anyhow::Result<RegistryClient> {
         for h in &self.insecure {
             opts.hosts.set_insecure(h);
         }
@@ -65,5 +60,24 @@ impl RegistryFlags {
         };
         opts.fallback = vec![Arc::new(cfg) as Arc<dyn CredentialProvider>];
         Ok(RegistryClient::new(opts)?)
+    }
+}
+
+impl RegistryFlags {
+    /// Builds a client from the config file and the flags.
+    pub fn client(&self) -> anyhow::Result<RegistryClient> {
+        let mut opts = ClientOptions::default();
+        let cfg = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::load_default()?,
+        };
+        if !cfg.not_yet_used.is_empty() {
+            tracing::info!(sections = ?cfg.not_yet_used, "config sections not used by this command");
+        }
+        opts.hosts = cfg
+            .hosts()
+            .map_err(anyhow::Error::msg)
+            .context("config [registry]")?;
+        self.hosts.client(opts)
     }
 }

@@ -8,6 +8,8 @@ use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
 use stargaze_fs::fuse::FsOptions;
 use stargaze_fs::layer::BackgroundOptions;
 use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::remote::ClientOptions;
+use stargaze_worker::config::SnapshotterConfig;
 use stargaze_worker::snapshot::native::Native;
 use stargaze_worker::snapshot::overlay::Overlay;
 use stargaze_worker::snapshot::probe::{choose, Choice};
@@ -56,26 +58,36 @@ struct ServeArgs {
     /// Backend.
     #[arg(long, value_enum, default_value = "stargz")]
     backend: Backend,
+    /// Config file in containerd-stargz-grpc's config.toml format (default:
+    /// /etc/stargaze/snapshotter.toml when it exists). Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Prometheus metrics on ADDR (`GET /metrics`), e.g. 127.0.0.1:8234.
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<std::net::SocketAddr>,
     /// Disk chunk cache directory (stargz; default ROOT/cache).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Disk chunk cache size cap, in MiB.
-    #[arg(long, default_value_t = 10240)]
-    cache_mib: u64,
-    /// Memory chunk cache size, in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory_mib: u64,
+    /// Disk chunk cache size cap, in MiB [default: 10240].
+    #[arg(long)]
+    cache_mib: Option<u64>,
+    /// Memory chunk cache size, in MiB [default: 256].
+    #[arg(long)]
+    memory_mib: Option<u64>,
     /// Do not prefetch the files before the prefetch landmark.
     #[arg(long)]
     no_prefetch: bool,
     /// Do not fetch the rest of the layers in the background.
     #[arg(long)]
     no_background_fetch: bool,
-    /// Background fetch rate limit, MiB/s.
-    #[arg(long, default_value_t = 64)]
-    background_mib_per_sec: u64,
+    /// Background fetch rate limit, MiB/s [default: 64].
+    #[arg(long)]
+    background_mib_per_sec: Option<u64>,
+    /// Read fully fetched files through FUSE even where the kernel has passthrough.
+    #[arg(long)]
+    no_passthrough: bool,
     #[command(flatten)]
-    registry: super::remote::RegistryFlags,
+    hosts: super::remote::HostFlags,
 }
 
 /// Runs the subcommand.
@@ -106,25 +118,85 @@ pub fn open_local(backend: Backend, root: &Path) -> anyhow::Result<Arc<dyn Snaps
     })
 }
 
-fn open_stargz(a: &ServeArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<Arc<Stargz>> {
+/// The config file named by `--config`, else the default one when it exists.
+fn load_config(a: &ServeArgs) -> anyhow::Result<SnapshotterConfig> {
+    let path = match &a.config {
+        Some(p) => p.clone(),
+        None => {
+            let p = PathBuf::from("/etc/stargaze/snapshotter.toml");
+            if !p.exists() {
+                return Ok(SnapshotterConfig::default());
+            }
+            p
+        }
+    };
+    let c = SnapshotterConfig::load(&path)?;
+    if !c.not_used.is_empty() {
+        tracing::info!(keys = ?c.not_used, "config keys of containerd-stargz-grpc that stargaze does not use");
+    }
+    for r in &c.refused {
+        tracing::warn!(config = %path.display(), "{r}");
+    }
+    Ok(c)
+}
+
+fn open_stargz(
+    a: &ServeArgs,
+    cfg: &SnapshotterConfig,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Arc<Stargz>> {
     std::fs::create_dir_all(&a.root).with_context(|| format!("creating {}", a.root.display()))?;
-    let cache_dir = a.cache_dir.clone().unwrap_or_else(|| a.root.join("cache"));
-    let disk = DiskCache::open(&cache_dir, a.cache_mib << 20)
+    let cache_dir = a
+        .cache_dir
+        .clone()
+        .or_else(|| cfg.cache_dir.clone())
+        .unwrap_or_else(|| a.root.join("cache"));
+    let cache_mib = a.cache_mib.or(cfg.cache_mib).unwrap_or(10240);
+    let memory_mib = a.memory_mib.or(cfg.memory_mib).unwrap_or(256);
+    let rate = a
+        .background_mib_per_sec
+        .or(cfg.background_mib_per_sec)
+        .unwrap_or(64);
+    let disk = DiskCache::open(&cache_dir, cache_mib << 20)
         .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?;
+    let mut opts = ClientOptions {
+        hosts: cfg.hosts.clone(),
+        ..ClientOptions::default()
+    };
+    if let Some(n) = cfg.max_per_host {
+        opts.hosts.max_per_host = n;
+    }
+    if let Some(n) = cfg.attempts {
+        opts.retry.attempts = n;
+    }
+    if let Some(d) = cfg.backoff.0 {
+        opts.retry.base = d;
+    }
+    if let Some(d) = cfg.backoff.1 {
+        opts.retry.max = d;
+    }
+    if let Some(d) = cfg.request_timeout {
+        opts.request_timeout = d;
+    }
     let source = RemoteSource {
-        client: Arc::new(a.registry.client()?),
+        client: Arc::new(a.hosts.client(opts)?),
         cache: Arc::new(ChunkCache::new(
-            Some(MemoryCache::new(a.memory_mib << 20)),
+            Some(MemoryCache::new(memory_mib << 20)),
             Some(disk),
         )),
         fetch: FetchOptions::default(),
         lazy: LazyOptions {
-            fs: FsOptions::default(),
-            prefetch: !a.no_prefetch,
-            background: (!a.no_background_fetch).then_some(BackgroundOptions {
-                rate: a.background_mib_per_sec.max(1) << 20,
-                ..BackgroundOptions::default()
-            }),
+            fs: FsOptions {
+                passthrough: !a.no_passthrough && cfg.passthrough.unwrap_or(true),
+                ..FsOptions::default()
+            },
+            prefetch: !a.no_prefetch && cfg.prefetch,
+            background: (!a.no_background_fetch && cfg.background_fetch).then_some(
+                BackgroundOptions {
+                    rate: rate.max(1) << 20,
+                    ..BackgroundOptions::default()
+                },
+            ),
         },
     };
     let s = Stargz::open(&a.root, source, rt.handle().clone())
@@ -135,9 +207,18 @@ fn open_stargz(a: &ServeArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<Ar
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     // Opening may remount lazy layers, which waits on registries: before entering the runtime.
+    let cfg = load_config(&a)?;
     let stargz = match a.backend {
-        Backend::Stargz => Some(open_stargz(&a, &rt)?),
+        Backend::Stargz => Some(open_stargz(&a, &cfg, &rt)?),
         _ => None,
+    };
+    let metrics_address = match (a.metrics_address, &cfg.metrics_address) {
+        (Some(m), _) => Some(m),
+        (None, Some(m)) => Some(
+            m.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("config metrics_address {m:?}"))?,
+        ),
+        (None, None) => None,
     };
     let snapshotter: Arc<dyn Snapshotter> = match &stargz {
         Some(s) => s.clone(),
@@ -150,9 +231,26 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             a.root.display(),
             a.address.display()
         );
-        stargaze_worker::grpc::serve(&a.address, snapshotter, super::registry::wait_for_signal())
-            .await
-            .context("serving")?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let (Some(addr), Some(s)) = (metrics_address, &stargz) {
+            let (s, mut rx) = (s.clone(), stop_rx.clone());
+            let listener = stargaze_worker::metrics::serve(addr, s, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            });
+            tokio::spawn(async move {
+                if let Err(e) = listener.await {
+                    tracing::error!(%addr, error = %e, "metrics endpoint failed");
+                }
+            });
+        }
+        let served = stargaze_worker::grpc::serve(
+            &a.address,
+            snapshotter,
+            super::registry::wait_for_signal(),
+        )
+        .await;
+        let _ = stop_tx.send(true);
+        served.context("serving")?;
         anyhow::Ok(())
     });
     if let Some(s) = &stargz {

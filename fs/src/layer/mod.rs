@@ -244,6 +244,11 @@ impl RemoteLayer {
         s
     }
 
+    /// Latency of this layer's chunk range requests.
+    pub fn latency(&self) -> crate::remote::latency::LatencySnapshot {
+        self.fetcher.counters().latency.snapshot()
+    }
+
     /// Whether every chunk of regular file `node` is in a cache (no I/O).
     pub fn is_cached(&self, node: NodeId) -> bool {
         let n = self.index().node(node);

@@ -80,6 +80,8 @@ pub struct LayerCounters {
     pub verify_failures: AtomicU64,
     /// Reads that waited on another reader's fetch.
     pub shared_waits: AtomicU64,
+    /// Latency of chunk range requests.
+    pub latency: super::latency::LatencyHistogram,
 }
 
 /// A snapshot of [`LayerCounters`].
@@ -395,6 +397,7 @@ impl Fetcher {
     ) -> Vec<(usize, Result<Bytes, FetchError>)> {
         let began = std::time::Instant::now();
         let fetched = self.get(start, end - start).await;
+        self.counters.latency.observe(began.elapsed());
         tracing::debug!(
             layer = %self.blob.digest,
             file,

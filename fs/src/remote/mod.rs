@@ -8,6 +8,7 @@ pub mod copy;
 pub mod error;
 pub mod fetcher;
 pub mod hosts;
+pub mod latency;
 pub mod manifest;
 pub mod platform;
 pub mod reference;

@@ -4,8 +4,10 @@
 //! so a typo is caught instead of silently ignored.
 
 mod registry;
+mod snapshotter;
 
 pub use registry::RegistryEntry;
+pub use snapshotter::SnapshotterConfig;
 
 use stargaze_fs::remote::HostsConfig;
 use std::collections::BTreeMap;
