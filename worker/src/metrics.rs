@@ -4,21 +4,21 @@
 //! lazy mounts, fallbacks to a normal pull, remounts and mounted layers.
 
 use crate::snapshot::stargz::Stargz;
+use stargaze_fs::remote::fetcher::CounterSnapshot;
 use stargaze_fs::remote::latency::{LatencySnapshot, BUCKETS};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Picks one counter of a layer's snapshot.
+type CounterOf = fn(&CounterSnapshot) -> u64;
+
 /// The metrics page.
 pub fn render(s: &Stargz) -> String {
     let mut out = String::new();
     let layers = s.layers();
-    let per_layer: [(
-        &str,
-        &str,
-        fn(&stargaze_fs::remote::fetcher::CounterSnapshot) -> u64,
-    ); 6] = [
+    let per_layer: [(&str, &str, CounterOf); 6] = [
         (
             "stargaze_layer_fetched_bytes_total",
             "Compressed bytes fetched from registries (metadata included).",
