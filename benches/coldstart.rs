@@ -18,11 +18,17 @@
 //! read throughput of a fully fetched 256 MiB file through a lazy mount, page cache dropped,
 //! next to the same file on local disk.
 //!
+//! `snapshotter`: stargaze's snapshotter (`stargaze snapshotter serve`) and the reference
+//! (`containerd-stargz-grpc`) side by side as containerd's proxy snapshotter on the same WAN
+//! and image: `ctr-remote image rpull` time, time to the first output of `ctr run`, and the
+//! daemon's RSS after the run (medians of 3); ratios (goals: faster, RSS at most half).
+//!
 //! Run (root): `cargo build --release -p stargaze && scripts/build-reference.sh &&
-//! cargo bench --bench coldstart [-- coldstart|warm]`
+//! cargo bench --bench coldstart [-- coldstart|warm|snapshotter]`
 
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_suite::netem::{DelayProxy, Netns};
+use stargaze_suite::servers::StargazeSnapshotter;
 use stargaze_suite::{
     bench_cache_dir, have, is_root, median, reference_stargz_grpc, run, stargaze_bin, Containerd,
     ReferenceStargz,
@@ -122,10 +128,22 @@ fn first_output(start: Instant, cmd: &mut Command) -> f64 {
     t
 }
 
-fn coldstart() {
+/// The emulated WAN: the bench image in the built-in registry, reached through a delaying
+/// proxy inside a network namespace with a shaped loopback.
+struct Wan {
+    _work: tempfile::TempDir,
+    _reg: BackgroundRegistry,
+    ns: Netns,
+    _proxy: DelayProxy,
+    host: String,
+    plain: String,
+    esgz: String,
+}
+
+fn wan(what: &str) -> Option<Wan> {
     if !(is_root() && have("debootstrap") && have("ip") && have("tc") && have("nsenter")) {
-        println!("coldstart: SKIPPED: needs root, debootstrap, iproute2 (ip, tc) and nsenter");
-        return;
+        println!("{what}: SKIPPED: needs root, debootstrap, iproute2 (ip, tc) and nsenter");
+        return None;
     }
     let layout = debian_image();
     let work = tempfile::tempdir().expect("temp");
@@ -140,8 +158,23 @@ fn coldstart() {
     let ns = Netns::create(Some(&format!("{RATE_MBIT}mbit")));
     let proxy = DelayProxy::start(&ns, reg.addr(), DELAY);
     let host = proxy.addr.to_string();
-    let plain = format!("{host}/bench/debian:plain");
-    let esgz = format!("{host}/bench/debian:esgz");
+    Some(Wan {
+        plain: format!("{host}/bench/debian:plain"),
+        esgz: format!("{host}/bench/debian:esgz"),
+        host,
+        _work: work,
+        _reg: reg,
+        ns,
+        _proxy: proxy,
+    })
+}
+
+fn coldstart() {
+    let Some(w) = wan("coldstart") else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("temp");
+    let (ns, host, plain, esgz) = (&w.ns, &w.host, &w.plain, &w.esgz);
     println!(
         "coldstart: image debian bookworm + python3, link {RATE_MBIT} Mbit/s, {} ms each way; `{}`",
         DELAY.as_millis(),
@@ -168,7 +201,7 @@ fn coldstart() {
         let mut mount = ns.cmd(stargaze_bin());
         mount
             .env("STARGAZE_RUN_DIR", &run_dir)
-            .args(["mount", &esgz])
+            .args(["mount", esgz.as_str()])
             .arg(&mnt)
             .arg("--cache-dir")
             .arg(d.join("cache"))
@@ -224,14 +257,14 @@ fn coldstart() {
             let mut v = Vec::new();
             for i in 0..RUNS {
                 let ctd = Containerd::start_in(Some(&ns.path()));
-                let refd = ReferenceStargz::start_in(&bin, &ctd, &host, Some(&ns.path()));
+                let refd = ReferenceStargz::start_in(&bin, &ctd, host, Some(&ns.path()));
                 let start = Instant::now();
                 let mut pull = ns.cmd("ctr-remote");
                 pull.arg("--address").arg(&ctd.socket).args([
                     "image",
                     "rpull",
                     "--plain-http",
-                    &esgz,
+                    esgz,
                 ]);
                 run(&mut pull);
                 let mut r = ns.cmd("ctr");
@@ -241,7 +274,7 @@ fn coldstart() {
                         "run",
                         "--rm",
                         "--snapshotter=stargz",
-                        &esgz,
+                        esgz,
                         &format!("ref{i}"),
                     ])
                     .args(CMD);
@@ -262,12 +295,12 @@ fn coldstart() {
             let mut pull = ns.cmd("ctr");
             pull.arg("--address")
                 .arg(&ctd.socket)
-                .args(["image", "pull", "--plain-http", &plain]);
+                .args(["image", "pull", "--plain-http", plain]);
             run(&mut pull);
             let mut r = ns.cmd("ctr");
             r.arg("--address")
                 .arg(&ctd.socket)
-                .args(["run", "--rm", &plain, &format!("full{i}")])
+                .args(["run", "--rm", plain, &format!("full{i}")])
                 .args(CMD);
             v.push(first_output(start, &mut r));
             drop(ctd);
@@ -315,8 +348,116 @@ fn coldstart() {
             c / a
         );
     }
-    drop(proxy);
-    drop(ns);
+    drop(w);
+}
+
+/// VmRSS of a process, MB.
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1000.0)
+}
+
+/// One lazy pull + run through containerd with the proxy snapshotter started by `daemon`;
+/// returns (rpull seconds, seconds to first output, daemon RSS MB after the run).
+fn through_containerd(
+    w: &Wan,
+    id: &str,
+    daemon: &dyn Fn(&Containerd) -> Box<dyn std::any::Any>,
+    pid: &dyn Fn(&dyn std::any::Any) -> u32,
+) -> (f64, f64, f64) {
+    let ctd = Containerd::start_in(Some(&w.ns.path()));
+    let d = daemon(&ctd);
+    let start = Instant::now();
+    let mut pull = w.ns.cmd("ctr-remote");
+    pull.arg("--address")
+        .arg(&ctd.socket)
+        .args(["image", "rpull", "--plain-http", &w.esgz]);
+    run(&mut pull);
+    let pulled = start.elapsed().as_secs_f64();
+    let mut r = w.ns.cmd("ctr");
+    r.arg("--address")
+        .arg(&ctd.socket)
+        .args(["run", "--rm", "--snapshotter=stargz", &w.esgz, id])
+        .args(CMD);
+    let first = first_output(start, &mut r);
+    let rss = rss_mb(pid(&*d));
+    drop(d);
+    drop(ctd);
+    (pulled, first, rss)
+}
+
+/// stargaze's snapshotter next to the reference, both as containerd's proxy snapshotter.
+fn snapshotter() {
+    let Some(w) = wan("snapshotter") else {
+        return;
+    };
+    if !(have("containerd") && have("ctr") && have("ctr-remote") && have("runc")) {
+        println!("snapshotter: SKIPPED: need containerd, ctr, ctr-remote, runc");
+        return;
+    }
+    let Some(bin) = reference_stargz_grpc() else {
+        println!("snapshotter: SKIPPED: no containerd-stargz-grpc (Go missing? run scripts/build-reference.sh)");
+        return;
+    };
+    println!(
+        "snapshotter: ctr-remote rpull + ctr run --snapshotter=stargz `{}`, debian bookworm + python3, {RATE_MBIT} Mbit/s, {} ms each way",
+        CMD.join(" "),
+        DELAY.as_millis()
+    );
+    let ns_path = w.ns.path();
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for i in 0..RUNS {
+        ours.push(through_containerd(
+            &w,
+            &format!("sg{i}"),
+            &|ctd| Box::new(StargazeSnapshotter::start_in(ctd, &[], Some(&ns_path))),
+            &|d| {
+                d.downcast_ref::<StargazeSnapshotter>()
+                    .map_or(0, |s| s.pid())
+            },
+        ));
+        theirs.push(through_containerd(
+            &w,
+            &format!("ref{i}"),
+            &|ctd| {
+                Box::new(ReferenceStargz::start_in(
+                    &bin,
+                    ctd,
+                    &w.host,
+                    Some(&ns_path),
+                ))
+            },
+            &|d| d.downcast_ref::<ReferenceStargz>().map_or(0, |r| r.pid()),
+        ));
+    }
+    let col = |v: &[(f64, f64, f64)], k: usize| -> f64 {
+        median(v.iter().map(|t| [t.0, t.1, t.2][k]).collect())
+    };
+    for (k, what, unit) in [
+        (0, "rpull", "s"),
+        (1, "time to first output", "s"),
+        (2, "daemon RSS after the run", "MB"),
+    ] {
+        let (a, b) = (col(&ours, k), col(&theirs, k));
+        println!("snapshotter: {what}: stargaze {a:.2} {unit} vs reference {b:.2} {unit}");
+        println!(
+            "RATIO snapshotter {what}: stargaze / reference = {:.2}{}",
+            a / b,
+            if k == 2 {
+                " (goal <= 0.5)"
+            } else {
+                " (goal < 1)"
+            }
+        );
+    }
+    drop(w);
 }
 
 fn drop_caches() {
@@ -452,5 +593,8 @@ fn main() {
     }
     if want("warm") {
         warm();
+    }
+    if want("snapshotter") {
+        snapshotter();
     }
 }

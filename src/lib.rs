@@ -292,6 +292,24 @@ impl Containerd {
         self.dir.path().join("stargz.sock")
     }
 
+    /// Whether containerd reaches its `stargz` proxy snapshotter now: a probe snapshot is
+    /// prepared and removed through it. (`ctr snapshots ls` is not enough: with no snapshots
+    /// containerd answers from its own database without calling the plugin, and its gRPC
+    /// client backs off for a while after a failed dial.)
+    pub fn reaches_stargz(&self) -> bool {
+        let probe = "stargaze-readiness-probe";
+        let prepared = self
+            .cmd("ctr")
+            .args(["snapshots", "--snapshotter", "stargz", "prepare", probe])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let _ = self
+            .cmd("ctr")
+            .args(["snapshots", "--snapshotter", "stargz", "rm", probe])
+            .output();
+        prepared
+    }
+
     /// A command for `prog` (ctr or ctr-remote) aimed at this containerd.
     pub fn cmd(&self, prog: &str) -> std::process::Command {
         let mut c = std::process::Command::new(prog);
@@ -362,6 +380,11 @@ pub struct ReferenceStargz {
 }
 
 impl ReferenceStargz {
+    /// The daemon's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `bin` for `ctd`, treating `registry` (host:port) as plain HTTP.
     pub fn start(bin: &Path, ctd: &Containerd, registry: &str) -> ReferenceStargz {
         Self::start_in(bin, ctd, registry, None)
@@ -408,14 +431,9 @@ impl ReferenceStargz {
         let r = ReferenceStargz { child, dir };
         // containerd may have dialled the socket before it existed; its gRPC client then
         // backs off and keeps answering "connection refused" for a while. Ready means
-        // containerd itself can list the snapshotter's snapshots.
+        // containerd itself reaches the snapshotter.
         for _ in 0..300 {
-            let ok = sock.exists()
-                && ctd
-                    .cmd("ctr")
-                    .args(["snapshots", "--snapshotter", "stargz", "ls"])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
+            let ok = sock.exists() && ctd.reaches_stargz();
             if ok {
                 return r;
             }

@@ -361,14 +361,25 @@ pub struct StargazeSnapshotter {
     pub root: PathBuf,
     /// The gRPC socket.
     pub socket: PathBuf,
+    netns: Option<PathBuf>,
     _socket_dir: Option<tempfile::TempDir>,
 }
 
 impl StargazeSnapshotter {
     /// Starts it for `ctd` with `extra` flags (e.g. `--backend overlayfs`) and waits until
-    /// containerd can list its snapshots.
+    /// containerd reaches it.
     pub fn start(ctd: &crate::Containerd, extra: &[&str]) -> StargazeSnapshotter {
-        let mut s = Self::spawn_new(ctd.stargz_socket(), extra);
+        Self::start_in(ctd, extra, None)
+    }
+
+    /// Like [`Self::start`], inside the network namespace `netns` (`/run/netns/NAME`) when
+    /// given.
+    pub fn start_in(
+        ctd: &crate::Containerd,
+        extra: &[&str],
+        netns: Option<&Path>,
+    ) -> StargazeSnapshotter {
+        let mut s = Self::spawn_new(ctd.stargz_socket(), extra, netns);
         s.wait_ready(&|| Self::containerd_sees_it(ctd));
         s
     }
@@ -380,20 +391,21 @@ impl StargazeSnapshotter {
             .tempdir()
             .expect("temp dir");
         let socket = dir.path().join("snapshotter.sock");
-        let mut s = Self::spawn_new(socket.clone(), extra);
+        let mut s = Self::spawn_new(socket.clone(), extra, None);
         s._socket_dir = Some(dir);
         s.wait_ready(&|| std::os::unix::net::UnixStream::connect(&socket).is_ok());
         s
     }
 
-    fn spawn_new(socket: PathBuf, extra: &[&str]) -> StargazeSnapshotter {
+    fn spawn_new(socket: PathBuf, extra: &[&str], netns: Option<&Path>) -> StargazeSnapshotter {
         let dir = tempfile::Builder::new()
             .prefix("stargaze-snap-")
             .tempdir()
             .expect("temp dir");
         let root = dir.path().join("root");
         StargazeSnapshotter {
-            child: Self::spawn(&socket, &root, dir.path(), extra),
+            child: Self::spawn(&socket, &root, dir.path(), extra, netns),
+            netns: netns.map(Path::to_path_buf),
             dir,
             root,
             socket,
@@ -402,39 +414,50 @@ impl StargazeSnapshotter {
     }
 
     fn containerd_sees_it(ctd: &crate::Containerd) -> bool {
-        ctd.cmd("ctr")
-            .args(["snapshots", "--snapshotter", "stargz", "ls"])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        ctd.reaches_stargz()
     }
 
-    fn spawn(socket: &Path, root: &Path, work: &Path, extra: &[&str]) -> Child {
+    fn spawn(
+        socket: &Path,
+        root: &Path,
+        work: &Path,
+        extra: &[&str],
+        netns: Option<&Path>,
+    ) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(work.join("log"))
             .expect("log");
-        Command::new(crate::stargaze_bin())
-            .args([
-                "--log",
-                "stargaze_worker=debug,stargaze_fs=info",
-                "snapshotter",
-                "serve",
-            ])
-            .arg("--address")
-            .arg(socket)
-            .arg("--root")
-            .arg(root)
-            .args(extra)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawning stargaze snapshotter serve")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg(crate::stargaze_bin());
+                c
+            }
+            None => Command::new(crate::stargaze_bin()),
+        };
+        cmd.args([
+            "--log",
+            "stargaze_worker=debug,stargaze_fs=info",
+            "snapshotter",
+            "serve",
+        ])
+        .arg("--address")
+        .arg(socket)
+        .arg("--root")
+        .arg(root)
+        .args(extra)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawning stargaze snapshotter serve")
     }
 
     fn wait_ready(&mut self, ready: &dyn Fn() -> bool) {
-        for _ in 0..300 {
+        for _ in 0..600 {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("stargaze snapshotter exited ({st}):\n{}", self.log());
             }
@@ -450,7 +473,13 @@ impl StargazeSnapshotter {
     pub fn crash_and_restart(&mut self, ctd: &crate::Containerd, extra: &[&str]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(&self.socket, &self.root, self.dir.path(), extra);
+        self.child = Self::spawn(
+            &self.socket,
+            &self.root,
+            self.dir.path(),
+            extra,
+            self.netns.as_deref(),
+        );
         self.wait_ready(&|| Self::containerd_sees_it(ctd));
     }
 

@@ -286,3 +286,83 @@ fn rpull_mounts_estargz_layers_lazily_falls_back_loudly_and_remounts_after_a_cra
     drop(snap);
     drop(ctd);
 }
+
+#[test]
+fn kill_9_during_a_lazy_pull_leaves_a_consistent_store_and_no_stale_mounts() {
+    if !ready()
+        || !require(have("ctr-remote"), "ctr-remote")
+        || !require(Path::new("/dev/fuse").exists(), "/dev/fuse")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = plain_image(tmp.path());
+    // Every blob range read takes 1.5 s, so the kill lands inside a lazy prepare.
+    let proxy = stargaze_suite::fault_proxy::FaultProxy::start(reg.addr());
+    proxy.add(
+        stargaze_suite::fault_proxy::Rule::new(
+            "/blobs/",
+            usize::MAX,
+            stargaze_suite::fault_proxy::Fault::Delay(std::time::Duration::from_millis(1500)),
+        )
+        .ranges(),
+    );
+    let esgz = format!("{}/esgz/busybox:v1", proxy.addr());
+    let ctd = Containerd::start();
+    let mut snap = StargazeSnapshotter::start(&ctd, &[]);
+    let mut pull = ctd
+        .cmd("ctr-remote")
+        .args(["image", "rpull", "--plain-http", &esgz])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    snap.crash_and_restart(&ctd, &[]);
+    let _ = pull.wait();
+    // Whatever the crash interrupted: no dead mounts, no orphan directories.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = snap.root.to_string_lossy().into_owned();
+    for l in mounts.lines().filter(|l| l.contains(&root)) {
+        let point = l.split(' ').nth(4).unwrap();
+        assert!(
+            std::fs::read_dir(point).is_ok(),
+            "a dead mount was left at {point}"
+        );
+    }
+    proxy.clear();
+    run(ctd
+        .cmd("ctr-remote")
+        .args(["image", "rpull", "--plain-http", &esgz]));
+    let out = run(ctd.cmd("ctr").args([
+        "run",
+        "--rm",
+        "--snapshotter=stargz",
+        &esgz,
+        "after-crash",
+        "/bin/busybox",
+        "cat",
+        "/etc/hello.txt",
+    ]));
+    assert_eq!(out, "hello from the top layer\n");
+    // Every directory belongs to a snapshot the backend knows (asked over its own socket).
+    let owned = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = stargaze_worker::grpc::connect(&snap.socket).await.unwrap();
+        let mut stream = c
+            .list(stargaze_worker::grpc::pb::ListSnapshotsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(batch) = stream.message().await.unwrap() {
+            n += batch.info.len();
+        }
+        n
+    });
+    let dirs = std::fs::read_dir(snap.root.join("snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, owned, "directories vs snapshots:\n{}", snap.log());
+    drop(snap);
+    drop(ctd);
+}

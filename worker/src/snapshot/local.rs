@@ -166,6 +166,7 @@ impl<D: Driver> LocalSnapshotter<D> {
         // A crash after an earlier attempt made this directory but before its commit
         // handed the same id out again.
         if dir.exists() {
+            self.driver.release(&dir);
             std::fs::remove_dir_all(&dir).map_err(io(format!("clearing {}", dir.display())))?;
         }
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;

@@ -75,6 +75,10 @@ impl Stargz {
                 tracing::warn!(snapshot = %name, error = %e, "remote snapshot not remounted at start; will retry when used");
             }
         }
+        // A crash mid-prepare can leave a directory (and a dead FUSE mount) no record owns.
+        if let Err(e) = s.local.cleanup() {
+            tracing::warn!(error = %e, "cleanup at start failed");
+        }
         Ok(s)
     }
 
