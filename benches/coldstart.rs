@@ -380,6 +380,9 @@ fn through_containerd(
         .args(["image", "rpull", "--plain-http", &w.esgz]);
     run(&mut pull);
     let pulled = start.elapsed().as_secs_f64();
+    if std::env::var_os("SNAPSHOTTER_RSS_DETAIL").is_some() {
+        println!("snapshotter: {id}: after rpull {:.1} MB", rss_mb(pid(&*d)));
+    }
     let mut r = w.ns.cmd("ctr");
     r.arg("--address")
         .arg(&ctd.socket)
@@ -387,6 +390,14 @@ fn through_containerd(
         .args(CMD);
     let first = first_output(start, &mut r);
     let rss = rss_mb(pid(&*d));
+    if std::env::var_os("SNAPSHOTTER_RSS_DETAIL").is_some() {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", pid(&*d))).unwrap_or_default();
+        let keep: Vec<&str> = st
+            .lines()
+            .filter(|l| l.starts_with("Rss") || l.starts_with("Threads"))
+            .collect();
+        println!("snapshotter: {id}: {}", keep.join(" "));
+    }
     drop(d);
     drop(ctd);
     (pulled, first, rss)
@@ -411,13 +422,20 @@ fn snapshotter() {
         DELAY.as_millis()
     );
     let ns_path = w.ns.path();
+    // SNAPSHOTTER_FLAGS adds flags to `stargaze snapshotter serve` (experiments).
+    let extra: Vec<String> = std::env::var("SNAPSHOTTER_FLAGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for i in 0..RUNS {
         ours.push(through_containerd(
             &w,
             &format!("sg{i}"),
-            &|ctd| Box::new(StargazeSnapshotter::start_in(ctd, &[], Some(&ns_path))),
+            &|ctd| Box::new(StargazeSnapshotter::start_in(ctd, &extra, Some(&ns_path))),
             &|d| {
                 d.downcast_ref::<StargazeSnapshotter>()
                     .map_or(0, |s| s.pid())

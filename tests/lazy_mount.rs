@@ -371,7 +371,8 @@ fn fully_fetched_files_are_served_by_passthrough_and_stay_verified() {
         return;
     }
     // libsample1.so is one 600 kB chunk: its chunk file is the whole file. Corrupt it in the
-    // cache before the first open; the open re-hashes it, drops it and serves good bytes.
+    // cache before the first open; the open re-hashes it, drops it and serves good bytes
+    // (refetched through FUSE reads, as the chunk is gone from every tier).
     let one = std::fs::read(umoci_like_read(&oci, "usr/lib/libsample1.so")).unwrap();
     let digest = stargaze_fs::digest::Digest::of(&one).hex();
     let cached = m.cache_dir.join("sha256").join(&digest[..2]).join(&digest);
@@ -401,8 +402,9 @@ fn fully_fetched_files_are_served_by_passthrough_and_stay_verified() {
             .is_file(),
         "the assembled copy is stored under the file digest"
     );
+    // Four opens of libsample0.so went through passthrough.
     wait_stats(&m, "passthrough opens in stats", |s| {
-        sum_of(s, "passthrough_opens") >= 5
+        sum_of(s, "passthrough_opens") >= 4
     });
     // A small file stays on the FUSE read path.
     assert_eq!(

@@ -205,6 +205,16 @@ fn open_stargz(
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    // A long-lived daemon whose gRPC calls run on many short-lived blocking threads and
+    // whose chunk buffers are megabytes: two malloc arenas instead of one per thread, and
+    // buffers above 256 KiB always mapped (glibc would otherwise raise that bound after the
+    // first free and keep such buffers in its heap), so freed memory goes back.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     // Opening may remount lazy layers, which waits on registries: before entering the runtime.
     let cfg = load_config(&a)?;

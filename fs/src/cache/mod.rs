@@ -131,6 +131,15 @@ impl ChunkCache {
         }
     }
 
+    /// Stores a verified chunk in the disk tier only (a write failure is logged).
+    pub fn put_disk(&self, c: &VerifiedChunk) {
+        if let Some(d) = &self.disk {
+            if let Err(e) = d.put(c) {
+                tracing::warn!(digest = %c.digest(), error = %e, "disk cache write failed");
+            }
+        }
+    }
+
     /// The disk tier, if any.
     pub fn disk(&self) -> Option<&DiskCache> {
         self.disk.as_ref()

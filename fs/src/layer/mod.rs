@@ -451,7 +451,7 @@ impl RemoteLayer {
         let n = chunks.len();
         for batch in chunks.chunks(64) {
             self.fetcher
-                .chunks("(prefetch landmark)", batch)
+                .fetch_ahead("(prefetch landmark)", batch)
                 .await
                 .map_err(|source| LayerError::Fetch {
                     digest: self.digest(),
@@ -499,7 +499,7 @@ impl RemoteLayer {
                 chunks[start..i].iter().map(|(_, c)| c.clone()).collect();
             let t = std::time::Instant::now();
             self.fetcher
-                .chunks(&chunks[start].0, &batch)
+                .fetch_ahead(&chunks[start].0, &batch)
                 .await
                 .map_err(|source| LayerError::Fetch {
                     digest: self.digest(),

@@ -163,7 +163,7 @@ impl RemoteLayer {
         let fetcher = self.fetcher.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = fetcher.chunks(&label, &chunks).await {
+            if let Err(e) = fetcher.fetch_ahead(&label, &chunks).await {
                 tracing::debug!(file = %label, error = %e, "speculative fetch failed");
             }
         });

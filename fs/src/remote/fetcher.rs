@@ -224,9 +224,36 @@ impl Fetcher {
         self.cache.get(d, c.size).map(|(v, _)| v.data().clone())
     }
 
-    /// Verified bytes of `chunks` (of file `file`, for messages), in order.
+    /// Verified bytes of `chunks` (of file `file`, for messages), in order, for a reader:
+    /// they are kept in the memory tier (a reader usually comes back for the rest of a chunk).
     pub async fn chunks(&self, file: &str, chunks: &[Chunk]) -> Result<Vec<Bytes>, FetchError> {
-        self.chunks_inner(file, chunks, chunks.len()).await
+        let out = self.chunks_inner(file, chunks, chunks.len()).await?;
+        self.keep_in_memory(chunks, &out);
+        Ok(out)
+    }
+
+    /// Fetches what of `chunks` is not cached yet, for later (prefetch, background fetch,
+    /// guesses): into the disk tier only, so fetching ahead never fills memory.
+    pub async fn fetch_ahead(&self, file: &str, chunks: &[Chunk]) -> Result<(), FetchError> {
+        let todo: Vec<Chunk> = chunks
+            .iter()
+            .filter(|c| !self.is_cached(c))
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        self.chunks_inner(file, &todo, todo.len()).await.map(|_| ())
+    }
+
+    fn keep_in_memory(&self, chunks: &[Chunk], data: &[Bytes]) {
+        if let Some(m) = self.cache.memory() {
+            for (c, d) in chunks.iter().zip(data) {
+                if let Some(digest) = c.digest {
+                    m.put(&VerifiedChunk::already_verified(digest, d.clone()));
+                }
+            }
+        }
     }
 
     /// Whether a chunk is in a cache (no I/O, no reordering).
@@ -248,7 +275,9 @@ impl Fetcher {
         }
         let mut combined = chunks.to_vec();
         combined.extend(extra.iter().filter(|c| !self.is_cached(c)).cloned());
-        self.chunks_inner(file, &combined, chunks.len()).await
+        let out = self.chunks_inner(file, &combined, chunks.len()).await?;
+        self.keep_in_memory(chunks, &out);
+        Ok(out)
     }
 
     /// `chunks[..required]` must be delivered; the rest are read-ahead.
@@ -288,12 +317,7 @@ impl Fetcher {
                     }
                     // A leader that just finished put its chunk in the cache before leaving
                     // the table; look again before fetching.
-                    if let Some(d) = c.digest.as_ref().and_then(|d| {
-                        self.cache
-                            .memory()
-                            .and_then(|m| m.get(d))
-                            .map(|v| v.data().clone())
-                    }) {
+                    if let Some(d) = self.cached(c) {
                         out[i] = Some(d);
                         continue;
                     }
@@ -477,8 +501,13 @@ impl Fetcher {
                 .map_err(FetchError::Verify)?;
         let data: Bytes = decoded.into();
         if let Some(d) = c.digest {
-            self.cache
-                .put(&VerifiedChunk::already_verified(d, data.clone()));
+            let v = VerifiedChunk::already_verified(d, data.clone());
+            // The disk tier when there is one; a reader's path adds its chunks to memory.
+            if self.cache.disk().is_some() {
+                self.cache.put_disk(&v);
+            } else {
+                self.cache.put(&v);
+            }
         }
         Ok(data)
     }
