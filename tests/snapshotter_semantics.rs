@@ -1,5 +1,5 @@
 //! containerd's snapshotter expectations, checked against each local backend (native,
-//! overlayfs, fuse-overlayfs) with real mounts: chains of prepare/commit, views, whiteouts
+//! overlayfs, fuse-overlayfs, and the stargz backend's overlay driver) with real mounts: chains of prepare/commit, views, whiteouts
 //! through overlays, the error kinds (already exists, not found, failed precondition, invalid
 //! argument), walk filters, usage, label updates, cleanup of orphans and concurrent prepares.
 
@@ -233,6 +233,14 @@ fn native_backend() {
 fn overlayfs_backend() {
     if ready() {
         exercise(Overlay::kernel());
+    }
+}
+
+#[test]
+fn stargz_backend_local_snapshots() {
+    // The stargz backend's driver: overlay snapshots whose committed layers may be lazy.
+    if ready() {
+        exercise(stargaze_worker::snapshot::stargz::lazy::LazyOverlay::new());
     }
 }
 
