@@ -40,6 +40,8 @@ pub struct Rule {
     pub path_contains: String,
     /// Only requests with a Range header.
     pub ranges_only: bool,
+    /// Only Range requests starting at this byte.
+    pub range_start: Option<u64>,
     /// How many more matching requests get the fault.
     pub times: usize,
     /// The fault.
@@ -52,6 +54,7 @@ impl Rule {
         Rule {
             path_contains: path.to_string(),
             ranges_only: false,
+            range_start: None,
             times,
             fault,
         }
@@ -59,6 +62,13 @@ impl Rule {
     /// Only for Range requests.
     pub fn ranges(mut self) -> Self {
         self.ranges_only = true;
+        self
+    }
+    /// Only for Range requests that start at byte `start` (one file's frames, not a
+    /// neighbour's fetched on a guess).
+    pub fn range_from(mut self, start: u64) -> Self {
+        self.ranges_only = true;
+        self.range_start = Some(start);
         self
     }
 }
@@ -130,6 +140,10 @@ fn take_fault(rules: &Mutex<Vec<Rule>>, req: &Request) -> Option<Fault> {
         r.times > 0
             && req.target.contains(&r.path_contains)
             && (!r.ranges_only || req.header("range").is_some())
+            && r.range_start.is_none_or(|start| {
+                req.header("range")
+                    .is_some_and(|h| h.trim().starts_with(&format!("bytes={start}-")))
+            })
     })?;
     rule.times -= 1;
     Some(rule.fault.clone())

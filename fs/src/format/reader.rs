@@ -265,6 +265,12 @@ impl<S: BlobSource> LayerReader<S> {
         &self.toc_json
     }
 
+    /// Keeps only the index and the TOC digest (a lazily read layer needs nothing else; the
+    /// blob window and the TOC's JSON are megabytes).
+    pub fn into_index(self) -> (Index, Digest) {
+        (self.index, self.toc_digest)
+    }
+
     /// Digest of the TOC JSON.
     pub fn toc_digest(&self) -> Digest {
         self.toc_digest

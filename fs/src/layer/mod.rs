@@ -77,7 +77,8 @@ impl LayerError {
 
 /// A layer read lazily from a registry.
 pub struct RemoteLayer {
-    reader: LayerReader<WindowBlob>,
+    index: Index,
+    toc_digest: Digest,
     fetcher: Arc<Fetcher>,
     metadata_requests: u64,
     metadata_bytes: u64,
@@ -184,9 +185,10 @@ impl RemoteLayer {
             .await
             .map_err(|e| LayerError::Internal(e.to_string()))?
             .map_err(fmt_err)?;
-        let compression = reader.index().compression;
+        let (index, toc_digest) = reader.into_index();
+        let compression = index.compression;
         let mut blob_order: Vec<(u64, NodeId, u32)> = Vec::new();
-        for (id, n) in reader.index().nodes.iter().enumerate() {
+        for (id, n) in index.nodes.iter().enumerate() {
             if n.kind == NodeKind::Reg {
                 for (i, c) in n.chunks.iter().enumerate() {
                     if !c.zeros {
@@ -198,7 +200,8 @@ impl RemoteLayer {
         blob_order.sort_unstable();
         blob_order.dedup_by_key(|e| e.0);
         Ok(Arc::new(RemoteLayer {
-            reader,
+            index,
+            toc_digest,
             fetcher: Arc::new(Fetcher::new(blob, compression, cache, fetch)),
             metadata_requests: requests,
             metadata_bytes,
@@ -218,12 +221,12 @@ impl RemoteLayer {
 
     /// The index.
     pub fn index(&self) -> &Index {
-        self.reader.index()
+        &self.index
     }
 
     /// Digest of the TOC JSON.
     pub fn toc_digest(&self) -> Digest {
-        self.reader.toc_digest()
+        self.toc_digest
     }
 
     /// The blob's digest.
