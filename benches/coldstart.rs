@@ -254,34 +254,18 @@ fn coldstart() {
         println!("coldstart: (a), (b) skipped (COLDSTART_ONLY=c)");
     } else if have("containerd") && have("ctr") && have("ctr-remote") && have("runc") {
         if let Some(bin) = reference_stargz_grpc() {
-            let mut v = Vec::new();
-            for i in 0..RUNS {
-                let ctd = Containerd::start_in(Some(&ns.path()));
-                let refd = ReferenceStargz::start_in(&bin, &ctd, host, Some(&ns.path()));
-                let start = Instant::now();
-                let mut pull = ns.cmd("ctr-remote");
-                pull.arg("--address").arg(&ctd.socket).args([
-                    "image",
-                    "rpull",
-                    "--plain-http",
-                    esgz,
-                ]);
-                run(&mut pull);
-                let mut r = ns.cmd("ctr");
-                r.arg("--address")
-                    .arg(&ctd.socket)
-                    .args([
-                        "run",
-                        "--rm",
-                        "--snapshotter=stargz",
-                        esgz,
+            let ns_path = ns.path();
+            let v: Vec<f64> = (0..RUNS)
+                .map(|i| {
+                    through_containerd(
+                        &w,
                         &format!("ref{i}"),
-                    ])
-                    .args(CMD);
-                v.push(first_output(start, &mut r));
-                drop(refd);
-                drop(ctd);
-            }
+                        &|ctd| Box::new(ReferenceStargz::start_in(&bin, ctd, host, Some(&ns_path))),
+                        &|d| d.downcast_ref::<ReferenceStargz>().map_or(0, |r| r.pid()),
+                    )
+                    .1
+                })
+                .collect();
             let b = median(v.clone());
             println!("coldstart: (b) reference containerd-stargz-grpc, rpull + ctr run: {b:.2} s (runs {v:.2?})");
             b_time = Some(b);

@@ -40,6 +40,28 @@ pub enum ConfigError {
     },
 }
 
+/// Reads a config file of at most `MAX_CONFIG` bytes and parses it with `parse`; errors name
+/// the file.
+pub(crate) fn load_with<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let invalid = |reason| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.len() > MAX_CONFIG {
+        return Err(invalid(format!("larger than {MAX_CONFIG} bytes")));
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    parse(&text).map_err(invalid)
+}
+
 /// A parsed configuration.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Config {
@@ -59,22 +81,7 @@ impl Config {
 
     /// Loads `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let io = |source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.len() > MAX_CONFIG {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("larger than {MAX_CONFIG} bytes"),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        })
+        load_with(path, Self::parse)
     }
 
     /// Loads the default file when it exists; an absent default is an empty config.

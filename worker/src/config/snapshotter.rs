@@ -12,9 +12,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Largest config file read.
-const MAX_CONFIG: u64 = 1 << 20;
-
 /// A value that is accepted and not used.
 type Unused = Option<toml::Value>;
 
@@ -173,20 +170,7 @@ fn unused(name: &str, v: &Unused, out: &mut Vec<String>) {
 impl SnapshotterConfig {
     /// Loads `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let io = |source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.len() > MAX_CONFIG {
-            return Err(invalid(format!("larger than {MAX_CONFIG} bytes")));
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        Self::parse(&text).map_err(invalid)
+        super::load_with(path, Self::parse)
     }
 
     /// Parses config text.
