@@ -3,9 +3,14 @@
 //! known buildkitd sections are accepted and reported as not yet used, unknown keys are errors,
 //! so a typo is caught instead of silently ignored.
 
+mod oci_worker;
 mod registry;
 mod snapshotter;
 
+pub use oci_worker::{
+    default_gc_cap, default_gc_policy, gc_cap_for_disk, parse_labels, GcPolicy, OciWorkerConfig,
+    OciWorkerFlags,
+};
 pub use registry::RegistryEntry;
 pub use snapshotter::SnapshotterConfig;
 
@@ -16,7 +21,7 @@ use std::path::{Path, PathBuf};
 /// Largest config file read.
 const MAX_CONFIG: u64 = 1 << 20;
 /// buildkitd top-level keys that later parts of stargaze will read.
-const LATER: [&str; 6] = ["root", "debug", "grpc", "dns", "worker", "trace"];
+const LATER: [&str; 5] = ["root", "debug", "grpc", "dns", "trace"];
 
 /// Why the config file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,8 @@ pub struct Config {
     pub registry: BTreeMap<String, RegistryEntry>,
     /// Known buildkitd sections present but not used yet.
     pub not_yet_used: Vec<String>,
+    /// `[worker.oci]`.
+    pub oci_worker: OciWorkerConfig,
 }
 
 impl Config {
@@ -107,6 +114,19 @@ impl Config {
                     for (host, v) in t {
                         let entry = RegistryEntry::from_value(host, v)?;
                         cfg.registry.insert(host.clone(), entry);
+                    }
+                }
+                "worker" => {
+                    let t = value.as_table().ok_or("`worker` must be a table")?;
+                    for (name, w) in t {
+                        match name.as_str() {
+                            "oci" => {
+                                let w = w.as_table().ok_or("`worker.oci` must be a table")?;
+                                cfg.oci_worker = OciWorkerConfig::from_toml(w)?;
+                            }
+                            "containerd" => cfg.not_yet_used.push("worker.containerd".into()),
+                            other => return Err(format!("unknown key `worker.{other}`")),
+                        }
                     }
                 }
                 k if LATER.contains(&k) => cfg.not_yet_used.push(k.to_string()),
@@ -156,7 +176,8 @@ debug = true
 "#,
         )
         .unwrap();
-        assert_eq!(c.not_yet_used, vec!["debug", "worker"]);
+        assert_eq!(c.not_yet_used, vec!["debug"]);
+        assert_eq!(c.oci_worker.snapshotter, "stargz");
         let h = c.hosts().unwrap();
         let eps = h.endpoints("docker.io", "registry-1.docker.io", true);
         let bases: Vec<&str> = eps.iter().map(|e| e.base.as_str()).collect();
