@@ -44,6 +44,8 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// containerd's snapshots service (`snapshotter serve --address SOCK --root DIR`).
     Snapshotter(cmd::snapshotter::SnapshotterArgs),
+    /// The BuildKit-style OCI worker (`worker info`).
+    Worker(cmd::worker::WorkerArgs),
     /// Run the main job on an embedded sample image, offline.
     Demo(cmd::demo::DemoArgs),
 }
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Registry(a) => cmd::registry::run(a),
         Command::Snapshotter(a) => cmd::snapshotter::run(a),
+        Command::Worker(a) => cmd::worker::run(a),
         Command::Copy(a) => cmd::copy::run(a),
         Command::Mount(a) => cmd::mount::mount(a),
         Command::Umount(a) => cmd::mount::umount(a),

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod identity;
 pub mod metrics;
 pub mod snapshot;
 

@@ -10,6 +10,7 @@ pub mod registry;
 pub mod remote;
 pub mod snapshotter;
 pub mod verify;
+pub mod worker;
 
 use anyhow::Context;
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions};

@@ -1,0 +1,265 @@
+//! `stargaze worker …`: the BuildKit-style OCI worker. Its flags carry buildkitd's names
+//! (`--oci-worker-*`) and override the config file's `[worker.oci]`; `worker info` prints the
+//! resolved worker: ID, whether it runs and with which runtime, snapshotter, network,
+//! platforms, labels and GC policy.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use stargaze_fs::remote::Platform;
+use stargaze_worker::config::{Config, OciWorkerConfig, OciWorkerFlags};
+use stargaze_worker::identity::{labels, state_dir, worker_id};
+use stargaze_worker::snapshot::probe::{choose, Choice};
+use std::path::{Path, PathBuf};
+
+/// `stargaze worker …`
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(subcommand)]
+    command: WorkerCommand,
+}
+
+#[derive(Subcommand)]
+enum WorkerCommand {
+    /// Print the worker's ID, runtime, snapshotter, network, platforms, labels and GC policy.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// State directory.
+    #[arg(long, default_value = "/var/lib/stargaze")]
+    root: PathBuf,
+    /// Config file (buildkitd TOML; `[worker.oci]`). Default: $STARGAZE_CONFIG, else
+    /// /etc/stargaze/config.toml when it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    oci: OciWorkerArgs,
+}
+
+/// buildkitd's OCI worker flags; each given flag overrides the config file.
+#[derive(Args, Clone, Default)]
+pub struct OciWorkerArgs {
+    /// Enable the OCI worker: true, false or auto (when a runtime binary exists).
+    #[arg(long = "oci-worker", value_name = "true|false|auto")]
+    enabled: Option<String>,
+    /// Worker label KEY=VALUE (repeatable).
+    #[arg(long = "oci-worker-labels", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Snapshotter: auto, overlayfs, fuse-overlayfs, native, stargz.
+    #[arg(long = "oci-worker-snapshotter")]
+    snapshotter: Option<String>,
+    /// A containerd snapshots gRPC socket to use as the snapshotter.
+    #[arg(long = "oci-worker-proxy-snapshotter-path")]
+    proxy_snapshotter_path: Option<PathBuf>,
+    /// Platform to build for, OS/ARCH[/VARIANT] (repeatable).
+    #[arg(long = "oci-worker-platform")]
+    platforms: Vec<String>,
+    /// Network mode: auto, host, cni.
+    #[arg(long = "oci-worker-net")]
+    net: Option<String>,
+    /// CNI config file.
+    #[arg(long = "oci-cni-config-path")]
+    cni_config_path: Option<PathBuf>,
+    /// CNI plugin directory.
+    #[arg(long = "oci-cni-binary-dir")]
+    cni_binary_dir: Option<PathBuf>,
+    /// OCI runtime binary (default: buildkit-runc, then runc).
+    #[arg(long = "oci-worker-binary")]
+    binary: Option<String>,
+    /// AppArmor profile for build steps.
+    #[arg(long = "oci-worker-apparmor-profile")]
+    apparmor_profile: Option<String>,
+    /// Rootless mode.
+    #[arg(long = "oci-worker-rootless", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    rootless: Option<bool>,
+    /// Steps without their own PID namespace (rootless only).
+    #[arg(long = "oci-worker-no-process-sandbox", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    no_process_sandbox: Option<bool>,
+    /// Garbage collection [default: true].
+    #[arg(long = "oci-worker-gc", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    gc: Option<bool>,
+    /// GC keep-storage in MB [default: 10% of the disk, rounded up to whole GB].
+    #[arg(long = "oci-worker-gc-keepstorage", value_name = "MB")]
+    gc_keep_storage_mb: Option<i64>,
+    /// Steps run at once (0: unbounded).
+    #[arg(long = "oci-max-parallelism")]
+    max_parallelism: Option<usize>,
+}
+
+impl OciWorkerArgs {
+    /// As the library's flag set.
+    pub fn flags(&self) -> OciWorkerFlags {
+        OciWorkerFlags {
+            enabled: self.enabled.clone(),
+            labels: self.labels.clone(),
+            snapshotter: self.snapshotter.clone(),
+            proxy_snapshotter_path: self.proxy_snapshotter_path.clone(),
+            platforms: self.platforms.clone(),
+            net: self.net.clone(),
+            cni_config_path: self.cni_config_path.clone(),
+            cni_binary_dir: self.cni_binary_dir.clone(),
+            binary: self.binary.clone(),
+            apparmor_profile: self.apparmor_profile.clone(),
+            rootless: self.rootless,
+            no_process_sandbox: self.no_process_sandbox,
+            gc: self.gc,
+            gc_keep_storage_mb: self.gc_keep_storage_mb,
+            max_parallelism: self.max_parallelism,
+        }
+    }
+}
+
+/// Runs the subcommand.
+pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
+    match a.command {
+        WorkerCommand::Info(i) => info(i),
+    }
+}
+
+/// The config file's `[worker.oci]` with the flags applied.
+pub fn resolve(config: Option<&Path>, oci: &OciWorkerArgs) -> anyhow::Result<OciWorkerConfig> {
+    let file = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::load_default()?,
+    };
+    let mut cfg = file.oci_worker;
+    cfg.apply(&oci.flags())
+        .map_err(anyhow::Error::msg)
+        .context("worker flags")?;
+    if let Some(p) = &cfg.proxy_snapshotter_path {
+        anyhow::ensure!(
+            p.exists(),
+            "--oci-worker-proxy-snapshotter-path {}: no such socket",
+            p.display()
+        );
+    }
+    Ok(cfg)
+}
+
+/// The runtime binary the worker would run: the configured one, else buildkit-runc, else runc.
+pub fn runtime_binary(cfg: &OciWorkerConfig) -> Option<PathBuf> {
+    let names: Vec<&str> = if cfg.binary.is_empty() {
+        vec!["buildkit-runc", "runc"]
+    } else {
+        vec![cfg.binary.as_str()]
+    };
+    names.into_iter().find_map(|n| {
+        let p = Path::new(n);
+        if p.components().count() > 1 {
+            return p.is_file().then(|| p.to_path_buf());
+        }
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(n))
+                .find(|c| c.is_file())
+        })
+    })
+}
+
+fn info(a: InfoArgs) -> anyhow::Result<()> {
+    let cfg = resolve(a.config.as_deref(), &a.oci)?;
+    std::fs::create_dir_all(&a.root).with_context(|| format!("creating {}", a.root.display()))?;
+    let (snapshotter, why) = match cfg.snapshotter.as_str() {
+        "auto" => match choose(&a.root) {
+            Choice::Overlayfs => (
+                "overlayfs".to_string(),
+                "auto: a test overlay mounted".to_string(),
+            ),
+            Choice::FuseOverlayfs { because } => {
+                ("fuse-overlayfs".into(), format!("auto: {because}"))
+            }
+            Choice::Native { because } => ("native".into(), format!("auto: {because}")),
+        },
+        s => (s.to_string(), "configured".to_string()),
+    };
+    let network = match cfg.network_mode.as_str() {
+        _ if cfg.rootless => "host".to_string(),
+        "auto" if cfg.cni_config_path.is_file() => "cni".to_string(),
+        "auto" => "host".to_string(),
+        m => m.to_string(),
+    };
+    let dir = state_dir(&a.root, &snapshotter)?;
+    let id = worker_id(&dir)?;
+    let binary = runtime_binary(&cfg);
+    let enabled = match (cfg.enabled, &binary) {
+        (Some(false), _) => "no (disabled)".to_string(),
+        (_, Some(b)) => format!("yes ({})", b.display()),
+        (Some(true), None) => anyhow::bail!(
+            "the OCI worker is enabled but no runtime binary was found ({})",
+            if cfg.binary.is_empty() {
+                "buildkit-runc, runc"
+            } else {
+                &cfg.binary
+            }
+        ),
+        (None, None) => {
+            tracing::warn!(
+                "skipping the OCI worker: no runtime binary (buildkit-runc, runc) found"
+            );
+            "no (auto: no runtime binary found)".to_string()
+        }
+    };
+    let platforms = if cfg.platforms.is_empty() {
+        vec![Platform::host()]
+    } else {
+        cfg.platforms.clone()
+    };
+    println!("ID:          {id}");
+    println!("enabled:     {enabled}");
+    println!("snapshotter: {snapshotter} ({why})");
+    if let Some(p) = &cfg.proxy_snapshotter_path {
+        println!("proxy:       {}", p.display());
+    }
+    println!("network:     {network}");
+    println!(
+        "cni:         config {}, plugins {}",
+        cfg.cni_config_path.display(),
+        cfg.cni_binary_dir.display()
+    );
+    println!(
+        "platforms:   {}",
+        platforms
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "parallelism: {}",
+        if cfg.max_parallelism == 0 {
+            "unbounded".to_string()
+        } else {
+            cfg.max_parallelism.to_string()
+        }
+    );
+    println!("labels:");
+    for (k, v) in labels(&cfg, &snapshotter, &network) {
+        println!("  {k}={v}");
+    }
+    let rules = cfg.gc_rules(&a.root);
+    if rules.is_empty() {
+        println!("GC policy:   off");
+    } else {
+        println!("GC policy:");
+        for (i, r) in rules.iter().enumerate() {
+            println!(
+                "  {}. keep {:.1} MB{}{}{}",
+                i + 1,
+                r.keep_bytes as f64 / 1e6,
+                if r.keep_duration.is_zero() {
+                    String::new()
+                } else {
+                    format!(", remove unused for {} h", r.keep_duration.as_secs() / 3600)
+                },
+                if r.all { ", all records" } else { "" },
+                if r.filters.is_empty() {
+                    String::new()
+                } else {
+                    format!(", any of: {}", r.filters.join(" | "))
+                }
+            );
+        }
+    }
+    Ok(())
+}
