@@ -218,13 +218,7 @@ fn coldstart() {
             ours.push(t);
         }
         std::thread::sleep(Duration::from_millis(1200)); // one stats.json refresh
-        let out = Command::new(stargaze_bin())
-            .env("STARGAZE_RUN_DIR", &run_dir)
-            .args(["stats", "--json"])
-            .arg(&mnt)
-            .output()
-            .expect("stats");
-        last_stats = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        last_stats = stats_json(&run_dir, &mnt);
         // COLDSTART_LOG_DIR keeps each server's log (with COLDSTART_FLAGS="--log ...").
         if let Some(keep) = std::env::var_os("COLDSTART_LOG_DIR") {
             for m in std::fs::read_dir(run_dir.join("mounts"))
@@ -462,6 +456,17 @@ fn snapshotter() {
     drop(w);
 }
 
+/// `stargaze stats --json` of the mount at `mnt` (null when it cannot be read).
+fn stats_json(run_dir: &Path, mnt: &Path) -> serde_json::Value {
+    let out = Command::new(stargaze_bin())
+        .env("STARGAZE_RUN_DIR", run_dir)
+        .args(["stats", "--json"])
+        .arg(mnt)
+        .output()
+        .expect("stats");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
 fn drop_caches() {
     let _ = Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
@@ -538,13 +543,7 @@ fn warm() {
         .args(["--background-mib-per-sec", "1024"]));
     // Wait for the background fetch to finish.
     for _ in 0..600 {
-        let out = Command::new(stargaze_bin())
-            .env("STARGAZE_RUN_DIR", &run_dir)
-            .args(["stats", "--json"])
-            .arg(&mnt)
-            .output()
-            .expect("stats");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let v = stats_json(&run_dir, &mnt);
         if v["layers"]
             .as_array()
             .is_some_and(|l| l.iter().all(|l| l["prefetch"]["state"] == "done"))
