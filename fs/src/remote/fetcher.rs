@@ -227,9 +227,7 @@ impl Fetcher {
     /// Verified bytes of `chunks` (of file `file`, for messages), in order, for a reader:
     /// they are kept in the memory tier (a reader usually comes back for the rest of a chunk).
     pub async fn chunks(&self, file: &str, chunks: &[Chunk]) -> Result<Vec<Bytes>, FetchError> {
-        let out = self.chunks_inner(file, chunks, chunks.len()).await?;
-        self.keep_in_memory(chunks, &out);
-        Ok(out)
+        self.chunks_inner(file, chunks, chunks.len(), true).await
     }
 
     /// Fetches what of `chunks` is not cached yet, for later (prefetch, background fetch,
@@ -243,16 +241,16 @@ impl Fetcher {
         if todo.is_empty() {
             return Ok(());
         }
-        self.chunks_inner(file, &todo, todo.len()).await.map(|_| ())
+        self.chunks_inner(file, &todo, todo.len(), false)
+            .await
+            .map(|_| ())
     }
 
-    fn keep_in_memory(&self, chunks: &[Chunk], data: &[Bytes]) {
-        if let Some(m) = self.cache.memory() {
-            for (c, d) in chunks.iter().zip(data) {
-                if let Some(digest) = c.digest {
-                    m.put(&VerifiedChunk::already_verified(digest, d.clone()));
-                }
-            }
+    /// Puts a chunk that just arrived (fetched, or handed over by another reader's fetch)
+    /// into the memory tier. Cache hits need nothing: a disk hit is promoted by the lookup.
+    fn keep_in_memory(&self, c: &Chunk, data: &Bytes) {
+        if let (Some(m), Some(digest)) = (self.cache.memory(), c.digest) {
+            m.put(&VerifiedChunk::already_verified(digest, data.clone()));
         }
     }
 
@@ -275,17 +273,17 @@ impl Fetcher {
         }
         let mut combined = chunks.to_vec();
         combined.extend(extra.iter().filter(|c| !self.is_cached(c)).cloned());
-        let out = self.chunks_inner(file, &combined, chunks.len()).await?;
-        self.keep_in_memory(chunks, &out);
-        Ok(out)
+        self.chunks_inner(file, &combined, chunks.len(), true).await
     }
 
-    /// `chunks[..required]` must be delivered; the rest are read-ahead.
+    /// `chunks[..required]` must be delivered; the rest are read-ahead. With `keep`, the
+    /// required chunks that arrive are kept in the memory tier (a reader's; not fetch-ahead).
     async fn chunks_inner(
         &self,
         file: &str,
         chunks: &[Chunk],
         required: usize,
+        keep: bool,
     ) -> Result<Vec<Bytes>, FetchError> {
         let mut out: Vec<Option<Bytes>> = vec![None; chunks.len()];
         for (i, c) in chunks.iter().enumerate() {
@@ -342,6 +340,9 @@ impl Fetcher {
                     match r {
                         Ok(d) => {
                             let _ = tx.send(Some(Ok(d.clone())));
+                            if keep && i < required {
+                                self.keep_in_memory(&chunks[i], &d);
+                            }
                             out[i] = Some(d);
                         }
                         Err(e) => {
@@ -362,7 +363,12 @@ impl Fetcher {
                 self.counters.shared_waits.fetch_add(1, Ordering::Relaxed);
                 let got = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
                 match got {
-                    Ok(Some(Ok(d))) => out[i] = Some(d),
+                    Ok(Some(Ok(d))) => {
+                        if keep {
+                            self.keep_in_memory(&chunks[i], &d);
+                        }
+                        out[i] = Some(d);
+                    }
                     Ok(Some(Err(e))) => return Err(FetchError::Shared(e)),
                     // The leader went away (cancelled): go round and fetch it ourselves.
                     Ok(None) | Err(_) => {}
