@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod executor;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
