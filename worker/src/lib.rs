@@ -2,6 +2,7 @@
 //! worker. It builds on `stargaze-fs`; the pieces arrive with their issues (04 and 05).
 #![warn(missing_docs)]
 
+pub mod build;
 pub mod config;
 pub mod executor;
 pub mod grpc;
