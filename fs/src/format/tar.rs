@@ -642,6 +642,26 @@ impl<W: std::io::Write> TarBuilder<W> {
         Ok(())
     }
 
+    /// Appends a regular file of `size` bytes read from `data`; fails if `data` holds
+    /// fewer bytes (a file that shrank while being archived).
+    pub fn append_reader(
+        &mut self,
+        spec: &HeaderSpec,
+        size: u64,
+        data: &mut dyn std::io::Read,
+    ) -> std::io::Result<()> {
+        self.w.write_all(&header_bytes(spec, size))?;
+        let copied = std::io::copy(&mut data.take(size), &mut self.w)?;
+        if copied != size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{}: {copied} of {size} bytes", spec.path),
+            ));
+        }
+        self.w.write_all(&[0u8; BLOCK][..padding(size)])?;
+        Ok(())
+    }
+
     /// Writes the end-of-archive marker and returns the writer.
     pub fn finish(mut self) -> std::io::Result<W> {
         self.w.write_all(&[0u8; 2 * BLOCK])?;
