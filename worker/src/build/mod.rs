@@ -3,6 +3,7 @@
 //! executor, COPY/ADD from the context or another stage, a step cache, and export as an OCI
 //! image to a layout or a registry.
 
+pub mod copy;
 pub mod diff;
 pub mod dockerfile;
 pub mod words;

@@ -27,6 +27,12 @@ pub enum RootPathError {
         /// The offending component.
         component: String,
     },
+    /// A `..` or a symlink leads above the root (strict resolution only).
+    #[error("{path}: leads outside its root")]
+    Escapes {
+        /// The path asked for.
+        path: String,
+    },
     /// The file system failed.
     #[error("{path}: {source}")]
     Io {
@@ -42,6 +48,25 @@ pub enum RootPathError {
 /// followed when it is a symlink only if `follow_last`. Missing components are allowed: the
 /// result is where they would be created.
 pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, RootPathError> {
+    walk(root, path, follow_last, false)
+}
+
+/// Like [`resolve`], but a `..` or a symlink that would climb above the root is an error
+/// instead of stopping at the root (a build context, whose edges are a security boundary).
+pub fn resolve_strict(
+    root: &Path,
+    path: &str,
+    follow_last: bool,
+) -> Result<PathBuf, RootPathError> {
+    walk(root, path, follow_last, true)
+}
+
+fn walk(
+    root: &Path,
+    path: &str,
+    follow_last: bool,
+    strict: bool,
+) -> Result<PathBuf, RootPathError> {
     let mut pending: Vec<String> = components(path);
     pending.reverse();
     let mut cur: Vec<String> = Vec::new();
@@ -49,7 +74,9 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Ro
     let mut missing = false;
     while let Some(comp) = pending.pop() {
         if comp == ".." {
-            cur.pop();
+            if cur.pop().is_none() && strict {
+                return Err(RootPathError::Escapes { path: path.into() });
+            }
             continue;
         }
         cur.push(comp);
@@ -71,6 +98,9 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Ro
                 cur.pop();
                 let t = target.to_string_lossy().to_string();
                 if t.starts_with('/') {
+                    if strict {
+                        return Err(RootPathError::Escapes { path: path.into() });
+                    }
                     cur.clear();
                 }
                 for c in components(&t).into_iter().rev() {

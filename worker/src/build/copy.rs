@@ -1,0 +1,481 @@
+//! COPY and ADD: sources from the build context (which must stay inside it: `..`, absolute
+//! paths and symlinks that lead out are errors naming the source) or from another stage's
+//! rootfs (resolved as inside that image), with `*`/`?`/`[...]` wildcards; destinations
+//! resolved inside the step's rootfs like the kernel would in a chroot, so an image's
+//! symlink never sends a write to the host. A digest of everything a COPY would write is
+//! its cache key part, taken before anything is written.
+
+use crate::executor::rootpath::{self, RootPathError};
+use stargaze_fs::digest::Hasher;
+use stargaze_fs::Digest;
+use std::io::ErrorKind;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where COPY sources are read from.
+#[derive(Debug, Clone)]
+pub enum SourceRoot {
+    /// The build context: sources must stay inside it.
+    Context(PathBuf),
+    /// Another stage's (or image's) rootfs, mounted here.
+    Image(PathBuf),
+}
+
+/// Why a COPY failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A source leaves the context.
+    #[error("COPY source {src:?} is outside the build context ({why})")]
+    Outside {
+        /// The source as written.
+        src: String,
+        /// How.
+        why: String,
+    },
+    /// A source matches nothing.
+    #[error("COPY source {0:?} not found in the build context")]
+    NotFound(String),
+    /// A destination could not be made.
+    #[error("COPY destination {dest:?}: {reason}")]
+    Dest {
+        /// The destination as written.
+        dest: String,
+        /// Why.
+        reason: String,
+    },
+    /// A bad `--chmod`.
+    #[error("--chmod={0}: not an octal mode")]
+    Chmod(String),
+    /// Local I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CopyError {
+    let context = context.to_string();
+    move |source| CopyError::Io { context, source }
+}
+
+/// One matched source.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// As written in the Dockerfile (after expansion).
+    pub written: String,
+    /// Its path on this machine.
+    pub path: PathBuf,
+}
+
+/// Whether `name` matches a Dockerfile wildcard `pat` (`*`, `?`, `[...]`).
+pub fn glob_match(pat: &str, name: &str) -> bool {
+    fn m(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|i| m(&p[1..], &n[i..])),
+            Some('?') => !n.is_empty() && m(&p[1..], &n[1..]),
+            Some('[') => {
+                let Some(close) = p.iter().position(|&c| c == ']') else {
+                    return n.first() == Some(&'[') && m(&p[1..], &n[1..]);
+                };
+                let Some(&c) = n.first() else { return false };
+                let set = &p[1..close];
+                let (neg, set) = match set.first() {
+                    Some('!' | '^') => (true, &set[1..]),
+                    _ => (false, set),
+                };
+                let mut hit = false;
+                let mut i = 0;
+                while i < set.len() {
+                    if i + 2 < set.len() && set[i + 1] == '-' {
+                        hit |= set[i] <= c && c <= set[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= set[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != neg && m(&p[close + 1..], &n[1..])
+            }
+            Some(&c) => n.first() == Some(&c) && m(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pat.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    m(&p, &n)
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn resolve_in(root: &SourceRoot, rel: &str, written: &str) -> Result<PathBuf, CopyError> {
+    match root {
+        SourceRoot::Context(dir) => rootpath::resolve_strict(dir, rel, true).map_err(|e| match e {
+            RootPathError::Escapes { .. } => CopyError::Outside {
+                src: written.into(),
+                why: "a `..` or a symlink leads out of it".into(),
+            },
+            other => CopyError::Outside {
+                src: written.into(),
+                why: other.to_string(),
+            },
+        }),
+        SourceRoot::Image(dir) => rootpath::resolve(dir, rel, true).map_err(|e| CopyError::Dest {
+            dest: written.into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Resolves the sources, expanding wildcards (in the last path component).
+pub fn resolve_sources(root: &SourceRoot, srcs: &[String]) -> Result<Vec<Source>, CopyError> {
+    let mut out = Vec::new();
+    for s in srcs {
+        if let SourceRoot::Context(_) = root {
+            if s.starts_with('/') {
+                return Err(CopyError::Outside {
+                    src: s.clone(),
+                    why: "absolute paths are not in the context; write it relative to the context"
+                        .into(),
+                });
+            }
+        }
+        let trimmed = s.trim_end_matches('/');
+        let (dir_part, last) = match trimmed.rsplit_once('/') {
+            Some((d, l)) => (d, l),
+            None => ("", trimmed),
+        };
+        if has_wildcard(dir_part) {
+            return Err(CopyError::NotFound(format!(
+                "{s} (wildcards only in the last component)"
+            )));
+        }
+        if !has_wildcard(last) {
+            let path = resolve_in(root, if trimmed.is_empty() { "." } else { trimmed }, s)?;
+            if std::fs::symlink_metadata(&path).is_err() {
+                return Err(CopyError::NotFound(s.clone()));
+            }
+            out.push(Source {
+                written: s.clone(),
+                path,
+            });
+            continue;
+        }
+        let dir = resolve_in(root, if dir_part.is_empty() { "." } else { dir_part }, s)?;
+        let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(d) => d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| glob_match(last, n))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        if names.is_empty() {
+            return Err(CopyError::NotFound(s.clone()));
+        }
+        for n in names {
+            let rel = if dir_part.is_empty() {
+                n.clone()
+            } else {
+                format!("{dir_part}/{n}")
+            };
+            out.push(Source {
+                written: rel.clone(),
+                path: resolve_in(root, &rel, s)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A digest of the sources' names, types, modes, link targets and contents.
+pub fn digest_sources(sources: &[Source]) -> Result<Digest, CopyError> {
+    let mut h = Hasher::new();
+    for s in sources {
+        h.update(s.written.as_bytes());
+        h.update(b"\0");
+        hash_tree(&mut h, &s.path, "")?;
+    }
+    Ok(h.finish())
+}
+
+fn hash_tree(h: &mut Hasher, path: &Path, rel: &str) -> Result<(), CopyError> {
+    let m =
+        std::fs::symlink_metadata(path).map_err(io(format!("inspecting {}", path.display())))?;
+    h.update(format!("{rel}\0{:o}\0", m.mode()).as_bytes());
+    let ft = m.file_type();
+    if ft.is_symlink() {
+        let t = std::fs::read_link(path).map_err(io(format!("reading link {}", path.display())))?;
+        h.update(t.as_os_str().as_encoded_bytes());
+    } else if ft.is_file() {
+        let mut f = std::fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
+        std::io::copy(&mut f, h).map_err(io(format!("reading {}", path.display())))?;
+    } else if ft.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(path)
+            .map_err(io(format!("reading {}", path.display())))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            let r = format!("{rel}/{}", n.to_string_lossy());
+            hash_tree(h, &path.join(&n), &r)?;
+        }
+    }
+    h.update(b"\n");
+    Ok(())
+}
+
+/// How to write.
+#[derive(Debug, Clone, Default)]
+pub struct CopyOptions {
+    /// Owner of everything written; `None` keeps the source's owner (stage sources) or
+    /// uses root (context sources).
+    pub owner: Option<(u32, u32)>,
+    /// Mode of everything written (`--chmod`).
+    pub mode: Option<u32>,
+    /// The sources come from the context (owner defaults to root).
+    pub from_context: bool,
+}
+
+/// Parses `--chmod`.
+pub fn parse_chmod(s: &str) -> Result<u32, CopyError> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| CopyError::Chmod(s.into()))
+}
+
+/// What a copy wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyStats {
+    /// Entries written.
+    pub entries: u64,
+    /// File bytes written.
+    pub bytes: u64,
+}
+
+/// Copies `sources` to `dest` (inside the container; relative to `workdir`) in `rootfs`.
+pub fn copy_into(
+    rootfs: &Path,
+    sources: &[Source],
+    dest: &str,
+    workdir: &str,
+    opts: &CopyOptions,
+) -> Result<CopyStats, CopyError> {
+    let dest_abs = if dest.starts_with('/') {
+        dest.to_string()
+    } else {
+        format!("{}/{dest}", workdir.trim_end_matches('/'))
+    };
+    let dest_err = |reason: String| CopyError::Dest {
+        dest: dest.into(),
+        reason,
+    };
+    let mut stats = CopyStats::default();
+    let single_file = sources.len() == 1
+        && std::fs::symlink_metadata(&sources[0].path).is_ok_and(|m| !m.is_dir());
+    let into_dir = dest.ends_with('/') || dest.ends_with("/.") || dest == "." || !single_file || {
+        let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(|e| dest_err(e.to_string()))?;
+        p.is_dir()
+    };
+    if sources.len() > 1 && !(dest.ends_with('/') || dest == ".") {
+        let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(|e| dest_err(e.to_string()))?;
+        if !p.is_dir() {
+            return Err(dest_err(
+                "with more than one source the destination must be a directory ending in /".into(),
+            ));
+        }
+    }
+    if into_dir {
+        let dir =
+            rootpath::mkdir_all(rootfs, &dest_abs, 0o755).map_err(|e| dest_err(e.to_string()))?;
+        for s in sources {
+            let m = std::fs::symlink_metadata(&s.path)
+                .map_err(io(format!("inspecting {}", s.written)))?;
+            if m.is_dir() {
+                copy_dir_contents(&s.path, &dir, opts, &mut stats)?;
+            } else {
+                let name = s
+                    .path
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
+                copy_entry(&s.path, &dir.join(name), opts, &mut stats)?;
+            }
+        }
+    } else {
+        let (parent, name) = match dest_abs.trim_end_matches('/').rsplit_once('/') {
+            Some((p, n)) => (if p.is_empty() { "/" } else { p }, n.to_string()),
+            None => ("/", dest_abs.clone()),
+        };
+        let dir =
+            rootpath::mkdir_all(rootfs, parent, 0o755).map_err(|e| dest_err(e.to_string()))?;
+        copy_entry(&sources[0].path, &dir.join(name), opts, &mut stats)?;
+    }
+    Ok(stats)
+}
+
+fn copy_dir_contents(
+    from: &Path,
+    to: &Path,
+    opts: &CopyOptions,
+    stats: &mut CopyStats,
+) -> Result<(), CopyError> {
+    let mut names: Vec<_> = std::fs::read_dir(from)
+        .map_err(io(format!("reading {}", from.display())))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for n in names {
+        copy_entry(&from.join(&n), &to.join(&n), opts, stats)?;
+    }
+    Ok(())
+}
+
+/// Removes a non-directory at `path` (never following it).
+fn clear(path: &Path, keep_dir: bool) -> Result<(), CopyError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() && keep_dir => Ok(()),
+        Ok(m) if m.is_dir() => {
+            std::fs::remove_dir_all(path).map_err(io(format!("replacing {}", path.display())))
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(io(format!("replacing {}", path.display()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("inspecting {}", path.display()))(e)),
+    }
+}
+
+/// Copies one entry (recursively for directories) to `to`, whose parent is a real
+/// directory inside the rootfs.
+fn copy_entry(
+    from: &Path,
+    to: &Path,
+    opts: &CopyOptions,
+    stats: &mut CopyStats,
+) -> Result<(), CopyError> {
+    let m =
+        std::fs::symlink_metadata(from).map_err(io(format!("inspecting {}", from.display())))?;
+    let ft = m.file_type();
+    let ctx = || format!("writing {}", to.display());
+    clear(to, ft.is_dir())?;
+    if ft.is_dir() {
+        if !to.exists() {
+            std::fs::create_dir(to).map_err(io(ctx()))?;
+        }
+        copy_dir_contents(from, to, opts, stats)?;
+    } else if ft.is_symlink() {
+        let t = std::fs::read_link(from).map_err(io(ctx()))?;
+        std::os::unix::fs::symlink(t, to).map_err(io(ctx()))?;
+    } else if ft.is_file() {
+        let mut src =
+            std::fs::File::open(from).map_err(io(format!("opening {}", from.display())))?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(to)
+            .map_err(io(ctx()))?;
+        stats.bytes += std::io::copy(&mut src, &mut dst).map_err(io(ctx()))?;
+    } else {
+        // Devices, fifos and sockets are not copied from a context.
+        tracing::debug!(path = %from.display(), "special file not copied");
+        return Ok(());
+    }
+    let (uid, gid) = match (opts.owner, opts.from_context) {
+        (Some(o), _) => o,
+        (None, true) => (0, 0),
+        (None, false) => (m.uid(), m.gid()),
+    };
+    std::os::unix::fs::lchown(to, Some(uid), Some(gid))
+        .map_err(io(format!("chown {}", to.display())))?;
+    if !ft.is_symlink() {
+        let mode = opts.mode.unwrap_or(m.mode() & 0o7777);
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+            .map_err(io(format!("chmod {}", to.display())))?;
+    }
+    stargaze_fs::sys::set_times_nofollow(to, m.mtime(), m.mtime_nsec() as u32)
+        .map_err(io(format!("utimes {}", to.display())))?;
+    stats.entries += 1;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(glob_match("*.txt", "a.txt"));
+        assert!(!glob_match("*.txt", "a.txtx"));
+        assert!(glob_match("f?o", "foo"));
+        assert!(glob_match("[a-c]x", "bx"));
+        assert!(!glob_match("[!a-c]x", "bx"));
+    }
+
+    #[test]
+    fn sources_stay_in_the_context() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+        std::fs::write(ctx.join("a.txt"), "a").unwrap();
+        std::fs::write(ctx.join("b.txt"), "b").unwrap();
+        std::fs::write(ctx.join("dir/sub/c"), "c").unwrap();
+        std::fs::write(d.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink("../secret", ctx.join("leak")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", ctx.join("abs")).unwrap();
+        let root = SourceRoot::Context(ctx.clone());
+        let r = |s: &str| resolve_sources(&root, &[s.to_string()]);
+        assert!(matches!(r("../secret"), Err(CopyError::Outside { .. })));
+        assert!(matches!(r("/etc/passwd"), Err(CopyError::Outside { .. })));
+        assert!(matches!(r("leak"), Err(CopyError::Outside { .. })));
+        assert!(matches!(r("abs"), Err(CopyError::Outside { .. })));
+        assert!(matches!(r("missing"), Err(CopyError::NotFound(_))));
+        assert_eq!(r("*.txt").unwrap().len(), 2);
+        let d1 = digest_sources(&r("dir").unwrap()).unwrap();
+        std::fs::write(ctx.join("dir/sub/c"), "changed").unwrap();
+        assert_ne!(d1, digest_sources(&r("dir").unwrap()).unwrap());
+
+        // Destinations: file, into a dir, dir contents, through an image symlink.
+        let rootfs = d.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("usr/local")).unwrap();
+        std::os::unix::fs::symlink("/usr/local", rootfs.join("opt")).unwrap();
+        std::os::unix::fs::symlink("/", rootfs.join("host")).unwrap();
+        let o = CopyOptions {
+            from_context: true,
+            owner: Some((5, 6)),
+            mode: None,
+        };
+        copy_into(&rootfs, &r("a.txt").unwrap(), "/x/renamed", "/", &o).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("x/renamed")).unwrap(),
+            "a"
+        );
+        assert_eq!(
+            std::fs::metadata(rootfs.join("x/renamed")).unwrap().uid(),
+            5
+        );
+        copy_into(&rootfs, &r("*.txt").unwrap(), "/opt/", "/", &o).unwrap();
+        assert!(rootfs.join("usr/local/b.txt").is_file());
+        copy_into(&rootfs, &r("dir").unwrap(), "rel/", "/work", &o).unwrap();
+        assert!(rootfs.join("work/rel/sub/c").is_file());
+        copy_into(&rootfs, &r("a.txt").unwrap(), "/host/tmp/", "/", &o).unwrap();
+        assert!(
+            rootfs.join("tmp/a.txt").is_file(),
+            "an absolute image symlink stays in the rootfs"
+        );
+        assert!(matches!(
+            copy_into(&rootfs, &r("*.txt").unwrap(), "/notadir", "/", &o),
+            Err(CopyError::Dest { .. })
+        ));
+        assert!(parse_chmod("0755").is_ok() && parse_chmod("999").is_err());
+    }
+}
