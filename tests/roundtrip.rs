@@ -287,7 +287,7 @@ fn extraction_equals_gnu_tar() {
         let r = LayerReader::open(blob, &OpenOptions::default()).unwrap();
         let dir = tmp.path().join(format!("{c:?}"));
         let opts = ExtractOptions {
-            overlay_whiteouts: false,
+            whiteouts: stargaze_fs::format::extract::Whiteouts::Keep,
             ..Default::default()
         };
         extract_layer(&r, &dir, &opts).unwrap();

@@ -44,8 +44,10 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// containerd's snapshots service (`snapshotter serve --address SOCK --root DIR`).
     Snapshotter(cmd::snapshotter::SnapshotterArgs),
-    /// The BuildKit-style OCI worker (`worker info`).
+    /// The BuildKit-style OCI worker (`worker info`, `worker prune`).
     Worker(cmd::worker::WorkerArgs),
+    /// Build a Dockerfile on the OCI worker and export the image.
+    Build(cmd::build::BuildArgs),
     /// Run the main job on an embedded sample image, offline.
     Demo(cmd::demo::DemoArgs),
 }
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Registry(a) => cmd::registry::run(a),
         Command::Snapshotter(a) => cmd::snapshotter::run(a),
         Command::Worker(a) => cmd::worker::run(a),
+        Command::Build(a) => cmd::build::run(a),
         Command::Copy(a) => cmd::copy::run(a),
         Command::Mount(a) => cmd::mount::mount(a),
         Command::Umount(a) => cmd::mount::umount(a),

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod config;
 pub mod executor;
+pub mod gc;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;

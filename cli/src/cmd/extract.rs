@@ -3,7 +3,7 @@
 use super::open_blob;
 use crate::progress::bytes;
 use clap::Args;
-use stargaze_fs::format::extract::{extract_layer, ExtractOptions};
+use stargaze_fs::format::extract::{extract_layer, ExtractOptions, Whiteouts};
 use std::path::PathBuf;
 
 /// `stargaze extract BLOB DIR`
@@ -25,7 +25,11 @@ pub struct ExtractArgs {
 pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
     let r = open_blob(&a.blob, a.toc_digest.as_deref())?;
     let opts = ExtractOptions {
-        overlay_whiteouts: !a.raw_whiteouts,
+        whiteouts: if a.raw_whiteouts {
+            Whiteouts::Keep
+        } else {
+            Whiteouts::Overlay
+        },
         ..Default::default()
     };
     let t = std::time::Instant::now();

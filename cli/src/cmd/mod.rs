@@ -1,11 +1,13 @@
 //! One module per subcommand; each owns its clap arguments and its output.
 
+pub mod build;
 pub mod convert;
 pub mod copy;
 pub mod demo;
 pub mod extract;
 pub mod inspect;
 pub mod mount;
+pub mod oci_worker;
 pub mod registry;
 pub mod remote;
 pub mod snapshotter;

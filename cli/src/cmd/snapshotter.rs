@@ -8,7 +8,7 @@ use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
 use stargaze_fs::fuse::FsOptions;
 use stargaze_fs::layer::BackgroundOptions;
 use stargaze_fs::remote::fetcher::FetchOptions;
-use stargaze_fs::remote::ClientOptions;
+use stargaze_fs::remote::{ClientOptions, RegistryClient};
 use stargaze_worker::config::SnapshotterConfig;
 use stargaze_worker::snapshot::native::Native;
 use stargaze_worker::snapshot::overlay::Overlay;
@@ -178,29 +178,48 @@ fn open_stargz(
     if let Some(d) = cfg.request_timeout {
         opts.request_timeout = d;
     }
+    let lazy = LazyOptions {
+        fs: FsOptions {
+            passthrough: !a.no_passthrough && cfg.passthrough.unwrap_or(true),
+            ..FsOptions::default()
+        },
+        prefetch: !a.no_prefetch && cfg.prefetch,
+        background: (!a.no_background_fetch && cfg.background_fetch).then_some(BackgroundOptions {
+            rate: rate.max(1) << 20,
+            ..BackgroundOptions::default()
+        }),
+    };
+    stargz_at(
+        &a.root,
+        Arc::new(a.hosts.client(opts)?),
+        disk,
+        memory_mib,
+        lazy,
+        rt.handle(),
+    )
+}
+
+/// The stargz snapshotter at `root`, reading layers with `client` through `disk` and a
+/// memory cache of `memory_mib`.
+pub fn stargz_at(
+    root: &Path,
+    client: Arc<RegistryClient>,
+    disk: DiskCache,
+    memory_mib: u64,
+    lazy: LazyOptions,
+    rt: &tokio::runtime::Handle,
+) -> anyhow::Result<Arc<Stargz>> {
     let source = RemoteSource {
-        client: Arc::new(a.hosts.client(opts)?),
+        client,
         cache: Arc::new(ChunkCache::new(
             Some(MemoryCache::new(memory_mib << 20)),
             Some(disk),
         )),
         fetch: FetchOptions::default(),
-        lazy: LazyOptions {
-            fs: FsOptions {
-                passthrough: !a.no_passthrough && cfg.passthrough.unwrap_or(true),
-                ..FsOptions::default()
-            },
-            prefetch: !a.no_prefetch && cfg.prefetch,
-            background: (!a.no_background_fetch && cfg.background_fetch).then_some(
-                BackgroundOptions {
-                    rate: rate.max(1) << 20,
-                    ..BackgroundOptions::default()
-                },
-            ),
-        },
+        lazy,
     };
-    let s = Stargz::open(&a.root, source, rt.handle().clone())
-        .with_context(|| format!("opening the stargz snapshotter at {}", a.root.display()))?;
+    let s = Stargz::open(root, source, rt.clone())
+        .with_context(|| format!("opening the stargz snapshotter at {}", root.display()))?;
     Ok(Arc::new(s))
 }
 

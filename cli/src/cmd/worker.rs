@@ -22,6 +22,26 @@ pub struct WorkerArgs {
 enum WorkerCommand {
     /// Print the worker's ID, runtime, snapshotter, network, platforms, labels and GC policy.
     Info(InfoArgs),
+    /// Run garbage collection now: the configured policy, a keep-storage bound, or --all.
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// State directory.
+    #[arg(long, default_value = "/var/lib/stargaze")]
+    root: PathBuf,
+    /// Config file (buildkitd TOML; `[worker.oci]`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Remove every build record nothing stands on (not only what the policy selects).
+    #[arg(long)]
+    all: bool,
+    /// Prune until the records use at most this many MB (instead of the policy).
+    #[arg(long = "keep-storage", value_name = "MB")]
+    keep_storage_mb: Option<i64>,
+    #[command(flatten)]
+    oci: OciWorkerArgs,
 }
 
 #[derive(Args)]
@@ -114,6 +134,7 @@ impl OciWorkerArgs {
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     match a.command {
         WorkerCommand::Info(i) => info(i),
+        WorkerCommand::Prune(p) => prune(p),
     }
 }
 
@@ -261,5 +282,47 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn prune(a: PruneArgs) -> anyhow::Result<()> {
+    let mut cfg = resolve(a.config.as_deref(), &a.oci)?;
+    let rules = match a.keep_storage_mb {
+        Some(mb) => {
+            anyhow::ensure!(mb >= 0, "--keep-storage {mb}: must not be negative");
+            vec![stargaze_worker::config::GcPolicy {
+                all: true,
+                keep_bytes: mb.saturating_mul(1_000_000).max(1),
+                keep_duration: std::time::Duration::ZERO,
+                filters: Vec::new(),
+            }]
+        }
+        None => {
+            // On demand, the policy applies even when automatic GC is off.
+            cfg.gc = true;
+            cfg.gc_rules(&a.root)
+        }
+    };
+    let client = std::sync::Arc::new(
+        super::remote::HostFlags::default().client(stargaze_fs::remote::ClientOptions::default())?,
+    );
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let opened = super::oci_worker::open(&a.root, cfg, client, &rt, true)?;
+    let w = &opened.worker;
+    let r = stargaze_worker::gc::prune(w.snapshotter.as_ref(), &w.cache, &w.content, &rules, a.all)
+        .context("pruning")?;
+    for (name, size) in &r.removed {
+        println!("removed {name} ({:.1} MB)", *size as f64 / 1e6);
+    }
+    println!(
+        "pruned {} snapshots, {} cache records, {} layer blobs: freed {:.1} MB; {:.1} MB remain ({} snapshotter in {})",
+        r.removed.len(),
+        r.records,
+        r.blobs,
+        r.freed as f64 / 1e6,
+        r.remaining as f64 / 1e6,
+        opened.snapshotter,
+        opened.state.display()
+    );
     Ok(())
 }

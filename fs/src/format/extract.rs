@@ -20,11 +20,22 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the opaque-directory marker.
 pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
+/// What to do with whiteout entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// Write them as overlayfs expects (a lower or upper layer directory).
+    Overlay,
+    /// Apply them: remove what they hide (extracting onto a merged tree).
+    Apply,
+    /// Keep them as plain files.
+    Keep,
+}
+
 /// How to extract.
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
-    /// Turn whiteout files into overlayfs whiteouts (default) or keep them as files.
-    pub overlay_whiteouts: bool,
+    /// Whiteout handling.
+    pub whiteouts: Whiteouts,
     /// Xattr names used to mark opaque directories.
     pub opaque_xattrs: Vec<String>,
     /// Apply uid/gid (needs root; otherwise ownership is left to the caller).
@@ -34,7 +45,7 @@ pub struct ExtractOptions {
 impl Default for ExtractOptions {
     fn default() -> Self {
         ExtractOptions {
-            overlay_whiteouts: true,
+            whiteouts: Whiteouts::Overlay,
             opaque_xattrs: vec!["trusted.overlay.opaque".into()],
             chown: sys::is_root(),
         }
@@ -139,8 +150,13 @@ pub fn extract_layer<S: BlobSource>(
             continue;
         }
         let base = rel.rsplit('/').next().unwrap_or(rel);
-        if opts.overlay_whiteouts && base.starts_with(WHITEOUT_PREFIX) {
+        if opts.whiteouts != Whiteouts::Keep && base.starts_with(WHITEOUT_PREFIX) {
             let parent_rel = rel.rsplit_once('/').map_or("", |(p, _)| p);
+            if opts.whiteouts == Whiteouts::Apply {
+                apply_whiteout(root, parent_rel, base, &names)?;
+                report.whiteouts += 1;
+                continue;
+            }
             if base == OPAQUE_WHITEOUT {
                 let dir = safe_dir(root, parent_rel)?;
                 for x in &opts.opaque_xattrs {
@@ -218,6 +234,41 @@ pub fn extract_layer<S: BlobSource>(
         report.entries += usize::from(!node.path.is_empty());
     }
     Ok(report)
+}
+
+/// Removes what a whiteout hides from a merged tree: `.wh.X` removes X; the opaque marker
+/// removes every entry of its directory that this layer does not itself create.
+fn apply_whiteout(
+    root: &Path,
+    parent_rel: &str,
+    base: &str,
+    names: &HashSet<&str>,
+) -> Result<(), FormatError> {
+    let join = |n: &str| {
+        if parent_rel.is_empty() {
+            n.to_string()
+        } else {
+            format!("{parent_rel}/{n}")
+        }
+    };
+    if base == OPAQUE_WHITEOUT {
+        let dir = safe_dir(root, parent_rel)?;
+        let entries = fs::read_dir(&dir).map_err(io_at(&dir, "reading"))?;
+        for e in entries {
+            let e = e.map_err(io_at(&dir, "reading"))?;
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !names.contains(join(&n).as_str()) {
+                clear(&e.path(), false)?;
+            }
+        }
+        return Ok(());
+    }
+    let target_rel = join(&base[WHITEOUT_PREFIX.len()..]);
+    if names.contains(target_rel.as_str()) {
+        return Ok(());
+    }
+    let path = safe_parent(root, &target_rel)?;
+    clear(&path, false)
 }
 
 fn apply_metadata(

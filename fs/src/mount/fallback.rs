@@ -10,13 +10,29 @@ use crate::format::{
 use crate::remote::{Descriptor, Reference, RegistryClient};
 use std::path::Path;
 
-/// Pulls `desc` and unpacks it into `dir`.
+/// Pulls `desc` and unpacks it into `dir`, whiteouts in overlayfs form.
 pub async fn pull_and_unpack(
     client: &RegistryClient,
     reference: &Reference,
     desc: &Descriptor,
     dir: &Path,
     sessions: &[String],
+) -> Result<(), MountError> {
+    let eo = ExtractOptions {
+        chown: crate::sys::is_root(),
+        ..ExtractOptions::default()
+    };
+    pull_and_unpack_with(client, reference, desc, dir, sessions, eo).await
+}
+
+/// Pulls `desc` and unpacks it into `dir` as `eo` says.
+pub async fn pull_and_unpack_with(
+    client: &RegistryClient,
+    reference: &Reference,
+    desc: &Descriptor,
+    dir: &Path,
+    sessions: &[String],
+    eo: ExtractOptions,
 ) -> Result<(), MountError> {
     let digest = desc.digest()?;
     let err = |reason: String| MountError::Unpack {
@@ -55,10 +71,6 @@ pub async fn pull_and_unpack(
             &OpenOptions::default(),
         )
         .map_err(|e| e.to_string())?;
-        let eo = ExtractOptions {
-            chown: crate::sys::is_root(),
-            ..ExtractOptions::default()
-        };
         extract_layer(&reader, &dir, &eo).map_err(|e| format!("unpacking: {e}"))?;
         Ok(())
     })

@@ -4,7 +4,7 @@
 //! [`MountedImage`] owns all of it; dropping or [`MountedImage::unmount`] tears it down,
 //! overlay first, then each layer.
 
-mod fallback;
+pub mod fallback;
 
 use crate::cache::ChunkCache;
 use crate::fuse::{mount_layer, FsOptions, LayerFs, OpenCounters, OpenSnapshot};

@@ -804,6 +804,37 @@ impl RegistryClient {
         Ok(true)
     }
 
+    /// Asks the registry to mount blob `d` of repository `from` (on the same registry) into
+    /// `r` without an upload; true when it did (201). A 202 means the registry opened an
+    /// upload instead, which is left to expire: the caller uploads another way.
+    pub async fn mount_blob(
+        &self,
+        r: &Reference,
+        d: &Digest,
+        from: &str,
+    ) -> Result<bool, RemoteError> {
+        if self.blob_size_push(r, d).await?.is_some() {
+            return Ok(true);
+        }
+        let mut c = self.call_for(
+            r,
+            Method::POST,
+            format!("/v2/{}/blobs/uploads/?mount={d}&from={from}", r.repository),
+            &[],
+        );
+        c.scope = Scope::push(&r.repository);
+        c.pull = false;
+        let reply = self.call(&c).await?;
+        match reply.resp.status().as_u16() {
+            201 => Ok(true),
+            202 => Ok(false),
+            _ => {
+                check_status(reply, &format!("mounting {d} from {from}")).await?;
+                Ok(false)
+            }
+        }
+    }
+
     async fn blob_size_push(&self, r: &Reference, d: &Digest) -> Result<Option<u64>, RemoteError> {
         let mut c = self.call_for(
             r,

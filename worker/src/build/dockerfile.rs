@@ -204,7 +204,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
                 break;
             }
         }
-        instructions.push(instruction(start + 1, joined.trim(), escape)?);
+        instructions.push(instruction(start + 1, joined.trim())?);
     }
     let mut global_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
@@ -260,7 +260,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
     })
 }
 
-fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction, ParseError> {
+fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
     let (word, rest) = match text.find(char::is_whitespace) {
         Some(p) => (&text[..p], text[p..].trim_start()),
         None => (text, ""),

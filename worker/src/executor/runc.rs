@@ -90,9 +90,12 @@ pub async fn run(
 ) -> Result<i32, ExecError> {
     let log = bundle.join("runtime-log.json");
     let mut cmd = runtime(opts);
+    let pid_file = bundle.join("init.pid");
     cmd.arg("--log")
         .arg(&log)
-        .args(["--log-format", "json", "run", "--bundle"])
+        .args(["--log-format", "json", "run", "--pid-file"])
+        .arg(&pid_file)
+        .arg("--bundle")
         .arg(bundle)
         .arg(id)
         .stdin(Stdio::null())
@@ -156,11 +159,17 @@ pub async fn run(
         }
     };
     if code != 0 {
+        // The runtime writes the pid file once the step's process exists: without it, the
+        // runtime itself failed (bad spec, cgroups it cannot use, a broken binary).
         let errors = runtime_errors(&log);
-        if !errors.is_empty() {
+        if !errors.is_empty() || !pid_file.exists() {
             return Err(ExecError::Runtime {
                 binary,
-                message: errors.join("; "),
+                message: if errors.is_empty() {
+                    format!("exited with code {code} before starting the process")
+                } else {
+                    errors.join("; ")
+                },
             });
         }
     }

@@ -6,6 +6,7 @@
 //! [`Snapshotter`]: crate::snapshot::Snapshotter
 
 mod client;
+pub mod proxy;
 mod service;
 
 pub use client::connect;

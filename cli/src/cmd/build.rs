@@ -1,0 +1,210 @@
+//! `stargaze build -f Dockerfile CONTEXT [-t DEST] [--push] [--estargz]`: a Dockerfile built
+//! on the OCI worker (flags and config as `stargaze worker`), progress per step, export to
+//! an OCI layout (`-t oci:DIR:TAG`) or a registry (`-t REF --push`), GC after the build
+//! when it is on, and a summary of what ran, what came from the cache and how the base
+//! layers arrived (lazily mounted, pulled, present) with the bytes fetched lazily.
+
+use super::oci_worker;
+use super::worker::{resolve, OciWorkerArgs};
+use anyhow::Context;
+use clap::Args;
+use stargaze_fs::remote::{ClientOptions, Platform};
+use stargaze_worker::build::dockerfile::{self, MAX_DOCKERFILE};
+use stargaze_worker::build::export::{export, parse_destination};
+use stargaze_worker::build::progress::Progress;
+use stargaze_worker::build::{build, BuildRequest};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `stargaze build …`
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Build context directory.
+    context: PathBuf,
+    /// Dockerfile [default: CONTEXT/Dockerfile].
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Where the image goes: oci:DIR[:TAG], or HOST/REPO[:TAG] with --push.
+    #[arg(short = 't', long = "tag")]
+    tag: Option<String>,
+    /// Push the image to the registry named by -t.
+    #[arg(long)]
+    push: bool,
+    /// Write the built layers as eStargz (lazily pullable).
+    #[arg(long)]
+    estargz: bool,
+    /// Build argument KEY=VALUE (or KEY, taken from the environment). Repeatable.
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    build_args: Vec<String>,
+    /// Stage to build [default: the last].
+    #[arg(long)]
+    target: Option<String>,
+    /// Run every step, ignoring the step cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Platform of the base images and the result, OS/ARCH[/VARIANT] [default: the host's].
+    #[arg(long)]
+    platform: Option<String>,
+    /// State directory.
+    #[arg(long, default_value = "/var/lib/stargaze")]
+    root: PathBuf,
+    /// Config file (buildkitd TOML: `[worker.oci]`, `[registry."host"]`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    oci: OciWorkerArgs,
+    #[command(flatten)]
+    hosts: super::remote::HostFlags,
+}
+
+fn build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for i in items {
+        let (k, v) = match i.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(i) {
+                Ok(v) => (i.clone(), v),
+                Err(_) => continue,
+            },
+        };
+        anyhow::ensure!(
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "--build-arg {i:?}: not KEY=VALUE"
+        );
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// Runs the build.
+pub fn run(a: BuildArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dest = a
+        .tag
+        .as_deref()
+        .map(|t| parse_destination(t, a.push))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(!a.push || dest.is_some(), "--push needs -t HOST/REPO[:TAG]");
+    anyhow::ensure!(
+        a.context.is_dir(),
+        "build context {}: not a directory",
+        a.context.display()
+    );
+    let context = a
+        .context
+        .canonicalize()
+        .with_context(|| format!("build context {}", a.context.display()))?;
+    let file = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let mut text = String::new();
+    std::fs::File::open(&file)
+        .with_context(|| format!("opening {}", file.display()))?
+        .take(MAX_DOCKERFILE as u64 + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {} (must be UTF-8 text)", file.display()))?;
+    let df = dockerfile::parse(&text).with_context(|| file.display().to_string())?;
+    let platform = match &a.platform {
+        Some(p) => Platform::parse(p)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("--platform {p}"))?,
+        None => Platform::host(),
+    };
+    let args = build_args(&a.build_args)?;
+    let cfg = resolve(a.config.as_deref(), &a.oci)?;
+    let registry = super::remote::RegistryFlags {
+        config: a.config.clone(),
+        hosts: a.hosts.clone(),
+    };
+    let client = Arc::new(
+        registry
+            .client()
+            .or_else(|_| a.hosts.client(ClientOptions::default()))?,
+    );
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let opened = oci_worker::open(&a.root, cfg, client.clone(), &rt, false)?;
+    let progress = Progress::new(Box::new(std::io::stdout()));
+    let req = BuildRequest {
+        dockerfile: df,
+        context,
+        build_args: args,
+        target: a.target.clone(),
+        platform,
+        estargz: a.estargz,
+        no_cache: a.no_cache,
+    };
+    let worker = opened.worker.clone();
+    let out = rt.block_on(async {
+        tokio::select! {
+            r = build(worker, req, progress.clone()) => r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            drop(opened);
+            return Err(e.context("build failed"));
+        }
+    };
+    if let Some(d) = &dest {
+        rt.block_on(export(
+            &client,
+            &opened.worker.content,
+            &out.image,
+            d,
+            &progress,
+        ))?;
+    }
+    if !opened.cfg.gc_rules(&a.root).is_empty() {
+        let w = &opened.worker;
+        match stargaze_worker::gc::prune(
+            w.snapshotter.as_ref(),
+            &w.cache,
+            &w.content,
+            &opened.cfg.gc_rules(&a.root),
+            false,
+        ) {
+            Ok(r) if !r.removed.is_empty() || r.blobs > 0 => println!(
+                "GC: removed {} snapshots, {} layer blobs, freed {:.1} MB",
+                r.removed.len(),
+                r.blobs,
+                r.freed as f64 / 1e6
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "GC after the build failed"),
+        }
+    }
+    let s = out.stats;
+    println!(
+        "built in {:.2} s with the {} snapshotter: {} steps run, {} cached; base layers: {} mounted lazily, {} pulled, {} present",
+        started.elapsed().as_secs_f64(),
+        opened.snapshotter,
+        s.executed,
+        s.cached,
+        s.lazy_layers,
+        s.pulled_layers,
+        s.present_layers
+    );
+    if let Some(sg) = &opened.stargz {
+        let (mut fetched, mut size) = (0u64, 0u64);
+        for l in sg.layers() {
+            fetched += l.counters().bytes_fetched;
+            size += l.size();
+        }
+        println!(
+            "lazy base layers: fetched {fetched} of {size} bytes ({:.1}%)",
+            if size == 0 {
+                0.0
+            } else {
+                fetched as f64 * 100.0 / size as f64
+            }
+        );
+    }
+    if let Some(layer) = out.image.layers.last() {
+        tracing::debug!(top = %layer.blob.digest, "top layer");
+    }
+    Ok(())
+}

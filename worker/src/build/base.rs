@@ -1,0 +1,258 @@
+//! Base images of stages: the manifest and config from the registry (for the requested
+//! platform, checked against their digests), and the layer chain as committed snapshots
+//! named by chain ID, as containerd names them. With the stargz snapshotter each layer is
+//! first offered as a remote snapshot (the labels of containerd's remote-snapshot flow):
+//! eStargz layers are then mounted lazily and nothing is pulled; other layers, and every
+//! layer with the other snapshotters, are pulled, verified and unpacked into a prepared
+//! snapshot and committed.
+
+use super::BuildError;
+use crate::snapshot::stargz::labels::{TARGET, TOC_DIGEST};
+use crate::snapshot::{Labels, Mount, SnapshotError, Snapshotter};
+use stargaze_fs::format::extract::{ExtractOptions, Whiteouts};
+use stargaze_fs::remote::{Descriptor, Platform, Reference, RegistryClient};
+use stargaze_fs::Digest;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Largest image config read.
+const MAX_CONFIG: u64 = 8 << 20;
+
+/// A resolved base image.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    /// Where it came from.
+    pub reference: Reference,
+    /// Its manifest digest.
+    pub manifest: Digest,
+    /// The image config document.
+    pub config: serde_json::Value,
+    /// Layer descriptors, bottom first.
+    pub layers: Vec<Descriptor>,
+    /// The config's diff IDs, one per layer.
+    pub diff_ids: Vec<String>,
+}
+
+/// The chain IDs of `diff_ids`: the first is its diff ID, each next one
+/// `sha256(previous + " " + diff ID)`.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => Digest::of(format!("{prev} {d}").as_bytes()).to_string(),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Resolves `reference` for `platform` and reads its config.
+pub async fn resolve(
+    client: &RegistryClient,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<BaseImage, BuildError> {
+    let fail = |e: String| BuildError::Base {
+        image: reference.to_string(),
+        reason: e,
+    };
+    let (top, child) = client
+        .resolve(reference, platform, &[])
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let m = child.unwrap_or(top);
+    let cfg_desc = m
+        .config
+        .clone()
+        .ok_or_else(|| fail("manifest has no config".into()))?;
+    if cfg_desc.size > MAX_CONFIG {
+        return Err(fail(format!(
+            "config is {} bytes (at most {MAX_CONFIG})",
+            cfg_desc.size
+        )));
+    }
+    let cfg_digest = cfg_desc.digest().map_err(|e| fail(e.to_string()))?;
+    let bytes = client
+        .blob_range(reference, &cfg_digest, 0, cfg_desc.size, &[])
+        .await
+        .map_err(|e| fail(format!("reading the config: {e}")))?
+        .data;
+    if Digest::of(&bytes) != cfg_digest {
+        return Err(fail("config does not match its digest".into()));
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| fail(format!("config: {e}")))?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .ok_or_else(|| fail("config has no rootfs.diff_ids".into()))?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .filter(|s| s.parse::<Digest>().is_ok())
+                .map(str::to_string)
+                .ok_or_else(|| fail(format!("bad diff ID {v}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if diff_ids.len() != m.layers.len() {
+        return Err(fail(format!(
+            "{} layers but {} diff IDs",
+            m.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    Ok(BaseImage {
+        reference: reference.with_digest(m.digest),
+        manifest: m.digest,
+        config,
+        layers: m.layers.clone(),
+        diff_ids,
+    })
+}
+
+/// How one base layer came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerOutcome {
+    /// Its snapshot existed.
+    Present,
+    /// Mounted lazily (remote snapshot).
+    Lazy,
+    /// Pulled and unpacked.
+    Pulled,
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Makes sure every layer of `image` is a committed snapshot; returns the top chain ID
+/// (none for an image without layers) and what happened to each layer. Blocking.
+pub fn ensure_snapshots(
+    snap: &dyn Snapshotter,
+    client: &Arc<RegistryClient>,
+    rt: &tokio::runtime::Handle,
+    image: &BaseImage,
+    report: &dyn Fn(usize, LayerOutcome),
+) -> Result<Option<String>, BuildError> {
+    let chain = chain_ids(&image.diff_ids);
+    let mut parent = String::new();
+    for (i, (desc, id)) in image.layers.iter().zip(&chain).enumerate() {
+        if snap.stat(id).is_ok() {
+            report(i, LayerOutcome::Present);
+            parent = id.clone();
+            continue;
+        }
+        let key = format!("extract-{}-{id}", random_suffix());
+        let mut labels = Labels::new();
+        labels.insert(TARGET.into(), id.clone());
+        labels.insert(
+            "containerd.io/snapshot/remote/stargz.reference".into(),
+            image.reference.to_string(),
+        );
+        labels.insert(
+            "containerd.io/snapshot/remote/stargz.digest".into(),
+            desc.digest.clone(),
+        );
+        if let Some(t) = desc
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(stargaze_fs::format::TOC_DIGEST_ANNOTATION))
+        {
+            labels.insert(TOC_DIGEST.into(), t.clone());
+        }
+        let mounts = match snap.prepare(&key, &parent, labels) {
+            Err(SnapshotError::AlreadyExists(_)) if snap.stat(id).is_ok() => {
+                report(i, LayerOutcome::Lazy);
+                parent = id.clone();
+                continue;
+            }
+            Err(e) => return Err(BuildError::Snapshot(e)),
+            Ok(m) => m,
+        };
+        let unpacked = unpack(client, rt, image, desc, &mounts);
+        if let Err(e) = unpacked {
+            let _ = snap.remove(&key);
+            return Err(e);
+        }
+        match snap.commit(id, &key, Labels::new()) {
+            Ok(()) => {}
+            // Another build committed the same layer meanwhile.
+            Err(SnapshotError::AlreadyExists(_)) => {
+                let _ = snap.remove(&key);
+            }
+            Err(e) => {
+                let _ = snap.remove(&key);
+                return Err(e.into());
+            }
+        }
+        report(i, LayerOutcome::Pulled);
+        parent = id.clone();
+    }
+    Ok(chain.last().cloned())
+}
+
+/// Where to unpack into a prepared snapshot: an overlay upper directory takes the layer
+/// in overlay form; a bind-mounted tree (first layer, or a copy of the parent) has the
+/// whiteouts applied.
+fn unpack_target(mounts: &[Mount]) -> Option<(PathBuf, Whiteouts)> {
+    match mounts {
+        [m] => {
+            if let Some(u) = m.options.iter().find_map(|o| o.strip_prefix("upperdir=")) {
+                Some((PathBuf::from(u), Whiteouts::Overlay))
+            } else if m.kind == "bind" {
+                Some((PathBuf::from(&m.source), Whiteouts::Apply))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+fn unpack(
+    client: &Arc<RegistryClient>,
+    rt: &tokio::runtime::Handle,
+    image: &BaseImage,
+    desc: &Descriptor,
+    mounts: &[Mount],
+) -> Result<(), BuildError> {
+    let (dir, whiteouts) = unpack_target(mounts).ok_or_else(|| BuildError::Base {
+        image: image.reference.to_string(),
+        reason: format!("cannot unpack into mounts {mounts:?}"),
+    })?;
+    let eo = ExtractOptions {
+        whiteouts,
+        chown: stargaze_fs::sys::is_root(),
+        ..ExtractOptions::default()
+    };
+    rt.block_on(stargaze_fs::mount::fallback::pull_and_unpack_with(
+        client,
+        &image.reference,
+        desc,
+        &dir,
+        &[],
+        eo,
+    ))
+    .map_err(|e| BuildError::Base {
+        image: image.reference.to_string(),
+        reason: format!("layer {}: {e}", desc.digest),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_containerd() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let c = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(c[0], a);
+        assert_eq!(c[1], Digest::of(format!("{a} {b}").as_bytes()).to_string());
+    }
+}

@@ -1,0 +1,312 @@
+//! Export of a built image: its config (the stage's, with `created`), an OCI manifest over
+//! the base layers (as they were) and the steps' layers, written to an OCI layout or pushed
+//! to a registry. Layers built here come from the worker's content store. Base layers the
+//! destination lacks are mounted across repositories when they live on the same registry,
+//! and otherwise fetched (verified) and uploaded — only then does a lazy base get pulled.
+
+use super::cache::now;
+use super::layer::blob_digest;
+use super::progress::Progress;
+use super::solve::{rfc3339, StageResult};
+use super::BuildError;
+use stargaze_fs::image::OciLayout;
+use stargaze_fs::remote::{Reference, RegistryClient};
+use stargaze_fs::Digest;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// OCI image manifest media type.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image config media type.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// Where a built image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An OCI layout directory, under a tag.
+    Layout {
+        /// The layout.
+        dir: PathBuf,
+        /// The tag.
+        tag: String,
+    },
+    /// A registry (pushed).
+    Registry(Reference),
+}
+
+/// Parses `-t`: `oci:DIR[:TAG]` or a registry reference (`docker://` optional), which is
+/// only accepted with `push`.
+pub fn parse_destination(s: &str, push: bool) -> Result<Destination, String> {
+    if let Some(rest) = s.strip_prefix("oci:") {
+        let (dir, tag) = match rest.rsplit_once(':') {
+            Some((d, t)) if !t.contains('/') => (d, t),
+            _ => (rest, "latest"),
+        };
+        if dir.is_empty() {
+            return Err(format!("{s:?}: oci:DIR[:TAG] needs a directory"));
+        }
+        stargaze_fs::remote::reference::validate_tag(tag).map_err(|e| format!("{s:?}: {e}"))?;
+        return Ok(Destination::Layout {
+            dir: PathBuf::from(dir),
+            tag: tag.to_string(),
+        });
+    }
+    let r = s.strip_prefix("docker://").unwrap_or(s);
+    let reference = Reference::parse(r).map_err(|e| format!("{s:?}: {e}"))?;
+    if !push {
+        return Err(format!(
+            "-t {s}: add --push to push it to its registry, or name an OCI layout with -t oci:DIR:TAG"
+        ));
+    }
+    Ok(Destination::Registry(reference))
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Default)]
+pub struct ExportReport {
+    /// The manifest digest.
+    pub manifest: Option<Digest>,
+    /// Built layers written or uploaded.
+    pub built_layers: usize,
+    /// Base layers the destination already had, or got by a cross-repository mount.
+    pub base_layers_kept: usize,
+    /// Base layers fetched from their registry to be written.
+    pub base_layers_fetched: usize,
+    /// Bytes written or uploaded.
+    pub bytes: u64,
+}
+
+/// The config and manifest bytes of `img`.
+pub fn documents(img: &StageResult) -> Result<(Vec<u8>, Vec<u8>), BuildError> {
+    let mut config = img.config.clone();
+    config["created"] = serde_json::Value::String(rfc3339(now()));
+    let config_bytes =
+        serde_json::to_vec(&config).map_err(|e| BuildError::Export(e.to_string()))?;
+    let layers: Vec<serde_json::Value> = img
+        .layers
+        .iter()
+        .map(|l| {
+            let mut d = serde_json::json!({
+                "mediaType": l.blob.media_type,
+                "digest": l.blob.digest,
+                "size": l.blob.size,
+            });
+            if !l.blob.annotations.is_empty() {
+                d["annotations"] = serde_json::json!(l.blob.annotations);
+            }
+            d
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": OCI_CONFIG,
+            "digest": Digest::of(&config_bytes).to_string(),
+            "size": config_bytes.len(),
+        },
+        "layers": layers,
+    });
+    let manifest_bytes =
+        serde_json::to_vec(&manifest).map_err(|e| BuildError::Export(e.to_string()))?;
+    Ok((config_bytes, manifest_bytes))
+}
+
+fn export_err(e: impl std::fmt::Display) -> BuildError {
+    BuildError::Export(e.to_string())
+}
+
+/// Exports `img` to `dest`.
+pub async fn export(
+    client: &Arc<RegistryClient>,
+    content: &OciLayout,
+    img: &StageResult,
+    dest: &Destination,
+    progress: &Arc<Progress>,
+) -> Result<ExportReport, BuildError> {
+    let (config, manifest) = documents(img)?;
+    let v = progress.vertex(&format!(
+        "exporting to {}",
+        match dest {
+            Destination::Layout { dir, tag } => format!("oci:{}:{tag}", dir.display()),
+            Destination::Registry(r) => r.to_string(),
+        }
+    ));
+    let r = match dest {
+        Destination::Layout { dir, tag } => {
+            to_layout(client, content, img, dir, tag, &config, &manifest).await
+        }
+        Destination::Registry(r) => to_registry(client, content, img, r, &config, &manifest).await,
+    };
+    match &r {
+        Ok(rep) => {
+            v.log(&format!(
+                "manifest {}: {} built layers, {} base layers kept, {} base layers fetched",
+                Digest::of(&manifest),
+                rep.built_layers,
+                rep.base_layers_kept,
+                rep.base_layers_fetched
+            ));
+            v.done();
+        }
+        Err(e) => v.error(e),
+    }
+    r
+}
+
+async fn to_layout(
+    client: &Arc<RegistryClient>,
+    content: &OciLayout,
+    img: &StageResult,
+    dir: &std::path::Path,
+    tag: &str,
+    config: &[u8],
+    manifest: &[u8],
+) -> Result<ExportReport, BuildError> {
+    let layout = OciLayout::open_or_create(dir).map_err(export_err)?;
+    let mut rep = ExportReport::default();
+    for l in &img.layers {
+        let d = blob_digest(&l.blob)?;
+        if layout.blob_path(&d).is_file() {
+            rep.base_layers_kept += usize::from(l.remote.is_some());
+            continue;
+        }
+        match &l.remote {
+            None => {
+                layout.copy_blob_from(content, &d).map_err(export_err)?;
+                rep.built_layers += 1;
+            }
+            Some(src) => {
+                let tmp = layout.temp_blob().map_err(export_err)?;
+                let f = tmp
+                    .reopen()
+                    .map_err(|e| export_err(format!("temp blob: {e}")))?;
+                let mut f = tokio::fs::File::from_std(f);
+                client
+                    .blob_to_file(src, &d, l.blob.size, &mut f, &[], &|_| {})
+                    .await
+                    .map_err(export_err)?;
+                drop(f);
+                layout.commit_blob(tmp, &d).map_err(export_err)?;
+                rep.base_layers_fetched += 1;
+            }
+        }
+        rep.bytes += l.blob.size;
+    }
+    layout.put_blob(config).map_err(export_err)?;
+    let desc = layout
+        .put_manifest_bytes(
+            manifest,
+            oci_spec::image::MediaType::ImageManifest,
+            Some(tag),
+        )
+        .map_err(export_err)?;
+    rep.manifest = Some(OciLayout::digest_of(&desc).map_err(export_err)?);
+    Ok(rep)
+}
+
+async fn to_registry(
+    client: &Arc<RegistryClient>,
+    content: &OciLayout,
+    img: &StageResult,
+    dest: &Reference,
+    config: &[u8],
+    manifest: &[u8],
+) -> Result<ExportReport, BuildError> {
+    let mut rep = ExportReport::default();
+    for l in &img.layers {
+        let d = blob_digest(&l.blob)?;
+        match &l.remote {
+            None => {
+                if client
+                    .push_blob(dest, &d, &content.blob_path(&d), l.blob.size)
+                    .await
+                    .map_err(export_err)?
+                {
+                    rep.bytes += l.blob.size;
+                }
+                rep.built_layers += 1;
+            }
+            Some(src) => {
+                if src.registry == dest.registry
+                    && client
+                        .mount_blob(dest, &d, &src.repository)
+                        .await
+                        .map_err(export_err)?
+                {
+                    rep.base_layers_kept += 1;
+                    continue;
+                }
+                if client.blob_size(dest, &d, &[]).await.ok().flatten() == Some(l.blob.size) {
+                    rep.base_layers_kept += 1;
+                    continue;
+                }
+                let tmp = tempfile::NamedTempFile::new_in(content.root())
+                    .map_err(|e| export_err(format!("temp file: {e}")))?;
+                let mut f = tokio::fs::File::from_std(
+                    tmp.reopen()
+                        .map_err(|e| export_err(format!("temp file: {e}")))?,
+                );
+                client
+                    .blob_to_file(src, &d, l.blob.size, &mut f, &[], &|_| {})
+                    .await
+                    .map_err(export_err)?;
+                drop(f);
+                client
+                    .push_blob(dest, &d, tmp.path(), l.blob.size)
+                    .await
+                    .map_err(export_err)?;
+                rep.base_layers_fetched += 1;
+                rep.bytes += l.blob.size;
+            }
+        }
+    }
+    let cfg_digest = Digest::of(config);
+    let mut cfg_file = tempfile::NamedTempFile::new_in(content.root())
+        .map_err(|e| export_err(format!("temp file: {e}")))?;
+    std::io::Write::write_all(&mut cfg_file, config)
+        .map_err(|e| export_err(format!("temp file: {e}")))?;
+    client
+        .push_blob(dest, &cfg_digest, cfg_file.path(), config.len() as u64)
+        .await
+        .map_err(export_err)?;
+    let tag = dest.tag.clone().unwrap_or_else(|| "latest".into());
+    let d = client
+        .push_manifest(dest, &tag, OCI_MANIFEST, manifest)
+        .await
+        .map_err(export_err)?;
+    rep.manifest = Some(d);
+    Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert_eq!(
+            parse_destination("oci:/tmp/out:v1", false).unwrap(),
+            Destination::Layout {
+                dir: "/tmp/out".into(),
+                tag: "v1".into()
+            }
+        );
+        assert_eq!(
+            parse_destination("oci:/tmp/out", false).unwrap(),
+            Destination::Layout {
+                dir: "/tmp/out".into(),
+                tag: "latest".into()
+            }
+        );
+        assert!(parse_destination("localhost:5000/app:v1", false)
+            .unwrap_err()
+            .contains("--push"));
+        assert!(matches!(
+            parse_destination("docker://localhost:5000/app:v1", true).unwrap(),
+            Destination::Registry(_)
+        ));
+        assert!(parse_destination("oci:/x:bad tag", false).is_err());
+        assert!(parse_destination("UPPER/x", true).is_err());
+    }
+}

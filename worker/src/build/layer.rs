@@ -1,0 +1,134 @@
+//! A step's changes as a layer blob in the worker's content store (an OCI layout): the
+//! diff tar, its diff ID, and the blob — gzip, or eStargz (with its TOC digest annotation)
+//! when the build asks for lazily pullable output.
+
+use super::diff::{write_tar, Changes, DiffStats};
+use super::{io, BuildError};
+use stargaze_fs::digest::Hasher;
+use stargaze_fs::format::{convert_layer, WriterOptions};
+use stargaze_fs::image::OciLayout;
+use stargaze_fs::Digest;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// OCI gzip layer media type.
+pub const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// A layer blob in the content store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerBlob {
+    /// Media type.
+    pub media_type: String,
+    /// Blob digest.
+    pub digest: String,
+    /// Blob size.
+    pub size: u64,
+    /// Digest of the uncompressed tar.
+    pub diff_id: String,
+    /// Descriptor annotations (eStargz: TOC digest, uncompressed size).
+    pub annotations: BTreeMap<String, String>,
+}
+
+struct Tee<'a, W: Write> {
+    inner: W,
+    hash: &'a mut Hasher,
+}
+
+impl<W: Write> Write for Tee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `changes` as a layer into `content`. Blocking.
+pub fn write_layer(
+    content: &OciLayout,
+    changes: &Changes,
+    estargz: bool,
+) -> Result<(LayerBlob, DiffStats), BuildError> {
+    let export = |e: stargaze_fs::image::ImageError| BuildError::Export(e.to_string());
+    if estargz {
+        let tar = tempfile::tempfile_in(content.root()).map_err(io("temp file for the layer"))?;
+        let (mut tar, stats) = write_tar(changes, std::io::BufWriter::new(tar))?;
+        tar.flush().map_err(io("writing the layer tar"))?;
+        let mut tar = tar
+            .into_inner()
+            .map_err(|e| BuildError::Export(e.to_string()))?;
+        std::io::Seek::rewind(&mut tar).map_err(io("rereading the layer tar"))?;
+        let tmp = content.temp_blob().map_err(export)?;
+        let mut out = std::io::BufWriter::new(tmp.as_file());
+        let report = convert_layer(
+            std::io::BufReader::new(tar),
+            &mut out,
+            &WriterOptions::default(),
+            &mut |_| {},
+        )
+        .map_err(|e| BuildError::Export(format!("eStargz layer: {e}")))?;
+        out.flush().map_err(io("writing the layer"))?;
+        drop(out);
+        content
+            .commit_blob(tmp, &report.blob_digest)
+            .map_err(export)?;
+        let mut annotations = BTreeMap::new();
+        annotations.insert(
+            stargaze_fs::format::TOC_DIGEST_ANNOTATION.to_string(),
+            report.toc_digest.to_string(),
+        );
+        annotations.insert(
+            stargaze_fs::format::UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
+            report.uncompressed_size.to_string(),
+        );
+        return Ok((
+            LayerBlob {
+                media_type: GZIP_LAYER.into(),
+                digest: report.blob_digest.to_string(),
+                size: report.blob_size,
+                diff_id: report.diff_id.to_string(),
+                annotations,
+            },
+            stats,
+        ));
+    }
+    let tmp = content.temp_blob().map_err(export)?;
+    let mut diff = Hasher::new();
+    let stats = {
+        let gz = flate2::write::GzEncoder::new(
+            std::io::BufWriter::new(tmp.as_file()),
+            flate2::Compression::new(6),
+        );
+        let tee = Tee {
+            inner: gz,
+            hash: &mut diff,
+        };
+        let (tee, stats) = write_tar(changes, tee)?;
+        tee.inner
+            .finish()
+            .and_then(|mut w| w.flush())
+            .map_err(io("writing the layer"))?;
+        stats
+    };
+    let (digest, size) = stargaze_fs::image::hash_file(tmp.path()).map_err(export)?;
+    content.commit_blob(tmp, &digest).map_err(export)?;
+    Ok((
+        LayerBlob {
+            media_type: GZIP_LAYER.into(),
+            digest: digest.to_string(),
+            size,
+            diff_id: diff.finish().to_string(),
+            annotations: BTreeMap::new(),
+        },
+        stats,
+    ))
+}
+
+/// The blob's digest, checked.
+pub fn blob_digest(b: &LayerBlob) -> Result<Digest, BuildError> {
+    b.digest
+        .parse()
+        .map_err(|e| BuildError::Export(format!("layer digest {:?}: {e}", b.digest)))
+}
