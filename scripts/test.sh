@@ -10,7 +10,8 @@ cargo build --release -p stargaze
 scripts/build-reference.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --release 2>&1 | tee "$log"
+# Worker tests run for the default worker and again for the stargz snapshotter variant.
+STARGAZE_INTEGRATION_SNAPSHOTTER=stargz cargo test --workspace --release 2>&1 | tee "$log"
 # One closing line over all test binaries (doc-test runs with no tests end cargo's output).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -31,13 +31,23 @@ pub fn make_rootfs(root: &Path) {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    if crate::is_root() {
+        std::os::unix::fs::lchown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
+    }
 }
 
 /// Writes the busybox rootfs as an OCI image tagged `tag` into the layout at `layout`
 /// (one gzip layer, `Cmd` `sh`); returns the layer tar's path.
 pub fn write_image(layout: &Path, tag: &str, work: &Path) -> PathBuf {
+    write_image_with(layout, tag, work, &[])
+}
+
+/// Like [`write_image`], with more layer tars on top.
+pub fn write_image_with(layout: &Path, tag: &str, work: &Path, extra: &[PathBuf]) -> PathBuf {
     let root = work.join("busybox-rootfs");
-    make_rootfs(&root);
+    if !root.exists() {
+        make_rootfs(&root);
+    }
     let tar = work.join("busybox.tar");
     crate::run(
         std::process::Command::new("tar")
@@ -52,7 +62,10 @@ pub fn write_image(layout: &Path, tag: &str, work: &Path) -> PathBuf {
     stargaze_fs::image::write_image(
         &l,
         tag,
-        &[stargaze_fs::image::LayerInput { tar: tar.clone() }],
+        &std::iter::once(tar.clone())
+            .chain(extra.iter().cloned())
+            .map(|tar| stargaze_fs::image::LayerInput { tar })
+            .collect::<Vec<_>>(),
         &stargaze_fs::image::ImageConfig {
             cmd: vec!["sh".into()],
             env: vec![format!(

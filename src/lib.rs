@@ -8,6 +8,7 @@ pub mod http;
 pub mod mounts;
 pub mod netem;
 pub mod servers;
+pub mod worker_sandbox;
 
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 //! only while the total exceeds the bound, least recently used first. Step cache records of
 //! removed snapshots and layer blobs no record names go with them.
 
-use crate::build::cache::{now, StepCache};
+use crate::build::cache::{now_millis, StepCache};
 use crate::config::GcPolicy;
 use crate::snapshot::{Kind, SnapshotError, Snapshotter};
 use stargaze_fs::image::OciLayout;
@@ -88,7 +88,7 @@ fn snapshot_state(
         let updated = i
             .updated
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
+            .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         out.push(Candidate {
             name: i.name.clone(),
@@ -123,7 +123,7 @@ pub fn prune(
             if rule.keep_bytes > 0 && total <= rule.keep_bytes as u64 {
                 break;
             }
-            let cutoff = now() - rule.keep_duration.as_secs() as i64;
+            let cutoff = now_millis() - rule.keep_duration.as_millis() as i64;
             let victim = records
                 .iter()
                 .filter(|c| !parents.contains(&c.name))

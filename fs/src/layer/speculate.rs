@@ -130,12 +130,17 @@ impl RemoteLayer {
         self.speculate("(loader dependencies)".into(), chunks);
     }
 
-    /// Once part of a file had to come from the network, the rest of it (up to 64 MiB) is
-    /// fetched alongside, in its own request: programs and libraries are read whole, so the
+    /// Once part of a program or library had to come from the network, the rest of it (up
+    /// to 64 MiB) is fetched alongside, in its own request: those are read whole, so the
     /// next miss in the same file overlaps the current one instead of following it. A later
     /// read of those chunks waits for that fetch (single flight) rather than repeating it.
+    /// Other files (data, archives) are read as far as their readers go: a build step that
+    /// reads the head of a large file must not pull all of it.
     pub(super) fn continue_file(&self, n: &Node, from: usize) {
         const BUDGET: u64 = 64 << 20;
+        if !is_program_or_library(n) {
+            return;
+        }
         let mut total = 0;
         let rest: Vec<Chunk> = n.chunks[from.min(n.chunks.len())..]
             .iter()
@@ -212,4 +217,10 @@ impl RemoteLayer {
         let label = format!("(siblings in {})", index.node(dir).path);
         self.speculate(label, chunks);
     }
+}
+
+/// Whether `n` looks like something loaded whole: executable, or a shared object by name.
+fn is_program_or_library(n: &Node) -> bool {
+    let name = n.path.rsplit('/').next().unwrap_or(&n.path);
+    n.mode & 0o111 != 0 || name.ends_with(".so") || name.contains(".so.")
 }

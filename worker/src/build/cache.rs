@@ -16,7 +16,7 @@ pub struct Record {
     pub layer: LayerBlob,
     /// The instruction, for history and `worker prune` reports.
     pub created_by: String,
-    /// Last use, Unix seconds.
+    /// Last use, Unix milliseconds.
     pub last_used: i64,
 }
 
@@ -28,9 +28,14 @@ pub struct StepCache {
 
 /// Seconds since the epoch.
 pub fn now() -> i64 {
+    now_millis() / 1000
+}
+
+/// Milliseconds since the epoch (last-use times: builds come faster than seconds).
+pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -64,7 +69,7 @@ impl StepCache {
     /// Marks `key` used now.
     pub fn touch(&self, key: &str) {
         if let Some(mut r) = self.get(key) {
-            r.last_used = now();
+            r.last_used = now_millis();
             let _ = self.put(key, &r);
         }
     }

@@ -4,7 +4,7 @@
 //! cache first. RUN steps hold a permit of the worker's parallelism bound while they run.
 
 use super::base::{self, LayerOutcome};
-use super::cache::{now, Record, StepCache};
+use super::cache::{now, now_millis, Record, StepCache};
 use super::copy::{self, CopyOptions, SourceRoot};
 use super::diff::{changes_of, Changes};
 use super::dockerfile::{Dockerfile, Instruction, Keyword};
@@ -911,7 +911,7 @@ impl Ctx {
             snapshot,
             layer,
             created_by: ins.text.clone(),
-            last_used: now(),
+            last_used: now_millis(),
         };
         self.w
             .cache
@@ -1091,7 +1091,7 @@ impl Ctx {
             snapshot,
             layer,
             created_by: ins.text.clone(),
-            last_used: now(),
+            last_used: now_millis(),
         };
         self.w
             .cache
