@@ -600,21 +600,26 @@ fn cold_build(w: &Wan, work: &Path, name: &str, image: &str, snapshotter: &str) 
     std::fs::create_dir_all(&ctx).expect("ctx");
     std::fs::write(
         ctx.join("Dockerfile"),
-        format!("FROM {image}\nRUN {}\n", CMD.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")),
+        format!(
+            "FROM {image}\nRUN {}\n",
+            CMD.iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     )
     .expect("Dockerfile");
     let start = Instant::now();
-    let out = w
-        .ns
-        .cmd(stargaze_bin())
-        .arg("build")
-        .arg(&ctx)
-        .arg("--root")
-        .arg(d.join("root"))
-        .arg(format!("--oci-worker-snapshotter={snapshotter}"))
-        .arg("--oci-worker-gc=false")
-        .output()
-        .expect("stargaze build");
+    let out =
+        w.ns.cmd(stargaze_bin())
+            .arg("build")
+            .arg(&ctx)
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg(format!("--oci-worker-snapshotter={snapshotter}"))
+            .arg("--oci-worker-gc=false")
+            .output()
+            .expect("stargaze build");
     let t = start.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -92,6 +92,7 @@ RUN ["/bin/sh", "-c", "echo exec-form > exec.txt"]
 RUN echo "$GREETING $MODE" > greeting.txt && cat src/a.txt >> greeting.txt && stat -c %u src/a.txt > owner.txt
 
 FROM ${BASE}
+ADD bundle.tar.gz /opt/
 LABEL org.example.team=infra version="1.0"
 EXPOSE 8080 53/udp
 COPY --from=builder /app/greeting.txt /app/owner.txt /app/exec.txt /out/
@@ -109,6 +110,15 @@ fn multi_stage(sb: &Sandbox, host: &str) {
     std::fs::write(ctx.join("Dockerfile"), MULTI_STAGE).unwrap();
     std::fs::write(ctx.join("src/a.txt"), "from the context\n").unwrap();
     std::fs::write(ctx.join("notes.txt"), "notes\n").unwrap();
+    let pkg = sb.dir.path().join("pkg");
+    std::fs::create_dir_all(pkg.join("pkg")).unwrap();
+    std::fs::write(pkg.join("pkg/readme"), "unpacked by ADD\n").unwrap();
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&pkg)
+        .arg("-czf")
+        .arg(ctx.join("bundle.tar.gz"))
+        .arg("pkg"));
     let out = sb.dir.path().join("out");
     let base = format!("BASE={host}/base/bb:v1");
     let dest = format!("oci:{}:v1", out.display());
@@ -122,7 +132,7 @@ fn multi_stage(sb: &Sandbox, host: &str) {
         &dest,
     ];
     let t = ok(&sb.build(&args), "first build");
-    assert!(t.contains("7 steps run, 0 cached"), "{t}");
+    assert!(t.contains("8 steps run, 0 cached"), "{t}");
     assert!(
         t.contains("#") && t.contains("RUN echo \"$GREETING $MODE\""),
         "progress names steps: {t}"
@@ -138,7 +148,7 @@ fn multi_stage(sb: &Sandbox, host: &str) {
     assert_eq!(c["Labels"]["org.example.team"], "infra");
     assert_eq!(c["Labels"]["version"], "1.0");
     assert!(c["ExposedPorts"]["8080/tcp"].is_object() && c["ExposedPorts"]["53/udp"].is_object());
-    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 5);
     let bundle = sb.dir.path().join("bundle");
     run(Command::new("umoci")
         .args(["unpack", "--image"])
@@ -150,6 +160,11 @@ fn multi_stage(sb: &Sandbox, host: &str) {
     assert_eq!(read("out/greeting.txt"), "hi test\nfrom the context\n");
     assert_eq!(read("out/owner.txt"), "1000\n", "COPY --chown=app:app");
     assert_eq!(read("out/exec.txt"), "exec-form\n");
+    assert_eq!(
+        read("opt/pkg/readme"),
+        "unpacked by ADD\n",
+        "ADD unpacks a local archive"
+    );
     assert_eq!(read("home/app/uid.txt"), "1000\n", "USER app");
     assert!(
         !rootfs.join("etc/group").exists(),
@@ -168,12 +183,12 @@ fn multi_stage(sb: &Sandbox, host: &str) {
 
     // Again: everything from the cache.
     let t = ok(&sb.build(&args), "second build");
-    assert!(t.contains("0 steps run, 7 cached"), "{t}");
+    assert!(t.contains("0 steps run, 8 cached"), "{t}");
     assert!(t.contains("CACHED"), "{t}");
     // A changed context file re-runs its COPY and what follows.
     std::fs::write(ctx.join("src/a.txt"), "changed\n").unwrap();
     let t = ok(&sb.build(&args), "third build");
-    assert!(t.contains("6 steps run, 1 cached"), "{t}");
+    assert!(t.contains("6 steps run, 2 cached"), "{t}");
     let bundle2 = sb.dir.path().join("bundle2");
     run(Command::new("umoci")
         .args(["unpack", "--image"])
@@ -544,4 +559,94 @@ fn bad_input_is_refused_without_writing_outside_the_root() {
         .collect();
     assert_eq!(names.len(), 1, "nothing written outside: {names:?}");
     assert!(sb.mounts().is_empty());
+}
+
+#[test]
+fn cni_gives_each_step_its_own_network() {
+    if !ready()
+        || !require(
+            Path::new("/usr/lib/cni/bridge").is_file(),
+            "containernetworking-plugins",
+        )
+    {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let reg = registry(work.path());
+    // Everything happens inside a namespace of the test's own: the CNI bridge is made there.
+    let ns = stargaze_suite::netem::Netns::create(None);
+    let proxy =
+        stargaze_suite::netem::DelayProxy::start(&ns, reg.addr(), std::time::Duration::ZERO);
+    let sb = Sandbox::new(&Variant {
+        name: "oci-cni".into(),
+        snapshotter: Some("overlayfs".into()),
+        rootless: None,
+    });
+    let conf = sb.dir.path().join("cni.conflist");
+    std::fs::write(
+        &conf,
+        serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": "stargaze-test",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": "sgz0",
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.231.7.0/24"}]],
+                    "dataDir": sb.dir.path().join("ipam"),
+                },
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let ctx = sb.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/base/bb:v1\nRUN ip -4 addr show eth0 | grep -o 'inet 10.231.7.[0-9]*' && ip link show lo | grep -q UP && echo cni-ok\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let mut c = ns.cmd(stargaze_bin());
+    c.arg("build")
+        .arg(&ctx)
+        .arg("--root")
+        .arg(sb.root())
+        .arg("--oci-worker-snapshotter=overlayfs")
+        .arg("--oci-worker-net=cni")
+        .arg(format!("--oci-cni-config-path={}", conf.display()))
+        .arg("--oci-cni-binary-dir=/usr/lib/cni");
+    let t = ok(&c.output().unwrap(), "CNI build");
+    assert!(t.contains("inet 10.231.7.") && t.contains("cni-ok"), "{t}");
+    let left = run(Command::new("ip").args(["netns", "list"]));
+    assert!(
+        !left.contains("stargaze-stargaze-"),
+        "step namespaces left: {left}"
+    );
+    // A config that names a missing plugin is refused up front.
+    std::fs::write(
+        &conf,
+        r#"{"cniVersion":"0.4.0","name":"x","plugins":[{"type":"nosuchplugin"}]}"#,
+    )
+    .unwrap();
+    let mut c = ns.cmd(stargaze_bin());
+    c.arg("build")
+        .arg(&ctx)
+        .arg("--root")
+        .arg(sb.root())
+        .arg("--oci-worker-net=cni")
+        .arg(format!("--oci-cni-config-path={}", conf.display()))
+        .arg("--oci-cni-binary-dir=/usr/lib/cni");
+    let o = c.output().unwrap();
+    assert!(
+        !o.status.success() && text(&o).contains("nosuchplugin"),
+        "{}",
+        text(&o)
+    );
 }

@@ -163,8 +163,12 @@ pub fn open(
     let network = match network_name(&cfg).as_str() {
         "host" => NetworkMode::Host,
         "none" => NetworkMode::None,
-        other => anyhow::bail!(
-            "--oci-worker-net={other}: CNI networking is not available in this build of stargaze; use --oci-worker-net=host"
+        _ => NetworkMode::Cni(
+            stargaze_worker::executor::cni::CniConfig::load(
+                &cfg.cni_config_path,
+                &cfg.cni_binary_dir,
+            )
+            .context("--oci-worker-net=cni")?,
         ),
     };
     let executor = Executor::new(ExecutorOptions {

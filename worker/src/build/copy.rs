@@ -242,6 +242,8 @@ pub struct CopyOptions {
     pub mode: Option<u32>,
     /// The sources come from the context (owner defaults to root).
     pub from_context: bool,
+    /// ADD: local tar archives (plain, gzip, zstd) are unpacked into the destination.
+    pub unpack_archives: bool,
 }
 
 /// Parses `--chmod`.
@@ -293,13 +295,20 @@ pub fn copy_into(
             ));
         }
     }
-    if into_dir {
+    let archives: Vec<bool> = sources
+        .iter()
+        .map(|s| opts.unpack_archives && is_archive(&s.path))
+        .collect();
+    if into_dir || archives.iter().any(|a| *a) {
         let dir =
             rootpath::mkdir_all(rootfs, &dest_abs, 0o755).map_err(|e| dest_err(e.to_string()))?;
-        for s in sources {
+        for (s, archive) in sources.iter().zip(archives) {
             let m = std::fs::symlink_metadata(&s.path)
                 .map_err(io(format!("inspecting {}", s.written)))?;
-            if m.is_dir() {
+            if archive {
+                stats.bytes += unpack_archive(&s.path, &dir, &s.written)?;
+                stats.entries += 1;
+            } else if m.is_dir() {
                 copy_dir_contents(&s.path, &dir, opts, &mut stats)?;
             } else {
                 let name = s
@@ -320,6 +329,64 @@ pub fn copy_into(
         copy_entry(&sources[0].path, &dir.join(name), opts, &mut stats)?;
     }
     Ok(stats)
+}
+
+/// Whether `path` is a regular file holding a tar archive: gzip or zstd compressed, or
+/// plain (`ustar` magic).
+pub fn is_archive(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !m.is_file() {
+        return false;
+    }
+    let mut head = [0u8; 263];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let h = &head[..n];
+    h.starts_with(&[0x1f, 0x8b])
+        || h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (n >= 262 && &h[257..262] == b"ustar")
+}
+
+/// Unpacks a local tar archive into `dir` (ADD): read through the layer converter (which
+/// checks the tar and its names) and extracted by the safe extractor, which never follows
+/// a symlink out of `dir`. Returns the file bytes written.
+fn unpack_archive(src: &Path, dir: &Path, written: &str) -> Result<u64, CopyError> {
+    use stargaze_fs::format::extract::{extract_layer, ExtractOptions, Whiteouts};
+    use stargaze_fs::format::{
+        convert_layer, Compression, FileBlob, LayerReader, OpenOptions, WriterOptions,
+    };
+    let bad = |e: String| CopyError::Dest {
+        dest: written.into(),
+        reason: format!("unpacking the archive: {e}"),
+    };
+    let input = std::fs::File::open(src).map_err(io(format!("opening {written}")))?;
+    let mut indexed = tempfile::NamedTempFile::new().map_err(io("temp file"))?;
+    let opts = WriterOptions {
+        compression: Compression::Gzip,
+        level: 0,
+        ..WriterOptions::default()
+    };
+    convert_layer(
+        std::io::BufReader::new(input),
+        indexed.as_file_mut(),
+        &opts,
+        &mut |_| {},
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let blob = FileBlob::open(indexed.path()).map_err(|e| bad(e.to_string()))?;
+    let reader =
+        LayerReader::open(blob, &OpenOptions::default()).map_err(|e| bad(e.to_string()))?;
+    let eo = ExtractOptions {
+        whiteouts: Whiteouts::Keep,
+        chown: stargaze_fs::sys::is_root(),
+        ..ExtractOptions::default()
+    };
+    let r = extract_layer(&reader, dir, &eo).map_err(|e| bad(e.to_string()))?;
+    Ok(r.bytes)
 }
 
 fn copy_dir_contents(
@@ -453,6 +520,7 @@ mod tests {
             from_context: true,
             owner: Some((5, 6)),
             mode: None,
+            unpack_archives: false,
         };
         copy_into(&rootfs, &r("a.txt").unwrap(), "/x/renamed", "/", &o).unwrap();
         assert_eq!(

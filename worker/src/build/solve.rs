@@ -1046,6 +1046,7 @@ impl Ctx {
         let context = self.req.context.clone();
         let srcs_v: Vec<String> = srcs.to_vec();
         let from_context = from_top.is_none();
+        let add = ins.keyword == Keyword::Add;
         let done = blocking(move || -> Result<(String, LayerBlob), BuildError> {
             let snap = w.snapshotter.clone();
             let active = Active::new(&snap, parent.as_deref())?;
@@ -1066,6 +1067,7 @@ impl Ctx {
                     owner,
                     mode: chmod,
                     from_context,
+                    unpack_archives: add && from_context,
                 };
                 copy::copy_into(
                     &target.dir,

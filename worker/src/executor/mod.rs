@@ -5,6 +5,7 @@
 //! line; cancellation or a timeout kills it through the runtime, and the rootfs and bundle
 //! are removed whatever happened.
 
+pub mod cni;
 pub mod netfiles;
 pub mod rootpath;
 mod runc;
@@ -37,12 +38,14 @@ pub struct ExecutorOptions {
 }
 
 /// The worker's network mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum NetworkMode {
     /// Steps share the host's network.
     Host,
     /// Steps get a network namespace with only loopback.
     None,
+    /// Steps get a network namespace set up by CNI plugins.
+    Cni(cni::CniConfig),
 }
 
 /// One step's process.
@@ -103,6 +106,9 @@ pub enum ExecError {
     /// The spec could not be made.
     #[error(transparent)]
     Spec(#[from] spec::SpecError),
+    /// The step's network could not be set up.
+    #[error(transparent)]
+    Network(#[from] cni::CniError),
     /// Local I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -173,8 +179,9 @@ impl Executor {
             .map_err(io(format!("creating {}", opts.dir.display())))?;
         std::fs::set_permissions(&opts.dir, std::fs::Permissions::from_mode(0o711))
             .map_err(io(format!("chmod {}", opts.dir.display())))?;
-        let (resolv, hosts) = netfiles::ensure(&opts.dir, opts.network == NetworkMode::Host)
-            .map_err(io("writing resolv.conf and hosts"))?;
+        let (resolv, hosts) =
+            netfiles::ensure(&opts.dir, matches!(opts.network, NetworkMode::Host))
+                .map_err(io("writing resolv.conf and hosts"))?;
         Ok(Executor {
             opts,
             resolv,
@@ -230,6 +237,21 @@ impl Executor {
                     return Err(e);
                 }
             }
+        };
+        let mut input = input;
+        let _network = match &self.opts.network {
+            NetworkMode::Cni(cfg) => {
+                let (cfg, id2) = (cfg.clone(), id.clone());
+                let n = tokio::task::spawn_blocking(move || cni::StepNetwork::create(&cfg, &id2))
+                    .await
+                    .map_err(|e| ExecError::Io {
+                        context: "setting up the step's network".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+                input.network = Network::Join(n.path());
+                Some(n)
+            }
+            _ => None,
         };
         let spec = spec::generate(&input)?;
         spec.save(dir.join("config.json"))
@@ -296,7 +318,8 @@ fn prepare(
         hosts,
         network: match opts.network {
             NetworkMode::Host => Network::Host,
-            NetworkMode::None => Network::None,
+            // CNI namespaces are made per step, just before the spec.
+            NetworkMode::None | NetworkMode::Cni(_) => Network::None,
         },
         process_sandbox: opts.process_sandbox,
         apparmor_profile: opts.apparmor_profile.clone(),
