@@ -483,6 +483,21 @@ impl StargazeSnapshotter {
         self.wait_ready(&|| Self::containerd_sees_it(ctd));
     }
 
+    /// Stops it with SIGTERM (a clean shutdown) and starts it again on the same root.
+    pub fn stop_and_restart(&mut self, ctd: &crate::Containerd, extra: &[&str]) {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        self.child = Self::spawn(
+            &self.socket,
+            &self.root,
+            self.dir.path(),
+            extra,
+            self.netns.as_deref(),
+        );
+        self.wait_ready(&|| Self::containerd_sees_it(ctd));
+    }
+
     /// Whether the server still runs.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -506,5 +521,12 @@ impl Drop for StargazeSnapshotter {
             eprintln!("--- stargaze snapshotter log ---\n{}", self.log());
         }
         crate::mounts::detach_under(&self.root);
+        // The FUSE holder the daemon started beside itself outlives it by design.
+        if let Ok(pid) = std::fs::read_to_string(self.root.join("fuse-holder.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: kill(2) on the holder's PID, which it wrote itself.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }

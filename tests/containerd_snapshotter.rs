@@ -366,3 +366,91 @@ fn kill_9_during_a_lazy_pull_leaves_a_consistent_store_and_no_stale_mounts() {
     drop(snap);
     drop(ctd);
 }
+
+#[test]
+fn running_containers_keep_reading_through_a_daemon_restart() {
+    if !ready()
+        || !require(have("ctr-remote"), "ctr-remote")
+        || !require(Path::new("/dev/fuse").exists(), "/dev/fuse")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (reg, _) = plain_image(tmp.path());
+    let esgz = format!("{}/esgz/busybox:v1", reg.addr());
+    let ctd = Containerd::start();
+    let mut snap = StargazeSnapshotter::start(&ctd, &[]);
+    run(ctd
+        .cmd("ctr-remote")
+        .args(["image", "rpull", "--plain-http", &esgz]));
+    // A unique name, and a guard that removes the container even when the test fails.
+    let id = format!("keep-{}", std::process::id());
+    struct Task<'a>(&'a Containerd, String);
+    impl Drop for Task<'_> {
+        fn drop(&mut self) {
+            let ctr = |args: &[&str]| self.0.cmd("ctr").args(args).output();
+            let _ = ctr(&["task", "kill", "-s", "KILL", &self.1]);
+            for _ in 0..50 {
+                if ctr(&["task", "rm", &self.1]).is_ok_and(|o| o.status.success()) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = ctr(&["container", "rm", &self.1]);
+        }
+    }
+    run(ctd.cmd("ctr").args([
+        "run",
+        "-d",
+        "--snapshotter=stargz",
+        &esgz,
+        &id,
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ]));
+    let task = Task(&ctd, id.clone());
+    let exec = |exec_id: &str, script: &str| -> String {
+        run(ctd.cmd("ctr").args([
+            "task",
+            "exec",
+            "--exec-id",
+            exec_id,
+            &id,
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+        ]))
+    };
+    assert_eq!(
+        exec("e1", "cat /etc/hello.txt"),
+        "hello from the top layer\n"
+    );
+
+    // kill -9: the container's layers stay mounted (the holder keeps their connections),
+    // and a file it never read before comes through the restarted daemon.
+    snap.crash_and_restart(&ctd, &[]);
+    let want =
+        stargaze_fs::Digest::of(&stargaze_fs::image::sample::sample_bytes(1000, 2 << 20, 40)).hex();
+    let sum = exec("e2", "/bin/busybox sha256sum /usr/lib/libsample0.so");
+    assert!(sum.starts_with(&want), "{sum}\n{}", snap.log());
+    assert!(
+        snap.log().contains("resumed on its kept FUSE connection"),
+        "{}",
+        snap.log()
+    );
+
+    // A clean stop leaves the layers a container uses mounted; the next start serves them.
+    snap.stop_and_restart(&ctd, &[]);
+    let log = snap.log();
+    assert!(log.contains("left mounted for the next start"), "{log}");
+    let all = exec(
+        "e3",
+        "/bin/busybox find / -xdev -type f -exec /bin/busybox cat {} + | /bin/busybox wc -c",
+    );
+    assert!(all.trim().parse::<u64>().unwrap_or(0) > 2 << 20, "{all}");
+    drop(task);
+    drop(snap);
+    drop(ctd);
+}

@@ -150,7 +150,7 @@ pub fn open(
                     background: None,
                     ..LazyOptions::default()
                 };
-                let s = stargz_at(&snaps, client.clone(), disk, 256, lazy, rt.handle())?;
+                let s = stargz_at(&snaps, client.clone(), disk, 256, lazy, rt.handle(), None)?;
                 stargz = Some(s.clone());
                 s
             }

@@ -29,7 +29,17 @@ pub struct SnapshotterArgs {
 #[derive(Subcommand)]
 enum SnapshotterCommand {
     /// Serve containerd's snapshots API on a unix socket.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// The FUSE descriptor holder `serve` starts beside itself (not for direct use).
+    #[command(hide = true)]
+    FdHolder(FdHolderArgs),
+}
+
+#[derive(Args)]
+struct FdHolderArgs {
+    /// Socket to serve.
+    #[arg(long)]
+    socket: PathBuf,
 }
 
 /// Which snapshotter backs the service.
@@ -93,7 +103,11 @@ struct ServeArgs {
 /// Runs the subcommand.
 pub fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
     match a.command {
-        SnapshotterCommand::Serve(s) => serve(s),
+        SnapshotterCommand::Serve(s) => serve(*s),
+        SnapshotterCommand::FdHolder(h) => {
+            stargaze_worker::snapshot::stargz::holder::serve(&h.socket)
+                .with_context(|| format!("FUSE holder on {}", h.socket.display()))
+        }
     }
 }
 
@@ -189,6 +203,15 @@ fn open_stargz(
             ..BackgroundOptions::default()
         }),
     };
+    // Running containers keep their lazy layers through a restart of this daemon: a
+    // holder process keeps the FUSE connections.
+    let exe = std::env::current_exe().context("locating the stargaze binary")?;
+    let holder = stargaze_worker::snapshot::stargz::holder::Holder::connect_or_start(
+        &a.root.join("fuse-holder.sock"),
+        &exe,
+        &a.root.join("fuse-holder.log"),
+    )
+    .context("starting the FUSE holder")?;
     stargz_at(
         &a.root,
         Arc::new(a.hosts.client(opts)?),
@@ -196,6 +219,7 @@ fn open_stargz(
         memory_mib,
         lazy,
         rt.handle(),
+        Some(holder),
     )
 }
 
@@ -208,6 +232,7 @@ pub fn stargz_at(
     memory_mib: u64,
     lazy: LazyOptions,
     rt: &tokio::runtime::Handle,
+    holder: Option<stargaze_worker::snapshot::stargz::holder::Holder>,
 ) -> anyhow::Result<Arc<Stargz>> {
     let source = RemoteSource {
         client,
@@ -218,7 +243,7 @@ pub fn stargz_at(
         fetch: FetchOptions::default(),
         lazy,
     };
-    let s = Stargz::open(root, source, rt.clone())
+    let s = Stargz::open_with(root, source, rt.clone(), holder)
         .with_context(|| format!("opening the stargz snapshotter at {}", root.display()))?;
     Ok(Arc::new(s))
 }
@@ -284,9 +309,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     });
     if let Some(s) = &stargz {
         let c = s.counters();
-        s.unmount_all();
+        let kept = s.shutdown();
         println!(
-            "stargaze snapshotter: stopped; {} layers mounted lazily, {} fell back to a normal pull, {} remounted",
+            "stargaze snapshotter: stopped; {} layers mounted lazily, {} fell back to a normal pull, {} remounted; {kept} layers in use by containers left mounted for the next start",
             c.lazy_mounts.load(std::sync::atomic::Ordering::Relaxed),
             c.fallbacks.load(std::sync::atomic::Ordering::Relaxed),
             c.remounts.load(std::sync::atomic::Ordering::Relaxed)

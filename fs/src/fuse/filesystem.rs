@@ -85,6 +85,7 @@ pub struct LayerFs {
     /// backing file is refused.
     counters: Arc<OpenCounters>,
     modes: Arc<OpenModes>,
+    init: super::resume::InitSlot,
 }
 
 impl LayerFs {
@@ -96,7 +97,18 @@ impl LayerFs {
             opts,
             counters: Arc::new(OpenCounters::default()),
             modes: Arc::new(OpenModes::default()),
+            init: Default::default(),
         }
+    }
+
+    /// Where the kernel's INIT is recorded when it comes.
+    pub fn init_slot(&self) -> super::resume::InitSlot {
+        self.init.clone()
+    }
+
+    /// The served layer's digest, hex.
+    pub fn layer_digest_hex(&self) -> String {
+        self.layer.digest().hex()
     }
 
     /// How files have been opened (passthrough or not), live.
@@ -190,6 +202,14 @@ fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
 
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let abi = config.kernel_abi();
+        if let Ok(mut slot) = self.init.lock() {
+            *slot = Some(super::resume::KernelInit {
+                major: abi.0,
+                minor: abi.1,
+                flags: config.capabilities().bits(),
+            });
+        }
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.set_max_readahead(4 << 20);

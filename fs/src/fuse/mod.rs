@@ -4,6 +4,7 @@
 
 mod filesystem;
 mod passthrough;
+pub mod resume;
 pub mod view;
 
 pub use filesystem::{mount_layer, AccessRecorder, FsOptions, LayerFs};

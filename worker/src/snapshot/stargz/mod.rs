@@ -9,6 +9,7 @@
 //! Remote snapshots are remounted when the snapshotter opens (restart), and again on demand
 //! before a mount that stacks them.
 
+pub mod holder;
 pub mod labels;
 pub mod lazy;
 
@@ -74,8 +75,24 @@ impl Stargz {
     /// Opens the snapshotter at `root`, serving lazy reads on `rt`, and remounts the remote
     /// snapshots it has (failures are logged; they are retried when used).
     pub fn open(root: &Path, source: RemoteSource, rt: tokio::runtime::Handle) -> Result<Self> {
+        Self::open_with(root, source, rt, None)
+    }
+
+    /// Like [`Self::open`], with FUSE connections kept by `holder` so running containers
+    /// survive a daemon restart (remote snapshots whose connection the holder kept are
+    /// resumed, not remounted).
+    pub fn open_with(
+        root: &Path,
+        source: RemoteSource,
+        rt: tokio::runtime::Handle,
+        holder: Option<holder::Holder>,
+    ) -> Result<Self> {
+        let driver = match holder {
+            Some(h) => LazyOverlay::new().with_holder(h),
+            None => LazyOverlay::new(),
+        };
         let s = Stargz {
-            local: LocalSnapshotter::open(root, LazyOverlay::new())?,
+            local: LocalSnapshotter::open(root, driver)?,
             source,
             rt,
             counters: Arc::new(StargzCounters::default()),
@@ -110,6 +127,13 @@ impl Stargz {
     /// Unmounts every lazy layer (shutdown); snapshots stay in the store.
     pub fn unmount_all(&self) {
         self.local.driver().unmount_all();
+    }
+
+    /// Daemon shutdown: unmounts the lazy layers nothing stacks on; those running
+    /// containers use stay mounted with the holder (for the next daemon). Returns how many
+    /// stayed.
+    pub fn shutdown(&self) -> usize {
+        self.local.driver().shutdown()
     }
 
     /// Opens `layer` from its registry: size by HEAD, then footer and TOC.
@@ -160,10 +184,19 @@ impl Stargz {
         let layer = labels::layer(&info.labels)?.ok_or_else(|| {
             SnapshotError::Store(format!("remote snapshot {name:?} lost its layer labels"))
         })?;
-        self.local.driver().release(dir);
         let opened = self
             .open_layer(&layer)
             .map_err(|e| unavailable(format!("layer {}: {e}", layer.digest)))?;
+        if self
+            .local
+            .driver()
+            .resume(dir, opened.clone(), &self.rt, &self.source.lazy)?
+        {
+            self.counters.remounts.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(snapshot = %name, layer = %layer.digest, "remote snapshot resumed on its kept FUSE connection");
+            return Ok(());
+        }
+        self.local.driver().release(dir);
         self.local
             .driver()
             .mount(dir, opened, &self.rt, &self.source.lazy)?;

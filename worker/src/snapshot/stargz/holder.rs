@@ -1,0 +1,264 @@
+//! The FUSE descriptor holder: a small process of its own, beside the snapshotter daemon,
+//! that keeps a duplicate of every lazy layer's `/dev/fuse` descriptor. While it holds one,
+//! the kernel keeps that FUSE connection — and the overlay mounts of running containers
+//! stacked on it — alive through a daemon crash or restart: readers wait instead of
+//! failing, and the restarted daemon takes the descriptor back and serves it again
+//! (`stargaze_fs::fuse::resume`). It speaks one JSON request per `SOCK_SEQPACKET` message
+//! (`put`, `get`, `del`, `quit`), descriptors travel as `SCM_RIGHTS`, and it lets go of
+//! descriptors whose mount point has gone.
+
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+    SockType, UnixAddr,
+};
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Largest request or answer.
+const MAX_MSG: usize = 64 << 10;
+
+fn nix_io(what: &str) -> impl FnOnce(nix::Error) -> io::Error + '_ {
+    move |e| io::Error::other(format!("{what}: {e}"))
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(nix_io("socket"))
+}
+
+fn send(fd: RawFd, msg: &serde_json::Value, pass: Option<RawFd>) -> io::Result<()> {
+    let data = msg.to_string();
+    let iov = [IoSlice::new(data.as_bytes())];
+    let fds;
+    let cmsgs: Vec<ControlMessage> = match pass {
+        Some(f) => {
+            fds = [f];
+            vec![ControlMessage::ScmRights(&fds)]
+        }
+        None => Vec::new(),
+    };
+    socket::sendmsg::<UnixAddr>(fd, &iov, &cmsgs, MsgFlags::empty(), None)
+        .map_err(nix_io("sendmsg"))?;
+    Ok(())
+}
+
+fn recv(fd: RawFd) -> io::Result<(serde_json::Value, Option<OwnedFd>)> {
+    let mut buf = vec![0u8; MAX_MSG];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg =
+        socket::recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(nix_io("recvmsg"))?;
+    let mut got = None;
+    for c in msg.cmsgs().map_err(nix_io("cmsgs"))? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: the kernel just gave us this descriptor.
+                let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                if got.is_none() {
+                    got = Some(owned);
+                }
+            }
+        }
+    }
+    let n = msg.bytes;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "holder closed the connection",
+        ));
+    }
+    let v = serde_json::from_slice(&buf[..n])
+        .map_err(|e| io::Error::other(format!("holder message: {e}")))?;
+    Ok((v, got))
+}
+
+/// A connection point to the holder of one snapshotter root.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    socket: PathBuf,
+}
+
+impl Holder {
+    /// The holder at `socket`, started (detached, with `exe`) when nothing answers there.
+    pub fn connect_or_start(socket: &Path, exe: &Path, log: &Path) -> io::Result<Holder> {
+        let h = Holder {
+            socket: socket.to_path_buf(),
+        };
+        if h.call(&serde_json::json!({"op": "ping"}), None).is_ok() {
+            return Ok(h);
+        }
+        let _ = std::fs::remove_file(socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["snapshotter", "fd-holder", "--socket"])
+            .arg(socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe; the holder must outlive the daemon's session.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match h.call(&serde_json::json!({"op": "ping"}), None) {
+                Ok(_) => return Ok(h),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(io::Error::other(format!(
+                        "the FUSE holder did not start: {e}"
+                    )))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn call(
+        &self,
+        req: &serde_json::Value,
+        pass: Option<RawFd>,
+    ) -> io::Result<(serde_json::Value, Option<OwnedFd>)> {
+        let s = seqpacket()?;
+        let addr = UnixAddr::new(&self.socket).map_err(nix_io("address"))?;
+        socket::connect(s.as_raw_fd(), &addr).map_err(nix_io("connect"))?;
+        send(s.as_raw_fd(), req, pass)?;
+        let (v, fd) = recv(s.as_raw_fd())?;
+        if v["ok"] != true {
+            return Err(io::Error::other(
+                v["error"].as_str().unwrap_or("holder refused").to_string(),
+            ));
+        }
+        Ok((v, fd))
+    }
+
+    /// Hands over a duplicate of `fd` under `key` (a mount point) with `meta`.
+    pub fn put(&self, key: &Path, meta: &serde_json::Value, fd: &OwnedFd) -> io::Result<()> {
+        self.call(
+            &serde_json::json!({"op": "put", "key": key, "meta": meta}),
+            Some(fd.as_raw_fd()),
+        )
+        .map(|_| ())
+    }
+
+    /// A duplicate of the descriptor held for `key`, with its meta, if any.
+    pub fn get(&self, key: &Path) -> io::Result<Option<(serde_json::Value, OwnedFd)>> {
+        let (v, fd) = self.call(&serde_json::json!({"op": "get", "key": key}), None)?;
+        Ok(fd.map(|f| (v["meta"].clone(), f)))
+    }
+
+    /// Lets go of `key`'s descriptor.
+    pub fn del(&self, key: &Path) -> io::Result<()> {
+        self.call(&serde_json::json!({"op": "del", "key": key}), None)
+            .map(|_| ())
+    }
+
+    /// Asks the holder to exit once it holds nothing; true if it did.
+    pub fn quit_if_empty(&self) -> bool {
+        self.call(&serde_json::json!({"op": "quit"}), None).is_ok()
+    }
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    stargaze_fs::sys::is_mount_point(p)
+}
+
+/// The holder process: serves `socket` until asked to quit while empty.
+pub fn serve(socket: &Path) -> io::Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let l = seqpacket()?;
+    let addr = UnixAddr::new(socket).map_err(nix_io("address"))?;
+    socket::bind(l.as_raw_fd(), &addr).map_err(nix_io("bind"))?;
+    socket::listen(&l, Backlog::new(64).map_err(nix_io("backlog"))?).map_err(nix_io("listen"))?;
+    // Wake up now and then to drop descriptors whose mount is gone.
+    let tv = nix::sys::time::TimeVal::new(5, 0);
+    socket::setsockopt(&l, socket::sockopt::ReceiveTimeout, &tv).map_err(nix_io("timeout"))?;
+    std::fs::write(socket.with_extension("pid"), std::process::id().to_string())?;
+    let mut held: HashMap<String, (serde_json::Value, OwnedFd)> = HashMap::new();
+    tracing::info!(socket = %socket.display(), "FUSE holder serving");
+    loop {
+        held.retain(|k, _| {
+            let keep = is_mount_point(Path::new(k));
+            if !keep {
+                tracing::info!(mount = %k, "mount gone; descriptor released");
+            }
+            keep
+        });
+        let c = match socket::accept(l.as_raw_fd()) {
+            // SAFETY: accept returned a fresh descriptor.
+            Ok(c) => unsafe { OwnedFd::from_raw_fd(c) },
+            Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(nix_io("accept")(e)),
+        };
+        let _ = socket::setsockopt(
+            &c,
+            socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(2, 0),
+        );
+        let (req, fd) = match recv(c.as_raw_fd()) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "bad holder request");
+                continue;
+            }
+        };
+        let key = req["key"].as_str().unwrap_or_default().to_string();
+        let (answer, pass) = match req["op"].as_str() {
+            Some("ping") => (serde_json::json!({"ok": true, "held": held.len()}), None),
+            Some("put") => match fd {
+                Some(f) if !key.is_empty() => {
+                    held.insert(key, (req["meta"].clone(), f));
+                    (serde_json::json!({"ok": true}), None)
+                }
+                _ => (
+                    serde_json::json!({"ok": false, "error": "put needs a key and a descriptor"}),
+                    None,
+                ),
+            },
+            Some("get") => match held.get(&key) {
+                Some((meta, f)) => (
+                    serde_json::json!({"ok": true, "meta": meta}),
+                    Some(f.as_raw_fd()),
+                ),
+                None => (serde_json::json!({"ok": true}), None),
+            },
+            Some("del") => {
+                held.remove(&key);
+                (serde_json::json!({"ok": true}), None)
+            }
+            Some("quit") if held.is_empty() => {
+                let _ = send(c.as_raw_fd(), &serde_json::json!({"ok": true}), None);
+                let _ = std::fs::remove_file(socket);
+                let _ = std::fs::remove_file(socket.with_extension("pid"));
+                return Ok(());
+            }
+            Some("quit") => (
+                serde_json::json!({"ok": false, "error": "still holding descriptors"}),
+                None,
+            ),
+            _ => (
+                serde_json::json!({"ok": false, "error": "unknown op"}),
+                None,
+            ),
+        };
+        if let Err(e) = send(c.as_raw_fd(), &answer, pass) {
+            tracing::debug!(error = %e, "answering a holder request");
+        }
+    }
+}
