@@ -259,7 +259,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // gRPC calls and disk-cache writes run on the blocking pool: bound it, and let idle
+    // threads go soon, so a burst of calls does not leave a hundred parked threads (and
+    // their touched stacks) behind.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(24)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .build()
+        .context("starting the async runtime")?;
     // Opening may remount lazy layers, which waits on registries: before entering the runtime.
     let cfg = load_config(&a)?;
     let stargz = match a.backend {
