@@ -380,10 +380,16 @@ fn through_containerd(
             .filter(|l| l.starts_with("Rss") || l.starts_with("Threads"))
             .collect();
         println!("snapshotter: {id}: {}", keep.join(" "));
-        let roll = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", pid(&*d))).unwrap_or_default();
+        let roll =
+            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", pid(&*d))).unwrap_or_default();
         let parts: Vec<&str> = roll
             .lines()
-            .filter(|l| l.starts_with("Rss") || l.starts_with("Anonymous") || l.starts_with("Pss_File") || l.starts_with("Pss_Anon"))
+            .filter(|l| {
+                l.starts_with("Rss")
+                    || l.starts_with("Anonymous")
+                    || l.starts_with("Pss_File")
+                    || l.starts_with("Pss_Anon")
+            })
             .collect();
         println!("snapshotter: {id}: {}", parts.join(" "));
     }
