@@ -539,6 +539,11 @@ fn bad_input_is_refused_without_writing_outside_the_root() {
             "../../x:bad",
         ),
         ("FROM ../../etc/passwd\n".into(), vec![], "../../etc/passwd"),
+        (
+            format!("FROM --platform=nope {host}/base/bb:v1\n"),
+            vec![],
+            "--platform=nope",
+        ),
     ];
     for (df, extra, expect) in cases {
         std::fs::write(ctx.join("Dockerfile"), &df).unwrap();

@@ -524,28 +524,38 @@ impl Ctx {
     }
 
     /// The base image `name` as a stage result (resolved and snapshotted once per build).
-    async fn image(self: &Arc<Self>, name: &str, line: usize) -> Result<StageResult, BuildError> {
+    async fn image(
+        self: &Arc<Self>,
+        name: &str,
+        platform: Option<&Platform>,
+        line: usize,
+    ) -> Result<StageResult, BuildError> {
+        let platform = platform.unwrap_or(&self.req.platform).clone();
         let cell = {
             let mut m = self.images.lock().await;
-            m.entry(name.to_string()).or_default().clone()
+            m.entry(format!("{name} {platform}")).or_default().clone()
         };
         let me = self.clone();
         let n = name.to_string();
-        cell.get_or_init(|| async move { me.load_image(&n, line).await.map_err(|e| e.to_string()) })
-            .await
-            .clone()
-            .map_err(|reason| BuildError::Base {
-                image: name.to_string(),
-                reason,
-            })
+        cell.get_or_init(|| async move {
+            me.load_image(&n, &platform, line)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .clone()
+        .map_err(|reason| BuildError::Base {
+            image: name.to_string(),
+            reason,
+        })
     }
 
     async fn load_image(
         self: &Arc<Self>,
         name: &str,
+        platform: &Platform,
         line: usize,
     ) -> Result<StageResult, BuildError> {
-        let platform = &self.req.platform;
         if name == "scratch" {
             return Ok(StageResult {
                 config: serde_json::json!({
@@ -650,7 +660,26 @@ impl Ctx {
         let base = self.base_name(i)?;
         let res = match self.stage_index(&base, i) {
             Some(j) => self.clone().stage(j).await?,
-            None => self.image(&base, st.from.line).await?,
+            None => {
+                // `FROM --platform=…` picks the base image's platform (variables expanded).
+                let platform = match st.from.flag("platform") {
+                    Some(p) => {
+                        let p = expand(p, self.req.dockerfile.escape, &|n| {
+                            self.global_args.get(n).cloned()
+                        })
+                        .map_err(|e| BuildError::Instruction {
+                            line: st.from.line,
+                            message: e.0,
+                        })?;
+                        Some(Platform::parse(&p).map_err(|e| BuildError::Instruction {
+                            line: st.from.line,
+                            message: format!("FROM --platform={p}: {e}"),
+                        })?)
+                    }
+                    None => None,
+                };
+                self.image(&base, platform.as_ref(), st.from.line).await?
+            }
         };
         let mut state = StageState {
             res,
@@ -987,7 +1016,7 @@ impl Ctx {
                             "COPY --from={f}: a stage can only copy from stages before it"
                         )))
                     }
-                    None => self.image(&f, ins.line).await?,
+                    None => self.image(&f, None, ins.line).await?,
                 };
                 (r.key.clone(), Some(r.top))
             }
