@@ -10,7 +10,11 @@ cargo build --release -p stargaze
 scripts/build-reference.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-# Worker tests run for the default worker and again for the stargz snapshotter variant.
+# Worker tests run for the default worker, the stargz snapshotter variant and rootless
+# (through rootlesskit, as a user of the project's own; made once).
+rootless_user=stargaze-rootless
+id -u "$rootless_user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$rootless_user"
+export STARGAZE_INTEGRATION_ROOTLESS_IDPAIR="$(id -u "$rootless_user"):$(id -g "$rootless_user")"
 STARGAZE_INTEGRATION_SNAPSHOTTER=stargz cargo test --workspace --release 2>&1 | tee "$log"
 # One closing line over all test binaries (doc-test runs with no tests end cargo's output).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
