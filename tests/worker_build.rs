@@ -655,3 +655,78 @@ fn cni_gives_each_step_its_own_network() {
         text(&o)
     );
 }
+
+#[test]
+fn an_interrupted_build_kills_its_steps_and_cleans_up() {
+    if !ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let reg = registry(work.path());
+    let sb = Sandbox::new(&Variant {
+        name: "oci".into(),
+        snapshotter: Some("overlayfs".into()),
+        rootless: None,
+    });
+    let ctx = sb.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/base/bb:v1\nRUN echo started && sleep 600\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let mut child = sb
+        .cmd(&["build", ctx.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the step to start, then interrupt.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "build ended before its step started:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("started") {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the interrupted build did not end:\n{seen}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{seen}{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    let exec = sb.root().join("runc-overlayfs/executor");
+    let state = exec.join("runtime-state");
+    let containers = std::fs::read_dir(&state).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(containers, 0, "containers left registered with runc");
+    let bundles: Vec<_> = std::fs::read_dir(&exec)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("stargaze-"))
+        .collect();
+    assert!(bundles.is_empty(), "bundles left: {bundles:?}");
+    assert!(sb.mounts().is_empty(), "mounts left: {:?}", sb.mounts());
+    let sleeping = run(Command::new("ps").args(["-eo", "args"]));
+    assert!(
+        !sleeping.lines().any(|l| l.trim() == "sleep 600"),
+        "the step's process survived"
+    );
+}

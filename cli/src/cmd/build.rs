@@ -136,12 +136,16 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         no_cache: a.no_cache,
     };
     let worker = opened.worker.clone();
-    let out = rt.block_on(async {
-        tokio::select! {
-            r = build(worker, req, progress.clone()) => r.map_err(anyhow::Error::from),
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        }
+    // Ctrl-C or SIGTERM: running steps are killed and cleaned up, then the build fails.
+    let cancel = opened.cancel.clone();
+    rt.spawn(async move {
+        super::registry::wait_for_signal().await;
+        eprintln!("stargaze build: interrupted; stopping running steps");
+        let _ = cancel.send(true);
     });
+    let out = rt
+        .block_on(build(worker, req, progress.clone()))
+        .map_err(anyhow::Error::from);
     let out = match out {
         Ok(o) => o,
         Err(e) => {

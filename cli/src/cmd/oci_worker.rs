@@ -25,6 +25,8 @@ use std::sync::Arc;
 
 /// An open worker.
 pub struct OpenWorker {
+    /// Cancels running steps (they are killed through the runtime, then cleaned up).
+    pub cancel: tokio::sync::watch::Sender<bool>,
     /// What builds run on.
     pub worker: Arc<Worker>,
     /// The resolved settings.
@@ -190,7 +192,9 @@ pub fn open(
     } else {
         cfg.max_parallelism
     };
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
     let worker = Arc::new(Worker {
+        cancel: cancelled,
         snapshotter,
         executor: Arc::new(executor),
         client,
@@ -201,6 +205,7 @@ pub fn open(
         rt: rt.handle().clone(),
     });
     Ok(OpenWorker {
+        cancel,
         worker,
         cfg,
         snapshotter: name,

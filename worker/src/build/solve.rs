@@ -43,6 +43,8 @@ pub struct Worker {
     pub parallelism: Arc<Semaphore>,
     /// Runtime for blocking snapshotter work that needs async calls.
     pub rt: tokio::runtime::Handle,
+    /// Turns true to cancel: running steps are killed through the runtime.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What to build.
@@ -909,7 +911,7 @@ impl Ctx {
             hostname: String::new(),
         };
         let vertex = Arc::new(v);
-        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let rx = self.w.cancel.clone();
         let ran = self
             .w
             .executor
