@@ -730,3 +730,62 @@ fn an_interrupted_build_kills_its_steps_and_cleans_up() {
         "the step's process survived"
     );
 }
+
+/// The (start, end) uptime seconds each of two stages' steps recorded.
+fn step_intervals(sb: &Sandbox, ctx: &Path, extra: &[&str]) -> ((f64, f64), (f64, f64)) {
+    let out = sb.dir.path().join(format!("out{}", extra.len()));
+    let dest = format!("oci:{}:v1", out.display());
+    let mut args = vec![ctx.to_str().unwrap(), "--no-cache", "-t", &dest];
+    args.extend_from_slice(extra);
+    ok(&sb.build(&args), "parallel stages");
+    let bundle = sb.dir.path().join(format!("bundle{}", extra.len()));
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v1", out.display()))
+        .arg(&bundle));
+    let read = |stage: &str| -> (f64, f64) {
+        let t = std::fs::read_to_string(bundle.join(format!("rootfs/{stage}.times"))).unwrap();
+        let v: Vec<f64> = t
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+            .collect();
+        (v[0], v[1])
+    };
+    (read("a"), read("b"))
+}
+
+#[test]
+fn independent_stages_run_in_parallel_up_to_max_parallelism() {
+    if !ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let reg = registry(work.path());
+    let sb = Sandbox::new(&Variant {
+        name: "oci".into(),
+        snapshotter: Some("overlayfs".into()),
+        rootless: None,
+    });
+    let ctx = sb.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let step = "RUN cat /proc/uptime > /times && sleep 1 && cat /proc/uptime >> /times";
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {h}/base/bb:v1 AS a\n{step}\nFROM {h}/base/bb:v1 AS b\n{step}\nFROM {h}/base/bb:v1\nCOPY --from=a /times /a.times\nCOPY --from=b /times /b.times\n",
+            h = reg.addr()
+        ),
+    )
+    .unwrap();
+    let overlap = |(a, b): ((f64, f64), (f64, f64))| a.0 < b.1 && b.0 < a.1;
+    let unbounded = step_intervals(&sb, &ctx, &[]);
+    assert!(
+        overlap(unbounded),
+        "stages a and b ran one after the other: {unbounded:?}"
+    );
+    let one = step_intervals(&sb, &ctx, &["--oci-max-parallelism=1"]);
+    assert!(
+        !overlap(one),
+        "with max parallelism 1 the steps overlapped: {one:?}"
+    );
+}
