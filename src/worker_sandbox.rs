@@ -21,6 +21,17 @@ pub struct Variant {
     pub rootless: Option<(u32, u32)>,
 }
 
+impl Variant {
+    /// A root variant with snapshotter `snapshotter` (tests that need one in particular).
+    pub fn with_snapshotter(name: &str, snapshotter: Option<&str>) -> Variant {
+        Variant {
+            name: name.into(),
+            snapshotter: snapshotter.map(str::to_string),
+            rootless: None,
+        }
+    }
+}
+
 /// The variants available here; unavailable ones are printed with why.
 pub fn variants() -> Vec<Variant> {
     let mut out = Vec::new();

@@ -278,11 +278,7 @@ fn gc_keepstorage_trims_to_the_bound() {
     let work = tempfile::tempdir().unwrap();
     let reg = registry(work.path());
     let host = reg.addr().to_string();
-    let variant = Variant {
-        name: "oci".into(),
-        snapshotter: Some("overlayfs".into()),
-        rootless: None,
-    };
+    let variant = Variant::with_snapshotter("oci", Some("overlayfs"));
     let sb = Sandbox::new(&variant);
     let ctx = sb.dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -354,11 +350,7 @@ fn stargz_builds_fetch_a_small_part_of_the_base() {
     let work = tempfile::tempdir().unwrap();
     let reg = registry(work.path());
     let host = reg.addr().to_string();
-    let variant = Variant {
-        name: "oci-snapshotter-stargz".into(),
-        snapshotter: Some("stargz".into()),
-        rootless: None,
-    };
+    let variant = Variant::with_snapshotter("oci-snapshotter-stargz", Some("stargz"));
     let sb = Sandbox::new(&variant);
     let ctx = sb.dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -399,11 +391,10 @@ fn stargz_builds_fetch_a_small_part_of_the_base() {
     assert_eq!(std::fs::read_to_string(m.dir.join("n")).unwrap(), "4096\n");
     m.umount();
     // The same build on overlayfs pulls the whole base.
-    let plain = Sandbox::new(&Variant {
-        name: "oci-snapshotter-overlayfs".into(),
-        snapshotter: Some("overlayfs".into()),
-        rootless: None,
-    });
+    let plain = Sandbox::new(&Variant::with_snapshotter(
+        "oci-snapshotter-overlayfs",
+        Some("overlayfs"),
+    ));
     let t = ok(&plain.build(&[ctx.to_str().unwrap()]), "overlayfs build");
     assert!(t.contains("0 mounted lazily, 2 pulled"), "{t}");
 }
@@ -418,11 +409,7 @@ fn builds_through_a_proxy_snapshotter() {
     let host = reg.addr().to_string();
     let snap =
         stargaze_suite::servers::StargazeSnapshotter::start_alone(&["--backend", "overlayfs"]);
-    let sb = Sandbox::new(&Variant {
-        name: "oci-proxy".into(),
-        snapshotter: Some("overlayfs".into()),
-        rootless: None,
-    });
+    let sb = Sandbox::new(&Variant::with_snapshotter("oci-proxy", Some("overlayfs")));
     let ctx = sb.dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(
@@ -465,11 +452,7 @@ fn bad_input_is_refused_without_writing_outside_the_root() {
     let work = tempfile::tempdir().unwrap();
     let reg = registry(work.path());
     let host = reg.addr().to_string();
-    let sb = Sandbox::new(&Variant {
-        name: "oci".into(),
-        snapshotter: None,
-        rootless: None,
-    });
+    let sb = Sandbox::new(&Variant::with_snapshotter("oci", None));
     let ctx = sb.dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let outside = sb.dir.path().join("outside");
@@ -582,11 +565,7 @@ fn cni_gives_each_step_its_own_network() {
     let ns = stargaze_suite::netem::Netns::create(None);
     let proxy =
         stargaze_suite::netem::DelayProxy::start(&ns, reg.addr(), std::time::Duration::ZERO);
-    let sb = Sandbox::new(&Variant {
-        name: "oci-cni".into(),
-        snapshotter: Some("overlayfs".into()),
-        rootless: None,
-    });
+    let sb = Sandbox::new(&Variant::with_snapshotter("oci-cni", Some("overlayfs")));
     let conf = sb.dir.path().join("cni.conflist");
     std::fs::write(
         &conf,
@@ -663,11 +642,7 @@ fn an_interrupted_build_kills_its_steps_and_cleans_up() {
     }
     let work = tempfile::tempdir().unwrap();
     let reg = registry(work.path());
-    let sb = Sandbox::new(&Variant {
-        name: "oci".into(),
-        snapshotter: Some("overlayfs".into()),
-        rootless: None,
-    });
+    let sb = Sandbox::new(&Variant::with_snapshotter("oci", Some("overlayfs")));
     let ctx = sb.dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(
@@ -761,11 +736,7 @@ fn independent_stages_run_in_parallel_up_to_max_parallelism() {
     }
     let work = tempfile::tempdir().unwrap();
     let reg = registry(work.path());
-    let sb = Sandbox::new(&Variant {
-        name: "oci".into(),
-        snapshotter: Some("overlayfs".into()),
-        rootless: None,
-    });
+    let sb = Sandbox::new(&Variant::with_snapshotter("oci", Some("overlayfs")));
     let ctx = sb.dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let step = "RUN cat /proc/uptime > /times && sleep 1 && cat /proc/uptime >> /times";

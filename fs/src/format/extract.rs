@@ -271,6 +271,33 @@ fn apply_whiteout(
     clear(&path, false)
 }
 
+/// Unpacks a tar stream (plain, gzip or zstd) under `root`. It is first indexed by the
+/// layer converter (stored, level 0, into a temporary file under `scratch`), so the same tar
+/// checks and the same safe extraction apply as to an eStargz layer.
+pub fn unpack_tar<R: std::io::Read>(
+    input: R,
+    root: &Path,
+    scratch: &Path,
+    opts: &ExtractOptions,
+) -> Result<ExtractReport, FormatError> {
+    use super::{convert_layer, Compression, FileBlob, OpenOptions, WriterOptions};
+    let mut indexed = tempfile::NamedTempFile::new_in(scratch)
+        .map_err(|e| FormatError::io(format!("temporary file in {}", scratch.display()), e))?;
+    let wo = WriterOptions {
+        compression: Compression::Gzip,
+        level: 0,
+        ..WriterOptions::default()
+    };
+    convert_layer(
+        std::io::BufReader::new(input),
+        indexed.as_file_mut(),
+        &wo,
+        &mut |_| {},
+    )?;
+    let reader = LayerReader::open(FileBlob::open(indexed.path())?, &OpenOptions::default())?;
+    extract_layer(&reader, root, opts)
+}
+
 fn apply_metadata(
     path: &Path,
     node: &super::Node,

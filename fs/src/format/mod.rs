@@ -13,7 +13,7 @@ pub mod index;
 mod limits;
 pub mod reader;
 pub mod tar;
-mod time;
+pub mod time;
 pub mod toc;
 pub mod verify;
 pub mod writer;

@@ -3,10 +3,7 @@
 //! unpack that with the same safe extractor the CLI uses, whiteouts in overlayfs form.
 
 use super::MountError;
-use crate::format::extract::{extract_layer, ExtractOptions};
-use crate::format::{
-    convert_layer, Compression, FileBlob, LayerReader, OpenOptions, WriterOptions,
-};
+use crate::format::extract::{unpack_tar, ExtractOptions};
 use crate::remote::{Descriptor, Reference, RegistryClient};
 use std::path::Path;
 
@@ -51,27 +48,9 @@ pub async fn pull_and_unpack_with(
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         let input = std::fs::File::open(&blob_path).map_err(|e| e.to_string())?;
-        let mut indexed = tempfile::NamedTempFile::new_in(dir.parent().unwrap_or(&dir))
-            .map_err(|e| e.to_string())?;
-        let opts = WriterOptions {
-            compression: Compression::Gzip,
-            level: 0,
-            ..WriterOptions::default()
-        };
-        convert_layer(
-            std::io::BufReader::new(input),
-            indexed.as_file_mut(),
-            &opts,
-            &mut |_| {},
-        )
-        .map_err(|e| format!("reading the layer tar: {e}"))?;
+        let scratch = dir.parent().unwrap_or(&dir).to_path_buf();
+        unpack_tar(input, &dir, &scratch, &eo).map_err(|e| format!("unpacking: {e}"))?;
         drop(blob_path);
-        let reader = LayerReader::open(
-            FileBlob::open(indexed.path()).map_err(|e| e.to_string())?,
-            &OpenOptions::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        extract_layer(&reader, &dir, &eo).map_err(|e| format!("unpacking: {e}"))?;
         Ok(())
     })
     .await

@@ -355,37 +355,17 @@ pub fn is_archive(path: &Path) -> bool {
 /// checks the tar and its names) and extracted by the safe extractor, which never follows
 /// a symlink out of `dir`. Returns the file bytes written.
 fn unpack_archive(src: &Path, dir: &Path, written: &str) -> Result<u64, CopyError> {
-    use stargaze_fs::format::extract::{extract_layer, ExtractOptions, Whiteouts};
-    use stargaze_fs::format::{
-        convert_layer, Compression, FileBlob, LayerReader, OpenOptions, WriterOptions,
-    };
-    let bad = |e: String| CopyError::Dest {
-        dest: written.into(),
-        reason: format!("unpacking the archive: {e}"),
-    };
+    use stargaze_fs::format::extract::{unpack_tar, ExtractOptions, Whiteouts};
     let input = std::fs::File::open(src).map_err(io(format!("opening {written}")))?;
-    let mut indexed = tempfile::NamedTempFile::new().map_err(io("temp file"))?;
-    let opts = WriterOptions {
-        compression: Compression::Gzip,
-        level: 0,
-        ..WriterOptions::default()
-    };
-    convert_layer(
-        std::io::BufReader::new(input),
-        indexed.as_file_mut(),
-        &opts,
-        &mut |_| {},
-    )
-    .map_err(|e| bad(e.to_string()))?;
-    let blob = FileBlob::open(indexed.path()).map_err(|e| bad(e.to_string()))?;
-    let reader =
-        LayerReader::open(blob, &OpenOptions::default()).map_err(|e| bad(e.to_string()))?;
     let eo = ExtractOptions {
         whiteouts: Whiteouts::Keep,
         chown: stargaze_fs::sys::is_root(),
         ..ExtractOptions::default()
     };
-    let r = extract_layer(&reader, dir, &eo).map_err(|e| bad(e.to_string()))?;
+    let r = unpack_tar(input, dir, &std::env::temp_dir(), &eo).map_err(|e| CopyError::Dest {
+        dest: written.into(),
+        reason: format!("unpacking the archive: {e}"),
+    })?;
     Ok(r.bytes)
 }
 

@@ -317,25 +317,7 @@ impl StageState {
 
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    stargaze_fs::format::time::format_rfc3339(secs)
 }
 
 /// Mounts `m` at a fresh directory under `tmp` and unmounts it (and removes it) on drop.
@@ -938,19 +920,8 @@ impl Ctx {
                 return Err(BuildError::step(ins, e));
             }
         };
-        let rec = Record {
-            snapshot,
-            layer,
-            created_by: ins.text.clone(),
-            last_used: now_millis(),
-        };
-        self.w
-            .cache
-            .put(&key, &rec)
-            .map_err(io("writing the step cache"))?;
-        self.apply(state, key, &rec, ins);
+        self.executed(state, ins, key, snapshot, layer)?;
         vertex.done();
-        self.count(true);
         Ok(())
     }
 
@@ -1120,6 +1091,20 @@ impl Ctx {
                 return Err(BuildError::step(ins, m));
             }
         };
+        self.executed(state, ins, key, snapshot, layer)?;
+        v.done();
+        Ok(())
+    }
+
+    /// A step that ran: its record goes into the step cache and its layer onto the stage.
+    fn executed(
+        &self,
+        state: &mut StageState,
+        ins: &Instruction,
+        key: String,
+        snapshot: String,
+        layer: LayerBlob,
+    ) -> Result<(), BuildError> {
         let rec = Record {
             snapshot,
             layer,
@@ -1131,7 +1116,6 @@ impl Ctx {
             .put(&key, &rec)
             .map_err(io("writing the step cache"))?;
         self.apply(state, key, &rec, ins);
-        v.done();
         self.count(true);
         Ok(())
     }

@@ -66,28 +66,6 @@ fn info(i: pb::Info) -> Info {
     }
 }
 
-fn to_pb(i: Info) -> pb::Info {
-    let ts = |t: SystemTime| {
-        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        prost_types::Timestamp {
-            seconds: d.as_secs() as i64,
-            nanos: d.subsec_nanos() as i32,
-        }
-    };
-    pb::Info {
-        name: i.name,
-        parent: i.parent,
-        kind: match i.kind {
-            Kind::View => pb::Kind::View,
-            Kind::Active => pb::Kind::Active,
-            Kind::Committed => pb::Kind::Committed,
-        } as i32,
-        created_at: Some(ts(i.created)),
-        updated_at: Some(ts(i.updated)),
-        labels: i.labels.into_iter().collect(),
-    }
-}
-
 fn map(l: Labels) -> std::collections::HashMap<String, String> {
     l.into_iter().collect()
 }
@@ -144,7 +122,7 @@ impl Snapshotter for ProxySnapshotter {
         let r = self.call(|mut c, snapshotter| async move {
             c.update(pb::UpdateSnapshotRequest {
                 snapshotter,
-                info: Some(to_pb(i)),
+                info: Some(super::service::to_pb_info(i)),
                 update_mask: Some(prost_types::FieldMask { paths }),
             })
             .await

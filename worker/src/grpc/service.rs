@@ -69,7 +69,8 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-fn to_pb_info(i: Info) -> pb::Info {
+/// containerd's form of `i`.
+pub(super) fn to_pb_info(i: Info) -> pb::Info {
     pb::Info {
         name: i.name,
         parent: i.parent,
