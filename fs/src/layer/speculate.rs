@@ -161,9 +161,10 @@ impl RemoteLayer {
     /// `SPECULATIVE_TASKS` run at once (each may hold up to 64 MiB while it decodes); beyond
     /// that the guess is dropped, never queued, so a program opening many large files cannot
     /// make speculation grow without bound.
-    fn speculate(&self, label: String, chunks: Vec<Chunk>) {
+    fn speculate(&self, label: String, chunks: Vec<Chunk>) -> bool {
         let Ok(permit) = self.speculative.clone().try_acquire_owned() else {
-            return;
+            tracing::debug!(guess = %label, "speculative fetch dropped: enough running");
+            return false;
         };
         let fetcher = self.fetcher.clone();
         tokio::spawn(async move {
@@ -172,6 +173,7 @@ impl RemoteLayer {
                 tracing::debug!(file = %label, error = %e, "speculative fetch failed");
             }
         });
+        true
     }
 
     /// After a miss in a directory whose files are small and few, the other files of that
@@ -185,14 +187,17 @@ impl RemoteLayer {
         const SIBLINGS_MAX_ENTRIES: usize = 1024;
         let index = self.index();
         let dir = index.node(node).parent;
-        if let Ok(mut seen) = self.dirs_seen.lock() {
-            if !seen.insert(dir) {
-                return;
-            }
+        if self.dirs_seen.lock().is_ok_and(|seen| seen.contains(&dir)) {
+            return;
         }
+        let mark = || {
+            if let Ok(mut seen) = self.dirs_seen.lock() {
+                seen.insert(dir);
+            }
+        };
         let children = &index.node(dir).children;
         if children.len() > SIBLINGS_MAX_ENTRIES {
-            return;
+            return mark();
         }
         let mut total = 0u64;
         let mut chunks: Vec<Chunk> = Vec::new();
@@ -204,18 +209,21 @@ impl RemoteLayer {
             for c in n.chunks.iter().filter(|c| !self.fetcher.is_cached(c)) {
                 total += c.blob_end - c.blob_offset;
                 if total > SIBLINGS_BUDGET {
-                    return;
+                    return mark();
                 }
                 chunks.push(c.clone());
             }
         }
         if chunks.is_empty() {
-            return;
+            return mark();
         }
         chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
         chunks.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
         let label = format!("(siblings in {})", index.node(dir).path);
-        self.speculate(label, chunks);
+        // A guess dropped because enough are running is tried again at the next miss here.
+        if self.speculate(label, chunks) {
+            mark();
+        }
     }
 }
 
