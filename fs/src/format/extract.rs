@@ -178,6 +178,9 @@ pub fn extract_layer<S: BlobSource>(
                 clear(&path, false)?;
                 if let Err(e) = sys::mknod(&path, libc::S_IFCHR, 0, 0) {
                     skip(&mut report, format!("whiteout {target_rel}: {e}"));
+                } else {
+                    // The whiteout entry's own time, so two extractions of a layer agree.
+                    let _ = sys::set_times_nofollow(&path, node.mtime, node.mtime_nsec);
                 }
             }
             report.whiteouts += 1;
