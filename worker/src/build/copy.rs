@@ -71,42 +71,67 @@ pub struct Source {
     pub path: PathBuf,
 }
 
-/// Whether `name` matches a Dockerfile wildcard `pat` (`*`, `?`, `[...]`).
+/// Whether `name` matches a Dockerfile wildcard `pat` (`*`, `?`, `[...]`). Greedy with
+/// one backtrack point (the last `*`), so any pattern runs in O(len(pat) × len(name)): a
+/// hostile pattern like `*a*a*a*…b` cannot make it take exponential time.
 pub fn glob_match(pat: &str, name: &str) -> bool {
-    fn m(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|i| m(&p[1..], &n[i..])),
-            Some('?') => !n.is_empty() && m(&p[1..], &n[1..]),
-            Some('[') => {
-                let Some(close) = p.iter().position(|&c| c == ']') else {
-                    return n.first() == Some(&'[') && m(&p[1..], &n[1..]);
-                };
-                let Some(&c) = n.first() else { return false };
-                let set = &p[1..close];
-                let (neg, set) = match set.first() {
-                    Some('!' | '^') => (true, &set[1..]),
-                    _ => (false, set),
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < set.len() {
-                    if i + 2 < set.len() && set[i + 1] == '-' {
-                        hit |= set[i] <= c && c <= set[i + 2];
-                        i += 3;
-                    } else {
-                        hit |= set[i] == c;
-                        i += 1;
-                    }
-                }
-                hit != neg && m(&p[close + 1..], &n[1..])
-            }
-            Some(&c) => n.first() == Some(&c) && m(&p[1..], &n[1..]),
-        }
-    }
     let p: Vec<char> = pat.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    m(&p, &n)
+    // One pattern item at `i`: (matches `c`?, length of the item in `p`).
+    let item = |i: usize, c: char| -> (bool, usize) {
+        match p[i] {
+            '?' => (true, 1),
+            '[' => match p[i + 1..].iter().position(|&x| x == ']') {
+                None => (c == '[', 1),
+                Some(len) => {
+                    let set = &p[i + 1..i + 1 + len];
+                    let (neg, set) = match set.first() {
+                        Some('!' | '^') => (true, &set[1..]),
+                        _ => (false, set),
+                    };
+                    let mut hit = false;
+                    let mut k = 0;
+                    while k < set.len() {
+                        if k + 2 < set.len() && set[k + 1] == '-' {
+                            hit |= set[k] <= c && c <= set[k + 2];
+                            k += 3;
+                        } else {
+                            hit |= set[k] == c;
+                            k += 1;
+                        }
+                    }
+                    (hit != neg, len + 2)
+                }
+            },
+            x => (x == c, 1),
+        }
+    };
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && p[i] == '*' {
+            star = Some((i + 1, j));
+            i += 1;
+            continue;
+        }
+        if i < p.len() {
+            let (ok, len) = item(i, n[j]);
+            if ok {
+                i += len;
+                j += 1;
+                continue;
+            }
+        }
+        match star {
+            Some((si, sj)) => {
+                i = si;
+                j = sj + 1;
+                star = Some((si, sj + 1));
+            }
+            None => return false,
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
 }
 
 fn has_wildcard(s: &str) -> bool {
@@ -461,6 +486,15 @@ mod tests {
 
     #[test]
     fn wildcards() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*", "a"));
+        assert!(!glob_match("?", ""));
+        assert!(glob_match("*a*b", "xxaxxb"));
+        assert!(!glob_match("*a*b", "xxaxxc"));
+        assert!(glob_match("[ab]*[!c]", "bzzd"));
+        // No exponential backtracking on a hostile pattern.
+        let hostile = format!("{}b", "*a".repeat(60));
+        assert!(!glob_match(&hostile, &"a".repeat(5000)));
         assert!(glob_match("*.txt", "a.txt"));
         assert!(!glob_match("*.txt", "a.txtx"));
         assert!(glob_match("f?o", "foo"));
