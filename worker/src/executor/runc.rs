@@ -66,7 +66,19 @@ fn runtime_errors(log: &Path) -> Vec<String> {
 }
 
 async fn kill(opts: &ExecutorOptions, id: &str, child: &mut tokio::process::Child) {
+    let started = std::time::Instant::now();
     loop {
+        if started.elapsed() > Duration::from_secs(15) {
+            // The runtime does not stop its container: kill the runtime's whole process
+            // group (it was started as a group leader) and stop waiting for it.
+            if let Some(pid) = child.id() {
+                // SAFETY: killpg on the group our child leads.
+                unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+            }
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            return;
+        }
         let k = runtime(opts)
             .args(["kill", id, "KILL"])
             .stdout(Stdio::null())
@@ -141,8 +153,16 @@ pub async fn run(
     if outcome.is_err() {
         kill(opts, id, &mut child).await;
     }
-    for h in [out, err].into_iter().flatten() {
-        let _ = h.await;
+    // Output ends when every holder of the pipes has exited; a process that outlives its
+    // container (it should not) must not hold the step open forever.
+    for mut h in [out, err].into_iter().flatten() {
+        if tokio::time::timeout(Duration::from_secs(10), &mut h)
+            .await
+            .is_err()
+        {
+            tracing::warn!(container = %id, "output still open 10 s after the container ended; no longer read");
+            h.abort();
+        }
     }
     let _ = runtime(opts)
         .args(["delete", "--force", id])
