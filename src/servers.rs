@@ -471,22 +471,17 @@ impl StargazeSnapshotter {
 
     /// Kills it with SIGKILL (a crash) and starts it again on the same root.
     pub fn crash_and_restart(&mut self, ctd: &crate::Containerd, extra: &[&str]) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(
-            &self.socket,
-            &self.root,
-            self.dir.path(),
-            extra,
-            self.netns.as_deref(),
-        );
-        self.wait_ready(&|| Self::containerd_sees_it(ctd));
+        self.restart_after(libc::SIGKILL, ctd, extra);
     }
 
     /// Stops it with SIGTERM (a clean shutdown) and starts it again on the same root.
     pub fn stop_and_restart(&mut self, ctd: &crate::Containerd, extra: &[&str]) {
+        self.restart_after(libc::SIGTERM, ctd, extra);
+    }
+
+    fn restart_after(&mut self, signal: i32, ctd: &crate::Containerd, extra: &[&str]) {
         // SAFETY: kill(2) on our own child's PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let _ = self.child.wait();
         self.child = Self::spawn(
             &self.socket,

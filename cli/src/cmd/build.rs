@@ -162,13 +162,14 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
             &progress,
         ))?;
     }
-    if !opened.cfg.gc_rules(&a.root).is_empty() {
+    let rules = opened.cfg.gc_rules(&a.root);
+    if !rules.is_empty() {
         let w = &opened.worker;
         match stargaze_worker::gc::prune(
             w.snapshotter.as_ref(),
             &w.cache,
             &w.content,
-            &opened.cfg.gc_rules(&a.root),
+            &rules,
             false,
         ) {
             Ok(r) if !r.removed.is_empty() || r.blobs > 0 => println!(

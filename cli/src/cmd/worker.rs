@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 use stargaze_fs::remote::Platform;
 use stargaze_worker::config::{Config, OciWorkerConfig, OciWorkerFlags};
 use stargaze_worker::identity::{labels, state_dir, worker_id};
-use stargaze_worker::snapshot::probe::{choose, Choice};
 use std::path::{Path, PathBuf};
 
 /// `stargaze worker …`
@@ -181,25 +180,8 @@ pub fn runtime_binary(cfg: &OciWorkerConfig) -> Option<PathBuf> {
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     let cfg = resolve(a.config.as_deref(), &a.oci)?;
     std::fs::create_dir_all(&a.root).with_context(|| format!("creating {}", a.root.display()))?;
-    let (snapshotter, why) = match cfg.snapshotter.as_str() {
-        "auto" => match choose(&a.root) {
-            Choice::Overlayfs => (
-                "overlayfs".to_string(),
-                "auto: a test overlay mounted".to_string(),
-            ),
-            Choice::FuseOverlayfs { because } => {
-                ("fuse-overlayfs".into(), format!("auto: {because}"))
-            }
-            Choice::Native { because } => ("native".into(), format!("auto: {because}")),
-        },
-        s => (s.to_string(), "configured".to_string()),
-    };
-    let network = match cfg.network_mode.as_str() {
-        _ if cfg.rootless => "host".to_string(),
-        "auto" if cfg.cni_config_path.is_file() => "cni".to_string(),
-        "auto" => "host".to_string(),
-        m => m.to_string(),
-    };
+    let (snapshotter, why) = super::oci_worker::snapshotter_name(&cfg, &a.root);
+    let network = super::oci_worker::network_name(&cfg);
     let dir = state_dir(&a.root, &snapshotter)?;
     let id = worker_id(&dir)?;
     let binary = runtime_binary(&cfg);
