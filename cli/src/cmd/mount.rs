@@ -58,7 +58,7 @@ pub struct MountArgs {
     /// Disk chunk cache size cap, in MiB.
     #[arg(long, default_value_t = 10240)]
     cache_mib: u64,
-    /// Memory chunk cache size, in MiB.
+    /// Memory chunk cache size, in MiB (only for chunks the disk cache could not take).
     #[arg(long, default_value_t = 256)]
     memory_mib: u64,
     /// Do not prefetch the files before the prefetch landmark.

@@ -81,7 +81,7 @@ struct ServeArgs {
     /// Disk chunk cache size cap, in MiB [default: 10240].
     #[arg(long)]
     cache_mib: Option<u64>,
-    /// Memory chunk cache size, in MiB [default: 256].
+    /// Memory chunk cache size, in MiB, for chunks the disk cache could not take [default: 256].
     #[arg(long)]
     memory_mib: Option<u64>,
     /// Do not prefetch the files before the prefetch landmark.

@@ -1,21 +1,33 @@
 //! The on-disk tier: a content-addressed chunk store, `ROOT/sha256/<2 hex>/<hex>`. Writes
 //! go to a temp file in `ROOT/tmp`, are fsynced, then renamed into place, so a crash leaves
-//! either nothing or a whole file. Every read re-hashes the file: a corrupted or truncated
-//! entry is removed and reported as a miss (the fetcher then refetches). The total size is
-//! capped; least recently used entries go first, and the order survives restarts through
-//! file modification times (touched on hits).
+//! either nothing or a whole file. The total size is capped; least recently used entries go
+//! first, and the order survives restarts through file modification times (touched when an
+//! entry is verified).
+//!
+//! Trust: an entry is hashed the first time this process reads it (a corrupted or truncated
+//! one is removed and reported as a miss, and the fetcher refetches), or written by this
+//! process from bytes it verified. Either way the process then keeps the file's stamp
+//! (device, inode, size, change time). Any later write to the file, or its replacement,
+//! changes the stamp, and no one can set a change time back, so while the stamp holds, the
+//! bytes are the verified ones. A reader's range is then read straight from the file
+//! ([`DiskCache::read_range`]) without reading and hashing the whole chunk again, and the
+//! kernel's page cache (shared, reclaimable) keeps hot chunks instead of our heap. (Before
+//! Linux 6.13's multigrain timestamps, a write within the same clock tick as the stamp can
+//! keep the change time; writing here takes root, who could change our memory anyway.)
 //!
 //! Whole files live in the same store, under their own digest (a one-chunk file already is
 //! its chunk): FUSE passthrough hands the kernel an open descriptor of one, so reads of a
-//! fully fetched file never come back to user space. Such a file is hashed when it is stored
-//! and again the first time a process hands it out ([`DiskCache::open_file`]).
+//! fully fetched file never come back to user space. Such a file is hashed when it is stored,
+//! or the first time a process hands it out ([`DiskCache::open_file`]), like a chunk.
 
 use super::VerifiedChunk;
 use crate::digest::Digest;
 use bytes::Bytes;
 use lru::LruCache;
+use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -43,13 +55,35 @@ struct State {
     bytes: u64,
 }
 
+/// What a stored file looked like when this process verified (or wrote) it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Self {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
+        }
+    }
+}
+
 /// A chunk store under one directory.
 pub struct DiskCache {
     root: PathBuf,
     cap: u64,
     state: Mutex<State>,
-    /// Whole files hashed by [`DiskCache::open_file`] in this process (each once).
-    verified: Mutex<std::collections::HashSet<Digest>>,
+    /// Entries this process verified or wrote, with their stamps at that time.
+    verified: Mutex<HashMap<Digest, Stamp>>,
 }
 
 impl DiskCache {
@@ -130,20 +164,23 @@ impl DiskCache {
         self.len() == 0
     }
 
-    /// Reads and re-verifies a chunk of `len` bytes; a bad entry is removed and misses.
+    /// Reads a chunk of `len` bytes: hashed unless this process already vouches for the
+    /// file (see the module doc); a bad entry is removed and misses.
     pub fn get(&self, d: &Digest, len: u64) -> Option<VerifiedChunk> {
         // Unknown digests miss without touching the disk; known ones become most recent.
         self.lock().lru.get(d)?;
         let path = self.path_of(d);
-        // One open serves the read and, after verification, the LRU touch.
         let read = fs::File::open(&path).and_then(|f| {
+            let known = self.vouches(d, &f);
             let mut data = Vec::with_capacity(len as usize);
             (&f).take(len + 1).read_to_end(&mut data)?;
-            Ok((f, data))
+            // A change while reading shows in the stamp; the bytes are hashed then.
+            let known = known && self.vouches(d, &f);
+            Ok((f, data, known))
         });
-        let (file, data): (fs::File, Bytes) = match read {
-            Ok((f, v)) if v.len() as u64 == len => (f, v.into()),
-            Ok((_, v)) => {
+        let (file, data, known): (fs::File, Bytes, bool) = match read {
+            Ok((f, v, k)) if v.len() as u64 == len => (f, v.into(), k),
+            Ok((_, v, _)) => {
                 tracing::warn!(digest = %d, want = len, got = v.len(), "cached chunk has the wrong size; dropping it");
                 self.forget(d);
                 return None;
@@ -154,10 +191,14 @@ impl DiskCache {
                 return None;
             }
         };
+        if known {
+            return Some(VerifiedChunk::already_verified(*d, data));
+        }
         match VerifiedChunk::verify(*d, data) {
             Some(c) => {
-                // Touch so the LRU order survives a restart.
+                // Touch so the LRU order survives a restart, then vouch for what is there.
                 let _ = file.set_modified(std::time::SystemTime::now());
+                self.vouch(d, &file);
                 Some(c)
             }
             None => {
@@ -168,26 +209,65 @@ impl DiskCache {
         }
     }
 
+    /// Bytes `offset..offset + len` of chunk `d`, read straight from its file, if this
+    /// process vouches for the file (it verified or wrote it, and the file has not changed
+    /// since); `None` otherwise — the caller then reads the whole chunk through
+    /// [`Self::get`], which verifies it. Makes the entry most recently used (in this process;
+    /// the file's time is refreshed when it is verified).
+    pub fn read_range(&self, d: &Digest, offset: u64, len: usize) -> Option<Vec<u8>> {
+        if !self.lock_verified().contains_key(d) {
+            return None;
+        }
+        let f = fs::File::open(self.path_of(d)).ok()?;
+        if !self.vouches(d, &f) {
+            return None;
+        }
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset).ok()?;
+        // A write while we read changed the stamp: let the caller verify instead.
+        if !self.vouches(d, &f) {
+            return None;
+        }
+        self.lock().lru.get(d)?;
+        Some(buf)
+    }
+
+    /// Whether this process vouches for `f` as entry `d`: it verified or wrote the entry,
+    /// and the open file still has the stamp it had then.
+    fn vouches(&self, d: &Digest, f: &fs::File) -> bool {
+        let Some(want) = self.lock_verified().get(d).copied() else {
+            return false;
+        };
+        f.metadata().is_ok_and(|m| Stamp::of(&m) == want)
+    }
+
+    /// Records the stamp of `f`, whose bytes were just verified (or written from verified
+    /// bytes) as entry `d`.
+    fn vouch(&self, d: &Digest, f: &fs::File) {
+        if let Ok(m) = f.metadata() {
+            self.lock_verified().insert(*d, Stamp::of(&m));
+        }
+    }
+
     /// Opens the stored file `d` of `len` bytes for reading, re-hashing it first; a bad
     /// entry is removed and misses. The returned descriptor stays valid if the entry is
     /// evicted later (the inode lives while it is open).
     pub fn open_file(&self, d: &Digest, len: u64) -> Option<fs::File> {
         self.lock().lru.get(d)?;
         let path = self.path_of(d);
-        let known = self.lock_verified().contains(d);
         let checked = fs::File::open(&path).and_then(|f| {
-            if known {
-                let n = f.metadata()?.len();
-                return Ok((f, n, *d));
+            if self.vouches(d, &f) {
+                return Ok((f, len, *d, true));
             }
             let mut h = crate::digest::Hasher::new();
             let n = std::io::copy(&mut (&f).take(len + 1), &mut h)?;
-            Ok((f, n, h.finish()))
+            Ok((f, n, h.finish(), false))
         });
         match checked {
-            Ok((f, n, got)) if n == len && got == *d => {
+            Ok((f, _, _, true)) => Some(f),
+            Ok((f, n, got, false)) if n == len && got == *d => {
                 let _ = f.set_modified(std::time::SystemTime::now());
-                self.lock_verified().insert(*d);
+                self.vouch(d, &f);
                 Some(f)
             }
             Ok(_) => {
@@ -242,11 +322,11 @@ impl DiskCache {
         tmp.as_file()
             .sync_all()
             .map_err(io(format!("writing file {d}")))?;
-        tmp.persist(&path).map_err(|e| DiskCacheError::Io {
+        let file = tmp.persist(&path).map_err(|e| DiskCacheError::Io {
             context: format!("storing file {d}"),
             source: e.error,
         })?;
-        self.lock_verified().insert(*d);
+        self.vouch(d, &file);
         {
             let mut s = self.lock();
             if s.lru.put(*d, len).is_none() {
@@ -257,7 +337,7 @@ impl DiskCache {
         Ok(true)
     }
 
-    fn lock_verified(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Digest>> {
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Stamp>> {
         self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -289,10 +369,11 @@ impl DiskCache {
         tmp.write_all(c.data())
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(io(format!("writing chunk {}", c.digest())))?;
-        tmp.persist(&path).map_err(|e| DiskCacheError::Io {
+        let file = tmp.persist(&path).map_err(|e| DiskCacheError::Io {
             context: format!("storing chunk {}", c.digest()),
             source: e.error,
         })?;
+        self.vouch(c.digest(), &file);
         {
             let mut s = self.lock();
             if s.lru.put(*c.digest(), len).is_none() {
@@ -388,6 +469,49 @@ mod tests {
         assert_eq!(cache.len(), 0);
         cache.put(&a).unwrap();
         assert!(cache.get(a.digest(), 300).is_some());
+    }
+
+    #[test]
+    fn ranges_are_read_only_from_entries_this_process_vouches_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let a = VerifiedChunk::verify(Digest::of(&data), data.clone().into()).unwrap();
+        {
+            let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+            cache.put(&a).unwrap();
+            // Written from verified bytes: ranges come straight from the file.
+            assert_eq!(
+                cache.read_range(a.digest(), 100, 50).unwrap(),
+                &data[100..150]
+            );
+            assert!(cache.read_range(a.digest(), 4990, 20).is_none());
+        }
+        // A new process has verified nothing yet: the whole chunk is hashed first.
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(cache.read_range(a.digest(), 0, 10).is_none());
+        assert!(cache.get(a.digest(), 5000).is_some());
+        assert_eq!(cache.read_range(a.digest(), 0, 10).unwrap(), &data[..10]);
+        // Changed behind our back (same size): no range is served from it, and the
+        // whole-chunk read hashes it again, drops it and misses. (The pause makes the clock
+        // tick: without multigrain timestamps a write in the same tick keeps the ctime.)
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut bad = data.clone();
+        bad[120] ^= 0xff;
+        fs::write(cache.path_of(a.digest()), &bad).unwrap();
+        assert!(cache.read_range(a.digest(), 100, 50).is_none());
+        assert!(cache.get(a.digest(), 5000).is_none());
+        assert!(!cache.path_of(a.digest()).exists());
+        assert!(cache.read_range(a.digest(), 100, 50).is_none());
+        // Replaced by a good copy from outside (a new inode): hashed again before use.
+        fs::create_dir_all(cache.path_of(a.digest()).parent().unwrap()).unwrap();
+        cache.put(&a).unwrap();
+        let p = cache.path_of(a.digest());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::remove_file(&p).unwrap();
+        fs::write(&p, &data).unwrap();
+        assert!(cache.read_range(a.digest(), 0, 10).is_none());
+        assert!(cache.get(a.digest(), 5000).is_some());
+        assert_eq!(cache.read_range(a.digest(), 0, 10).unwrap(), &data[..10]);
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! Caches of verified chunks, keyed by chunk digest: an in-memory LRU bounded in bytes and
-//! an on-disk content-addressed store bounded in bytes, both behind [`ChunkCache`]. Only a
+//! Caches of verified chunks, keyed by chunk digest: an on-disk content-addressed store
+//! bounded in bytes and an in-memory LRU bounded in bytes, both behind [`ChunkCache`]. Only a
 //! [`VerifiedChunk`] can enter either, and one is made only by hashing (or by the fetcher
 //! right after it verified the bytes), so no unverified byte is ever cached.
+//!
+//! A chunk goes to one tier: the disk store when there is one (readers then read the ranges
+//! they want from files this process verified, and the kernel's page cache keeps hot chunks
+//! — shared and reclaimable, where a copy in our heap would be neither), memory only when
+//! there is no disk store or a write to it failed.
 
 mod disk;
 mod memory;
@@ -92,7 +97,7 @@ impl ChunkCache {
         }
     }
 
-    /// Looks `digest` up: memory, then disk (a disk hit is promoted to memory).
+    /// Looks `digest` up: memory, then disk.
     pub fn get(&self, digest: &Digest, len: u64) -> Option<(VerifiedChunk, Hit)> {
         if let Some(m) = &self.memory {
             if let Some(c) = m.get(digest) {
@@ -102,9 +107,6 @@ impl ChunkCache {
         }
         if let Some(d) = &self.disk {
             if let Some(c) = d.get(digest, len) {
-                if let Some(m) = &self.memory {
-                    m.put(&c);
-                }
                 self.counters.disk_hits.fetch_add(1, Ordering::Relaxed);
                 return Some((c, Hit::Disk));
             }
@@ -113,30 +115,44 @@ impl ChunkCache {
         None
     }
 
+    /// Bytes `range` of chunk `digest` without reading the whole chunk: from memory, or from
+    /// a disk entry this process has verified and that has not changed since. `None` (not
+    /// counted as a miss) sends the caller the whole-chunk way, which verifies or fetches.
+    pub fn read_range(&self, digest: &Digest, range: std::ops::Range<usize>) -> Option<Bytes> {
+        if let Some(m) = &self.memory {
+            if let Some(c) = m.get(digest) {
+                let part = c.data().get(range.clone()).map(|_| c.data().slice(range));
+                if part.is_some() {
+                    self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+                }
+                return part;
+            }
+        }
+        let d = self.disk.as_ref()?;
+        let part = d.read_range(digest, range.start as u64, range.len())?;
+        self.counters.disk_hits.fetch_add(1, Ordering::Relaxed);
+        Some(part.into())
+    }
+
     /// Whether either tier holds `digest` (no I/O, LRU order untouched).
     pub fn contains(&self, digest: &Digest) -> bool {
         self.memory.as_ref().is_some_and(|m| m.contains(digest))
             || self.disk.as_ref().is_some_and(|d| d.contains(digest))
     }
 
-    /// Stores a verified chunk in both tiers (a disk write failure is logged, not fatal).
+    /// Stores a verified chunk: in the disk tier when there is one, in memory when there is
+    /// none or the write failed (the failure is logged).
     pub fn put(&self, c: &VerifiedChunk) {
+        if let Some(d) = &self.disk {
+            match d.put(c) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(digest = %c.digest(), error = %e, "disk cache write failed; keeping the chunk in memory")
+                }
+            }
+        }
         if let Some(m) = &self.memory {
             m.put(c);
-        }
-        if let Some(d) = &self.disk {
-            if let Err(e) = d.put(c) {
-                tracing::warn!(digest = %c.digest(), error = %e, "disk cache write failed");
-            }
-        }
-    }
-
-    /// Stores a verified chunk in the disk tier only (a write failure is logged).
-    pub fn put_disk(&self, c: &VerifiedChunk) {
-        if let Some(d) = &self.disk {
-            if let Err(e) = d.put(c) {
-                tracing::warn!(digest = %c.digest(), error = %e, "disk cache write failed");
-            }
         }
     }
 

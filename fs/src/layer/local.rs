@@ -61,8 +61,7 @@ impl RemoteLayer {
                 let Some(d) = c.digest.as_ref() else {
                     return Ok(false);
                 };
-                // Memory first, without promoting disk hits: assembling a large file must
-                // not flush the memory tier.
+                // Straight from the tiers: assembly is not a reader, so no hit is counted.
                 let chunk = cache
                     .memory()
                     .and_then(|m| m.get(d))

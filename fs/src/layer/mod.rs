@@ -286,6 +286,22 @@ impl RemoteLayer {
             self.last_foreground_ms.fetch_max(now, Ordering::SeqCst);
             self.foreground.fetch_sub(1, Ordering::SeqCst);
         });
+        // Cached ranges are read as they are, not as whole chunks; a file's head goes the
+        // whole-chunk way once, so a binary's loader dependencies are looked at.
+        let head_unseen = first == 0
+            && self
+                .elf_seen
+                .lock()
+                .map_or(true, |seen| !seen.contains(&node));
+        if !head_unseen {
+            if let Some(out) = self.read_cached(chunks, offset, end) {
+                self.fetcher
+                    .counters()
+                    .bytes_served
+                    .fetch_add(end - offset, Ordering::Relaxed);
+                return Ok(out);
+            }
+        }
         let extra = self.readahead_after(chunks.last().map_or(0, |c| c.blob_end));
         if !chunks.iter().all(|c| self.fetcher.is_cached(c)) {
             self.continue_file(n, last + 1);
@@ -318,6 +334,28 @@ impl RemoteLayer {
             }
         }
         Ok(out)
+    }
+
+    /// Bytes `offset..end` of the file made of `chunks` when every piece can be read from
+    /// the caches without reading a whole chunk (see [`Fetcher::cached_range`]).
+    fn read_cached(
+        &self,
+        chunks: &[crate::format::Chunk],
+        offset: u64,
+        end: u64,
+    ) -> Option<Vec<u8>> {
+        let mut parts = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let from = offset.saturating_sub(c.file_offset);
+            let to = (end - c.file_offset).min(c.size);
+            if from < to {
+                parts.push(self.fetcher.cached_range(c, from as usize..to as usize)?);
+            }
+        }
+        if parts.len() == 1 {
+            return parts.pop().map(Vec::from);
+        }
+        Some(parts.concat())
     }
 
     /// Resolves `path` inside the layer, following symlinks (absolute ones from the layer

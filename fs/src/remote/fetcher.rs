@@ -224,14 +224,13 @@ impl Fetcher {
         self.cache.get(d, c.size).map(|(v, _)| v.data().clone())
     }
 
-    /// Verified bytes of `chunks` (of file `file`, for messages), in order, for a reader:
-    /// they are kept in the memory tier (a reader usually comes back for the rest of a chunk).
+    /// Verified bytes of `chunks` (of file `file`, for messages), in order.
     pub async fn chunks(&self, file: &str, chunks: &[Chunk]) -> Result<Vec<Bytes>, FetchError> {
-        self.chunks_inner(file, chunks, chunks.len(), true).await
+        self.chunks_inner(file, chunks, chunks.len()).await
     }
 
     /// Fetches what of `chunks` is not cached yet, for later (prefetch, background fetch,
-    /// guesses): into the disk tier only, so fetching ahead never fills memory.
+    /// guesses).
     pub async fn fetch_ahead(&self, file: &str, chunks: &[Chunk]) -> Result<(), FetchError> {
         let todo: Vec<Chunk> = chunks
             .iter()
@@ -241,17 +240,21 @@ impl Fetcher {
         if todo.is_empty() {
             return Ok(());
         }
-        self.chunks_inner(file, &todo, todo.len(), false)
-            .await
-            .map(|_| ())
+        self.chunks_inner(file, &todo, todo.len()).await.map(|_| ())
     }
 
-    /// Puts a chunk that just arrived (fetched, or handed over by another reader's fetch)
-    /// into the memory tier. Cache hits need nothing: a disk hit is promoted by the lookup.
-    fn keep_in_memory(&self, c: &Chunk, data: &Bytes) {
-        if let (Some(m), Some(digest)) = (self.cache.memory(), c.digest) {
-            m.put(&VerifiedChunk::already_verified(digest, data.clone()));
+    /// Bytes `range` of chunk `c` when they can be had without the whole chunk: a zero
+    /// chunk, memory, or a disk entry this process verified (see [`ChunkCache::read_range`]).
+    pub fn cached_range(&self, c: &Chunk, range: std::ops::Range<usize>) -> Option<Bytes> {
+        if range.end as u64 > c.size {
+            return None;
         }
+        if c.zeros || c.size == 0 {
+            return Some(vec![0u8; range.len()].into());
+        }
+        let part = self.cache.read_range(c.digest.as_ref()?, range)?;
+        self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(part)
     }
 
     /// Whether a chunk is in a cache (no I/O, no reordering).
@@ -273,17 +276,15 @@ impl Fetcher {
         }
         let mut combined = chunks.to_vec();
         combined.extend(extra.iter().filter(|c| !self.is_cached(c)).cloned());
-        self.chunks_inner(file, &combined, chunks.len(), true).await
+        self.chunks_inner(file, &combined, chunks.len()).await
     }
 
-    /// `chunks[..required]` must be delivered; the rest are read-ahead. With `keep`, the
-    /// required chunks that arrive are kept in the memory tier (a reader's; not fetch-ahead).
+    /// `chunks[..required]` must be delivered; the rest are read-ahead.
     async fn chunks_inner(
         &self,
         file: &str,
         chunks: &[Chunk],
         required: usize,
-        keep: bool,
     ) -> Result<Vec<Bytes>, FetchError> {
         let mut out: Vec<Option<Bytes>> = vec![None; chunks.len()];
         for (i, c) in chunks.iter().enumerate() {
@@ -340,9 +341,6 @@ impl Fetcher {
                     match r {
                         Ok(d) => {
                             let _ = tx.send(Some(Ok(d.clone())));
-                            if keep && i < required {
-                                self.keep_in_memory(&chunks[i], &d);
-                            }
                             out[i] = Some(d);
                         }
                         Err(e) => {
@@ -363,12 +361,7 @@ impl Fetcher {
                 self.counters.shared_waits.fetch_add(1, Ordering::Relaxed);
                 let got = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
                 match got {
-                    Ok(Some(Ok(d))) => {
-                        if keep {
-                            self.keep_in_memory(&chunks[i], &d);
-                        }
-                        out[i] = Some(d);
-                    }
+                    Ok(Some(Ok(d))) => out[i] = Some(d),
                     Ok(Some(Err(e))) => return Err(FetchError::Shared(e)),
                     // The leader went away (cancelled): go round and fetch it ourselves.
                     Ok(None) | Err(_) => {}
@@ -507,13 +500,8 @@ impl Fetcher {
                 .map_err(FetchError::Verify)?;
         let data: Bytes = decoded.into();
         if let Some(d) = c.digest {
-            let v = VerifiedChunk::already_verified(d, data.clone());
-            // The disk tier when there is one; a reader's path adds its chunks to memory.
-            if self.cache.disk().is_some() {
-                self.cache.put_disk(&v);
-            } else {
-                self.cache.put(&v);
-            }
+            self.cache
+                .put(&VerifiedChunk::already_verified(d, data.clone()));
         }
         Ok(data)
     }
