@@ -393,6 +393,14 @@ fn through_containerd(
             .collect();
         println!("snapshotter: {id}: {}", parts.join(" "));
     }
+    // SNAPSHOTTER_PAUSE_SECS keeps both running a while after the measurement (profiling).
+    if let Some(s) = std::env::var("SNAPSHOTTER_PAUSE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        println!("snapshotter: {id}: pid {}, pausing {s} s", pid(&*d));
+        std::thread::sleep(Duration::from_secs(s));
+    }
     drop(d);
     drop(ctd);
     (pulled, first, rss)

@@ -294,6 +294,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             a.address.display()
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(s) = &stargz {
+            tokio::spawn(s.clone().release_memory_after_activity());
+        }
         if let (Some(addr), Some(s)) = (metrics_address, &stargz) {
             let (s, mut rx) = (s.clone(), stop_rx.clone());
             let listener = stargaze_worker::metrics::serve(addr, s, async move {

@@ -82,7 +82,8 @@ pub struct RemoteLayer {
     fetcher: Arc<Fetcher>,
     metadata_requests: u64,
     metadata_bytes: u64,
-    /// Every chunk in blob order, for read-ahead: (blob offset, node, chunk index).
+    /// Every chunk in blob order, for read-ahead (empty when it is off): (blob offset, node,
+    /// chunk index).
     blob_order: Vec<(u64, NodeId, u32)>,
     readahead: u64,
     merge_gap: u64,
@@ -185,15 +186,21 @@ impl RemoteLayer {
             .await
             .map_err(|e| LayerError::Internal(e.to_string()))?
             .map_err(fmt_err)?;
-        let (index, toc_digest) = reader.into_index();
+        let (mut index, toc_digest) = reader.into_index();
+        // A mounted layer works from inodes; the names in TOC order (a second copy of every
+        // path) are for extraction and listing, which read the blob themselves.
+        index.entries = Vec::new();
         let compression = index.compression;
         let mut blob_order: Vec<(u64, NodeId, u32)> = Vec::new();
-        for (id, n) in index.nodes.iter().enumerate() {
-            if n.kind == NodeKind::Reg {
-                for (i, c) in n.chunks.iter().enumerate() {
-                    if !c.zeros {
-                        blob_order.push((c.blob_offset, id as NodeId, i as u32));
-                    }
+        let regular = index
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| fetch.readahead > 0 && n.kind == NodeKind::Reg);
+        for (id, n) in regular {
+            for (i, c) in n.chunks.iter().enumerate() {
+                if !c.zeros {
+                    blob_order.push((c.blob_offset, id as NodeId, i as u32));
                 }
             }
         }
@@ -219,7 +226,7 @@ impl RemoteLayer {
         }))
     }
 
-    /// The index.
+    /// The index (inodes; its TOC-order `entries` are not kept).
     pub fn index(&self) -> &Index {
         &self.index
     }
@@ -507,15 +514,22 @@ impl RemoteLayer {
     /// at most `opts.rate` bytes per second, pausing while on-demand reads are in flight.
     pub async fn background_fetch(&self, opts: BackgroundOptions) -> Result<(), LayerError> {
         let index = self.index();
-        let mut chunks: Vec<(String, crate::format::Chunk)> = index
+        // (node, chunk number): the paths and chunk records stay in the index.
+        let mut chunks: Vec<(NodeId, u32)> = index
             .nodes
             .iter()
-            .filter(|n| n.kind == NodeKind::Reg)
-            .flat_map(|n| n.chunks.iter().map(move |c| (n.path.clone(), c.clone())))
+            .enumerate()
+            .filter(|(_, n)| n.kind == NodeKind::Reg)
+            .flat_map(|(id, n)| (0..n.chunks.len() as u32).map(move |i| (id as NodeId, i)))
             .collect();
-        chunks.sort_by_key(|(_, c)| (c.blob_offset, c.inner_offset));
-        chunks.dedup_by_key(|(_, c)| (c.blob_offset, c.inner_offset));
-        let total: u64 = chunks.iter().map(|(_, c)| c.blob_end - c.blob_offset).sum();
+        let chunk = |&(id, i): &(NodeId, u32)| &index.node(id).chunks[i as usize];
+        chunks.sort_by_key(|e| (chunk(e).blob_offset, chunk(e).inner_offset));
+        chunks.dedup_by_key(|e| (chunk(e).blob_offset, chunk(e).inner_offset));
+        chunks.shrink_to_fit();
+        let total: u64 = chunks
+            .iter()
+            .map(|e| chunk(e).blob_end - chunk(e).blob_offset)
+            .sum();
         let mut done = 0u64;
         let mut i = 0;
         self.set_state(PrefetchState::Background { done, total });
@@ -533,18 +547,19 @@ impl RemoteLayer {
             let start = i;
             let mut bytes = 0;
             while i < chunks.len() && (bytes < opts.batch || i == start) {
-                bytes += chunks[i].1.blob_end - chunks[i].1.blob_offset;
+                bytes += chunk(&chunks[i]).blob_end - chunk(&chunks[i]).blob_offset;
                 i += 1;
             }
             let batch: Vec<crate::format::Chunk> =
-                chunks[start..i].iter().map(|(_, c)| c.clone()).collect();
+                chunks[start..i].iter().map(|e| chunk(e).clone()).collect();
+            let file = &index.node(chunks[start].0).path;
             let t = std::time::Instant::now();
             self.fetcher
-                .fetch_ahead(&chunks[start].0, &batch)
+                .fetch_ahead(file, &batch)
                 .await
                 .map_err(|source| LayerError::Fetch {
                     digest: self.digest(),
-                    file: chunks[start].0.clone(),
+                    file: file.clone(),
                     source,
                 })?;
             done += bytes;

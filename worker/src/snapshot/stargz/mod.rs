@@ -124,6 +124,37 @@ impl Stargz {
             .collect()
     }
 
+    /// Runs for as long as the daemon: after every quarter second in which the lazy layers
+    /// served or fetched anything, freed memory goes back to the system. A burst of reads
+    /// frees HTTP frames, inflate state and reply buffers between longer-lived allocations;
+    /// glibc keeps such holes mapped until it is asked to trim (a trim costs well under a
+    /// millisecond here, and an idle daemon does none).
+    pub async fn release_memory_after_activity(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = 0u64;
+        loop {
+            tick.tick().await;
+            let now: u64 = self
+                .layers()
+                .iter()
+                .map(|l| {
+                    let c = l.counters();
+                    c.bytes_served.wrapping_add(c.bytes_fetched)
+                })
+                .fold(0, u64::wrapping_add);
+            if now != seen {
+                seen = now;
+                let began = std::time::Instant::now();
+                release_freed_memory();
+                let us = began.elapsed().as_micros() as u64;
+                if us >= 1000 {
+                    tracing::debug!(us, "trimming freed memory took over a millisecond");
+                }
+            }
+        }
+    }
+
     /// Unmounts every lazy layer (shutdown); snapshots stay in the store.
     pub fn unmount_all(&self) {
         self.local.driver().unmount_all();
