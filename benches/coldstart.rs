@@ -21,7 +21,8 @@
 //! `snapshotter`: stargaze's snapshotter (`stargaze snapshotter serve`) and the reference
 //! (`containerd-stargz-grpc`) side by side as containerd's proxy snapshotter on the same WAN
 //! and image: `ctr-remote image rpull` time, time to the first output of `ctr run`, and the
-//! daemon's RSS after the run (medians of 3); ratios (goals: faster, RSS at most half).
+//! daemon's RSS after the run, alone and with the FUSE holder stargaze runs beside it (medians
+//! of 3); ratios (goals: faster, RSS at most half).
 //!
 //! `build`: a cold `stargaze build` of `FROM <that image>` + `RUN python3 -c …` on the same
 //! WAN, each run from an empty worker root: the stargz snapshotter on the eStargz image
@@ -29,7 +30,9 @@
 //! medians of 3 and their ratio (goal <= 0.3).
 //!
 //! Run (root): `cargo build --release -p stargaze && scripts/build-reference.sh &&
-//! cargo bench --bench coldstart [-- coldstart|warm|snapshotter|build]`
+//! cargo bench --bench coldstart [-- coldstart|warm|snapshotter|build]`; with
+//! `STARGAZE_BIN=$PWD/target/dist/stargaze` (after `cargo build --profile dist -p stargaze`)
+//! it runs the deployable build instead of the test build.
 
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_suite::netem::{DelayProxy, Netns};
@@ -261,6 +264,7 @@ fn coldstart() {
                         &format!("ref{i}"),
                         &|ctd| Box::new(ReferenceStargz::start_in(&bin, ctd, host, Some(&ns_path))),
                         &|d| d.downcast_ref::<ReferenceStargz>().map_or(0, |r| r.pid()),
+                        &|_| Vec::new(),
                     )
                     .1
                 })
@@ -346,14 +350,29 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1000.0)
 }
 
+/// Proportional set size of a process, MB: its shared pages (the binary, libc) divided among
+/// the processes that map them.
+fn pss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1000.0)
+}
+
 /// One lazy pull + run through containerd with the proxy snapshotter started by `daemon`;
-/// returns (rpull seconds, seconds to first output, daemon RSS MB after the run).
+/// returns (rpull seconds, seconds to first output, daemon RSS MB after the run, RSS MB and
+/// PSS MB of the daemon and its helper processes together).
 fn through_containerd(
     w: &Wan,
     id: &str,
     daemon: &dyn Fn(&Containerd) -> Box<dyn std::any::Any>,
     pid: &dyn Fn(&dyn std::any::Any) -> u32,
-) -> (f64, f64, f64) {
+    helpers: &dyn Fn(&dyn std::any::Any) -> Vec<u32>,
+) -> (f64, f64, f64, f64, f64) {
     let ctd = Containerd::start_in(Some(&w.ns.path()));
     let d = daemon(&ctd);
     let start = Instant::now();
@@ -373,6 +392,9 @@ fn through_containerd(
         .args(CMD);
     let first = first_output(start, &mut r);
     let rss = rss_mb(pid(&*d));
+    let others = helpers(&*d);
+    let all = rss + others.iter().copied().map(rss_mb).sum::<f64>();
+    let pss = pss_mb(pid(&*d)) + others.iter().copied().map(pss_mb).sum::<f64>();
     if std::env::var_os("SNAPSHOTTER_RSS_DETAIL").is_some() {
         let st = std::fs::read_to_string(format!("/proc/{}/status", pid(&*d))).unwrap_or_default();
         let keep: Vec<&str> = st
@@ -403,7 +425,7 @@ fn through_containerd(
     }
     drop(d);
     drop(ctd);
-    (pulled, first, rss)
+    (pulled, first, rss, all, pss)
 }
 
 /// stargaze's snapshotter next to the reference, both as containerd's proxy snapshotter.
@@ -443,6 +465,12 @@ fn snapshotter() {
                 d.downcast_ref::<StargazeSnapshotter>()
                     .map_or(0, |s| s.pid())
             },
+            &|d| {
+                d.downcast_ref::<StargazeSnapshotter>()
+                    .and_then(|s| s.holder_pid())
+                    .into_iter()
+                    .collect()
+            },
         ));
         theirs.push(through_containerd(
             &w,
@@ -456,22 +484,25 @@ fn snapshotter() {
                 ))
             },
             &|d| d.downcast_ref::<ReferenceStargz>().map_or(0, |r| r.pid()),
+            &|_| Vec::new(),
         ));
     }
-    let col = |v: &[(f64, f64, f64)], k: usize| -> f64 {
-        median(v.iter().map(|t| [t.0, t.1, t.2][k]).collect())
+    let col = |v: &[(f64, f64, f64, f64, f64)], k: usize| -> f64 {
+        median(v.iter().map(|t| [t.0, t.1, t.2, t.3, t.4][k]).collect())
     };
     for (k, what, unit) in [
         (0, "rpull", "s"),
         (1, "time to first output", "s"),
         (2, "daemon RSS after the run", "MB"),
+        (3, "RSS with helper processes (our FUSE holder)", "MB"),
+        (4, "PSS with helper processes (shared pages split)", "MB"),
     ] {
         let (a, b) = (col(&ours, k), col(&theirs, k));
         println!("snapshotter: {what}: stargaze {a:.2} {unit} vs reference {b:.2} {unit}");
         println!(
             "RATIO snapshotter {what}: stargaze / reference = {:.2}{}",
             a / b,
-            if k == 2 {
+            if k >= 2 {
                 " (goal <= 0.5)"
             } else {
                 " (goal < 1)"

@@ -52,6 +52,10 @@ pub fn is_root() -> bool {
 
 /// The `stargaze` binary next to the test executable (built by `cargo build -p stargaze`).
 pub fn stargaze_bin() -> PathBuf {
+    // STARGAZE_BIN picks another build (the benches compare the `dist` profile's too).
+    if let Some(p) = std::env::var_os("STARGAZE_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     dir.join("stargaze")

@@ -503,6 +503,15 @@ impl StargazeSnapshotter {
         self.child.id()
     }
 
+    /// The PID of the FUSE holder the server started beside itself (stargz backend), if any.
+    pub fn holder_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.root.join("fuse-holder.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
@@ -517,11 +526,9 @@ impl Drop for StargazeSnapshotter {
         }
         crate::mounts::detach_under(&self.root);
         // The FUSE holder the daemon started beside itself outlives it by design.
-        if let Ok(pid) = std::fs::read_to_string(self.root.join("fuse-holder.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: kill(2) on the holder's PID, which it wrote itself.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+        if let Some(pid) = self.holder_pid() {
+            // SAFETY: kill(2) on the holder's PID, which it wrote itself.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
 }

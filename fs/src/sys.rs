@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -179,19 +179,61 @@ pub fn unmount(target: &Path, lazy: bool) -> io::Result<()> {
     }
 }
 
-/// Whether `path` is a mount point (its device differs from its parent's, or /proc says so).
+/// Whether `path` is a mount point (listed in /proc/self/mountinfo).
 pub fn is_mount_point(path: &Path) -> bool {
+    is_among(path, &mount_points())
+}
+
+/// Every mount point of this mount namespace, as /proc/self/mountinfo lists them (octal
+/// escapes undone); empty when it cannot be read. Read it once for several questions.
+pub fn mount_points() -> std::collections::HashSet<std::path::PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+        return Default::default();
     };
-    let Ok(canon) = path.canonicalize() else {
-        return false;
-    };
-    let want = canon.to_string_lossy();
-    text.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(|m| m.replace("\\040", " ") == want)
-            .unwrap_or(false)
-    })
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| std::path::PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(m))))
+        .collect()
+}
+
+/// Whether `path` (resolved) is one of `mounts` (from [`mount_points`]).
+pub fn is_among(path: &Path, mounts: &std::collections::HashSet<std::path::PathBuf>) -> bool {
+    path.canonicalize().is_ok_and(|c| mounts.contains(&c))
+}
+
+/// Undoes the kernel's `\ooo` escapes of space, tab, newline and backslash in mountinfo.
+fn unescape_octal(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).filter(|d| {
+            b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) && d[0] <= b'3'
+        });
+        match oct {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_octal(r"/a\040b\011c\134d"), b"/a b\tc\\d");
+        // Not an escape: kept as it is.
+        assert_eq!(unescape_octal(r"/x\9y\0"), br"/x\9y\0");
+        assert!(mount_points().contains(Path::new("/")));
+        assert!(is_mount_point(Path::new("/")));
+    }
 }

@@ -208,7 +208,16 @@ impl LazyOverlay {
 
     /// Whether `dir` has a live lazy mount of ours.
     pub fn is_mounted(&self, dir: &Path) -> bool {
-        self.table().contains_key(dir) && stargaze_fs::sys::is_mount_point(&dir.join("fs"))
+        self.is_mounted_among(dir, &stargaze_fs::sys::mount_points())
+    }
+
+    /// Like [`Self::is_mounted`], against mount points read once for several questions.
+    pub fn is_mounted_among(
+        &self,
+        dir: &Path,
+        mounts: &std::collections::HashSet<std::path::PathBuf>,
+    ) -> bool {
+        self.table().contains_key(dir) && stargaze_fs::sys::is_among(&dir.join("fs"), mounts)
     }
 
     /// Layers mounted now, with their directories.

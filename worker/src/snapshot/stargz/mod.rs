@@ -241,6 +241,8 @@ impl Stargz {
     fn ensure_chain(&self, parent: &str) -> Result<()> {
         let mut next = parent.to_string();
         let mut hops = 0;
+        // The mount table is read once per call, when the chain has a remote layer at all.
+        let mut mounts = None;
         while !next.is_empty() && hops < 10_000 {
             let info = self.local.stat(&next)?;
             if info.labels.contains_key(REMOTE) {
@@ -250,7 +252,8 @@ impl Stargz {
                     .get(&next)?
                     .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {next:?}")))?;
                 let dir = self.local.dir(rec.id);
-                if !self.local.driver().is_mounted(&dir) {
+                let mounts = mounts.get_or_insert_with(stargaze_fs::sys::mount_points);
+                if !self.local.driver().is_mounted_among(&dir, mounts) {
                     self.remount(&next, &dir)?;
                 }
             }
