@@ -175,10 +175,6 @@ impl Holder {
     }
 }
 
-fn is_mount_point(p: &Path) -> bool {
-    stargaze_fs::sys::is_mount_point(p)
-}
-
 /// The holder process: serves `socket` until asked to quit while empty.
 pub fn serve(socket: &Path) -> io::Result<()> {
     let _ = std::fs::remove_file(socket);
@@ -193,8 +189,13 @@ pub fn serve(socket: &Path) -> io::Result<()> {
     let mut held: HashMap<String, (serde_json::Value, OwnedFd)> = HashMap::new();
     tracing::info!(socket = %socket.display(), "FUSE holder serving");
     loop {
+        let mounts = if held.is_empty() {
+            Default::default()
+        } else {
+            stargaze_fs::sys::mount_points()
+        };
         held.retain(|k, _| {
-            let keep = is_mount_point(Path::new(k));
+            let keep = stargaze_fs::sys::is_among(Path::new(k), &mounts);
             if !keep {
                 tracing::info!(mount = %k, "mount gone; descriptor released");
             }
