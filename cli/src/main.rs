@@ -52,28 +52,7 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
 }
 
-/// `stargaze snapshotter fd-holder --socket SOCK` exactly as the snapshotter starts it: the
-/// FUSE holder lives as long as the mounts it keeps, so it goes straight to its loop without
-/// building the command-line parser or the log subscriber, and so touches (and keeps
-/// resident) as little of the binary as it can. Other spellings go through clap as usual.
-fn fuse_holder_socket() -> Option<std::path::PathBuf> {
-    let mut args = std::env::args_os().skip(1);
-    let words = [args.next()?, args.next()?, args.next()?];
-    let socket = args.next()?;
-    (words == ["snapshotter", "fd-holder", "--socket"] && args.next().is_none())
-        .then(|| socket.into())
-}
-
 fn main() -> ExitCode {
-    if let Some(socket) = fuse_holder_socket() {
-        return match stargaze_worker::snapshot::stargz::holder::serve(&socket) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("stargaze: error: FUSE holder on {}: {e}", socket.display());
-                ExitCode::FAILURE
-            }
-        };
-    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

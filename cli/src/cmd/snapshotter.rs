@@ -13,6 +13,7 @@ use stargaze_worker::config::SnapshotterConfig;
 use stargaze_worker::snapshot::native::Native;
 use stargaze_worker::snapshot::overlay::Overlay;
 use stargaze_worker::snapshot::probe::{choose, Choice};
+use stargaze_worker::snapshot::stargz::holder::Holder;
 use stargaze_worker::snapshot::stargz::lazy::LazyOptions;
 use stargaze_worker::snapshot::stargz::{RemoteSource, Stargz};
 use stargaze_worker::snapshot::{LocalSnapshotter, Snapshotter};
@@ -30,16 +31,6 @@ pub struct SnapshotterArgs {
 enum SnapshotterCommand {
     /// Serve containerd's snapshots API on a unix socket.
     Serve(Box<ServeArgs>),
-    /// The FUSE descriptor holder `serve` starts beside itself (not for direct use).
-    #[command(hide = true)]
-    FdHolder(FdHolderArgs),
-}
-
-#[derive(Args)]
-struct FdHolderArgs {
-    /// Socket to serve.
-    #[arg(long)]
-    socket: PathBuf,
 }
 
 /// Which snapshotter backs the service.
@@ -104,10 +95,6 @@ struct ServeArgs {
 pub fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
     match a.command {
         SnapshotterCommand::Serve(s) => serve(*s),
-        SnapshotterCommand::FdHolder(h) => {
-            stargaze_worker::snapshot::stargz::holder::serve(&h.socket)
-                .with_context(|| format!("FUSE holder on {}", h.socket.display()))
-        }
     }
 }
 
@@ -158,8 +145,8 @@ fn open_stargz(
     a: &ServeArgs,
     cfg: &SnapshotterConfig,
     rt: &tokio::runtime::Runtime,
+    holder: Holder,
 ) -> anyhow::Result<Arc<Stargz>> {
-    std::fs::create_dir_all(&a.root).with_context(|| format!("creating {}", a.root.display()))?;
     let cache_dir = a
         .cache_dir
         .clone()
@@ -203,15 +190,6 @@ fn open_stargz(
             ..BackgroundOptions::default()
         }),
     };
-    // Running containers keep their lazy layers through a restart of this daemon: a
-    // holder process keeps the FUSE connections.
-    let exe = std::env::current_exe().context("locating the stargaze binary")?;
-    let holder = stargaze_worker::snapshot::stargz::holder::Holder::connect_or_start(
-        &a.root.join("fuse-holder.sock"),
-        &exe,
-        &a.root.join("fuse-holder.log"),
-    )
-    .context("starting the FUSE holder")?;
     stargz_at(
         &a.root,
         Arc::new(a.hosts.client(opts)?),
@@ -223,6 +201,18 @@ fn open_stargz(
     )
 }
 
+/// Running containers keep their lazy layers through a restart of this daemon: a holder
+/// process keeps the FUSE connections. It is forked while this process is still
+/// single-threaded (before the runtime starts).
+fn fuse_holder(root: &Path) -> anyhow::Result<Holder> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    Holder::connect_or_fork(
+        &root.join("fuse-holder.sock"),
+        &root.join("fuse-holder.log"),
+    )
+    .context("starting the FUSE holder")
+}
+
 /// The stargz snapshotter at `root`, reading layers with `client` through `disk` and a
 /// memory cache of `memory_mib`.
 pub fn stargz_at(
@@ -232,7 +222,7 @@ pub fn stargz_at(
     memory_mib: u64,
     lazy: LazyOptions,
     rt: &tokio::runtime::Handle,
-    holder: Option<stargaze_worker::snapshot::stargz::holder::Holder>,
+    holder: Option<Holder>,
 ) -> anyhow::Result<Arc<Stargz>> {
     let source = RemoteSource {
         client,
@@ -259,6 +249,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
+    let holder = match a.backend {
+        Backend::Stargz => Some(fuse_holder(&a.root)?),
+        _ => None,
+    };
     // gRPC calls and disk-cache writes run on the blocking pool: bound it, and let idle
     // threads go soon, so a burst of calls does not leave a hundred parked threads (and
     // their touched stacks) behind.
@@ -270,9 +264,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     // Opening may remount lazy layers, which waits on registries: before entering the runtime.
     let cfg = load_config(&a)?;
-    let stargz = match a.backend {
-        Backend::Stargz => Some(open_stargz(&a, &cfg, &rt)?),
-        _ => None,
+    let stargz = match holder {
+        Some(h) => Some(open_stargz(&a, &cfg, &rt, h)?),
+        None => None,
     };
     let metrics_address = match (a.metrics_address, &cfg.metrics_address) {
         (Some(m), _) => Some(m),

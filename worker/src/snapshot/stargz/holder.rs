@@ -1,10 +1,10 @@
-//! The FUSE descriptor holder: a small process of its own, beside the snapshotter daemon,
+//! The FUSE descriptor holder: a small process forked from the snapshotter daemon at start,
 //! that keeps a duplicate of every lazy layer's `/dev/fuse` descriptor. While it holds one,
 //! the kernel keeps that FUSE connection — and the overlay mounts of running containers
 //! stacked on it — alive through a daemon crash or restart: readers wait instead of
 //! failing, and the restarted daemon takes the descriptor back and serves it again
 //! (`stargaze_fs::fuse::resume`). It speaks one JSON request per `SOCK_SEQPACKET` message
-//! (`put`, `get`, `del`, `quit`), descriptors travel as `SCM_RIGHTS`, and it lets go of
+//! (`ping`, `put`, `get`, `del`, `quit`), descriptors travel as `SCM_RIGHTS`, and it lets go of
 //! descriptors whose mount point has gone.
 
 use nix::sys::socket::{
@@ -81,6 +81,17 @@ fn recv(fd: RawFd) -> io::Result<(serde_json::Value, Option<OwnedFd>)> {
     Ok((v, got))
 }
 
+/// Threads of this process, from /proc.
+fn threads() -> Option<usize> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A connection point to the holder of one snapshotter root.
 #[derive(Debug, Clone)]
 pub struct Holder {
@@ -88,34 +99,57 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// The holder at `socket`, started (detached, with `exe`) when nothing answers there.
-    pub fn connect_or_start(socket: &Path, exe: &Path, log: &Path) -> io::Result<Holder> {
+    /// The holder at `socket`; when nothing answers there, one is forked from this process,
+    /// detached (its own session, standard error to `log`). The process must still be
+    /// single-threaded: call this before any runtime or thread starts. A forked holder has
+    /// in memory only what it touches after the fork, where a freshly started binary would
+    /// also keep its loader work, relocations and start-up code resident — a few megabytes,
+    /// for as long as any lazy mount lives.
+    pub fn connect_or_fork(socket: &Path, log: &Path) -> io::Result<Holder> {
         let h = Holder {
             socket: socket.to_path_buf(),
         };
         if h.call(&serde_json::json!({"op": "ping"}), None).is_ok() {
             return Ok(h);
         }
+        if threads() != Some(1) {
+            return Err(io::Error::other(
+                "the FUSE holder must be forked before other threads start",
+            ));
+        }
         let _ = std::fs::remove_file(socket);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args(["snapshotter", "fd-holder", "--socket"])
-            .arg(socket)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setsid is async-signal-safe; the holder must outlive the daemon's session.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
+        let null = std::fs::File::open("/dev/null")?;
+        // SAFETY: the process is single-threaded (checked above), so the child may run any
+        // code; it never returns from this block.
+        match unsafe { libc::fork() } {
+            -1 => return Err(io::Error::last_os_error()),
+            0 => {
+                // SAFETY: plain system calls on descriptors this process owns.
+                unsafe {
+                    libc::setsid();
+                    libc::dup2(null.as_raw_fd(), 0);
+                    libc::dup2(null.as_raw_fd(), 1);
+                    libc::dup2(log.as_raw_fd(), 2);
+                    // Nothing of the daemon's stays open here (listeners, files).
+                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                    libc::prctl(libc::PR_SET_NAME, c"fuse-holder".as_ptr());
+                }
+                let code = match serve(socket) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("stargaze: FUSE holder on {}: {e}", socket.display());
+                        1
+                    }
+                };
+                // SAFETY: ends the child without running the parent's exit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            _ => {}
         }
-        cmd.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match h.call(&serde_json::json!({"op": "ping"}), None) {
