@@ -22,7 +22,7 @@
 //! (`containerd-stargz-grpc`) side by side as containerd's proxy snapshotter on the same WAN
 //! and image: `ctr-remote image rpull` time, time to the first output of `ctr run`, and the
 //! daemon's RSS after the run, alone and with the FUSE holder stargaze runs beside it (medians
-//! of 3); ratios (goals: faster, RSS at most half).
+//! of 3); ratios (goals: faster, RSS at most half). Both daemons log at info level.
 //!
 //! `build`: a cold `stargaze build` of `FROM <that image>` + `RUN python3 -c …` on the same
 //! WAN, each run from an empty worker root: the stargz snapshotter on the eStargz image
@@ -447,6 +447,8 @@ fn snapshotter() {
         DELAY.as_millis()
     );
     let ns_path = w.ns.path();
+    // Both daemons log at info, the reference's default (the tests run ours at debug).
+    std::env::set_var("STARGAZE_SNAPSHOTTER_LOG", "info");
     // SNAPSHOTTER_FLAGS adds flags to `stargaze snapshotter serve` (experiments).
     let extra: Vec<String> = std::env::var("SNAPSHOTTER_FLAGS")
         .unwrap_or_default()

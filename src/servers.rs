@@ -438,12 +438,10 @@ impl StargazeSnapshotter {
             }
             None => Command::new(crate::stargaze_bin()),
         };
-        cmd.args([
-            "--log",
-            "stargaze_worker=debug,stargaze_fs=info",
-            "snapshotter",
-            "serve",
-        ])
+        // STARGAZE_SNAPSHOTTER_LOG sets the daemon's log filter (tests keep debug lines).
+        let log_filter = std::env::var("STARGAZE_SNAPSHOTTER_LOG")
+            .unwrap_or_else(|_| "stargaze_worker=debug,stargaze_fs=info".into());
+        cmd.args(["--log", &log_filter, "snapshotter", "serve"])
         .arg("--address")
         .arg(socket)
         .arg("--root")
