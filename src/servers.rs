@@ -442,16 +442,16 @@ impl StargazeSnapshotter {
         let log_filter = std::env::var("STARGAZE_SNAPSHOTTER_LOG")
             .unwrap_or_else(|_| "stargaze_worker=debug,stargaze_fs=info".into());
         cmd.args(["--log", &log_filter, "snapshotter", "serve"])
-        .arg("--address")
-        .arg(socket)
-        .arg("--root")
-        .arg(root)
-        .args(extra)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawning stargaze snapshotter serve")
+            .arg("--address")
+            .arg(socket)
+            .arg("--root")
+            .arg(root)
+            .args(extra)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning stargaze snapshotter serve")
     }
 
     fn wait_ready(&mut self, ready: &dyn Fn() -> bool) {
