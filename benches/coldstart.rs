@@ -338,29 +338,27 @@ fn coldstart() {
     drop(w);
 }
 
-/// VmRSS of a process, MB.
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A "Key: N kB" figure of `/proc/PID/FILE`, in MB (0 when it cannot be read).
+fn proc_mb(pid: u32, file: &str, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1000.0)
 }
 
+/// VmRSS of a process, MB.
+fn rss_mb(pid: u32) -> f64 {
+    proc_mb(pid, "status", "VmRSS:")
+}
+
 /// Proportional set size of a process, MB: its shared pages (the binary, libc) divided among
 /// the processes that map them.
 fn pss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1000.0)
+    proc_mb(pid, "smaps_rollup", "Pss:")
 }
 
 /// One lazy pull + run through containerd with the proxy snapshotter started by `daemon`;

@@ -249,6 +249,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
+    // A bad config file stops the start before anything is forked or mounted.
+    let cfg = load_config(&a)?;
     let holder = match a.backend {
         Backend::Stargz => Some(fuse_holder(&a.root)?),
         _ => None,
@@ -263,7 +265,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     // Opening may remount lazy layers, which waits on registries: before entering the runtime.
-    let cfg = load_config(&a)?;
     let stargz = match holder {
         Some(h) => Some(open_stargz(&a, &cfg, &rt, h)?),
         None => None,
