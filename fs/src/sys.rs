@@ -185,13 +185,15 @@ pub fn is_mount_point(path: &Path) -> bool {
 }
 
 /// Every mount point of this mount namespace, as /proc/self/mountinfo lists them (octal
-/// escapes undone); empty when it cannot be read. Read it once for several questions.
+/// escapes undone); empty when it cannot be read. Read it once for several questions. It is
+/// read as bytes: one mount point on the host whose name is not UTF-8 must not turn every
+/// answer into "not mounted".
 pub fn mount_points() -> std::collections::HashSet<std::path::PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(text) = std::fs::read("/proc/self/mountinfo") else {
         return Default::default();
     };
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
+    text.split(|&b| b == b'\n')
+        .filter_map(|l| l.split(|&b| b == b' ').nth(4))
         .map(|m| std::path::PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(m))))
         .collect()
 }
@@ -202,8 +204,7 @@ pub fn is_among(path: &Path, mounts: &std::collections::HashSet<std::path::PathB
 }
 
 /// Undoes the kernel's `\ooo` escapes of space, tab, newline and backslash in mountinfo.
-fn unescape_octal(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
+fn unescape_octal(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -230,9 +231,10 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_octal(r"/a\040b\011c\134d"), b"/a b\tc\\d");
-        // Not an escape: kept as it is.
-        assert_eq!(unescape_octal(r"/x\9y\0"), br"/x\9y\0");
+        assert_eq!(unescape_octal(br"/a\040b\011c\134d"), b"/a b\tc\\d");
+        // Not an escape, or not UTF-8: kept as it is.
+        assert_eq!(unescape_octal(br"/x\9y\0"), br"/x\9y\0");
+        assert_eq!(unescape_octal(b"/\xff\x01"), b"/\xff\x01");
         assert!(mount_points().contains(Path::new("/")));
         assert!(is_mount_point(Path::new("/")));
     }

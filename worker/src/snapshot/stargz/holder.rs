@@ -138,12 +138,14 @@ impl Holder {
                     libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
                     libc::prctl(libc::PR_SET_NAME, c"fuse-holder".as_ptr());
                 }
-                let code = match serve(socket) {
-                    Ok(()) => 0,
-                    Err(e) => {
+                // A panic must end the child here, never unwind into the daemon's start-up.
+                let code = match std::panic::catch_unwind(|| serve(socket)) {
+                    Ok(Ok(())) => 0,
+                    Ok(Err(e)) => {
                         eprintln!("stargaze: FUSE holder on {}: {e}", socket.display());
                         1
                     }
+                    Err(_) => 101,
                 };
                 // SAFETY: ends the child without running the parent's exit handlers.
                 unsafe { libc::_exit(code) }

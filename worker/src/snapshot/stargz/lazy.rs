@@ -208,7 +208,7 @@ impl LazyOverlay {
 
     /// Whether `dir` has a live lazy mount of ours.
     pub fn is_mounted(&self, dir: &Path) -> bool {
-        self.is_mounted_among(dir, &stargaze_fs::sys::mount_points())
+        self.table().contains_key(dir) && stargaze_fs::sys::is_mount_point(&dir.join("fs"))
     }
 
     /// Like [`Self::is_mounted`], against mount points read once for several questions.

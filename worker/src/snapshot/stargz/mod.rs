@@ -127,8 +127,8 @@ impl Stargz {
     /// Runs for as long as the daemon: after every quarter second in which the lazy layers
     /// served or fetched anything, freed memory goes back to the system. A burst of reads
     /// frees HTTP frames, inflate state and reply buffers between longer-lived allocations;
-    /// glibc keeps such holes mapped until it is asked to trim (a trim costs well under a
-    /// millisecond here, and an idle daemon does none).
+    /// glibc keeps such holes mapped until it is asked to trim. An idle daemon trims nothing;
+    /// a trim that takes a millisecond or more is logged at debug level.
     pub async fn release_memory_after_activity(self: Arc<Self>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
