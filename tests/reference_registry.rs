@@ -96,7 +96,7 @@ async fn compare_lazy_reads(
             remote,
             local.read_file(id, 0, n.size).unwrap(),
             "{}",
-            n.path
+            layer.index().path(id)
         );
         if n.chunks.len() > 1 {
             let at = n.chunks[1].file_offset - 7;

@@ -62,9 +62,9 @@ pub fn ls(a: LsArgs) -> anyhow::Result<()> {
         };
         let name = if e.path.is_empty() { "." } else { &e.path };
         let extra = match n.kind {
-            NodeKind::Symlink => format!(" -> {}", n.link_target),
-            _ if e.hardlink => format!(" link to {}", n.path),
-            NodeKind::Char | NodeKind::Block => format!(" [{},{}]", n.dev_major, n.dev_minor),
+            NodeKind::Symlink => format!(" -> {}", n.link_target()),
+            _ if e.hardlink => format!(" link to {}", idx.path(e.node)),
+            NodeKind::Char | NodeKind::Block => format!(" [{},{}]", n.dev().0, n.dev().1),
             _ => String::new(),
         };
         writeln!(

@@ -190,7 +190,7 @@ pub fn extract_layer<S: BlobSource>(
         let path = safe_parent(root, rel)?;
         if entry.hardlink {
             clear(&path, false)?;
-            let target = root.join(&node.path);
+            let target = root.join(index.path(entry.node));
             fs::hard_link(&target, &path).map_err(io_at(&path, "hardlinking"))?;
             report.entries += 1;
             continue;
@@ -214,12 +214,13 @@ pub fn extract_layer<S: BlobSource>(
                 report.bytes += reader.copy_file(entry.node, &mut f)?;
             }
             NodeKind::Symlink => {
-                std::os::unix::fs::symlink(&node.link_target, &path)
+                std::os::unix::fs::symlink(node.link_target(), &path)
                     .map_err(io_at(&path, "creating symlink"))?;
             }
             NodeKind::Char | NodeKind::Block | NodeKind::Fifo => {
                 let mode = node.kind.file_type_bits() | node.mode;
-                if let Err(e) = sys::mknod(&path, mode, node.dev_major, node.dev_minor) {
+                let (major, minor) = node.dev();
+                if let Err(e) = sys::mknod(&path, mode, major, minor) {
                     skip(&mut report, format!("{} {rel}: {e}", node.kind.as_str()));
                     continue;
                 }
@@ -233,8 +234,8 @@ pub fn extract_layer<S: BlobSource>(
     // Directories last, deepest first, so creating children does not disturb their times.
     for (path, id) in dirs.iter().rev() {
         let node = index.node(*id);
-        apply_metadata(path, node, opts, &mut report, &node.path)?;
-        report.entries += usize::from(!node.path.is_empty());
+        apply_metadata(path, node, opts, &mut report, &index.path(*id))?;
+        report.entries += usize::from(*id != 0);
     }
     Ok(report)
 }
@@ -311,7 +312,7 @@ fn apply_metadata(
     if opts.chown {
         sys::lchown(path, node.uid, node.gid).map_err(io_at(path, "chown"))?;
     }
-    for (k, v) in &node.xattrs {
+    for (k, v) in node.xattrs() {
         if let Err(e) = sys::lsetxattr(path, k, v) {
             if report.skipped.len() < 1000 {
                 report.skipped.push(format!("xattr {k} on {rel}: {e}"));

@@ -78,7 +78,21 @@ pub struct Chunk {
     pub zeros: bool,
 }
 
-/// One inode.
+/// What few nodes have (symlink targets, device numbers, xattrs), kept out of line so the
+/// inode table stays small.
+#[derive(Debug, Clone, Default)]
+struct Extra {
+    link_target: String,
+    dev_major: u32,
+    dev_minor: u32,
+    xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// No xattrs.
+static NO_XATTRS: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+
+/// One inode. Names and directory entries live in the [`Index`] (see [`Index::name`],
+/// [`Index::children`], [`Index::path`]): one copy of each name for the whole layer.
 #[derive(Debug, Clone)]
 pub struct Node {
     /// Kind of file.
@@ -95,32 +109,25 @@ pub struct Node {
     pub mtime: i64,
     /// Nanoseconds of the modification time.
     pub mtime_nsec: u32,
-    /// Symlink target.
-    pub link_target: String,
-    /// Device major.
-    pub dev_major: u32,
-    /// Device minor.
-    pub dev_minor: u32,
-    /// Extended attributes.
-    pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Digest of the whole file, when the TOC gives one.
     pub digest: Option<Digest>,
     /// Chunks of a regular file, sorted by file offset, covering `[0, size)` exactly.
-    pub chunks: Vec<Chunk>,
-    /// Directory entries by name.
-    pub children: BTreeMap<String, NodeId>,
+    pub chunks: Box<[Chunk]>,
     /// Parent directory (the root is its own parent).
     pub parent: NodeId,
     /// Link count: names for files, 2 + subdirectories for directories.
     pub nlink: u32,
-    /// First path this node was seen under ("" for the root).
-    pub path: String,
     /// True for directories that only exist because a deeper entry named them.
     pub implicit: bool,
+    /// The first name this node was seen under: a range of [`Index::names`].
+    name: (u32, u32),
+    /// A directory's entries: a range of [`Index::dirents`].
+    dirents: (u32, u32),
+    extra: Option<Box<Extra>>,
 }
 
 impl Node {
-    fn new(kind: NodeKind, parent: NodeId, path: String) -> Self {
+    fn new(kind: NodeKind, parent: NodeId) -> Self {
         Node {
             kind,
             mode: if kind == NodeKind::Dir { 0o755 } else { 0o644 },
@@ -129,18 +136,19 @@ impl Node {
             size: 0,
             mtime: 0,
             mtime_nsec: 0,
-            link_target: String::new(),
-            dev_major: 0,
-            dev_minor: 0,
-            xattrs: BTreeMap::new(),
             digest: None,
-            chunks: Vec::new(),
-            children: BTreeMap::new(),
+            chunks: Box::default(),
             parent,
             nlink: 1,
-            path,
             implicit: false,
+            name: (0, 0),
+            dirents: (0, 0),
+            extra: None,
         }
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
     }
 
     /// The chunk holding file offset `off`, by binary search.
@@ -148,6 +156,30 @@ impl Node {
         let i = self.chunks.partition_point(|c| c.file_offset <= off);
         (i > 0 && off < self.chunks[i - 1].file_offset + self.chunks[i - 1].size).then(|| i - 1)
     }
+
+    /// Symlink target ("" for other kinds).
+    pub fn link_target(&self) -> &str {
+        self.extra.as_ref().map_or("", |e| &e.link_target)
+    }
+
+    /// Device (major, minor) of a character or block device; (0, 0) otherwise.
+    pub fn dev(&self) -> (u32, u32) {
+        self.extra
+            .as_ref()
+            .map_or((0, 0), |e| (e.dev_major, e.dev_minor))
+    }
+
+    /// Extended attributes by name.
+    pub fn xattrs(&self) -> &BTreeMap<String, Vec<u8>> {
+        self.extra.as_ref().map_or(&NO_XATTRS, |e| &e.xattrs)
+    }
+}
+
+/// One name in a directory: a range of [`Index::names`] and the node it names.
+#[derive(Debug, Clone, Copy)]
+struct Dirent {
+    name: (u32, u32),
+    node: NodeId,
 }
 
 /// One name in TOC order, for listing and extraction.
@@ -178,6 +210,10 @@ pub struct Index {
     pub no_prefetch_landmark: bool,
     /// Number of chunk records.
     pub chunk_count: usize,
+    /// Every name of the layer, once, back to back.
+    names: String,
+    /// Directory entries, each directory's together and sorted by name.
+    dirents: Vec<Dirent>,
 }
 
 /// Cleans a TOC or tar name: strips `./` and `/` prefixes and `.` components, refuses `..`,
@@ -220,9 +256,15 @@ fn small(e: &TocEntry, what: &str, v: i64) -> Result<u32, FormatError> {
     u32::try_from(v).map_err(|_| FormatError::entry(&e.name, format!("{what} {v} out of range")))
 }
 
+/// The tree while the TOC is read: names as strings, children as maps, paths by name. It is
+/// packed into an [`Index`] when complete.
 struct Builder<'a> {
     limits: &'a Limits,
     nodes: Vec<Node>,
+    /// First name of each node.
+    first_names: Vec<String>,
+    /// Entries of each node (empty for non-directories).
+    children: Vec<BTreeMap<String, NodeId>>,
     by_path: HashMap<String, NodeId>,
     entries: Vec<Entry>,
 }
@@ -241,7 +283,7 @@ impl Builder<'_> {
         }
         let (parent_path, base) = split_parent(path);
         let parent = self.dir(parent_path, raw)?;
-        let mut node = Node::new(NodeKind::Dir, parent, path.to_string());
+        let mut node = Node::new(NodeKind::Dir, parent);
         node.implicit = true;
         node.nlink = 2;
         Ok(self.insert(parent, base, path, node))
@@ -253,11 +295,75 @@ impl Builder<'_> {
             self.nodes[parent as usize].nlink += 1;
         }
         self.nodes.push(node);
-        self.nodes[parent as usize]
-            .children
-            .insert(base.to_string(), id);
+        self.first_names.push(base.to_string());
+        self.children.push(BTreeMap::new());
+        self.children[parent as usize].insert(base.to_string(), id);
         self.by_path.insert(path.to_string(), id);
         id
+    }
+
+    /// Packs names and directory entries into one string and one table.
+    fn finish(
+        self,
+        compression: Compression,
+        payload_end: u64,
+        prefetch_end: Option<usize>,
+        no_prefetch_landmark: bool,
+    ) -> Result<Index, FormatError> {
+        let Builder {
+            mut nodes,
+            first_names,
+            children,
+            entries,
+            ..
+        } = self;
+        let too_big = || FormatError::Limit("TOC names exceed 4 GiB".into());
+        let mut names = String::new();
+        let push = |names: &mut String, s: &str| -> Result<(u32, u32), FormatError> {
+            let at = u32::try_from(names.len()).map_err(|_| too_big())?;
+            names.push_str(s);
+            u32::try_from(names.len()).map_err(|_| too_big())?;
+            Ok((at, s.len() as u32))
+        };
+        for (n, name) in nodes.iter_mut().zip(&first_names) {
+            n.name = push(&mut names, name)?;
+        }
+        let mut dirents = Vec::with_capacity(nodes.len());
+        for (dir, kids) in children.into_iter().enumerate() {
+            let start = u32::try_from(dirents.len()).map_err(|_| too_big())?;
+            for (name, id) in kids {
+                let child = &nodes[id as usize];
+                // A node's first name is already stored; a hardlink's other names are not.
+                let name = if child.parent as usize == dir && first_names[id as usize] == name {
+                    child.name
+                } else {
+                    push(&mut names, &name)?
+                };
+                dirents.push(Dirent { name, node: id });
+            }
+            nodes[dir].dirents = (start, dirents.len() as u32 - start);
+        }
+        names.shrink_to_fit();
+        dirents.shrink_to_fit();
+        let prefetch = match prefetch_end {
+            Some(end) => entries[..end]
+                .iter()
+                .filter(|e| !e.hardlink && nodes[e.node as usize].kind == NodeKind::Reg)
+                .map(|e| e.node)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Index {
+            nodes,
+            entries,
+            compression,
+            payload_end,
+            prefetch,
+            no_prefetch_landmark,
+            chunk_count: 0,
+            names,
+            dirents,
+        })
     }
 }
 
@@ -286,7 +392,7 @@ fn apply_meta(node: &mut Node, e: &TocEntry, limits: &Limits) -> Result<(), Form
         if total > limits.max_xattr_bytes {
             return Err(FormatError::entry(&e.name, "xattrs too large"));
         }
-        node.xattrs.insert(k.clone(), val);
+        node.extra_mut().xattrs.insert(k.clone(), val);
     }
     Ok(())
 }
@@ -374,12 +480,14 @@ impl Index {
                 limits.max_entries
             )));
         }
-        let mut root = Node::new(NodeKind::Dir, 0, String::new());
+        let mut root = Node::new(NodeKind::Dir, 0);
         root.implicit = true;
         root.nlink = 2;
         let mut b = Builder {
             limits,
             nodes: vec![root],
+            first_names: vec![String::new()],
+            children: vec![BTreeMap::new()],
             by_path: HashMap::from([(String::new(), 0)]),
             entries: Vec::with_capacity(toc.entries.len()),
         };
@@ -423,9 +531,7 @@ impl Index {
                         return Err(FormatError::entry(&e.name, "hardlink named as the root"));
                     }
                     let parent = b.dir(pp, &e.name)?;
-                    b.nodes[parent as usize]
-                        .children
-                        .insert(base.to_string(), id);
+                    b.children[parent as usize].insert(base.to_string(), id);
                     b.by_path.insert(path.clone(), id);
                     let n = &mut b.nodes[id as usize];
                     n.nlink = n.nlink.saturating_add(1);
@@ -461,7 +567,7 @@ impl Index {
                 }
                 let (pp, base) = split_parent(&path);
                 let parent = b.dir(pp, &e.name)?;
-                let mut node = Node::new(kind, parent, path.clone());
+                let mut node = Node::new(kind, parent);
                 apply_meta(&mut node, e, b.limits)?;
                 match kind {
                     NodeKind::Symlink => {
@@ -471,11 +577,15 @@ impl Index {
                         if e.link_name.contains('\0') {
                             return Err(FormatError::entry(&e.name, "symlink target has NUL"));
                         }
-                        node.link_target = e.link_name.clone();
+                        node.extra_mut().link_target = e.link_name.clone();
                     }
                     NodeKind::Char | NodeKind::Block => {
-                        node.dev_major = small(e, "devMajor", e.dev_major)?;
-                        node.dev_minor = small(e, "devMinor", e.dev_minor)?;
+                        let (major, minor) = (
+                            small(e, "devMajor", e.dev_major)?,
+                            small(e, "devMinor", e.dev_minor)?,
+                        );
+                        let x = node.extra_mut();
+                        (x.dev_major, x.dev_minor) = (major, minor);
                     }
                     NodeKind::Reg => {
                         node.size = non_negative(e, "size", e.size)?;
@@ -507,25 +617,10 @@ impl Index {
             });
         }
 
-        let chunk_count = raw_chunks.len();
-        attach_chunks(&mut b.nodes, raw_chunks, payload_end, limits)?;
-        let prefetch = match prefetch_end {
-            Some(end) => b.entries[..end]
-                .iter()
-                .filter(|e| !e.hardlink && b.nodes[e.node as usize].kind == NodeKind::Reg)
-                .map(|e| e.node)
-                .collect(),
-            None => Vec::new(),
-        };
-        Ok(Index {
-            nodes: b.nodes,
-            entries: b.entries,
-            compression,
-            payload_end,
-            prefetch,
-            no_prefetch_landmark: no_prefetch,
-            chunk_count,
-        })
+        let mut index = b.finish(compression, payload_end, prefetch_end, no_prefetch)?;
+        index.chunk_count = raw_chunks.len();
+        index.attach_chunks(raw_chunks, limits)?;
+        Ok(index)
     }
 
     /// The node at a path (normalised the same way as TOC names).
@@ -536,7 +631,7 @@ impl Index {
             return Some(0);
         }
         for comp in norm.split('/') {
-            id = *self.nodes[id as usize].children.get(comp)?;
+            id = self.child(id, comp)?;
         }
         Some(id)
     }
@@ -544,6 +639,57 @@ impl Index {
     /// The node with this id.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id as usize]
+    }
+
+    fn str_of(&self, (at, len): (u32, u32)) -> &str {
+        self.names
+            .get(at as usize..at as usize + len as usize)
+            .unwrap_or_default()
+    }
+
+    fn dirents_of(&self, dir: NodeId) -> &[Dirent] {
+        let (start, len) = self.nodes.get(dir as usize).map_or((0, 0), |n| n.dirents);
+        self.dirents
+            .get(start as usize..start as usize + len as usize)
+            .unwrap_or_default()
+    }
+
+    /// The entry `name` of directory `dir`, by binary search.
+    pub fn child(&self, dir: NodeId, name: &str) -> Option<NodeId> {
+        let ents = self.dirents_of(dir);
+        ents.binary_search_by(|d| self.str_of(d.name).cmp(name))
+            .ok()
+            .map(|i| ents[i].node)
+    }
+
+    /// The entries of directory `dir`, in name order (none for other kinds).
+    pub fn children(&self, dir: NodeId) -> impl ExactSizeIterator<Item = (&str, NodeId)> + '_ {
+        self.dirents_of(dir)
+            .iter()
+            .map(|d| (self.str_of(d.name), d.node))
+    }
+
+    /// The first name node `id` was seen under ("" for the root).
+    pub fn name(&self, id: NodeId) -> &str {
+        self.nodes
+            .get(id as usize)
+            .map_or("", |n| self.str_of(n.name))
+    }
+
+    /// The first path node `id` was seen under, normalised ("" for the root).
+    pub fn path(&self, id: NodeId) -> String {
+        let mut parts = Vec::new();
+        let mut cur = id;
+        // Parents are created before their children, so ids fall towards the root.
+        while let Some(n) = self.nodes.get(cur as usize).filter(|_| cur != 0) {
+            parts.push(self.str_of(n.name));
+            if n.parent >= cur {
+                break;
+            }
+            cur = n.parent;
+        }
+        parts.reverse();
+        parts.join("/")
     }
 
     /// Total decompressed bytes of all regular files.
@@ -554,130 +700,129 @@ impl Index {
             .map(|n| n.size)
             .sum()
     }
-}
 
-/// Sorts each file's chunks, fills in sizes and frame ends, and checks coverage and bounds.
-fn attach_chunks(
-    nodes: &mut [Node],
-    raw: Vec<RawChunk>,
-    payload_end: u64,
-    limits: &Limits,
-) -> Result<(), FormatError> {
-    let mut frame_starts: Vec<u64> = raw
-        .iter()
-        .filter(|c| !c.zeros)
-        .map(|c| c.blob_offset)
-        .collect();
-    frame_starts.push(payload_end);
-    frame_starts.sort_unstable();
-    frame_starts.dedup();
-    let mut seen: HashSet<(u64, u64)> = HashSet::with_capacity(raw.len());
+    /// Sorts each file's chunks, fills in sizes and frame ends, and checks coverage and bounds.
+    fn attach_chunks(&mut self, raw: Vec<RawChunk>, limits: &Limits) -> Result<(), FormatError> {
+        let payload_end = self.payload_end;
+        let mut frame_starts: Vec<u64> = raw
+            .iter()
+            .filter(|c| !c.zeros)
+            .map(|c| c.blob_offset)
+            .collect();
+        frame_starts.push(payload_end);
+        frame_starts.sort_unstable();
+        frame_starts.dedup();
+        let mut seen: HashSet<(u64, u64)> = HashSet::with_capacity(raw.len());
 
-    let mut by_node: BTreeMap<NodeId, Vec<RawChunk>> = BTreeMap::new();
-    for c in raw {
-        by_node.entry(c.node).or_default().push(c);
-    }
-    for (id, mut chunks) in by_node {
-        let node = &mut nodes[id as usize];
-        let name = node.path.clone();
-        chunks.sort_by_key(|c| c.file_offset);
-        let size = node.size;
-        let single = chunks.len() == 1;
-        let mut expect = 0u64;
-        let mut out = Vec::with_capacity(chunks.len());
-        for c in &chunks {
-            if c.file_offset != expect {
-                return Err(FormatError::entry(
-                    &name,
-                    format!(
-                        "chunk at file offset {} where {expect} was expected (gap or overlap)",
-                        c.file_offset
-                    ),
-                ));
-            }
-            let len = if c.size == 0 {
-                size.saturating_sub(c.file_offset)
-            } else {
-                c.size
-            };
-            if len == 0 || len > limits.max_chunk {
-                return Err(FormatError::entry(
-                    &name,
-                    format!("chunk size {len} at offset {} out of range", c.file_offset),
-                ));
-            }
-            let digest = match (c.digest, c.zeros) {
-                (Some(d), _) => Some(d),
-                (None, true) => None,
-                (None, false) if single => node.digest,
-                (None, false) => None,
-            };
-            if digest.is_none() && !c.zeros {
-                return Err(FormatError::entry(
-                    &name,
-                    format!("chunk at offset {} has no digest to verify", c.file_offset),
-                ));
-            }
-            let (blob_offset, blob_end) = if c.zeros {
-                (0, 0)
-            } else {
-                if c.blob_offset >= payload_end {
+        let mut by_node: BTreeMap<NodeId, Vec<RawChunk>> = BTreeMap::new();
+        for c in raw {
+            by_node.entry(c.node).or_default().push(c);
+        }
+        for (id, mut chunks) in by_node {
+            let name = || self.path(id);
+            let node = &self.nodes[id as usize];
+            chunks.sort_by_key(|c| c.file_offset);
+            let size = node.size;
+            let single = chunks.len() == 1;
+            let mut expect = 0u64;
+            let mut out = Vec::with_capacity(chunks.len());
+            for c in &chunks {
+                if c.file_offset != expect {
                     return Err(FormatError::entry(
-                        &name,
+                        &name(),
                         format!(
-                            "chunk frame offset {} is past the payload end {payload_end}",
-                            c.blob_offset
+                            "chunk at file offset {} where {expect} was expected (gap or overlap)",
+                            c.file_offset
                         ),
                     ));
                 }
-                if !seen.insert((c.blob_offset, c.inner_offset)) {
+                let len = if c.size == 0 {
+                    size.saturating_sub(c.file_offset)
+                } else {
+                    c.size
+                };
+                if len == 0 || len > limits.max_chunk {
                     return Err(FormatError::entry(
-                        &name,
-                        format!("chunk frame offset {} is used twice", c.blob_offset),
+                        &name(),
+                        format!("chunk size {len} at offset {} out of range", c.file_offset),
                     ));
                 }
-                let next = frame_starts[frame_starts.partition_point(|&o| o <= c.blob_offset)];
-                let end = if c.end_offset > c.blob_offset && c.end_offset <= next {
-                    c.end_offset
-                } else {
-                    next
+                let digest = match (c.digest, c.zeros) {
+                    (Some(d), _) => Some(d),
+                    (None, true) => None,
+                    (None, false) if single => node.digest,
+                    (None, false) => None,
                 };
-                (c.blob_offset, end)
-            };
-            if let Some(prev) = out.last() {
-                let prev: &Chunk = prev;
-                if !c.zeros && !prev.zeros && blob_offset < prev.blob_offset {
-                    return Err(FormatError::entry(&name, "chunk frames out of order"));
+                if digest.is_none() && !c.zeros {
+                    return Err(FormatError::entry(
+                        &name(),
+                        format!("chunk at offset {} has no digest to verify", c.file_offset),
+                    ));
                 }
+                let (blob_offset, blob_end) = if c.zeros {
+                    (0, 0)
+                } else {
+                    if c.blob_offset >= payload_end {
+                        return Err(FormatError::entry(
+                            &name(),
+                            format!(
+                                "chunk frame offset {} is past the payload end {payload_end}",
+                                c.blob_offset
+                            ),
+                        ));
+                    }
+                    if !seen.insert((c.blob_offset, c.inner_offset)) {
+                        return Err(FormatError::entry(
+                            &name(),
+                            format!("chunk frame offset {} is used twice", c.blob_offset),
+                        ));
+                    }
+                    let next = frame_starts[frame_starts.partition_point(|&o| o <= c.blob_offset)];
+                    let end = if c.end_offset > c.blob_offset && c.end_offset <= next {
+                        c.end_offset
+                    } else {
+                        next
+                    };
+                    (c.blob_offset, end)
+                };
+                if let Some(prev) = out.last() {
+                    let prev: &Chunk = prev;
+                    if !c.zeros && !prev.zeros && blob_offset < prev.blob_offset {
+                        return Err(FormatError::entry(&name(), "chunk frames out of order"));
+                    }
+                }
+                out.push(Chunk {
+                    file_offset: c.file_offset,
+                    size: len,
+                    blob_offset,
+                    blob_end,
+                    inner_offset: c.inner_offset,
+                    digest,
+                    zeros: c.zeros,
+                });
+                expect = c
+                    .file_offset
+                    .checked_add(len)
+                    .ok_or_else(|| FormatError::entry(&name(), "chunk offset overflows"))?;
             }
-            out.push(Chunk {
-                file_offset: c.file_offset,
-                size: len,
-                blob_offset,
-                blob_end,
-                inner_offset: c.inner_offset,
-                digest,
-                zeros: c.zeros,
-            });
-            expect = c
-                .file_offset
-                .checked_add(len)
-                .ok_or_else(|| FormatError::entry(&name, "chunk offset overflows"))?;
+            if expect != size {
+                return Err(FormatError::entry(
+                    &name(),
+                    format!("chunks cover {expect} bytes of a {size}-byte file"),
+                ));
+            }
+            self.nodes[id as usize].chunks = out.into_boxed_slice();
         }
-        if expect != size {
-            return Err(FormatError::entry(
-                &name,
-                format!("chunks cover {expect} bytes of a {size}-byte file"),
-            ));
+        for (id, n) in self.nodes.iter().enumerate() {
+            if n.kind == NodeKind::Reg && n.size > 0 && n.chunks.is_empty() {
+                return Err(FormatError::entry(
+                    &self.path(id as NodeId),
+                    "non-empty file without chunks",
+                ));
+            }
         }
-        node.chunks = out;
+        Ok(())
     }
-    for n in nodes.iter() {
-        if n.kind == NodeKind::Reg && n.size > 0 && n.chunks.is_empty() {
-            return Err(FormatError::entry(&n.path, "non-empty file without chunks"));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -718,6 +863,17 @@ mod tests {
         assert_eq!(n.chunk_at(4), Some(1));
         assert_eq!(n.chunk_at(10), None);
         assert!(i.node(i.lookup("b").unwrap()).implicit);
+        // One name per entry, in name order; the node keeps its first path.
+        let a = i.lookup("a").unwrap();
+        let names: Vec<&str> = i.children(a).map(|(n, _)| n).collect();
+        assert_eq!(names, [".wh.x", "f"]);
+        assert_eq!(i.child(a, "f"), Some(f));
+        assert_eq!(i.child(a, "g"), None);
+        assert_eq!(i.child(f, "x"), None);
+        assert_eq!((i.name(f), i.path(f).as_str()), ("f", "a/f"));
+        assert_eq!(i.path(0), "");
+        let b = i.lookup("b").unwrap();
+        assert_eq!(i.children(b).collect::<Vec<_>>(), [("h", f)]);
         assert_eq!(i.node(i.lookup("a").unwrap()).mode, 0o755);
     }
 

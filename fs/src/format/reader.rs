@@ -284,13 +284,13 @@ impl<S: BlobSource> LayerReader<S> {
     /// Reads, decompresses and verifies chunk `chunk` of regular file `node`.
     pub fn read_chunk(&self, node: NodeId, chunk: usize) -> Result<Vec<u8>, FormatError> {
         let n = self.index.node(node);
-        let c = n
-            .chunks
-            .get(chunk)
-            .ok_or_else(|| FormatError::NotFound(format!("{}#chunk{chunk}", n.path)))?;
+        let c = n.chunks.get(chunk).ok_or_else(|| {
+            FormatError::NotFound(format!("{}#chunk{chunk}", self.index.path(node)))
+        })?;
+        let path = self.index.path(node);
         if c.zeros {
             let data = vec![0u8; c.size as usize];
-            return verify_chunk(&n.path, c, data);
+            return verify_chunk(&path, c, data);
         }
         // Stream the frame from the source so only what decompression needs is read and held,
         // however long a (hostile) TOC claims the frame is.
@@ -302,7 +302,7 @@ impl<S: BlobSource> LayerReader<S> {
                 end: c.blob_end.min(self.source.size()),
             },
         );
-        decode_chunk_from(self.index.compression, &n.path, c, frame)
+        decode_chunk_from(self.index.compression, &path, c, frame)
     }
 
     /// Reads `len` bytes of a regular file at `offset` (short at end of file), verified.
@@ -312,9 +312,9 @@ impl<S: BlobSource> LayerReader<S> {
         let mut out = Vec::new();
         let mut pos = offset;
         while pos < end {
-            let i = n
-                .chunk_at(pos)
-                .ok_or_else(|| FormatError::entry(&n.path, format!("no chunk at {pos}")))?;
+            let i = n.chunk_at(pos).ok_or_else(|| {
+                FormatError::entry(&self.index.path(node), format!("no chunk at {pos}"))
+            })?;
             let c = &n.chunks[i];
             let data = self.read_chunk(node, i)?;
             let from = (pos - c.file_offset) as usize;
@@ -329,7 +329,10 @@ impl<S: BlobSource> LayerReader<S> {
     pub fn copy_file(&self, node: NodeId, w: &mut dyn Write) -> Result<u64, FormatError> {
         let n = self.index.node(node);
         if n.kind != NodeKind::Reg {
-            return Err(FormatError::entry(&n.path, "not a regular file"));
+            return Err(FormatError::entry(
+                &self.index.path(node),
+                "not a regular file",
+            ));
         }
         for i in 0..n.chunks.len() {
             let data = self.read_chunk(node, i)?;

@@ -45,7 +45,7 @@ pub fn verify_layer<S: BlobSource>(
                 let got = whole.finish();
                 if got != want {
                     return Err(FormatError::entry(
-                        &node.path,
+                        &index.path(id as u32),
                         format!("file digest mismatch: expected {want}, got {got}"),
                     ));
                 }

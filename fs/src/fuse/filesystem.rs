@@ -7,7 +7,7 @@
 
 use super::passthrough::{Decision, OpenCounters, OpenModes, FH_CACHED, FH_PASSTHROUGH};
 use super::view::{Entry, OpaqueXattr, View};
-use crate::format::{NodeId, NodeKind};
+use crate::format::{Index, NodeId, NodeKind};
 use crate::layer::RemoteLayer;
 use fuser::{
     AccessFlags, BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
@@ -41,12 +41,12 @@ impl AccessRecorder {
         })
     }
 
-    fn record(&self, id: NodeId, path: &str) {
+    fn record(&self, index: &Index, id: NodeId) {
         use std::io::Write;
         let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if g.0.insert(id) {
             if let Some(f) = g.1.as_mut() {
-                if let Err(e) = writeln!(f, "{path}") {
+                if let Err(e) = writeln!(f, "{}", index.path(id)) {
                     tracing::warn!(error = %e, "access record write failed; recording stops");
                     g.1 = None;
                 }
@@ -250,7 +250,7 @@ impl Filesystem for LayerFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.node_of(ino) {
             Some(Entry::Node(id)) if self.layer.index().node(id).kind == NodeKind::Symlink => {
-                reply.data(self.layer.index().node(id).link_target.as_bytes())
+                reply.data(self.layer.index().node(id).link_target().as_bytes())
             }
             Some(_) => reply.error(Errno::EINVAL),
             None => reply.error(Errno::ENOENT),
@@ -274,7 +274,7 @@ impl Filesystem for LayerFs {
             return reply.opened(FileHandle(0), FopenFlags::empty());
         }
         if let Some(r) = &self.opts.recorder {
-            r.record(id, &n.path);
+            r.record(self.layer.index(), id);
         }
         let (modes, c) = (&self.modes, &self.counters);
         if !c.passthrough.load(Ordering::Relaxed) {
@@ -343,7 +343,7 @@ impl Filesystem for LayerFs {
             match layer.read(id, offset, size as u64).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => {
-                    tracing::error!(layer = %layer.digest(), file = %layer.index().node(id).path, offset, error = %e, "read failed");
+                    tracing::error!(layer = %layer.digest(), file = %layer.index().path(id), offset, error = %e, "read failed");
                     reply.error(Errno::EIO)
                 }
             }

@@ -69,7 +69,7 @@ impl<'a> View<'a> {
     pub fn entry(&self, ino: u64) -> Option<Entry> {
         let id = NodeId::try_from(ino.checked_sub(1)?).ok()?;
         let node = self.index.nodes.get(id as usize)?;
-        let base = node.path.rsplit('/').next().unwrap_or("");
+        let base = self.index.name(id);
         if base.starts_with(WHITEOUT_PREFIX)
             && base != OPAQUE_WHITEOUT
             && node.kind != NodeKind::Dir
@@ -93,30 +93,30 @@ impl<'a> View<'a> {
         if dir == 0 && LANDMARKS.contains(&name) {
             return None;
         }
-        if let Some(&id) = d.children.get(name) {
+        if let Some(id) = self.index.child(dir, name) {
             return Some(Entry::Node(id));
         }
-        d.children
-            .get(&format!("{WHITEOUT_PREFIX}{name}"))
-            .map(|&id| Entry::Whiteout(id))
+        self.index
+            .child(dir, &format!("{WHITEOUT_PREFIX}{name}"))
+            .map(Entry::Whiteout)
     }
 
     /// The visible entries of directory `dir`, in name order.
     pub fn children(&self, dir: NodeId) -> Vec<(String, Entry)> {
-        let d = self.node(dir);
-        let mut out = Vec::with_capacity(d.children.len());
-        for (name, &id) in &d.children {
-            if dir == 0 && LANDMARKS.contains(&name.as_str()) {
+        let kids = self.index.children(dir);
+        let mut out = Vec::with_capacity(kids.len());
+        for (name, id) in kids {
+            if dir == 0 && LANDMARKS.contains(&name) {
                 continue;
             }
             match name.strip_prefix(WHITEOUT_PREFIX) {
                 Some(_) if name == OPAQUE_WHITEOUT => {}
                 Some(target) => {
-                    if !target.is_empty() && !d.children.contains_key(target) {
+                    if !target.is_empty() && self.index.child(dir, target).is_none() {
                         out.push((target.to_string(), Entry::Whiteout(id)));
                     }
                 }
-                None => out.push((name.clone(), Entry::Node(id))),
+                None => out.push((name.to_string(), Entry::Node(id))),
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -126,7 +126,7 @@ impl<'a> View<'a> {
     /// Whether `dir` is opaque (holds `.wh..wh..opq`).
     pub fn is_opaque(&self, dir: NodeId) -> bool {
         let d = self.node(dir);
-        d.kind == NodeKind::Dir && d.children.contains_key(OPAQUE_WHITEOUT)
+        d.kind == NodeKind::Dir && self.index.child(dir, OPAQUE_WHITEOUT).is_some()
     }
 
     /// Extended attributes of an entry (TOC xattrs plus the opaque marker).
@@ -136,7 +136,7 @@ impl<'a> View<'a> {
         };
         let mut out: Vec<(String, Vec<u8>)> = self
             .node(id)
-            .xattrs
+            .xattrs()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -186,7 +186,7 @@ impl<'a> View<'a> {
                 let t = mtime(n);
                 let size = match n.kind {
                     NodeKind::Reg => n.size,
-                    NodeKind::Symlink => n.link_target.len() as u64,
+                    NodeKind::Symlink => n.link_target().len() as u64,
                     NodeKind::Dir => 4096,
                     _ => 0,
                 };
@@ -208,7 +208,7 @@ impl<'a> View<'a> {
                     nlink: n.nlink.max(1),
                     uid: n.uid,
                     gid: n.gid,
-                    rdev: libc::makedev(n.dev_major, n.dev_minor) as u32,
+                    rdev: libc::makedev(n.dev().0, n.dev().1) as u32,
                     blksize: 4096,
                     flags: 0,
                 }

@@ -77,7 +77,7 @@ impl RemoteLayer {
             Ok(true) => disk.open_file(&digest, n.size),
             Ok(false) => None,
             Err(e) => {
-                tracing::warn!(file = %n.path, error = %e, "could not store a local copy");
+                tracing::warn!(file = %self.index().path(node), error = %e, "could not store a local copy");
                 None
             }
         }

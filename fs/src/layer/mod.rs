@@ -274,7 +274,7 @@ impl RemoteLayer {
     ) -> Result<Vec<u8>, LayerError> {
         let n = self.index().node(node);
         if n.kind != NodeKind::Reg {
-            return Err(LayerError::NotAFile(n.path.clone()));
+            return Err(LayerError::NotAFile(self.index().path(node)));
         }
         let end = offset.saturating_add(len).min(n.size);
         if offset >= end {
@@ -283,7 +283,10 @@ impl RemoteLayer {
         let (Some(first), Some(last)) = (n.chunk_at(offset), n.chunk_at(end - 1)) else {
             return Err(LayerError::Format {
                 digest: self.digest(),
-                source: FormatError::entry(&n.path, format!("no chunk covers {offset}..{end}")),
+                source: FormatError::entry(
+                    &self.index().path(node),
+                    format!("no chunk covers {offset}..{end}"),
+                ),
             });
         };
         let chunks = &n.chunks[first..=last];
@@ -311,16 +314,17 @@ impl RemoteLayer {
         }
         let extra = self.readahead_after(chunks.last().map_or(0, |c| c.blob_end));
         if !chunks.iter().all(|c| self.fetcher.is_cached(c)) {
-            self.continue_file(n, last + 1);
+            self.continue_file(node, last + 1);
             self.prefetch_siblings(node);
         }
+        let path = self.index().path(node);
         let data = self
             .fetcher
-            .chunks_with_readahead(&n.path, chunks, &extra)
+            .chunks_with_readahead(&path, chunks, &extra)
             .await
             .map_err(|source| LayerError::Fetch {
                 digest: self.digest(),
-                file: n.path.clone(),
+                file: path.clone(),
                 source,
             })?;
         if first == 0 {
@@ -381,14 +385,14 @@ impl RemoteLayer {
                 cur = index.node(cur).parent;
                 continue;
             }
-            let id = *index.node(cur).children.get(&comp)?;
+            let id = index.child(cur, &comp)?;
             let n = index.node(id);
             if n.kind == NodeKind::Symlink {
                 hops += 1;
                 if hops > 32 {
                     return None;
                 }
-                let target = n.link_target.clone();
+                let target = n.link_target().to_string();
                 if target.starts_with('/') {
                     cur = 0;
                 }
@@ -552,7 +556,7 @@ impl RemoteLayer {
             }
             let batch: Vec<crate::format::Chunk> =
                 chunks[start..i].iter().map(|e| chunk(e).clone()).collect();
-            let file = &index.node(chunks[start].0).path;
+            let file = &index.path(chunks[start].0);
             let t = std::time::Instant::now();
             self.fetcher
                 .fetch_ahead(file, &batch)

@@ -38,7 +38,7 @@ impl RemoteLayer {
         tokio::spawn(async move {
             let data = match layer
                 .fetcher
-                .chunks(&layer.index().node(node).path, &chunks)
+                .chunks(&layer.index().path(node), &chunks)
                 .await
             {
                 Ok(d) => d,
@@ -136,9 +136,10 @@ impl RemoteLayer {
     /// read of those chunks waits for that fetch (single flight) rather than repeating it.
     /// Other files (data, archives) are read as far as their readers go: a build step that
     /// reads the head of a large file must not pull all of it.
-    pub(super) fn continue_file(&self, n: &Node, from: usize) {
+    pub(super) fn continue_file(&self, node: NodeId, from: usize) {
         const BUDGET: u64 = 64 << 20;
-        if !is_program_or_library(n) {
+        let n = self.index().node(node);
+        if !is_program_or_library(n, self.index().name(node)) {
             return;
         }
         let mut total = 0;
@@ -154,7 +155,7 @@ impl RemoteLayer {
         if rest.is_empty() {
             return;
         }
-        self.speculate(n.path.clone(), rest);
+        self.speculate(self.index().path(node), rest);
     }
 
     /// Fetches `chunks` in the background for a read that has not come yet. At most
@@ -195,13 +196,13 @@ impl RemoteLayer {
                 seen.insert(dir);
             }
         };
-        let children = &index.node(dir).children;
+        let children = index.children(dir);
         if children.len() > SIBLINGS_MAX_ENTRIES {
             return mark();
         }
         let mut total = 0u64;
         let mut chunks: Vec<Chunk> = Vec::new();
-        for &id in children.values() {
+        for (_, id) in children {
             let n = index.node(id);
             if id == node || n.kind != NodeKind::Reg {
                 continue;
@@ -219,7 +220,7 @@ impl RemoteLayer {
         }
         chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
         chunks.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
-        let label = format!("(siblings in {})", index.node(dir).path);
+        let label = format!("(siblings in {})", index.path(dir));
         // A guess dropped because enough are running is tried again at the next miss here.
         if self.speculate(label, chunks) {
             mark();
@@ -227,8 +228,8 @@ impl RemoteLayer {
     }
 }
 
-/// Whether `n` looks like something loaded whole: executable, or a shared object by name.
-fn is_program_or_library(n: &Node) -> bool {
-    let name = n.path.rsplit('/').next().unwrap_or(&n.path);
+/// Whether `n`, named `name`, looks like something loaded whole: executable, or a shared
+/// object by name.
+fn is_program_or_library(n: &Node, name: &str) -> bool {
     n.mode & 0o111 != 0 || name.ends_with(".so") || name.contains(".so.")
 }
