@@ -345,6 +345,7 @@ impl Builder<'_> {
         }
         names.shrink_to_fit();
         dirents.shrink_to_fit();
+        nodes.shrink_to_fit();
         let prefetch = match prefetch_end {
             Some(end) => entries[..end]
                 .iter()
@@ -875,6 +876,16 @@ mod tests {
         let b = i.lookup("b").unwrap();
         assert_eq!(i.children(b).collect::<Vec<_>>(), [("h", f)]);
         assert_eq!(i.node(i.lookup("a").unwrap()).mode, 0o755);
+    }
+
+    #[test]
+    fn nodes_stay_small() {
+        // The inode table is most of a mounted layer's memory; see benches/format.rs.
+        assert!(
+            std::mem::size_of::<Node>() <= 128,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
     }
 
     #[test]
