@@ -361,9 +361,53 @@ fn pss_mb(pid: u32) -> f64 {
     proc_mb(pid, "smaps_rollup", "Pss:")
 }
 
+/// Distinct physical pages resident in any of `pids`, MB: the group's memory with the pages
+/// they share (the binary, libc, copy-on-write pages of a fork) counted once, which summing
+/// RSS would count per process. Reads the frame numbers in `/proc/PID/pagemap` (root only);
+/// 0 when they cannot be read.
+fn resident_union_mb(pids: &[u32]) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let mut frames = std::collections::HashSet::new();
+    for pid in pids {
+        let (Ok(maps), Ok(pagemap)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/maps")),
+            std::fs::File::open(format!("/proc/{pid}/pagemap")),
+        ) else {
+            return 0.0;
+        };
+        for line in maps.lines() {
+            let Some((start, end)) = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| {
+                    Some((
+                        u64::from_str_radix(a, 16).ok()?,
+                        u64::from_str_radix(b, 16).ok()?,
+                    ))
+                })
+            else {
+                continue;
+            };
+            let mut buf = vec![0u8; ((end - start) / 4096 * 8) as usize];
+            if pagemap.read_exact_at(&mut buf, start / 4096 * 8).is_err() {
+                continue;
+            }
+            for e in buf.chunks_exact(8) {
+                let e = u64::from_le_bytes(e.try_into().unwrap_or_default());
+                let pfn = e & ((1 << 55) - 1);
+                if e >> 63 == 1 && pfn != 0 {
+                    frames.insert(pfn);
+                }
+            }
+        }
+    }
+    frames.len() as f64 * 4096.0 / 1e6
+}
+
 /// One lazy pull + run through containerd with the proxy snapshotter started by `daemon`;
-/// returns (rpull seconds, seconds to first output, daemon RSS MB after the run, RSS MB and
-/// PSS MB of the daemon and its helper processes together).
+/// returns (rpull seconds, seconds to first output, daemon RSS MB after the run, resident MB
+/// (each page once) and PSS MB of the daemon and its helper processes together).
 fn through_containerd(
     w: &Wan,
     id: &str,
@@ -391,7 +435,10 @@ fn through_containerd(
     let first = first_output(start, &mut r);
     let rss = rss_mb(pid(&*d));
     let others = helpers(&*d);
-    let all = rss + others.iter().copied().map(rss_mb).sum::<f64>();
+    let group: Vec<u32> = std::iter::once(pid(&*d))
+        .chain(others.iter().copied())
+        .collect();
+    let all = resident_union_mb(&group);
     let pss = pss_mb(pid(&*d)) + others.iter().copied().map(pss_mb).sum::<f64>();
     if std::env::var_os("SNAPSHOTTER_RSS_DETAIL").is_some() {
         let st = std::fs::read_to_string(format!("/proc/{}/status", pid(&*d))).unwrap_or_default();
@@ -412,6 +459,13 @@ fn through_containerd(
             })
             .collect();
         println!("snapshotter: {id}: {}", parts.join(" "));
+        for h in &others {
+            println!(
+                "snapshotter: {id}: helper {h}: RSS {:.1} MB, PSS {:.1} MB",
+                rss_mb(*h),
+                pss_mb(*h)
+            );
+        }
     }
     // SNAPSHOTTER_PAUSE_SECS keeps both running a while after the measurement (profiling).
     if let Some(s) = std::env::var("SNAPSHOTTER_PAUSE_SECS")
@@ -494,7 +548,11 @@ fn snapshotter() {
         (0, "rpull", "s"),
         (1, "time to first output", "s"),
         (2, "daemon RSS after the run", "MB"),
-        (3, "RSS with helper processes (our FUSE holder)", "MB"),
+        (
+            3,
+            "resident with helper processes (our FUSE holder), shared pages once",
+            "MB",
+        ),
         (4, "PSS with helper processes (shared pages split)", "MB"),
     ] {
         let (a, b) = (col(&ours, k), col(&theirs, k));
