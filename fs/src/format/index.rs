@@ -1,5 +1,8 @@
 //! The validated, random-access view of a TOC: an inode table with directory trees, hardlinks
 //! sharing inodes, and per-file chunk lists sorted by offset with the blob range of each.
+//! A mounted layer keeps it for as long as it is mounted, so it is packed: every name once in
+//! one string, directory entries in one table sorted per directory, rare attributes out of
+//! line, paths rebuilt from parents when a message needs one.
 //!
 //! Everything a hostile TOC could do wrong is refused here, once, so readers, extraction and
 //! FUSE can rely on the invariants: normalised names without `..`, no duplicate non-directory
