@@ -15,11 +15,13 @@
 //! Linux 6.13's multigrain timestamps, a write within the same clock tick as the stamp can
 //! keep the change time; writing here takes root, who could change our memory anyway.)
 //!
-//! Whole files live in the same store, under their own digest (a one-chunk file already is
-//! its chunk): FUSE passthrough hands the kernel an open descriptor of one, so reads of a
-//! fully fetched file never come back to user space. Such a file is hashed when it is stored,
-//! or the first time a process hands it out ([`DiskCache::open_file`]), like a chunk.
+//! Whole files live in the same store, keyed by the chunk layout that verified them (see
+//! [`super::whole_file`]; a one-chunk file already is its chunk): FUSE passthrough hands the
+//! kernel an open descriptor of one, so reads of a fully fetched file never come back to user
+//! space. Such a file is checked piece by piece when it is stored, or the first time a
+//! process hands it out ([`DiskCache::open_file`]), like a chunk.
 
+use super::whole_file::{whole_file_key, Piece, PieceChecker};
 use super::VerifiedChunk;
 use crate::digest::Digest;
 use bytes::Bytes;
@@ -249,74 +251,78 @@ impl DiskCache {
         }
     }
 
-    /// Opens the stored file `d` of `len` bytes for reading, re-hashing it first; a bad
-    /// entry is removed and misses. The returned descriptor stays valid if the entry is
+    /// Opens the stored whole file laid out as `pieces` (see [`whole_file_key`]) for
+    /// reading. One this process has not vouched for yet is checked piece by piece first; a
+    /// bad entry is removed and misses. The returned descriptor stays valid if the entry is
     /// evicted later (the inode lives while it is open).
-    pub fn open_file(&self, d: &Digest, len: u64) -> Option<fs::File> {
-        self.lock().lru.get(d)?;
-        let path = self.path_of(d);
+    pub fn open_file(&self, pieces: &[Piece]) -> Option<fs::File> {
+        let d = whole_file_key(pieces);
+        let len: u64 = pieces.iter().map(|p| p.len).sum();
+        self.lock().lru.get(&d)?;
+        let path = self.path_of(&d);
         let checked = fs::File::open(&path).and_then(|f| {
-            if self.vouches(d, &f) {
-                return Ok((f, len, *d, true));
+            if self.vouches(&d, &f) {
+                return Ok((f, true));
             }
-            let mut h = crate::digest::Hasher::new();
-            let n = std::io::copy(&mut (&f).take(len + 1), &mut h)?;
-            Ok((f, n, h.finish(), false))
+            let mut c = PieceChecker::new(std::io::sink(), pieces);
+            std::io::copy(&mut (&f).take(len + 1), &mut c)?;
+            Ok((f, c.matched()))
         });
         match checked {
-            Ok((f, _, _, true)) => Some(f),
-            Ok((f, n, got, false)) if n == len && got == *d => {
-                let _ = f.set_modified(std::time::SystemTime::now());
-                self.vouch(d, &f);
+            Ok((f, true)) => {
+                if !self.vouches(&d, &f) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                    self.vouch(&d, &f);
+                }
                 Some(f)
             }
-            Ok(_) => {
-                tracing::warn!(digest = %d, "cached file is corrupt or truncated; dropping it");
-                self.forget(d);
+            Ok((_, false)) => {
+                tracing::warn!(key = %d, "cached file is corrupt or truncated; dropping it");
+                self.forget(&d);
                 None
             }
             Err(e) => {
-                tracing::warn!(digest = %d, error = %e, "cached file unreadable; dropping it");
-                self.forget(d);
+                tracing::warn!(key = %d, error = %e, "cached file unreadable; dropping it");
+                self.forget(&d);
                 None
             }
         }
     }
 
-    /// Stores a whole file of `len` bytes whose SHA-256 must be `d`, written by `fill` into
-    /// a temp file; it enters the store only if its length and digest match. Returns false
-    /// (storing nothing) when `fill` ran out of data or the digest differs.
+    /// Stores a whole file laid out as `pieces`, written by `fill` into a temp file; it
+    /// enters the store (under [`whole_file_key`]) only if every piece matches. Returns false
+    /// (storing nothing) when `fill` ran out of data, gave up, or wrote other bytes.
     pub fn put_file(
         &self,
-        d: &Digest,
-        len: u64,
+        pieces: &[Piece],
         fill: impl FnOnce(&mut dyn Write) -> std::io::Result<bool>,
     ) -> Result<bool, DiskCacheError> {
+        let d = whole_file_key(pieces);
+        let len: u64 = pieces.iter().map(|p| p.len).sum();
         if len > self.cap {
             return Ok(false);
         }
-        if self.lock().lru.get(d).is_some() {
+        if self.lock().lru.get(&d).is_some() {
             return Ok(true);
         }
-        let path = self.path_of(d);
+        let path = self.path_of(&d);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io("creating shard dir"))?;
         }
         let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
             .map_err(io("creating temp file"))?;
-        let (complete, written, got) = {
-            let mut w = HashingWriter {
-                inner: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
-                hasher: crate::digest::Hasher::new(),
-                written: 0,
-            };
+        let (complete, written, matched) = {
+            let mut w = PieceChecker::new(
+                std::io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
+                pieces,
+            );
             let complete = fill(&mut w)
-                .and_then(|ok| w.inner.flush().map(|()| ok))
+                .and_then(|ok| w.inner_mut().flush().map(|()| ok))
                 .map_err(io(format!("writing file {d}")))?;
-            (complete, w.written, w.hasher.finish())
+            (complete, w.written(), w.matched())
         };
-        if !complete || written != len || got != *d {
-            tracing::warn!(digest = %d, written, want = len, "assembled file does not match its digest; not stored");
+        if !complete || !matched {
+            tracing::warn!(key = %d, written, want = len, "assembled file does not match its chunks; not stored");
             return Ok(false);
         }
         tmp.as_file()
@@ -326,10 +332,10 @@ impl DiskCache {
             context: format!("storing file {d}"),
             source: e.error,
         })?;
-        self.vouch(d, &file);
+        self.vouch(&d, &file);
         {
             let mut s = self.lock();
-            if s.lru.put(*d, len).is_none() {
+            if s.lru.put(d, len).is_none() {
                 s.bytes += len;
             }
         }
@@ -402,26 +408,6 @@ impl DiskCache {
             self.lock_verified().remove(&victim);
             let _ = fs::remove_file(self.path_of(&victim));
         }
-    }
-}
-
-/// Counts and hashes what passes through to a file.
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: crate::digest::Hasher,
-    written: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -521,20 +507,24 @@ mod tests {
         let data = vec![7u8; 5000];
         let d = Digest::of(&data);
         // Wrong bytes, short bytes, or a writer that gives up: nothing is stored.
+        let one = [Piece {
+            len: 5000,
+            digest: Some(d),
+        }];
         assert!(!cache
-            .put_file(&d, 5000, |w| w.write_all(&[8u8; 5000]).map(|()| true))
+            .put_file(&one, |w| w.write_all(&[8u8; 5000]).map(|()| true))
             .unwrap());
         assert!(!cache
-            .put_file(&d, 5000, |w| w.write_all(&data[..10]).map(|()| true))
+            .put_file(&one, |w| w.write_all(&data[..10]).map(|()| true))
             .unwrap());
         assert!(!cache
-            .put_file(&d, 5000, |w| w.write_all(&data).map(|()| false))
+            .put_file(&one, |w| w.write_all(&data).map(|()| false))
             .unwrap());
-        assert!(cache.open_file(&d, 5000).is_none());
+        assert!(cache.open_file(&one).is_none());
         assert!(cache
-            .put_file(&d, 5000, |w| w.write_all(&data).map(|()| true))
+            .put_file(&one, |w| w.write_all(&data).map(|()| true))
             .unwrap());
-        let mut f = cache.open_file(&d, 5000).unwrap();
+        let mut f = cache.open_file(&one).unwrap();
         let mut got = Vec::new();
         f.read_to_end(&mut got).unwrap();
         assert_eq!(got, data);
@@ -543,7 +533,7 @@ mod tests {
         bad[3] = 0;
         fs::write(cache.path_of(&d), &bad).unwrap();
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
-        assert!(cache.open_file(&d, 5000).is_none());
+        assert!(cache.open_file(&one).is_none());
         assert!(!cache.path_of(&d).exists());
     }
 }

@@ -10,9 +10,11 @@
 
 mod disk;
 mod memory;
+mod whole_file;
 
 pub use disk::{DiskCache, DiskCacheError};
 pub use memory::MemoryCache;
+pub use whole_file::{whole_file_key, Piece};
 
 use crate::digest::Digest;
 use bytes::Bytes;

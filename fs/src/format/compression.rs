@@ -50,6 +50,19 @@ impl Compression {
         }
     }
 
+    /// The most compressed bytes a frame can need before it has produced `uncompressed`
+    /// bytes, for any encoder that is not wasting space on purpose: stored deflate blocks
+    /// add 5 bytes per 64 KiB and raw zstd blocks 3 per 128 KiB (both well under 1/1024),
+    /// plus room for the frame header (gzip's optional name, comment and extra fields
+    /// included). A chunk's frame is read no further than this, so a TOC that puts junk
+    /// between a one-byte chunk and the next frame cannot make a reader fetch or inflate it.
+    pub fn max_frame_prefix(self, uncompressed: u64) -> u64 {
+        const HEADER_ROOM: u64 = 64 << 10;
+        uncompressed
+            .saturating_add(uncompressed / 1024)
+            .saturating_add(HEADER_ROOM)
+    }
+
     /// Decompresses the frame at the start of `frame`, skips `skip` bytes and returns the next
     /// `want` bytes. Fails if the frame holds fewer; never inflates more than `skip + want`.
     pub fn read_range(self, frame: &[u8], skip: u64, want: u64) -> Result<Vec<u8>, FormatError> {

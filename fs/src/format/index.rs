@@ -71,7 +71,9 @@ pub struct Chunk {
     pub size: u64,
     /// Blob offset of the frame holding it.
     pub blob_offset: u64,
-    /// Blob offset where that frame's byte range ends (exclusive).
+    /// Blob offset where the bytes read for the chunk end (exclusive): the end of its frame,
+    /// or sooner where the frame is longer than the chunk can need
+    /// ([`super::Compression::max_frame_prefix`]).
     pub blob_end: u64,
     /// Decompressed bytes to skip inside the frame before the chunk starts.
     pub inner_offset: u64,
@@ -787,7 +789,12 @@ impl Index {
                     } else {
                         next
                     };
-                    (c.blob_offset, end)
+                    // What the frame can hold beyond the chunk is never needed: the span
+                    // read is bounded by the chunk's own size, whatever lies behind it.
+                    let needed = self
+                        .compression
+                        .max_frame_prefix(c.inner_offset.saturating_add(len));
+                    (c.blob_offset, end.min(c.blob_offset.saturating_add(needed)))
                 };
                 if let Some(prev) = out.last() {
                     let prev: &Chunk = prev;

@@ -1,10 +1,12 @@
 //! Whole local copies of fully fetched files, for FUSE passthrough. Once every chunk of a
-//! regular file is cached, the file is assembled into the disk store under its own digest
-//! (checked against the TOC's file digest as it is written) and handed out as an open
-//! descriptor; the kernel then reads it directly. A one-chunk file needs no assembly: its
-//! chunk already is the whole file.
+//! regular file is cached, the file is assembled into the disk store, keyed by and checked
+//! against this layer's own chunk layout (never the TOC's claimed file digest, which another
+//! layer could claim for other bytes; see [`crate::cache::whole_file_key`]), and handed out
+//! as an open descriptor; the kernel then reads it directly. A one-chunk file needs no
+//! assembly: its chunk already is the whole file.
 
 use super::RemoteLayer;
+use crate::cache::Piece;
 use crate::format::NodeId;
 use std::io::Write;
 use std::sync::Arc;
@@ -15,13 +17,10 @@ pub const LOCAL_FILE_MIN: u64 = 64 << 10;
 
 impl RemoteLayer {
     /// Whether regular file `node` can be served from a local whole-file copy now: large
-    /// enough, with a file digest in the TOC, a disk cache to hold it, and every chunk cached.
+    /// enough, a disk cache to hold it, and every chunk cached.
     pub fn local_file_ready(&self, node: NodeId) -> bool {
         let n = self.index().node(node);
-        n.size >= LOCAL_FILE_MIN
-            && n.digest.is_some()
-            && self.fetcher.cache().disk().is_some()
-            && self.is_cached(node)
+        n.size >= LOCAL_FILE_MIN && self.fetcher.cache().disk().is_some() && self.is_cached(node)
     }
 
     /// An open, verified local copy of regular file `node`, assembled from the chunk cache
@@ -40,13 +39,20 @@ impl RemoteLayer {
 
     fn local_file_blocking(&self, node: NodeId) -> Option<std::fs::File> {
         let n = self.index().node(node);
-        let digest = n.digest?;
+        let pieces: Vec<Piece> = n
+            .chunks
+            .iter()
+            .map(|c| Piece {
+                len: c.size,
+                digest: if c.zeros { None } else { c.digest },
+            })
+            .collect();
         let cache = self.fetcher.cache();
         let disk = cache.disk()?;
-        if let Some(f) = disk.open_file(&digest, n.size) {
+        if let Some(f) = disk.open_file(&pieces) {
             return Some(f);
         }
-        let stored = disk.put_file(&digest, n.size, |w: &mut dyn Write| {
+        let stored = disk.put_file(&pieces, |w: &mut dyn Write| {
             static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
             for c in &n.chunks {
                 if c.zeros || c.size == 0 {
@@ -74,7 +80,7 @@ impl RemoteLayer {
             Ok(true)
         });
         match stored {
-            Ok(true) => disk.open_file(&digest, n.size),
+            Ok(true) => disk.open_file(&pieces),
             Ok(false) => None,
             Err(e) => {
                 tracing::warn!(file = %self.index().path(node), error = %e, "could not store a local copy");

@@ -12,7 +12,8 @@ pub use local::LOCAL_FILE_MIN;
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
 use crate::format::{
-    metadata_start, FormatError, Index, LayerReader, NodeId, NodeKind, OpenOptions, WindowBlob,
+    footer::Footer, metadata_start, FormatError, Index, LayerReader, NodeId, NodeKind, OpenOptions,
+    WindowBlob, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS,
 };
 use crate::remote::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
 use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
@@ -57,20 +58,34 @@ pub enum LayerError {
     /// The node is not a regular file.
     #[error("{0} is not a regular file")]
     NotAFile(String),
+    /// The caller has no digest to check the layer's TOC against, so nothing it reads
+    /// lazily could be trusted: the layer is to be pulled whole and checked against its
+    /// own digest instead.
+    #[error(
+        "layer {digest}: not eStargz by its descriptor (no {TOC_DIGEST_ANNOTATION} or \
+         zstd:chunked manifest-checksum annotation to check a TOC against)"
+    )]
+    UntrustedToc {
+        /// The layer.
+        digest: Digest,
+    },
     /// A worker thread failed.
     #[error("internal: {0}")]
     Internal(String),
 }
 
 impl LayerError {
-    /// Whether the blob simply is not eStargz (no footer or TOC): a layer to pull whole.
-    pub fn is_not_estargz(&self) -> bool {
+    /// Whether the layer is to be pulled whole (and verified against its digest) instead
+    /// of mounted lazily: the blob is not eStargz (no footer or TOC), or nothing the
+    /// caller trusts vouches for its TOC.
+    pub fn wants_whole_pull(&self) -> bool {
         matches!(
             self,
-            LayerError::Format {
-                source: FormatError::Footer(_) | FormatError::Truncated(_),
-                ..
-            }
+            LayerError::UntrustedToc { .. }
+                | LayerError::Format {
+                    source: FormatError::Footer(_) | FormatError::Truncated(_),
+                    ..
+                }
         )
     }
 }
@@ -164,6 +179,15 @@ impl RemoteLayer {
                 )))
             })?);
         }
+        // A self-consistent blob proves nothing: the TOC must match a digest from the
+        // manifest (or the snapshot label that carries it), checked in `LayerReader::open`.
+        let checksummed = ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS
+            .iter()
+            .any(|k| opts.annotations.contains_key(*k));
+        let has_toc_digest = opts.toc_digest.is_some();
+        if !has_toc_digest && !checksummed {
+            return Err(LayerError::UntrustedToc { digest });
+        }
         let size = desc.size;
         if size == 0 {
             return Err(fmt_err(FormatError::Truncated("empty layer blob".into())));
@@ -186,6 +210,10 @@ impl RemoteLayer {
             .await
             .map_err(|e| LayerError::Internal(e.to_string()))?
             .map_err(fmt_err)?;
+        // The zstd:chunked checksum is checked only where the TOC is a zstd frame.
+        if !has_toc_digest && !matches!(reader.footer(), Footer::Zstd { .. }) {
+            return Err(LayerError::UntrustedToc { digest });
+        }
         let (mut index, toc_digest) = reader.into_index();
         // A mounted layer works from inodes; the names in TOC order (a second copy of every
         // path) are for extraction and listing, which read the blob themselves.

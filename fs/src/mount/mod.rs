@@ -176,8 +176,8 @@ pub async fn mount_image(
                     opens,
                 });
             }
-            Err(e) if e.is_not_estargz() => {
-                tracing::info!(layer = %desc.digest, "not eStargz; pulling it whole");
+            Err(e) if e.wants_whole_pull() => {
+                tracing::info!(layer = %desc.digest, reason = %e, "not mounted lazily; pulling it whole");
                 fallback::pull_and_unpack(&client, reference, desc, &dir, &opts.sessions).await?;
                 image.layers.push(MountedLayer::Unpacked {
                     digest: desc.digest.clone(),

@@ -275,8 +275,8 @@ impl Stargz {
             self.ensure_chain(parent)?;
         }
         let opened = self.open_layer(layer).map_err(|e| {
-            if e.is_not_estargz() {
-                SnapshotError::FailedPrecondition(format!("not eStargz: {e}"))
+            if e.wants_whole_pull() {
+                SnapshotError::FailedPrecondition(format!("not mounted lazily: {e}"))
             } else {
                 unavailable(e)
             }
