@@ -289,6 +289,28 @@ fn umoci_like_read(oci: &Path, path: &str) -> std::path::PathBuf {
     out
 }
 
+/// The disk-cache key of the whole-file copy of `path` (first layer of the `esgz` image).
+fn whole_file_key_of(oci: &Path, path: &str) -> String {
+    let layout = stargaze_fs::image::OciLayout::open(oci).unwrap();
+    let (_, m) = layout.resolve(Some("esgz")).unwrap();
+    let d = stargaze_fs::image::OciLayout::digest_of(&m.layers()[0]).unwrap();
+    let r = stargaze_fs::format::LayerReader::open(
+        stargaze_fs::format::FileBlob::open(&layout.blob_path(&d)).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let n = r.index().node(r.index().lookup(path).unwrap());
+    let pieces: Vec<stargaze_fs::cache::Piece> = n
+        .chunks
+        .iter()
+        .map(|c| stargaze_fs::cache::Piece {
+            len: c.size,
+            digest: c.digest,
+        })
+        .collect();
+    stargaze_fs::cache::whole_file_key(&pieces).hex()
+}
+
 #[test]
 fn umount_cleans_up_after_a_crashed_server() {
     if !ready() {
@@ -393,14 +415,22 @@ fn fully_fetched_files_are_served_by_passthrough_and_stay_verified() {
         std::os::unix::fs::FileExt::read_exact_at(&g, &mut part, (1 << 20) - 100).unwrap();
         assert!(part[..] == three[(1 << 20) - 100..(1 << 20) - 100 + 4096]);
     }
-    let whole = stargaze_fs::digest::Digest::of(&three).hex();
-    assert!(
+    // Stored under the key of the chunks that verified it, never under the file digest the
+    // TOC claims (another layer could claim that digest for other bytes).
+    let stored = |hex: &str| {
         m.cache_dir
             .join("sha256")
-            .join(&whole[..2])
-            .join(&whole)
-            .is_file(),
-        "the assembled copy is stored under the file digest"
+            .join(&hex[..2])
+            .join(hex)
+            .is_file()
+    };
+    assert!(
+        stored(&whole_file_key_of(&oci, "usr/lib/libsample0.so")),
+        "the assembled copy is stored under its chunk layout's key"
+    );
+    assert!(
+        !stored(&stargaze_fs::digest::Digest::of(&three).hex()),
+        "the assembled copy is stored under the TOC's file digest"
     );
     // Four opens of libsample0.so went through passthrough.
     wait_stats(&m, "passthrough opens in stats", |s| {

@@ -29,6 +29,17 @@ const FIRST_TAIL: u64 = 512 << 10;
 /// Speculative background fetches (rest of a file, loader dependencies) at once per layer.
 const SPECULATIVE_TASKS: usize = 4;
 
+/// Layers whose metadata is fetched and parsed at once, process-wide: each may hold up to
+/// [`crate::format::Limits`] worth of TOC while it is parsed. Parsing is CPU-bound, so more
+/// than a few at once would not be faster either.
+fn opening_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores.clamp(2, 4))
+    })
+}
+
 /// Why a layer could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -196,6 +207,12 @@ impl RemoteLayer {
         let mut data = blob.range(size - tail_len, tail_len).await?.to_vec();
         let mut requests = 1;
         let start = metadata_start(&data, size, &opts).map_err(fmt_err)?;
+        // Fetching a large TOC and parsing it is where a layer costs memory; a few at a time
+        // keep the total bounded by that many layers' limits, however many are opened.
+        let _opening = opening_permits()
+            .acquire()
+            .await
+            .map_err(|e| LayerError::Internal(e.to_string()))?;
         if start < size - tail_len {
             let head = blob.range(start, size - tail_len - start).await?;
             requests += 1;
