@@ -9,6 +9,7 @@
 //! names, hardlinks to earlier non-directories, contiguous chunks covering exactly the file
 //! size, chunk frames inside the payload, every chunk with a digest.
 
+use super::names;
 use super::time::parse_rfc3339;
 use super::toc::{Toc, TocEntry};
 use super::{Compression, FormatError, Limits, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
@@ -220,7 +221,8 @@ pub struct Index {
 }
 
 /// Cleans a TOC or tar name: strips `./` and `/` prefixes and `.` components, refuses `..`,
-/// NUL and overlong names. The root is "".
+/// NUL, overlong names and whiteouts of anything but a normal name (see [`super::names`]).
+/// The root is "".
 pub fn normalize_path(raw: &str, limits: &Limits) -> Result<String, FormatError> {
     if raw.len() > limits.max_name {
         return Err(FormatError::entry(raw, "name too long"));
@@ -234,6 +236,7 @@ pub fn normalize_path(raw: &str, limits: &Limits) -> Result<String, FormatError>
             "" | "." => {}
             ".." => return Err(FormatError::entry(raw, "name contains '..'")),
             c => {
+                names::classify(c).map_err(|why| FormatError::entry(raw, why))?;
                 if !out.is_empty() {
                     out.push('/');
                 }
@@ -953,6 +956,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("gap or overlap"));
+    }
+
+    #[test]
+    fn whiteouts_must_name_a_normal_name() {
+        for name in [
+            ".wh...",
+            ".wh..",
+            ".wh.",
+            "a/.wh...",
+            "a/.wh../b",
+            "./.wh...",
+        ] {
+            let json = format!(
+                r#"{{"version":1,"entries":[{{"name":{},"type":"reg"}}]}}"#,
+                serde_json::to_string(name).unwrap()
+            );
+            let err = idx(&json).unwrap_err();
+            assert!(matches!(err, FormatError::Entry { .. }), "{name}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains("whiteout target"), "{name}: {msg}");
+            assert!(msg.contains(&format!("{name:?}")), "{name}: {msg}");
+        }
+        let ok = r#"{"version":1,"entries":[{"name":"a/.wh..wh..opq","type":"reg"},{"name":"a/.wh..wh.plnk/","type":"dir"},{"name":"a/.wh.b","type":"reg"}]}"#;
+        assert!(idx(ok).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod footer;
 pub mod index;
 mod limits;
+pub mod names;
 pub mod reader;
 pub mod tar;
 pub mod time;

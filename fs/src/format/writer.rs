@@ -163,6 +163,10 @@ impl Framer {
         // Refuse now what every eStargz reader would refuse later.
         let norm = super::index::normalize_path(&e.path, &Limits::default())
             .map_err(|err| FormatError::Tar(err.to_string()))?;
+        if e.kind == TarKind::Hardlink {
+            super::index::normalize_path(&e.link_name, &Limits::default())
+                .map_err(|err| FormatError::Tar(format!("hardlink target: {err}")))?;
+        }
         if e.kind != TarKind::Dir && !self.paths.insert(norm) {
             return Err(FormatError::Tar(format!(
                 "entry {:?} appears twice; eStargz readers refuse duplicate names",
