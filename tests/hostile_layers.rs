@@ -192,3 +192,115 @@ fn aufs_metadata_is_skipped_not_applied() {
     assert_eq!(names, ["gone", "keep"]);
     assert!(!view.is_opaque(a));
 }
+
+// ---- Class 2: opening a TOC costs bounded memory ------------------------------------------
+
+/// Peak resident memory of this process so far, in KiB.
+fn vm_hwm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TOC of `n` fifos (about 35 JSON bytes each) over a payload of `payload_mib` gzip
+/// members of 1 MiB of zeros (about 1 KiB each).
+fn tiny_entries_blob(n: usize, payload_mib: usize) -> Vec<u8> {
+    let mut toc = String::with_capacity(n * 40 + 64);
+    toc.push_str(r#"{"version":1,"entries":["#);
+    for i in 0..n {
+        if i > 0 {
+            toc.push(',');
+        }
+        toc.push_str(&format!(
+            r#"{{"name":"d{}/f{}","type":"fifo"}}"#,
+            i / 1000,
+            i % 1000
+        ));
+    }
+    toc.push_str("]}");
+    let member = gz(&vec![0u8; 1 << 20], 9);
+    let payload = vec![member; payload_mib];
+    let mut t = ustar_file_header("stargz.index.json", toc.len() as u64, 0o444).to_vec();
+    t.extend_from_slice(toc.as_bytes());
+    t.resize(t.len().div_ceil(512) * 512 + 1024, 0);
+    let mut blob: Vec<u8> = payload.concat();
+    let toc_off = blob.len() as u64;
+    blob.extend_from_slice(&gz(&t, 1));
+    blob.extend_from_slice(&gzip_footer(toc_off));
+    blob
+}
+
+/// Run by [`many_tiny_entries_cost_bounded_memory`] in a child process: opens the blob named
+/// by `STARGAZE_MEMORY_PROBE` and prints the outcome and the peak memory it added.
+#[test]
+fn memory_probe_child() {
+    let Some(path) = std::env::var_os("STARGAZE_MEMORY_PROBE") else {
+        return;
+    };
+    let blob = stargaze_fs::format::FileBlob::open(Path::new(&path)).unwrap();
+    let before = vm_hwm_kib();
+    let outcome = match LayerReader::open(blob, &OpenOptions::default()) {
+        Ok(r) => format!("ok {}", r.index().entries.len()),
+        Err(e) => format!("err {e}"),
+    };
+    println!("probe-outcome: {outcome}");
+    println!(
+        "probe-hwm-delta-kib: {}",
+        vm_hwm_kib().saturating_sub(before)
+    );
+}
+
+/// Opens `blob` in a child process; returns its outcome line and added peak memory in MiB.
+fn probe(blob: &[u8]) -> (String, u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("blob");
+    std::fs::write(&path, blob).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "memory_probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("STARGAZE_MEMORY_PROBE", &path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "probe failed: {text}");
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.split_once(k).map(|(_, v)| v))
+            .unwrap_or_else(|| panic!("no {k} in {text}"))
+            .trim()
+            .to_string()
+    };
+    let kib: u64 = field("probe-hwm-delta-kib:").parse().unwrap();
+    (field("probe-outcome:"), kib >> 10)
+}
+
+/// Peak memory opening a hostile TOC may add, in MiB: the JSON (70 MB here), the index-build
+/// bound of `Limits::max_index_bytes` and some slack. Before the bound, the 2M-entry TOC
+/// below took about 1.7 GB.
+const OPEN_PEAK_MIB: u64 = 700;
+
+#[test]
+fn many_tiny_entries_cost_bounded_memory() {
+    // 2M entries, no payload to hold their tar headers: refused early, cheaply.
+    let (outcome, mib) = probe(&tiny_entries_blob(2_000_000, 0));
+    eprintln!("2M entries, empty payload: {outcome:.120} — peak +{mib} MiB");
+    assert!(outcome.starts_with("err limit exceeded"), "{outcome}");
+    assert!(outcome.contains("payload can hold"), "{outcome}");
+    assert!(mib < 200, "{mib} MiB");
+    // 2M entries over a payload that could hold 2M tar headers (1.1 GiB of zeros in ~1.2 MB):
+    // refused by the index memory bound, or indexed within it.
+    let (outcome, mib) = probe(&tiny_entries_blob(2_000_000, 1100));
+    eprintln!("2M entries, 1.1 GiB payload: {outcome:.120} — peak +{mib} MiB");
+    assert!(
+        outcome.starts_with("ok") || outcome.starts_with("err limit exceeded"),
+        "{outcome}"
+    );
+    assert!(mib < OPEN_PEAK_MIB, "opening took {mib} MiB");
+}

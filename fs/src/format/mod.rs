@@ -16,6 +16,7 @@ pub mod reader;
 pub mod tar;
 pub mod time;
 pub mod toc;
+mod toc_stream;
 pub mod verify;
 pub mod writer;
 

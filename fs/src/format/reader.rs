@@ -240,7 +240,17 @@ impl<S: BlobSource> LayerReader<S> {
                 });
             }
         }
-        let index = Index::from_json(&toc_json, compression, payload_end, &opts.limits)?;
+        let uncompressed = opts
+            .annotations
+            .get(super::UNCOMPRESSED_SIZE_ANNOTATION)
+            .and_then(|v| v.parse().ok());
+        let index = Index::from_json_sized(
+            &toc_json,
+            compression,
+            payload_end,
+            uncompressed,
+            &opts.limits,
+        )?;
         Ok(LayerReader {
             source,
             index,
