@@ -304,3 +304,179 @@ fn many_tiny_entries_cost_bounded_memory() {
     );
     assert!(mib < OPEN_PEAK_MIB, "opening took {mib} MiB");
 }
+
+// ---- Class 3: the tar stream and the TOC tell the same story ------------------------------
+
+use stargaze_fs::format::toc::Toc;
+use stargaze_fs::format::verify::verify_layer;
+
+/// A converted layer with a dir, two files of equal content (in different frames), a
+/// symlink, a fifo and a hardlink.
+fn story_layer() -> Vec<u8> {
+    let mut t = TarBuilder::new(Vec::new());
+    let mut dir = HeaderSpec::new("a/", TarKind::Dir);
+    dir.uid = 7;
+    t.append(&dir, b"").unwrap();
+    t.append(&HeaderSpec::new("a/one", TarKind::Reg), &[1u8; 3000])
+        .unwrap();
+    t.append(&HeaderSpec::new("a/two", TarKind::Reg), &[1u8; 3000])
+        .unwrap();
+    let mut l = HeaderSpec::new("a/link", TarKind::Symlink);
+    l.link_name = "one".into();
+    t.append(&l, b"").unwrap();
+    t.append(&HeaderSpec::new("a/pipe", TarKind::Fifo), b"")
+        .unwrap();
+    let mut h = HeaderSpec::new("a/hard", TarKind::Hardlink);
+    h.link_name = "a/one".into();
+    t.append(&h, b"").unwrap();
+    convert(&t.finish().unwrap()).unwrap()
+}
+
+/// `blob`'s payload with its TOC replaced by `edit(toc)`; `extra` is appended to the TOC
+/// member's tar after the TOC entry.
+fn retoc(blob: &[u8], edit: impl FnOnce(&mut Toc), extra: &[u8]) -> Vec<u8> {
+    let r = open(blob.to_vec()).unwrap();
+    let mut toc: Toc = serde_json::from_slice(r.toc_json()).unwrap();
+    edit(&mut toc);
+    let json = toc.to_json();
+    let end = r.index().payload_end as usize;
+    let mut out = blob[..end].to_vec();
+    let mut t = ustar_file_header("stargz.index.json", json.len() as u64, 0o444).to_vec();
+    t.extend_from_slice(&json);
+    t.resize(t.len().div_ceil(512) * 512, 0);
+    t.extend_from_slice(extra);
+    t.resize(t.len() + 1024, 0);
+    out.extend_from_slice(&gz(&t, 6));
+    out.extend_from_slice(&gzip_footer(end as u64));
+    out
+}
+
+fn entry<'t>(toc: &'t mut Toc, name: &str) -> &'t mut stargaze_fs::format::toc::TocEntry {
+    toc.entries
+        .iter_mut()
+        .find(|e| e.name == name && e.kind != "chunk")
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+/// Verifies `blob`: the lazy view must open (the TOC is self-consistent), verification fails.
+fn verify_err(blob: Vec<u8>) -> String {
+    let r = open(blob).expect("the doctored TOC is self-consistent and opens");
+    match verify_layer(&r, |_| {}) {
+        Ok(rep) => panic!("verified: {rep:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn verify_passes_an_honest_layer_and_reads_its_tar_stream() {
+    let blob = story_layer();
+    let rep = verify_layer(&open(blob.clone()).unwrap(), |_| {}).unwrap();
+    // landmark, a/, one, two, link, pipe, hard
+    assert_eq!(rep.tar_entries, 7, "{rep:?}");
+    assert_eq!(
+        verify_layer(&open(retoc(&blob, |_| {}, b"")).unwrap(), |_| {}).unwrap(),
+        rep
+    );
+}
+
+#[test]
+fn verify_names_the_entry_and_field_the_toc_lies_about() {
+    let blob = story_layer();
+    type Edit = Box<dyn FnOnce(&mut Toc)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "a/one",
+            Box::new(|t| entry(t, "a/one").mode = 0o4755),
+            "mode differs",
+        ),
+        ("a/", Box::new(|t| entry(t, "a/").uid = 0), "uid differs"),
+        (
+            "a/pipe",
+            Box::new(|t| entry(t, "a/pipe").gid = 5),
+            "gid differs",
+        ),
+        (
+            "a/link",
+            Box::new(|t| entry(t, "a/link").link_name = "/etc/shadow".into()),
+            "link target differs",
+        ),
+        (
+            "a/pipe",
+            Box::new(|t| {
+                let e = entry(t, "a/pipe");
+                e.name = "a/other".into();
+            }),
+            "name differs",
+        ),
+        (
+            "a/pipe",
+            Box::new(|t| {
+                let e = entry(t, "a/pipe");
+                e.kind = "char".into();
+                e.dev_major = 1;
+                e.dev_minor = 1;
+            }),
+            "type differs",
+        ),
+        (
+            "a/hard",
+            Box::new(|t| entry(t, "a/hard").link_name = "a/two".into()),
+            "hardlink target differs",
+        ),
+        (
+            "a/pipe",
+            Box::new(|t| t.entries.retain(|e| e.name != "a/pipe")),
+            "tar header says \"a/pipe\"",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let e = verify_err(retoc(&blob, edit, b""));
+        assert!(e.contains(want), "{name}: {e}");
+        let shown = if want == "name differs" {
+            "a/pipe"
+        } else {
+            name.trim_end_matches('/')
+        };
+        assert!(e.contains(&format!("{shown:?}")), "{name}: {e}");
+    }
+}
+
+#[test]
+fn verify_checks_each_chunk_lies_where_the_toc_puts_it() {
+    // a/one and a/two hold the same bytes, so swapping their frames keeps every chunk
+    // digest right: only the tar stream shows that the lazy view is not the tar's.
+    let blob = story_layer();
+    let swapped = retoc(
+        &blob,
+        |t| {
+            let one = entry(t, "a/one").offset;
+            let two = entry(t, "a/two").offset;
+            entry(t, "a/one").offset = two;
+            entry(t, "a/two").offset = one;
+        },
+        b"",
+    );
+    let e = verify_err(swapped);
+    assert!(e.contains("a/one") && e.contains("the TOC puts it"), "{e}");
+}
+
+#[test]
+fn verify_refuses_files_hidden_from_the_toc() {
+    // After the TOC entry in its own member: a scanner extracting the blob gets this file,
+    // the lazy view never shows it.
+    let blob = story_layer();
+    let mut hidden = TarBuilder::new(Vec::new());
+    hidden
+        .append(
+            &HeaderSpec::new("etc/cron.d/evil", TarKind::Reg),
+            b"* * * * * root sh",
+        )
+        .unwrap();
+    let mut extra = hidden.finish().unwrap();
+    extra.truncate(extra.len() - 1024);
+    let e = verify_err(retoc(&blob, |_| {}, &extra));
+    assert!(
+        e.contains("etc/cron.d/evil") && e.contains("after the TOC"),
+        "{e}"
+    );
+}

@@ -18,6 +18,7 @@ pub mod time;
 pub mod toc;
 mod toc_stream;
 pub mod verify;
+pub mod verify_stream;
 pub mod writer;
 
 pub use compression::Compression;

@@ -354,10 +354,10 @@ impl<S: BlobSource> LayerReader<S> {
 }
 
 /// Reads a blob range sequentially through [`BlobSource::read_at`].
-struct SourceReader<'a, S> {
-    source: &'a S,
-    pos: u64,
-    end: u64,
+pub(crate) struct SourceReader<'a, S> {
+    pub(crate) source: &'a S,
+    pub(crate) pos: u64,
+    pub(crate) end: u64,
 }
 
 impl<S: BlobSource> std::io::Read for SourceReader<'_, S> {

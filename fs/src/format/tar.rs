@@ -375,6 +375,11 @@ impl<R: Read> TarReader<R> {
         })
     }
 
+    /// The underlying stream, positioned after what was read (unread payload not skipped).
+    pub fn into_inner(self) -> R {
+        self.r
+    }
+
     /// Stream offset of the first header byte of the entry last returned.
     pub fn entry_start(&self) -> u64 {
         self.entry_start
