@@ -31,6 +31,21 @@ pub enum TarKind {
     Fifo,
 }
 
+impl TarKind {
+    /// The TOC spelling of this type.
+    pub fn toc_kind(self) -> &'static str {
+        match self {
+            TarKind::Reg => "reg",
+            TarKind::Hardlink => "hardlink",
+            TarKind::Symlink => "symlink",
+            TarKind::Char => "char",
+            TarKind::Block => "block",
+            TarKind::Dir => "dir",
+            TarKind::Fifo => "fifo",
+        }
+    }
+}
+
 /// One logical tar entry.
 #[derive(Debug, Clone)]
 pub struct TarEntry {

@@ -112,18 +112,6 @@ fn mismatch(
     )
 }
 
-fn tar_kind(k: TarKind) -> &'static str {
-    match k {
-        TarKind::Reg => "reg",
-        TarKind::Hardlink => "hardlink",
-        TarKind::Symlink => "symlink",
-        TarKind::Char => "char",
-        TarKind::Block => "block",
-        TarKind::Dir => "dir",
-        TarKind::Fifo => "fifo",
-    }
-}
-
 /// Checks the decompressed payload of `reader`'s blob against its TOC (see the module docs).
 pub fn verify_stream<S: BlobSource>(reader: &LayerReader<S>) -> Result<StreamReport, FormatError> {
     let index = reader.index();
@@ -233,8 +221,8 @@ fn check_entry(
     } else {
         node.kind.as_str()
     };
-    if toc_kind != tar_kind(t.kind) {
-        return Err(mismatch(name, "type", toc_kind, tar_kind(t.kind)));
+    if toc_kind != t.kind.toc_kind() {
+        return Err(mismatch(name, "type", toc_kind, t.kind.toc_kind()));
     }
     if e.hardlink {
         let target = normalize_path(&t.link_name, limits)?;
