@@ -31,6 +31,16 @@ impl Compression {
         }
     }
 
+    /// The most decompressed bytes one compressed byte can stand for: deflate's limit is
+    /// 1032:1; a zstd RLE block holds 128 KiB in 4 bytes. Used to bound what a payload of a
+    /// given compressed size can describe.
+    pub fn max_ratio(self) -> u64 {
+        match self {
+            Compression::Gzip => 1032,
+            Compression::Zstd => 32 << 10,
+        }
+    }
+
     /// Compresses `data` into one independent frame. Levels are clamped to the codec's range.
     pub fn compress(self, data: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
         let failed = |e: std::io::Error| FormatError::io("compressing a frame", e);

@@ -1,11 +1,16 @@
 //! Safe extraction of a layer into a directory, ready to be an overlayfs lower layer.
 //!
-//! Safety: every TOC name is already normalised without `..` (see [`super::index`]); here
-//! each ancestor of a path is checked with `lstat` to be a real directory inside the root, so a
-//! symlink — from the layer or already in the directory — is never followed, and a final
-//! symlink is replaced, never written through. Whiteouts become what overlayfs expects:
-//! `.wh.X` → character device 0/0 named X, `.wh..wh..opq` → `trusted.overlay.opaque=y`.
+//! Safety: every TOC name is already normalised to normal names (see [`super::index`] and
+//! [`super::names`]); extraction checks again — every component of every path it touches and
+//! every whiteout target must be a normal name — so an index built any other way cannot make
+//! it create, change or delete anything outside the root. Each ancestor of a path is checked
+//! with `lstat` to be a real directory inside the root, so a symlink — from the layer or
+//! already in the directory — is never followed, and a final symlink is replaced, never
+//! written through. Whiteouts become what overlayfs expects: `.wh.X` → character device 0/0
+//! named X, `.wh..wh..opq` → `trusted.overlay.opaque=y`; other aufs `.wh..wh.*` metadata is
+//! skipped, as containerd skips it.
 
+use super::names::{self, NameKind};
 use super::reader::{BlobSource, LayerReader};
 use super::{FormatError, NodeKind, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
 use crate::sys;
@@ -15,10 +20,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Prefix of a whiteout name.
-pub const WHITEOUT_PREFIX: &str = ".wh.";
-/// Name of the opaque-directory marker.
-pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+pub use super::names::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 
 /// What to do with whiteout entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +72,25 @@ fn io_at(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> FormatError 
     move |e| FormatError::io(ctx, e)
 }
 
+/// Refuses a relative path with a component that is not a normal name, or that names a
+/// whiteout of something that is not one.
+fn check_rel(rel: &str) -> Result<(), FormatError> {
+    names::check_path(rel).map_err(|reason| FormatError::UnsafePath {
+        path: rel.to_string(),
+        reason,
+    })
+}
+
 /// Makes sure every ancestor of `rel` under `root` is a real directory (creating missing
-/// ones), and returns the full path of `rel`.
+/// ones), and returns the full path of `rel`. `rel` must be made of normal names.
 fn safe_parent(root: &Path, rel: &str) -> Result<PathBuf, FormatError> {
+    check_rel(rel)?;
+    if rel.is_empty() {
+        return Err(FormatError::UnsafePath {
+            path: rel.to_string(),
+            reason: "the root itself is not an entry to replace".into(),
+        });
+    }
     let mut cur = root.to_path_buf();
     let comps: Vec<&str> = rel.split('/').collect();
     for comp in &comps[..comps.len().saturating_sub(1)] {
@@ -102,6 +120,7 @@ fn safe_dir(root: &Path, rel: &str) -> Result<PathBuf, FormatError> {
     if rel.is_empty() {
         return Ok(root.to_path_buf());
     }
+    check_rel(rel)?;
     safe_parent(root, &format!("{rel}/_"))?;
     Ok(root.join(rel))
 }
@@ -149,39 +168,45 @@ pub fn extract_layer<S: BlobSource>(
             dirs.push((root.to_path_buf(), entry.node));
             continue;
         }
-        let base = rel.rsplit('/').next().unwrap_or(rel);
-        if opts.whiteouts != Whiteouts::Keep && base.starts_with(WHITEOUT_PREFIX) {
-            let parent_rel = rel.rsplit_once('/').map_or("", |(p, _)| p);
+        let (parent_rel, base) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let kind = names::classify(base).map_err(|reason| FormatError::UnsafePath {
+            path: rel.to_string(),
+            reason,
+        })?;
+        if opts.whiteouts != Whiteouts::Keep && names::in_aufs_meta(rel) {
+            tracing::debug!(entry = rel, "skipping aufs metadata entry");
+            continue;
+        }
+        if opts.whiteouts != Whiteouts::Keep && kind != NameKind::Plain {
             if opts.whiteouts == Whiteouts::Apply {
-                apply_whiteout(root, parent_rel, base, &names)?;
+                apply_whiteout(root, parent_rel, kind, &names)?;
                 report.whiteouts += 1;
                 continue;
             }
-            if base == OPAQUE_WHITEOUT {
-                let dir = safe_dir(root, parent_rel)?;
-                for x in &opts.opaque_xattrs {
-                    if let Err(e) = sys::lsetxattr(&dir, x, b"y") {
-                        skip(&mut report, format!("{x} on {parent_rel}/: {e}"));
+            match kind {
+                NameKind::Opaque => {
+                    let dir = safe_dir(root, parent_rel)?;
+                    for x in &opts.opaque_xattrs {
+                        if let Err(e) = sys::lsetxattr(&dir, x, b"y") {
+                            skip(&mut report, format!("{x} on {parent_rel}/: {e}"));
+                        }
                     }
                 }
-            } else {
-                let target = &base[WHITEOUT_PREFIX.len()..];
-                let target_rel = if parent_rel.is_empty() {
-                    target.to_string()
-                } else {
-                    format!("{parent_rel}/{target}")
-                };
-                if names.contains(target_rel.as_str()) {
-                    continue; // the layer itself recreates it; the whiteout only hides lowers
+                NameKind::Whiteout(target) => {
+                    let target_rel = join_rel(parent_rel, target);
+                    if names.contains(target_rel.as_str()) {
+                        continue; // the layer itself recreates it; the whiteout only hides lowers
+                    }
+                    let path = safe_parent(root, &target_rel)?;
+                    clear(&path, false)?;
+                    if let Err(e) = sys::mknod(&path, libc::S_IFCHR, 0, 0) {
+                        skip(&mut report, format!("whiteout {target_rel}: {e}"));
+                    } else {
+                        // The whiteout entry's own time, so two extractions of a layer agree.
+                        let _ = sys::set_times_nofollow(&path, node.mtime, node.mtime_nsec);
+                    }
                 }
-                let path = safe_parent(root, &target_rel)?;
-                clear(&path, false)?;
-                if let Err(e) = sys::mknod(&path, libc::S_IFCHR, 0, 0) {
-                    skip(&mut report, format!("whiteout {target_rel}: {e}"));
-                } else {
-                    // The whiteout entry's own time, so two extractions of a layer agree.
-                    let _ = sys::set_times_nofollow(&path, node.mtime, node.mtime_nsec);
-                }
+                NameKind::AufsMeta | NameKind::Plain => {}
             }
             report.whiteouts += 1;
             continue;
@@ -190,7 +215,9 @@ pub fn extract_layer<S: BlobSource>(
         let path = safe_parent(root, rel)?;
         if entry.hardlink {
             clear(&path, false)?;
-            let target = root.join(index.path(entry.node));
+            let target_rel = index.path(entry.node);
+            check_rel(&target_rel)?;
+            let target = root.join(target_rel);
             fs::hard_link(&target, &path).map_err(io_at(&path, "hardlinking"))?;
             report.entries += 1;
             continue;
@@ -240,39 +267,47 @@ pub fn extract_layer<S: BlobSource>(
     Ok(report)
 }
 
+/// `parent/name`, or `name` at the root.
+fn join_rel(parent_rel: &str, name: &str) -> String {
+    if parent_rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent_rel}/{name}")
+    }
+}
+
 /// Removes what a whiteout hides from a merged tree: `.wh.X` removes X; the opaque marker
-/// removes every entry of its directory that this layer does not itself create.
+/// removes every entry of its directory that this layer does not itself create; aufs
+/// metadata does nothing.
 fn apply_whiteout(
     root: &Path,
     parent_rel: &str,
-    base: &str,
+    kind: NameKind<'_>,
     names: &HashSet<&str>,
 ) -> Result<(), FormatError> {
-    let join = |n: &str| {
-        if parent_rel.is_empty() {
-            n.to_string()
-        } else {
-            format!("{parent_rel}/{n}")
-        }
-    };
-    if base == OPAQUE_WHITEOUT {
-        let dir = safe_dir(root, parent_rel)?;
-        let entries = fs::read_dir(&dir).map_err(io_at(&dir, "reading"))?;
-        for e in entries {
-            let e = e.map_err(io_at(&dir, "reading"))?;
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !names.contains(join(&n).as_str()) {
-                clear(&e.path(), false)?;
+    match kind {
+        NameKind::Opaque => {
+            let dir = safe_dir(root, parent_rel)?;
+            let entries = fs::read_dir(&dir).map_err(io_at(&dir, "reading"))?;
+            for e in entries {
+                let e = e.map_err(io_at(&dir, "reading"))?;
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !names.contains(join_rel(parent_rel, &n).as_str()) {
+                    clear(&e.path(), false)?;
+                }
             }
+            Ok(())
         }
-        return Ok(());
+        NameKind::Whiteout(target) => {
+            let target_rel = join_rel(parent_rel, target);
+            if names.contains(target_rel.as_str()) {
+                return Ok(());
+            }
+            let path = safe_parent(root, &target_rel)?;
+            clear(&path, false)
+        }
+        NameKind::AufsMeta | NameKind::Plain => Ok(()),
     }
-    let target_rel = join(&base[WHITEOUT_PREFIX.len()..]);
-    if names.contains(target_rel.as_str()) {
-        return Ok(());
-    }
-    let path = safe_parent(root, &target_rel)?;
-    clear(&path, false)
 }
 
 /// Unpacks a tar stream (plain, gzip or zstd) under `root`. It is first indexed by the
@@ -326,4 +361,32 @@ fn apply_metadata(
     }
     sys::set_times_nofollow(path, node.mtime, node.mtime_nsec).map_err(io_at(path, "utimes"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_are_not_normal_names_are_refused_before_touching_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("target");
+        fs::create_dir(&root).unwrap();
+        for rel in [
+            "..", "a/..", "../x", ".", "a/./b", "a//b", "/abs", "a/.wh...", "",
+        ] {
+            let e = safe_parent(&root, rel).unwrap_err();
+            assert!(matches!(e, FormatError::UnsafePath { .. }), "{rel:?}: {e}");
+        }
+        for rel in ["..", "a/../..", "a/.wh../b"] {
+            let e = safe_dir(&root, rel).unwrap_err();
+            assert!(matches!(e, FormatError::UnsafePath { .. }), "{rel:?}: {e}");
+        }
+        let names = HashSet::new();
+        for kind in [NameKind::Whiteout(".."), NameKind::Whiteout(".")] {
+            assert!(apply_whiteout(&root, "", kind, &names).is_err());
+        }
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
+        assert!(root.exists());
+    }
 }

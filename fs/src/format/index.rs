@@ -9,8 +9,10 @@
 //! names, hardlinks to earlier non-directories, contiguous chunks covering exactly the file
 //! size, chunk frames inside the payload, every chunk with a digest.
 
+use super::names;
 use super::time::parse_rfc3339;
 use super::toc::{Toc, TocEntry};
+use super::toc_stream;
 use super::{Compression, FormatError, Limits, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
 use crate::Digest;
 use base64::Engine as _;
@@ -222,7 +224,8 @@ pub struct Index {
 }
 
 /// Cleans a TOC or tar name: strips `./` and `/` prefixes and `.` components, refuses `..`,
-/// NUL and overlong names. The root is "".
+/// NUL, overlong names and whiteouts of anything but a normal name (see [`super::names`]).
+/// The root is "".
 pub fn normalize_path(raw: &str, limits: &Limits) -> Result<String, FormatError> {
     if raw.len() > limits.max_name {
         return Err(FormatError::entry(raw, "name too long"));
@@ -236,6 +239,7 @@ pub fn normalize_path(raw: &str, limits: &Limits) -> Result<String, FormatError>
             "" | "." => {}
             ".." => return Err(FormatError::entry(raw, "name contains '..'")),
             c => {
+                names::classify(c).map_err(|why| FormatError::entry(raw, why))?;
                 if !out.is_empty() {
                     out.push('/');
                 }
@@ -272,9 +276,248 @@ struct Builder<'a> {
     children: Vec<BTreeMap<String, NodeId>>,
     by_path: HashMap<String, NodeId>,
     entries: Vec<Entry>,
+    raw_chunks: Vec<RawChunk>,
+    /// The regular file the next `chunk` entries continue.
+    last_reg: Option<NodeId>,
+    prefetch_end: Option<usize>,
+    no_prefetch: bool,
+    /// TOC entries read so far, chunks included.
+    seen: usize,
+    /// Name-bearing (non-chunk) entries read so far.
+    named: u64,
+    /// Most name-bearing entries the payload can hold (see [`tar_entry_budget`]).
+    tar_entry_budget: u64,
+    /// Estimated bytes held so far, against [`Limits::max_index_bytes`].
+    cost: u64,
 }
 
-impl Builder<'_> {
+/// The TOC format version this reader knows.
+fn check_version(v: i64) -> Result<(), FormatError> {
+    if v == 1 {
+        Ok(())
+    } else {
+        Err(FormatError::Toc(format!("unsupported TOC version {v}")))
+    }
+}
+
+/// Name-bearing TOC entries a layer may always have, whatever its payload size.
+const FREE_TAR_ENTRIES: u64 = 4096;
+
+/// Every name-bearing TOC entry stands for a tar entry, whose header takes at least one
+/// 512-byte block of the payload's decompressed tar. The payload is `payload_end` compressed
+/// bytes, so it decompresses to at most `payload_end` times the codec's ratio — or to the
+/// known uncompressed size when it is given. Beyond a small allowance, entries the payload
+/// cannot hold are refused before they cost memory.
+fn tar_entry_budget(compression: Compression, payload_end: u64, uncompressed: Option<u64>) -> u64 {
+    let by_ratio = payload_end.saturating_mul(compression.max_ratio());
+    let bytes = uncompressed.map_or(by_ratio, |u| u.min(by_ratio));
+    FREE_TAR_ENTRIES.saturating_add(bytes / 512)
+}
+
+/// Estimated build-time bytes of one name-bearing entry besides its name bytes: the inode,
+/// the directory maps, the path table, the entry list and their allocations (measured with
+/// tests/hostile_layers.rs; the packed index keeps about half of it).
+const ENTRY_COST: u64 = 480;
+/// Times each name-bearing entry's path bytes are held while building.
+const PATH_COPIES: u64 = 4;
+/// Estimated bytes of one chunk while building (the raw chunk and the final one).
+const CHUNK_COST: u64 = 160;
+
+impl<'a> Builder<'a> {
+    fn new(limits: &'a Limits, entries_hint: usize) -> Self {
+        let mut root = Node::new(NodeKind::Dir, 0);
+        root.implicit = true;
+        root.nlink = 2;
+        Builder {
+            limits,
+            nodes: vec![root],
+            first_names: vec![String::new()],
+            children: vec![BTreeMap::new()],
+            by_path: HashMap::from([(String::new(), 0)]),
+            entries: Vec::with_capacity(entries_hint.min(1 << 16)),
+            raw_chunks: Vec::new(),
+            last_reg: None,
+            prefetch_end: None,
+            no_prefetch: false,
+            seen: 0,
+            named: 0,
+            tar_entry_budget: u64::MAX,
+            cost: 0,
+        }
+    }
+
+    /// Counts one more entry against the bounds, before any of it is stored.
+    fn account(&mut self, e: &TocEntry) -> Result<(), FormatError> {
+        self.seen += 1;
+        if self.seen > self.limits.max_entries {
+            return Err(FormatError::Limit(format!(
+                "TOC has more than {} entries",
+                self.limits.max_entries
+            )));
+        }
+        if e.kind != "chunk" {
+            self.named += 1;
+            if self.named > self.tar_entry_budget {
+                return Err(FormatError::Limit(format!(
+                    "TOC names more than {} entries, more tar headers than the payload can hold \
+                     (at {:?})",
+                    self.tar_entry_budget,
+                    e.name.chars().take(200).collect::<String>()
+                )));
+            }
+        }
+        self.cost += if e.kind == "chunk" {
+            CHUNK_COST
+        } else {
+            ENTRY_COST + PATH_COPIES * e.name.len() as u64
+        };
+        if self.cost > self.limits.max_index_bytes {
+            return Err(FormatError::Limit(format!(
+                "TOC would take more than {} MiB to index (at entry {} of {:?})",
+                self.limits.max_index_bytes >> 20,
+                self.seen,
+                e.name.chars().take(200).collect::<String>()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Validates one TOC entry and adds it to the tree.
+    fn add(&mut self, e: &TocEntry) -> Result<(), FormatError> {
+        self.account(e)?;
+        if e.kind == "chunk" {
+            let node = self
+                .last_reg
+                .ok_or_else(|| FormatError::entry(&e.name, "chunk entry without a file"))?;
+            self.raw_chunks.push(raw_chunk(e, node, self.limits)?);
+            return Ok(());
+        }
+        self.last_reg = None;
+        let path = normalize_path(&e.name, self.limits)?;
+        let kind = match e.kind.as_str() {
+            "dir" => NodeKind::Dir,
+            "reg" => NodeKind::Reg,
+            "symlink" => NodeKind::Symlink,
+            "char" => NodeKind::Char,
+            "block" => NodeKind::Block,
+            "fifo" => NodeKind::Fifo,
+            "hardlink" => {
+                let target = normalize_path(&e.link_name, self.limits)?;
+                let &id = self.by_path.get(&target).ok_or_else(|| {
+                    FormatError::entry(
+                        &e.name,
+                        format!("hardlink target {:?} is not an earlier entry", e.link_name),
+                    )
+                })?;
+                if self.nodes[id as usize].kind == NodeKind::Dir {
+                    return Err(FormatError::entry(&e.name, "hardlink to a directory"));
+                }
+                if self.by_path.contains_key(&path) {
+                    return Err(FormatError::entry(&e.name, "duplicate name"));
+                }
+                let (pp, base) = split_parent(&path);
+                if base.is_empty() {
+                    return Err(FormatError::entry(&e.name, "hardlink named as the root"));
+                }
+                let parent = self.dir(pp, &e.name)?;
+                self.children[parent as usize].insert(base.to_string(), id);
+                self.by_path.insert(path.clone(), id);
+                let n = &mut self.nodes[id as usize];
+                n.nlink = n.nlink.saturating_add(1);
+                self.entries.push(Entry {
+                    path,
+                    node: id,
+                    hardlink: true,
+                });
+                return Ok(());
+            }
+            other => {
+                return Err(FormatError::entry(
+                    &e.name,
+                    format!("unknown type {other:?}"),
+                ))
+            }
+        };
+        let id = if kind == NodeKind::Dir {
+            let id = self.dir(&path, &e.name)?;
+            let n = &mut self.nodes[id as usize];
+            n.implicit = false;
+            apply_meta(n, e, self.limits)?;
+            id
+        } else {
+            if path.is_empty() {
+                return Err(FormatError::entry(
+                    &e.name,
+                    "non-directory named as the root",
+                ));
+            }
+            if self.by_path.contains_key(&path) {
+                return Err(FormatError::entry(&e.name, "duplicate name"));
+            }
+            let (pp, base) = split_parent(&path);
+            let parent = self.dir(pp, &e.name)?;
+            let mut node = Node::new(kind, parent);
+            apply_meta(&mut node, e, self.limits)?;
+            match kind {
+                NodeKind::Symlink => {
+                    if e.link_name.is_empty() || e.link_name.len() > self.limits.max_name {
+                        return Err(FormatError::entry(&e.name, "bad symlink target"));
+                    }
+                    if e.link_name.contains('\0') {
+                        return Err(FormatError::entry(&e.name, "symlink target has NUL"));
+                    }
+                    node.extra_mut().link_target = e.link_name.clone();
+                }
+                NodeKind::Char | NodeKind::Block => {
+                    let (major, minor) = (
+                        small(e, "devMajor", e.dev_major)?,
+                        small(e, "devMinor", e.dev_minor)?,
+                    );
+                    let x = node.extra_mut();
+                    (x.dev_major, x.dev_minor) = (major, minor);
+                }
+                NodeKind::Reg => {
+                    node.size = non_negative(e, "size", e.size)?;
+                    if !e.digest.is_empty() {
+                        node.digest = Some(e.digest.parse()?);
+                    }
+                }
+                _ => {}
+            }
+            let id = self.insert(parent, base, &path, node);
+            if kind == NodeKind::Reg {
+                self.last_reg = Some(id);
+                if self.nodes[id as usize].size > 0 {
+                    self.raw_chunks.push(raw_chunk(e, id, self.limits)?);
+                }
+            }
+            id
+        };
+        if path == PREFETCH_LANDMARK && self.prefetch_end.is_none() {
+            self.prefetch_end = Some(self.entries.len());
+        }
+        if path == NO_PREFETCH_LANDMARK {
+            self.no_prefetch = true;
+        }
+        self.entries.push(Entry {
+            path,
+            node: id,
+            hardlink: false,
+        });
+        Ok(())
+    }
+
+    /// Attaches chunks and packs the tree once every entry is in.
+    fn build(mut self, compression: Compression, payload_end: u64) -> Result<Index, FormatError> {
+        let raw_chunks = std::mem::take(&mut self.raw_chunks);
+        let (prefetch_end, no_prefetch, limits) =
+            (self.prefetch_end, self.no_prefetch, self.limits);
+        let mut index = self.finish(compression, payload_end, prefetch_end, no_prefetch)?;
+        index.chunk_count = raw_chunks.len();
+        index.attach_chunks(raw_chunks, limits)?;
+        Ok(index)
+    }
+
     /// Returns the directory at `path`, creating missing ones implicitly.
     fn dir(&mut self, path: &str, raw: &str) -> Result<NodeId, FormatError> {
         if let Some(&id) = self.by_path.get(path) {
@@ -448,11 +691,25 @@ fn raw_chunk(e: &TocEntry, node: NodeId, limits: &Limits) -> Result<RawChunk, Fo
 }
 
 impl Index {
-    /// Parses TOC JSON bytes, bounded by `limits`, into a validated index.
+    /// Parses TOC JSON bytes, bounded by `limits`, into a validated index. Entries are read
+    /// and validated one at a time (see [`super::toc_stream`]), so the peak is the JSON plus
+    /// the index being built, and the entry and memory bounds stop a hostile TOC early.
     pub fn from_json(
         json: &[u8],
         compression: Compression,
         payload_end: u64,
+        limits: &Limits,
+    ) -> Result<Index, FormatError> {
+        Index::from_json_sized(json, compression, payload_end, None, limits)
+    }
+
+    /// [`Index::from_json`] for a layer whose uncompressed tar size is known (the
+    /// `io.containers.estargz.uncompressed-size` annotation), which tightens the entry bound.
+    pub fn from_json_sized(
+        json: &[u8],
+        compression: Compression,
+        payload_end: u64,
+        uncompressed_size: Option<u64>,
         limits: &Limits,
     ) -> Result<Index, FormatError> {
         if json.len() as u64 > limits.max_toc_json {
@@ -462,8 +719,10 @@ impl Index {
                 limits.max_toc_json
             )));
         }
-        let toc: Toc = serde_json::from_slice(json).map_err(|e| FormatError::Toc(e.to_string()))?;
-        Index::build(&toc, compression, payload_end, limits)
+        let mut b = Builder::new(limits, json.len() / 64);
+        b.tar_entry_budget = tar_entry_budget(compression, payload_end, uncompressed_size);
+        toc_stream::for_each_entry(json, &mut check_version, &mut |e| b.add(&e))?;
+        b.build(compression, payload_end)
     }
 
     /// Validates a parsed TOC into an index.
@@ -473,160 +732,13 @@ impl Index {
         payload_end: u64,
         limits: &Limits,
     ) -> Result<Index, FormatError> {
-        if toc.version != 1 {
-            return Err(FormatError::Toc(format!(
-                "unsupported TOC version {}",
-                toc.version
-            )));
-        }
-        if toc.entries.len() > limits.max_entries {
-            return Err(FormatError::Limit(format!(
-                "TOC has {} entries (max {})",
-                toc.entries.len(),
-                limits.max_entries
-            )));
-        }
-        let mut root = Node::new(NodeKind::Dir, 0);
-        root.implicit = true;
-        root.nlink = 2;
-        let mut b = Builder {
-            limits,
-            nodes: vec![root],
-            first_names: vec![String::new()],
-            children: vec![BTreeMap::new()],
-            by_path: HashMap::from([(String::new(), 0)]),
-            entries: Vec::with_capacity(toc.entries.len()),
-        };
-        let mut raw_chunks: Vec<RawChunk> = Vec::new();
-        let mut last_reg: Option<NodeId> = None;
-        let mut prefetch_end: Option<usize> = None;
-        let mut no_prefetch = false;
-
+        check_version(toc.version)?;
+        let mut b = Builder::new(limits, toc.entries.len());
+        b.tar_entry_budget = tar_entry_budget(compression, payload_end, None);
         for e in &toc.entries {
-            if e.kind == "chunk" {
-                let node = last_reg
-                    .ok_or_else(|| FormatError::entry(&e.name, "chunk entry without a file"))?;
-                raw_chunks.push(raw_chunk(e, node, b.limits)?);
-                continue;
-            }
-            last_reg = None;
-            let path = normalize_path(&e.name, b.limits)?;
-            let kind = match e.kind.as_str() {
-                "dir" => NodeKind::Dir,
-                "reg" => NodeKind::Reg,
-                "symlink" => NodeKind::Symlink,
-                "char" => NodeKind::Char,
-                "block" => NodeKind::Block,
-                "fifo" => NodeKind::Fifo,
-                "hardlink" => {
-                    let target = normalize_path(&e.link_name, b.limits)?;
-                    let &id = b.by_path.get(&target).ok_or_else(|| {
-                        FormatError::entry(
-                            &e.name,
-                            format!("hardlink target {:?} is not an earlier entry", e.link_name),
-                        )
-                    })?;
-                    if b.nodes[id as usize].kind == NodeKind::Dir {
-                        return Err(FormatError::entry(&e.name, "hardlink to a directory"));
-                    }
-                    if b.by_path.contains_key(&path) {
-                        return Err(FormatError::entry(&e.name, "duplicate name"));
-                    }
-                    let (pp, base) = split_parent(&path);
-                    if base.is_empty() {
-                        return Err(FormatError::entry(&e.name, "hardlink named as the root"));
-                    }
-                    let parent = b.dir(pp, &e.name)?;
-                    b.children[parent as usize].insert(base.to_string(), id);
-                    b.by_path.insert(path.clone(), id);
-                    let n = &mut b.nodes[id as usize];
-                    n.nlink = n.nlink.saturating_add(1);
-                    b.entries.push(Entry {
-                        path,
-                        node: id,
-                        hardlink: true,
-                    });
-                    continue;
-                }
-                other => {
-                    return Err(FormatError::entry(
-                        &e.name,
-                        format!("unknown type {other:?}"),
-                    ))
-                }
-            };
-            let id = if kind == NodeKind::Dir {
-                let id = b.dir(&path, &e.name)?;
-                let n = &mut b.nodes[id as usize];
-                n.implicit = false;
-                apply_meta(n, e, b.limits)?;
-                id
-            } else {
-                if path.is_empty() {
-                    return Err(FormatError::entry(
-                        &e.name,
-                        "non-directory named as the root",
-                    ));
-                }
-                if b.by_path.contains_key(&path) {
-                    return Err(FormatError::entry(&e.name, "duplicate name"));
-                }
-                let (pp, base) = split_parent(&path);
-                let parent = b.dir(pp, &e.name)?;
-                let mut node = Node::new(kind, parent);
-                apply_meta(&mut node, e, b.limits)?;
-                match kind {
-                    NodeKind::Symlink => {
-                        if e.link_name.is_empty() || e.link_name.len() > b.limits.max_name {
-                            return Err(FormatError::entry(&e.name, "bad symlink target"));
-                        }
-                        if e.link_name.contains('\0') {
-                            return Err(FormatError::entry(&e.name, "symlink target has NUL"));
-                        }
-                        node.extra_mut().link_target = e.link_name.clone();
-                    }
-                    NodeKind::Char | NodeKind::Block => {
-                        let (major, minor) = (
-                            small(e, "devMajor", e.dev_major)?,
-                            small(e, "devMinor", e.dev_minor)?,
-                        );
-                        let x = node.extra_mut();
-                        (x.dev_major, x.dev_minor) = (major, minor);
-                    }
-                    NodeKind::Reg => {
-                        node.size = non_negative(e, "size", e.size)?;
-                        if !e.digest.is_empty() {
-                            node.digest = Some(e.digest.parse()?);
-                        }
-                    }
-                    _ => {}
-                }
-                let id = b.insert(parent, base, &path, node);
-                if kind == NodeKind::Reg {
-                    last_reg = Some(id);
-                    if b.nodes[id as usize].size > 0 {
-                        raw_chunks.push(raw_chunk(e, id, b.limits)?);
-                    }
-                }
-                id
-            };
-            if path == PREFETCH_LANDMARK && prefetch_end.is_none() {
-                prefetch_end = Some(b.entries.len());
-            }
-            if path == NO_PREFETCH_LANDMARK {
-                no_prefetch = true;
-            }
-            b.entries.push(Entry {
-                path,
-                node: id,
-                hardlink: false,
-            });
+            b.add(e)?;
         }
-
-        let mut index = b.finish(compression, payload_end, prefetch_end, no_prefetch)?;
-        index.chunk_count = raw_chunks.len();
-        index.attach_chunks(raw_chunks, limits)?;
-        Ok(index)
+        b.build(compression, payload_end)
     }
 
     /// The node at a path (normalised the same way as TOC names).
@@ -960,6 +1072,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("gap or overlap"));
+    }
+
+    #[test]
+    fn whiteouts_must_name_a_normal_name() {
+        for name in [
+            ".wh...",
+            ".wh..",
+            ".wh.",
+            "a/.wh...",
+            "a/.wh../b",
+            "./.wh...",
+        ] {
+            let json = format!(
+                r#"{{"version":1,"entries":[{{"name":{},"type":"reg"}}]}}"#,
+                serde_json::to_string(name).unwrap()
+            );
+            let err = idx(&json).unwrap_err();
+            assert!(matches!(err, FormatError::Entry { .. }), "{name}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains("whiteout target"), "{name}: {msg}");
+            assert!(msg.contains(&format!("{name:?}")), "{name}: {msg}");
+        }
+        let ok = r#"{"version":1,"entries":[{"name":"a/.wh..wh..opq","type":"reg"},{"name":"a/.wh..wh.plnk/","type":"dir"},{"name":"a/.wh.b","type":"reg"}]}"#;
+        assert!(idx(ok).is_ok());
     }
 
     #[test]

@@ -11,11 +11,14 @@ pub mod extract;
 pub mod footer;
 pub mod index;
 mod limits;
+pub mod names;
 pub mod reader;
 pub mod tar;
 pub mod time;
 pub mod toc;
+mod toc_stream;
 pub mod verify;
+pub mod verify_stream;
 pub mod writer;
 
 pub use compression::Compression;

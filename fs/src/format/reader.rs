@@ -240,7 +240,17 @@ impl<S: BlobSource> LayerReader<S> {
                 });
             }
         }
-        let index = Index::from_json(&toc_json, compression, payload_end, &opts.limits)?;
+        let uncompressed = opts
+            .annotations
+            .get(super::UNCOMPRESSED_SIZE_ANNOTATION)
+            .and_then(|v| v.parse().ok());
+        let index = Index::from_json_sized(
+            &toc_json,
+            compression,
+            payload_end,
+            uncompressed,
+            &opts.limits,
+        )?;
         Ok(LayerReader {
             source,
             index,
@@ -344,10 +354,10 @@ impl<S: BlobSource> LayerReader<S> {
 }
 
 /// Reads a blob range sequentially through [`BlobSource::read_at`].
-struct SourceReader<'a, S> {
-    source: &'a S,
-    pos: u64,
-    end: u64,
+pub(crate) struct SourceReader<'a, S> {
+    pub(crate) source: &'a S,
+    pub(crate) pos: u64,
+    pub(crate) end: u64,
 }
 
 impl<S: BlobSource> std::io::Read for SourceReader<'_, S> {

@@ -31,6 +31,21 @@ pub enum TarKind {
     Fifo,
 }
 
+impl TarKind {
+    /// The TOC spelling of this type.
+    pub fn toc_kind(self) -> &'static str {
+        match self {
+            TarKind::Reg => "reg",
+            TarKind::Hardlink => "hardlink",
+            TarKind::Symlink => "symlink",
+            TarKind::Char => "char",
+            TarKind::Block => "block",
+            TarKind::Dir => "dir",
+            TarKind::Fifo => "fifo",
+        }
+    }
+}
+
 /// One logical tar entry.
 #[derive(Debug, Clone)]
 pub struct TarEntry {
@@ -373,6 +388,11 @@ impl<R: Read> TarReader<R> {
             dev_minor: parse_num(&h[337..345], "devminor")?.min(u32::MAX as u64) as u32,
             xattrs: p.xattrs,
         })
+    }
+
+    /// The underlying stream, positioned after what was read (unread payload not skipped).
+    pub fn into_inner(self) -> R {
+        self.r
     }
 
     /// Stream offset of the first header byte of the entry last returned.

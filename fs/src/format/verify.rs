@@ -1,5 +1,7 @@
 //! Whole-layer verification: every chunk of every file is read and hashed against its
-//! `chunkDigest`, and files that carry a whole-file `digest` are checked against it too.
+//! `chunkDigest`, files that carry a whole-file `digest` are checked against it too, and the
+//! decompressed payload is read as a tar stream that must agree with the TOC entry by entry
+//! (see [`super::verify_stream`]), so a scanner and a lazy reader see the same image.
 
 use super::reader::{BlobSource, LayerReader};
 use super::{FormatError, NodeKind};
@@ -16,6 +18,8 @@ pub struct VerifyReport {
     pub chunks: usize,
     /// Decompressed bytes checked.
     pub bytes: u64,
+    /// Tar entries of the decompressed stream matched with their TOC entries.
+    pub tar_entries: usize,
 }
 
 /// Verifies every chunk (and whole-file digest) of an opened layer. Stops at the first failure,
@@ -56,5 +60,6 @@ pub fn verify_layer<S: BlobSource>(
             progress(&report);
         }
     }
+    report.tar_entries = super::verify_stream::verify_stream(reader)?.tar_entries;
     Ok(report)
 }

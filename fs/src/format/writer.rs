@@ -151,18 +151,14 @@ impl Framer {
 
     /// Adds one tar entry with its payload read from `data`.
     fn add<R: Read>(&mut self, e: &TarEntry, data: &mut TarReader<R>) -> Result<(), FormatError> {
-        let kind = match e.kind {
-            TarKind::Reg => "reg",
-            TarKind::Hardlink => "hardlink",
-            TarKind::Symlink => "symlink",
-            TarKind::Char => "char",
-            TarKind::Block => "block",
-            TarKind::Dir => "dir",
-            TarKind::Fifo => "fifo",
-        };
+        let kind = e.kind.toc_kind();
         // Refuse now what every eStargz reader would refuse later.
         let norm = super::index::normalize_path(&e.path, &Limits::default())
             .map_err(|err| FormatError::Tar(err.to_string()))?;
+        if e.kind == TarKind::Hardlink {
+            super::index::normalize_path(&e.link_name, &Limits::default())
+                .map_err(|err| FormatError::Tar(format!("hardlink target: {err}")))?;
+        }
         if e.kind != TarKind::Dir && !self.paths.insert(norm) {
             return Err(FormatError::Tar(format!(
                 "entry {:?} appears twice; eStargz readers refuse duplicate names",

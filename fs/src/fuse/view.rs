@@ -1,10 +1,12 @@
 //! How one layer looks through FUSE: the TOC's index, shown with overlayfs' conventions so
 //! kernel overlayfs composes layers exactly as the unpacked image. `.wh.X` entries are hidden
 //! and `X` appears as a character device 0/0 (unless the layer also has `X`); a directory
-//! holding `.wh..wh..opq` answers the opaque xattr instead; the prefetch landmarks at the root
-//! are hidden, as the reference snapshotter hides them.
+//! holding `.wh..wh..opq` answers the opaque xattr instead; other aufs `.wh..wh.*` metadata
+//! is hidden, as containerd's unpacker skips it; the prefetch landmarks at the root are hidden,
+//! as the reference snapshotter hides them. Names follow [`crate::format::names`]; the index
+//! refuses whiteouts of anything but a normal name, so `.wh..` and the like never get here.
 
-use crate::format::extract::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
+use crate::format::names::{classify, NameKind, OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use crate::format::{Index, Node, NodeId, NodeKind};
 use fuser::{FileAttr, FileType, INodeNo};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,10 +72,7 @@ impl<'a> View<'a> {
         let id = NodeId::try_from(ino.checked_sub(1)?).ok()?;
         let node = self.index.nodes.get(id as usize)?;
         let base = self.index.name(id);
-        if base.starts_with(WHITEOUT_PREFIX)
-            && base != OPAQUE_WHITEOUT
-            && node.kind != NodeKind::Dir
-        {
+        if matches!(classify(base), Ok(NameKind::Whiteout(_))) && node.kind != NodeKind::Dir {
             Some(Entry::Whiteout(id))
         } else {
             Some(Entry::Node(id))
@@ -109,14 +108,14 @@ impl<'a> View<'a> {
             if dir == 0 && LANDMARKS.contains(&name) {
                 continue;
             }
-            match name.strip_prefix(WHITEOUT_PREFIX) {
-                Some(_) if name == OPAQUE_WHITEOUT => {}
-                Some(target) => {
-                    if !target.is_empty() && self.index.child(dir, target).is_none() {
+            match classify(name) {
+                Ok(NameKind::Whiteout(target)) => {
+                    if self.index.child(dir, target).is_none() {
                         out.push((target.to_string(), Entry::Whiteout(id)));
                     }
                 }
-                None => out.push((name.to_string(), Entry::Node(id))),
+                Ok(NameKind::Plain) => out.push((name.to_string(), Entry::Node(id))),
+                Ok(NameKind::Opaque | NameKind::AufsMeta) | Err(_) => {}
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
