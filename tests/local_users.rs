@@ -3,8 +3,8 @@
 //! roots — is 0700 even under umask 0000, lazy layers are mounted `nosuid,nodev` (while a
 //! setuid program and a device node of the image still work through the overlay, as in a
 //! container), and the unix sockets are 0600 and refuse peers that are not root even when
-//! their mode is widened. Also: a snapshotter root too long for `ROOT/fuse-holder.sock` and a
-//! too-long `--address`.
+//! their mode is widened. Also: a snapshotter root too long for `ROOT/fuse-holder.sock`, a
+//! too-long `--address`, and a C-core gRPC client's `:authority`.
 //!
 //! Every case runs the binary under umask 0000 (set for this test process, inherited).
 
@@ -360,5 +360,41 @@ fn long_roots_get_a_short_holder_socket_and_long_addresses_a_clear_error() {
         start.elapsed() < Duration::from_secs(5),
         "{:?}",
         start.elapsed()
+    );
+}
+
+/// A gRPC C-core client (Python grpcio) on `unix:PATH`, sending `:authority` as C-core
+/// versions do (`localhost`; the socket path percent-encoded; `unix:PATH`; the bare path):
+/// each call is answered, not reset with PROTOCOL_ERROR.
+const GRPCIO_LIST: &str = r#"
+import grpc, sys
+path = sys.argv[1]
+for authority in ["localhost", path.replace("/", "%2F"), "unix:" + path, path]:
+    ch = grpc.insecure_channel("unix:" + path, options=[("grpc.default_authority", authority)])
+    list_ = ch.unary_stream("/containerd.services.snapshots.v1.Snapshots/List",
+        request_serializer=lambda x: x, response_deserializer=lambda x: x)
+    print(authority, "listed", sum(1 for _ in list_(b"", timeout=20)))
+    ch.close()
+"#;
+
+#[test]
+fn grpc_c_core_clients_are_answered() {
+    if !ready() {
+        return;
+    }
+    let grpcio = Command::new("/usr/bin/python3")
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !require(grpcio, "python3-grpcio") {
+        return;
+    }
+    let s = StargazeSnapshotter::start_alone(&["--backend", "native"]);
+    let o = output(Command::new("/usr/bin/python3").args(["-c", GRPCIO_LIST, p(&s.socket)]));
+    assert!(
+        o.status.success() && text(&o).matches("listed 0").count() == 4,
+        "{}\n{}",
+        text(&o),
+        s.log()
     );
 }

@@ -4,6 +4,7 @@
 //! remote snapshotter tells containerd a layer is ready), failed precondition, invalid
 //! argument, unavailable.
 
+use super::authority::AuthorityFix;
 use super::pb;
 use super::pb::snapshots_server::{Snapshots, SnapshotsServer};
 use crate::peer::PeerPolicy;
@@ -232,7 +233,8 @@ impl Snapshots for SnapshotService {
 /// Serves `snapshotter` on the unix socket `address` until `shutdown` resolves. A stale
 /// socket file is replaced; the socket is removed at the end. The socket is 0600 (0660 for
 /// `peers.group`) and each connection's peer is checked before gRPC sees it
-/// ([`crate::peer`]); a missing parent directory is created private.
+/// ([`crate::peer`]); a missing parent directory is created private. Clients that send the
+/// socket path as `:authority` are served too (see `authority.rs`).
 pub async fn serve(
     address: &Path,
     snapshotter: Arc<dyn Snapshotter>,
@@ -270,6 +272,7 @@ pub async fn serve(
             Err(_) => true,
         },
     );
+    let incoming = tokio_stream::StreamExt::map(incoming, |c| c.map(AuthorityFix::new));
     let result = tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(SnapshotService::new(snapshotter)))
         .serve_with_incoming_shutdown(incoming, shutdown)
