@@ -379,30 +379,44 @@ impl StargazeSnapshotter {
         extra: &[&str],
         netns: Option<&Path>,
     ) -> StargazeSnapshotter {
-        let mut s = Self::spawn_new(ctd.stargz_socket(), extra, netns);
+        let mut s = Self::spawn_new(ctd.stargz_socket(), extra, netns, None);
         s.wait_ready(&|| Self::containerd_sees_it(ctd));
         s
     }
 
     /// Starts it on a socket of its own (no containerd), ready when the socket accepts.
     pub fn start_alone(extra: &[&str]) -> StargazeSnapshotter {
+        Self::start_alone_in(None, extra)
+    }
+
+    /// Like [`Self::start_alone`], with the snapshot root at `root` (a path of any length).
+    pub fn start_alone_at(root: &Path, extra: &[&str]) -> StargazeSnapshotter {
+        Self::start_alone_in(Some(root), extra)
+    }
+
+    fn start_alone_in(root: Option<&Path>, extra: &[&str]) -> StargazeSnapshotter {
         let dir = tempfile::Builder::new()
             .prefix("stargaze-sock-")
             .tempdir()
             .expect("temp dir");
         let socket = dir.path().join("snapshotter.sock");
-        let mut s = Self::spawn_new(socket.clone(), extra, None);
+        let mut s = Self::spawn_new(socket.clone(), extra, None, root);
         s._socket_dir = Some(dir);
         s.wait_ready(&|| std::os::unix::net::UnixStream::connect(&socket).is_ok());
         s
     }
 
-    fn spawn_new(socket: PathBuf, extra: &[&str], netns: Option<&Path>) -> StargazeSnapshotter {
+    fn spawn_new(
+        socket: PathBuf,
+        extra: &[&str],
+        netns: Option<&Path>,
+        root: Option<&Path>,
+    ) -> StargazeSnapshotter {
         let dir = tempfile::Builder::new()
             .prefix("stargaze-snap-")
             .tempdir()
             .expect("temp dir");
-        let root = dir.path().join("root");
+        let root = root.map_or_else(|| dir.path().join("root"), Path::to_path_buf);
         StargazeSnapshotter {
             child: Self::spawn(&socket, &root, dir.path(), extra, netns),
             netns: netns.map(Path::to_path_buf),

@@ -1,5 +1,6 @@
 //! Thin safe wrappers over the few libc calls std lacks (mknod, lchown, xattrs, utimensat),
-//! so `unsafe` lives in one small file.
+//! so `unsafe` lives in one small file; and [`private_dir`], the one way state directories
+//! are made.
 
 use std::ffi::CString;
 use std::io;
@@ -105,6 +106,44 @@ pub fn set_times_nofollow(path: &Path, secs: i64, nsec: u32) -> io::Result<()> {
             libc::AT_SYMLINK_NOFOLLOW,
         )
     })
+}
+
+/// Creates the state directory `path` (and its missing ancestors) private to its owner:
+/// mode 0700 whatever the umask, and an existing `path` is tightened to 0700. Lazily
+/// mounted layers (FUSE with `allow_other`), upper dirs and caches hold image content —
+/// setuid programs, device nodes — that other local users must not reach through our
+/// paths. Only `path` and the directories this call creates are changed: an existing
+/// parent (`/run`, `/tmp`, a directory the user named) keeps its mode.
+pub fn private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut missing = Vec::new();
+    let mut cur = path;
+    while std::fs::symlink_metadata(cur).is_err() {
+        missing.push(cur);
+        match cur.parent() {
+            Some(p) if !p.as_os_str().is_empty() => cur = p,
+            _ => break,
+        }
+    }
+    for dir in missing.iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?,
+            // Another process made it meanwhile: only `path` itself is tightened below.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", path.display()),
+        ));
+    }
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Whether the process runs with effective uid 0.
@@ -228,6 +267,28 @@ fn unescape_octal(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_dirs_are_0700_and_parents_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777);
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // (The umask is not changed here: tests in this binary run in parallel. The
+        // integration tests run the binary with umask 0000.)
+        private_dir(&t.path().join("a/b/c")).unwrap();
+        for d in ["a", "a/b", "a/b/c"] {
+            assert_eq!(mode(&t.path().join(d)).unwrap(), 0o700, "{d}");
+        }
+        assert_eq!(mode(t.path()).unwrap(), 0o755);
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        private_dir(&open).unwrap();
+        assert_eq!(mode(&open).unwrap(), 0o700);
+        std::fs::write(t.path().join("file"), b"").unwrap();
+        assert!(private_dir(&t.path().join("file")).is_err());
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {

@@ -34,13 +34,8 @@ fn err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
 
 /// The worker's state directory for `snapshotter` under `root` (created, mode 0700).
 pub fn state_dir(root: &Path, snapshotter: &str) -> Result<PathBuf, IdentityError> {
-    use std::os::unix::fs::DirBuilderExt;
     let dir = root.join(format!("runc-{snapshotter}"));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(err(&dir))?;
+    stargaze_fs::sys::private_dir(&dir).map_err(err(&dir))?;
     Ok(dir)
 }
 

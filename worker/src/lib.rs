@@ -9,6 +9,7 @@ pub mod gc;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
+pub mod peer;
 pub mod snapshot;
 
 /// The crate version, for `stargaze version` and worker labels.

@@ -100,8 +100,9 @@ pub struct StatsArgs {
     json: bool,
 }
 
-/// The runtime directory holding mount states.
-fn run_dir() -> PathBuf {
+/// The runtime directory holding mount states (and FUSE holder sockets whose snapshotter
+/// root is too long to hold them).
+pub(crate) fn run_dir() -> PathBuf {
     std::env::var_os("STARGAZE_RUN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/stargaze"))
@@ -111,6 +112,17 @@ fn run_dir() -> PathBuf {
 fn state_dir(target: &Path) -> PathBuf {
     let key = stargaze_fs::Digest::of(target.as_os_str().as_encoded_bytes()).hex();
     run_dir().join("mounts").join(&key[..16])
+}
+
+/// Creates the run dir, its `mounts/` and the mount's `state` dir, each private (0700):
+/// they hold the layer mount points, whose FUSE file systems other users could otherwise
+/// walk into.
+fn private_state_dir(state: &Path) -> anyhow::Result<()> {
+    let run = run_dir();
+    for d in [run.as_path(), &run.join("mounts"), state] {
+        stargaze_fs::sys::private_dir(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    Ok(())
 }
 
 fn canonical_target(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -173,7 +185,7 @@ fn preflight() -> anyhow::Result<()> {
 
 fn spawn_server(a: &MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    private_state_dir(state)?;
     let log_path = state.join("log");
     let log = std::fs::File::create(&log_path).context("creating the mount log")?;
     let exe = std::env::current_exe().context("locating the stargaze binary")?;
@@ -242,7 +254,7 @@ fn stats_json(reference: &str, start: Instant, stats: &[LayerStats]) -> Vec<u8> 
 
 fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
     let start = Instant::now();
-    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    private_state_dir(state)?;
     let reference = Reference::parse(a.reference.trim_start_matches("docker://"))
         .with_context(|| format!("image reference {:?}", a.reference))?;
     let client = Arc::new(a.registry.client()?);

@@ -121,7 +121,7 @@ pub fn open(
             }
         )
     })?;
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    stargaze_fs::sys::private_dir(root).with_context(|| format!("creating {}", root.display()))?;
     let (name, why) = snapshotter_name(&cfg, root);
     tracing::info!(snapshotter = %name, %why, "snapshotter");
     let state = state_dir(root, &name)?;
@@ -142,7 +142,7 @@ pub fn open(
     } else {
         match name.as_str() {
             "stargz" => {
-                std::fs::create_dir_all(&snaps)
+                stargaze_fs::sys::private_dir(&snaps)
                     .with_context(|| format!("creating {}", snaps.display()))?;
                 let chunks = state.join("chunks");
                 let disk = DiskCache::open(&chunks, 10 << 30)
@@ -186,7 +186,7 @@ pub fn open(
         OciLayout::open_or_create(&state.join("content")).context("opening the content store")?;
     let cache = StepCache::open(&state.join("cache")).context("opening the step cache")?;
     let tmp = state.join("tmp");
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    stargaze_fs::sys::private_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let permits = if cfg.max_parallelism == 0 {
         tokio::sync::Semaphore::MAX_PERMITS
     } else {

@@ -53,6 +53,10 @@ struct ServeArgs {
     /// Unix socket to listen on.
     #[arg(long, default_value = "/run/stargaze/snapshotter.sock")]
     address: PathBuf,
+    /// Numeric group whose members may use the socket too (it is then 0660 and owned by the
+    /// group, like containerd's `[grpc] gid`); otherwise only root may (0600).
+    #[arg(long, value_name = "GID")]
+    group: Option<u32>,
     /// Directory for snapshots and the metadata store.
     #[arg(long, default_value = "/var/lib/stargaze/snapshotter")]
     root: PathBuf,
@@ -100,7 +104,7 @@ pub fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
 
 /// Opens a local (non-lazy) snapshotter for `backend` at `root`.
 pub fn open_local(backend: Backend, root: &Path) -> anyhow::Result<Arc<dyn Snapshotter>> {
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    stargaze_fs::sys::private_dir(root).with_context(|| format!("creating {}", root.display()))?;
     let backend = match backend {
         Backend::Auto => match choose(root) {
             Choice::Overlayfs => Backend::Overlayfs,
@@ -205,12 +209,8 @@ fn open_stargz(
 /// process keeps the FUSE connections. It is forked while this process is still
 /// single-threaded (before the runtime starts).
 fn fuse_holder(root: &Path) -> anyhow::Result<Holder> {
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    Holder::connect_or_fork(
-        &root.join("fuse-holder.sock"),
-        &root.join("fuse-holder.log"),
-    )
-    .context("starting the FUSE holder")
+    stargaze_fs::sys::private_dir(root).with_context(|| format!("creating {}", root.display()))?;
+    Holder::connect_or_fork(root, &super::mount::run_dir()).context("starting the FUSE holder")
 }
 
 /// The stargz snapshotter at `root`, reading layers with `client` through `disk` and a
@@ -249,8 +249,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
-    // A bad config file stops the start before anything is forked or mounted.
+    // A bad config file or socket path stops the start before anything is forked or mounted.
     let cfg = load_config(&a)?;
+    stargaze_worker::peer::check_path(&a.address).context("--address")?;
     let holder = match a.backend {
         Backend::Stargz => Some(fuse_holder(&a.root)?),
         _ => None,
@@ -306,6 +307,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let served = stargaze_worker::grpc::serve(
             &a.address,
             snapshotter,
+            stargaze_worker::peer::PeerPolicy { group: a.group },
             super::registry::wait_for_signal(),
         )
         .await;

@@ -179,7 +179,8 @@ pub fn runtime_binary(cfg: &OciWorkerConfig) -> Option<PathBuf> {
 
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     let cfg = resolve(a.config.as_deref(), &a.oci)?;
-    std::fs::create_dir_all(&a.root).with_context(|| format!("creating {}", a.root.display()))?;
+    stargaze_fs::sys::private_dir(&a.root)
+        .with_context(|| format!("creating {}", a.root.display()))?;
     let (snapshotter, why) = super::oci_worker::snapshotter_name(&cfg, &a.root);
     let network = super::oci_worker::network_name(&cfg);
     let dir = state_dir(&a.root, &snapshotter)?;

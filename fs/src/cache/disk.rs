@@ -91,12 +91,13 @@ pub struct DiskCache {
 impl DiskCache {
     /// Opens (or creates) the store at `root` with a size cap, indexing what is there.
     pub fn open(root: &Path, cap: u64) -> Result<Self, DiskCacheError> {
-        fs::create_dir_all(root.join("sha256"))
+        crate::sys::private_dir(&root.join("sha256"))
+            .and_then(|()| crate::sys::private_dir(root))
             .map_err(io(format!("creating {}", root.display())))?;
         let tmp = root.join("tmp");
         // Leftover temp files are from writes a crash interrupted.
         let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(io("creating tmp dir"))?;
+        crate::sys::private_dir(&tmp).map_err(io("creating tmp dir"))?;
         let mut found: Vec<(std::time::SystemTime, Digest, u64)> = Vec::new();
         let shards = fs::read_dir(root.join("sha256")).map_err(io("listing the store"))?;
         for shard in shards.flatten() {

@@ -481,8 +481,8 @@ impl Filesystem for LayerFs {
     }
 }
 
-/// Mounts `fs` read-only at `mountpoint` in a background thread; unmounted when the
-/// returned session is dropped.
+/// Mounts `fs` read-only, `nosuid,nodev`, at `mountpoint` in a background thread; unmounted
+/// when the returned session is dropped.
 pub fn mount_layer(
     fs: LayerFs,
     mountpoint: &std::path::Path,
@@ -495,8 +495,11 @@ pub fn mount_layer(
         MountOption::RO,
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
-        MountOption::Dev,
-        MountOption::Suid,
+        // Only the overlay on top is what containers use: it keeps its own suid and dev
+        // flags, so a setuid program or device node of the image still works there, but
+        // never when reached through the layer's own mount point.
+        MountOption::NoDev,
+        MountOption::NoSuid,
     ];
     let mut config = fuser::Config::default();
     config.mount_options = opts.to_vec();

@@ -56,7 +56,7 @@ fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-/// Mounts `fs` at `mountpoint` on a `/dev/fuse` descriptor of our own; returns the
+/// Mounts `fs` (read-only, `nosuid,nodev`) at `mountpoint` on a `/dev/fuse` descriptor of our own; returns the
 /// session, a duplicate of the descriptor (for a holder) and the kernel's INIT.
 pub fn mount_with_fd(
     fs: LayerFs,
@@ -85,7 +85,8 @@ pub fn mount_with_fd(
                 source.as_ptr(),
                 target.as_ptr(),
                 fstype.as_ptr(),
-                libc::MS_RDONLY | libc::MS_NOATIME,
+                // nosuid,nodev as in `mount_layer`: the overlay above keeps its own flags.
+                libc::MS_RDONLY | libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV,
                 data.as_ptr().cast(),
             )
         },

@@ -136,7 +136,9 @@ pub async fn mount_image(
     let (manifest, _) = client
         .resolve(reference, &opts.platform, &opts.sessions)
         .await?;
-    std::fs::create_dir_all(opts.state_dir.join("l")).map_err(sys("state dir", &opts.state_dir))?;
+    crate::sys::private_dir(&opts.state_dir.join("l"))
+        .and_then(|()| crate::sys::private_dir(&opts.state_dir))
+        .map_err(sys("state dir", &opts.state_dir))?;
     let mut image = MountedImage {
         target: target.to_path_buf(),
         layers: Vec::new(),
@@ -159,7 +161,7 @@ pub async fn mount_image(
     let opened = futures_util::future::join_all(opens).await;
     for (i, (desc, res)) in manifest.layers.iter().zip(opened).enumerate() {
         let dir = opts.state_dir.join("l").join(i.to_string());
-        std::fs::create_dir_all(&dir).map_err(sys("layer dir", &dir))?;
+        crate::sys::private_dir(&dir).map_err(sys("layer dir", &dir))?;
         match res {
             Ok(layer) => {
                 let fs = LayerFs::new(layer.clone(), rt.clone(), opts.fs.clone());
@@ -210,7 +212,7 @@ impl MountedImage {
             .map(|l| escape(Self::layer_dir(l)))
             .collect();
         let empty = opts.state_dir.join("empty");
-        std::fs::create_dir_all(&empty).map_err(sys("empty dir", &empty))?;
+        crate::sys::private_dir(&empty).map_err(sys("empty dir", &empty))?;
         if lowers.len() < 2 && !opts.writable {
             lowers.push(escape(&empty));
         }
@@ -218,8 +220,11 @@ impl MountedImage {
         if opts.writable {
             let (upper, work) = (opts.state_dir.join("upper"), opts.state_dir.join("work"));
             for d in [&upper, &work] {
-                std::fs::create_dir_all(d).map_err(sys("upper/work dir", d))?;
+                crate::sys::private_dir(d).map_err(sys("upper/work dir", d))?;
             }
+            // The upper dir is the rootfs's `/` as users of it see it (inside the 0700 state).
+            std::fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(sys("upper dir", &upper))?;
             options.push_str(&format!(
                 ",upperdir={},workdir={}",
                 escape(&upper),

@@ -41,7 +41,8 @@ pub struct StoredManifest {
 impl Store {
     /// Uses `root`, creating it and the upload area.
     pub fn open(root: &Path) -> Result<Self, std::io::Error> {
-        fs::create_dir_all(root.join("_uploads"))?;
+        crate::sys::private_dir(&root.join("_uploads"))?;
+        crate::sys::private_dir(root)?;
         Ok(Store {
             root: root.to_path_buf(),
             locks: Mutex::new(HashMap::new()),

@@ -42,7 +42,7 @@ pub fn now_millis() -> i64 {
 impl StepCache {
     /// The records under `dir` (created).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        stargaze_fs::sys::private_dir(dir)?;
         Ok(StepCache {
             dir: dir.to_path_buf(),
         })

@@ -5,6 +5,7 @@
 //!
 //! [`Snapshotter`]: crate::snapshot::Snapshotter
 
+mod authority;
 mod client;
 pub mod proxy;
 mod service;

@@ -4,8 +4,10 @@
 //! remote snapshotter tells containerd a layer is ready), failed precondition, invalid
 //! argument, unavailable.
 
+use super::authority::AuthorityFix;
 use super::pb;
 use super::pb::snapshots_server::{Snapshots, SnapshotsServer};
+use crate::peer::PeerPolicy;
 use crate::snapshot::{Info, Kind, Labels, Mount, SnapshotError, Snapshotter};
 use std::path::Path;
 use std::sync::Arc;
@@ -229,15 +231,23 @@ impl Snapshots for SnapshotService {
 }
 
 /// Serves `snapshotter` on the unix socket `address` until `shutdown` resolves. A stale
-/// socket file is replaced; the socket is removed at the end.
+/// socket file is replaced; the socket is removed at the end. The socket is 0600 (0660 for
+/// `peers.group`) and each connection's peer is checked before gRPC sees it
+/// ([`crate::peer`]); a missing parent directory is created private. Clients that send the
+/// socket path as `:authority` are served too (see `authority.rs`).
 pub async fn serve(
     address: &Path,
     snapshotter: Arc<dyn Snapshotter>,
+    peers: PeerPolicy,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), SnapshotError> {
     let ctx = |what: &str| format!("{what} {}", address.display());
-    if let Some(dir) = address.parent() {
-        std::fs::create_dir_all(dir)
+    crate::peer::check_path(address).map_err(|e| SnapshotError::InvalidArgument(e.to_string()))?;
+    if let Some(dir) = address
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        stargaze_fs::sys::private_dir(dir)
             .map_err(crate::snapshot::io(ctx("creating the directory of")))?;
     }
     match std::fs::remove_file(address) {
@@ -247,7 +257,22 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(address)
         .map_err(crate::snapshot::io(ctx("listening on")))?;
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    if let Err(e) = peers.secure(address) {
+        let _ = std::fs::remove_file(address);
+        return Err(SnapshotError::Io {
+            context: ctx("securing"),
+            source: std::io::Error::other(e.to_string()),
+        });
+    }
+    let socket = address.to_path_buf();
+    let incoming = tokio_stream::StreamExt::filter(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        move |c| match c {
+            Ok(stream) => peers.admits(stream, &socket),
+            Err(_) => true,
+        },
+    );
+    let incoming = tokio_stream::StreamExt::map(incoming, |c| c.map(AuthorityFix::new));
     let result = tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(SnapshotService::new(snapshotter)))
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -44,7 +44,8 @@ fn not_found(what: &str) -> SnapshotError {
 impl<D: Driver> LocalSnapshotter<D> {
     /// Opens (or creates) a snapshotter rooted at `root`.
     pub fn open(root: &Path, driver: D) -> Result<Self> {
-        std::fs::create_dir_all(root.join("snapshots"))
+        stargaze_fs::sys::private_dir(&root.join("snapshots"))
+            .and_then(|()| stargaze_fs::sys::private_dir(root))
             .map_err(io(format!("creating {}", root.display())))?;
         let store = Store::open(&root.join("metadata.db"))?;
         Ok(LocalSnapshotter {

@@ -6,6 +6,7 @@
 //! kernel's overlay is not allowed (rootless, some nested containers).
 
 use super::{io, Driver, Kind, Mount, Result};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Which overlay implementation mounts the snapshots.
@@ -73,6 +74,9 @@ impl Driver for Overlay {
     fn create(&self, dir: &Path, parents: &[PathBuf], kind: Kind) -> Result<()> {
         let fs = dir.join("fs");
         std::fs::create_dir(&fs).map_err(io(format!("creating {}", fs.display())))?;
+        // The snapshot's root directory as containers see it: 0755 whatever the umask.
+        std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(format!("chmod {}", fs.display())))?;
         if kind == Kind::Active && !parents.is_empty() {
             let work = dir.join("work");
             std::fs::create_dir(&work).map_err(io(format!("creating {}", work.display())))?;

@@ -6,7 +6,16 @@
 //! (`stargaze_fs::fuse::resume`). It speaks one JSON request per `SOCK_SEQPACKET` message
 //! (`ping`, `put`, `get`, `del`, `quit`), descriptors travel as `SCM_RIGHTS`, and it lets go of
 //! descriptors whose mount point has gone.
+//!
+//! It listens at `ROOT/fuse-holder.sock`, or — for a root too long for a unix socket path —
+//! at `RUN/holders/<sha256(ROOT) prefix>.sock` in a private run directory ([`socket_for`]).
+//! A path, not an abstract socket name: abstract names have no file permissions and belong
+//! to a network namespace, so the peer check would be the only guard and a daemon restarted
+//! in another namespace would not find its holder. The socket is 0600 and only root (or the
+//! daemon's own user) is served ([`crate::peer`]): the holder hands out `/dev/fuse`
+//! descriptors of mounted layers.
 
+use crate::peer::PeerPolicy;
 use nix::sys::socket::{
     self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
     SockType, UnixAddr,
@@ -92,6 +101,18 @@ fn threads() -> Option<usize> {
         .ok()
 }
 
+/// Where the holder of the snapshotter at `root` listens: `ROOT/fuse-holder.sock` when that
+/// fits in a unix socket address (where older daemons put it, so a restarted one finds its
+/// holder), else `run_dir/holders/` and the first 16 hex digits of the root's sha256.
+pub fn socket_for(root: &Path, run_dir: &Path) -> PathBuf {
+    let beside = root.join("fuse-holder.sock");
+    if crate::peer::check_path(&beside).is_ok() {
+        return beside;
+    }
+    let key = stargaze_fs::Digest::of(root.as_os_str().as_encoded_bytes()).hex();
+    run_dir.join("holders").join(format!("{}.sock", &key[..16]))
+}
+
 /// A connection point to the holder of one snapshotter root.
 #[derive(Debug, Clone)]
 pub struct Holder {
@@ -105,7 +126,18 @@ impl Holder {
     /// in memory only what it touches after the fork, where a freshly started binary would
     /// also keep its loader work, relocations and start-up code resident — a few megabytes,
     /// for as long as any lazy mount lives.
-    pub fn connect_or_fork(socket: &Path, log: &Path) -> io::Result<Holder> {
+    ///
+    /// The socket is at [`socket_for`]`(root, run_dir)`; the holder's pid goes to
+    /// `ROOT/fuse-holder.pid` and its log to `ROOT/fuse-holder.log`. A socket path that cannot
+    /// work is an error at once, not a start that times out.
+    pub fn connect_or_fork(root: &Path, run_dir: &Path) -> io::Result<Holder> {
+        let socket = &socket_for(root, run_dir);
+        crate::peer::check_path(socket)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if let Some(dir) = socket.parent().filter(|d| *d != root) {
+            stargaze_fs::sys::private_dir(dir)?;
+        }
+        let (log, pid) = (root.join("fuse-holder.log"), root.join("fuse-holder.pid"));
         let h = Holder {
             socket: socket.to_path_buf(),
         };
@@ -121,7 +153,7 @@ impl Holder {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)?;
+            .open(&log)?;
         let null = std::fs::File::open("/dev/null")?;
         // SAFETY: the process is single-threaded (checked above), so the child may run any
         // code; it never returns from this block.
@@ -139,7 +171,7 @@ impl Holder {
                     libc::prctl(libc::PR_SET_NAME, c"fuse-holder".as_ptr());
                 }
                 // A panic must end the child here, never unwind into the daemon's start-up.
-                let code = match std::panic::catch_unwind(|| serve(socket)) {
+                let code = match std::panic::catch_unwind(|| serve(socket, &pid)) {
                     Ok(Ok(())) => 0,
                     Ok(Err(e)) => {
                         eprintln!("stargaze: FUSE holder on {}: {e}", socket.display());
@@ -211,17 +243,20 @@ impl Holder {
     }
 }
 
-/// The holder process: serves `socket` until asked to quit while empty.
-pub fn serve(socket: &Path) -> io::Result<()> {
+/// The holder process: serves `socket` until asked to quit while empty; its pid goes to
+/// `pid_file`.
+pub fn serve(socket: &Path, pid_file: &Path) -> io::Result<()> {
     let _ = std::fs::remove_file(socket);
     let l = seqpacket()?;
     let addr = UnixAddr::new(socket).map_err(nix_io("address"))?;
     socket::bind(l.as_raw_fd(), &addr).map_err(nix_io("bind"))?;
+    let peers = PeerPolicy::default();
+    peers.secure(socket).map_err(io::Error::other)?;
     socket::listen(&l, Backlog::new(64).map_err(nix_io("backlog"))?).map_err(nix_io("listen"))?;
     // Wake up now and then to drop descriptors whose mount is gone.
     let tv = nix::sys::time::TimeVal::new(5, 0);
     socket::setsockopt(&l, socket::sockopt::ReceiveTimeout, &tv).map_err(nix_io("timeout"))?;
-    std::fs::write(socket.with_extension("pid"), std::process::id().to_string())?;
+    std::fs::write(pid_file, std::process::id().to_string())?;
     let mut held: HashMap<String, (serde_json::Value, OwnedFd)> = HashMap::new();
     tracing::info!(socket = %socket.display(), "FUSE holder serving");
     loop {
@@ -243,6 +278,9 @@ pub fn serve(socket: &Path) -> io::Result<()> {
             Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(nix_io("accept")(e)),
         };
+        if !peers.admits(&c, socket) {
+            continue;
+        }
         let _ = socket::setsockopt(
             &c,
             socket::sockopt::ReceiveTimeout,
@@ -282,7 +320,7 @@ pub fn serve(socket: &Path) -> io::Result<()> {
             Some("quit") if held.is_empty() => {
                 let _ = send(c.as_raw_fd(), &serde_json::json!({"ok": true}), None);
                 let _ = std::fs::remove_file(socket);
-                let _ = std::fs::remove_file(socket.with_extension("pid"));
+                let _ = std::fs::remove_file(pid_file);
                 return Ok(());
             }
             Some("quit") => (
