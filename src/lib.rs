@@ -2,6 +2,7 @@
 //! the one prerequisite check (`require`), the stargaze binary, and tree snapshots for
 //! comparing extracted or unpacked root filesystems.
 
+pub mod blobs;
 pub mod busybox;
 pub mod fault_proxy;
 pub mod http;

@@ -11,31 +11,7 @@ use stargaze_fs::format::{
     convert_layer, FormatError, LayerReader, Limits, OpenOptions, WriterOptions,
 };
 use stargaze_fs::Digest;
-use std::io::Write;
-
-fn gz(data: &[u8], level: u32) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-/// A blob: one gzip member per payload, then a TOC member holding `toc`, then the footer.
-/// Returns the blob and the blob offset of each payload member.
-fn blob_with_toc(payloads: &[Vec<u8>], toc: &str) -> (Vec<u8>, Vec<u64>) {
-    let mut blob = Vec::new();
-    let mut offsets = Vec::new();
-    for p in payloads {
-        offsets.push(blob.len() as u64);
-        blob.extend_from_slice(&gz(p, 6));
-    }
-    let toc_off = blob.len() as u64;
-    let mut t = ustar_file_header("stargz.index.json", toc.len() as u64, 0o444).to_vec();
-    t.extend_from_slice(toc.as_bytes());
-    t.resize(t.len().div_ceil(512) * 512 + 1024, 0);
-    blob.extend_from_slice(&gz(&t, 6));
-    blob.extend_from_slice(&gzip_footer(toc_off));
-    (blob, offsets)
-}
+use stargaze_suite::blobs::{blob_with_toc, gz};
 
 fn open(blob: Vec<u8>) -> Result<LayerReader<Vec<u8>>, FormatError> {
     LayerReader::open(blob, &OpenOptions::default())

@@ -9,29 +9,8 @@ use stargaze_fs::format::tar::{ustar_file_header, HeaderSpec, TarBuilder, TarKin
 use stargaze_fs::format::{convert_layer, FormatError, LayerReader, OpenOptions, WriterOptions};
 use stargaze_fs::fuse::view::View;
 use stargaze_fs::fuse::OpaqueXattr;
-use std::io::Write;
+use stargaze_suite::blobs::{blob_with_toc, gz};
 use std::path::Path;
-
-fn gz(data: &[u8], level: u32) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-/// A blob: one gzip member per payload, then a TOC member holding `toc`, then the footer.
-fn blob_with_toc(payloads: &[Vec<u8>], toc: &str) -> Vec<u8> {
-    let mut blob = Vec::new();
-    for p in payloads {
-        blob.extend_from_slice(&gz(p, 6));
-    }
-    let toc_off = blob.len() as u64;
-    let mut t = ustar_file_header("stargz.index.json", toc.len() as u64, 0o444).to_vec();
-    t.extend_from_slice(toc.as_bytes());
-    t.resize(t.len().div_ceil(512) * 512 + 1024, 0);
-    blob.extend_from_slice(&gz(&t, 6));
-    blob.extend_from_slice(&gzip_footer(toc_off));
-    blob
-}
 
 fn open(blob: Vec<u8>) -> Result<LayerReader<Vec<u8>>, FormatError> {
     LayerReader::open(blob, &OpenOptions::default())
@@ -96,16 +75,16 @@ fn toc_whiteouts_of_dot_names_are_refused_naming_the_entry() {
                 r#"{{"version":1,"entries":[{{"name":"a/","type":"dir"}},{{"name":{},"type":"{kind}"}}]}}"#,
                 serde_json::to_string(name).unwrap()
             );
-            let e = open_err(blob_with_toc(&[], &toc));
+            let e = open_err(blob_with_toc(&[], &toc).0);
             assert!(e.contains("whiteout target"), "{name}: {e}");
             assert!(e.contains(&format!("{name:?}")), "{name}: {e}");
         }
     }
     // Hardlinks may neither be nor point at such a name.
     let toc = r#"{"version":1,"entries":[{"name":"f","type":"fifo"},{"name":"a/.wh...","type":"hardlink","linkName":"f"}]}"#;
-    assert!(open_err(blob_with_toc(&[], toc)).contains("whiteout target"));
+    assert!(open_err(blob_with_toc(&[], toc).0).contains("whiteout target"));
     let toc = r#"{"version":1,"entries":[{"name":"h","type":"hardlink","linkName":".wh.."}]}"#;
-    assert!(open_err(blob_with_toc(&[], toc)).contains("whiteout target"));
+    assert!(open_err(blob_with_toc(&[], toc).0).contains("whiteout target"));
 }
 
 #[test]

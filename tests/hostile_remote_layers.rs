@@ -4,8 +4,7 @@
 //! Each case checks the safe outcome and fails without the mechanism that ensures it.
 
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
-use stargaze_fs::format::footer::gzip_footer;
-use stargaze_fs::format::tar::{ustar_file_header, HeaderSpec, TarBuilder, TarKind};
+use stargaze_fs::format::tar::{HeaderSpec, TarBuilder, TarKind};
 use stargaze_fs::format::{convert_layer, WriterOptions, TOC_DIGEST_ANNOTATION};
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::layer::{LayerError, RemoteLayer};
@@ -13,28 +12,12 @@ use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_fs::remote::fetcher::FetchOptions;
 use stargaze_fs::remote::{ClientOptions, Descriptor, Reference, RegistryClient};
 use stargaze_fs::Digest;
-use std::io::{Read, Write};
+use stargaze_suite::blobs::{append_toc, gz};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
 const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-fn gz(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-/// The TOC member and footer appended to `blob`, whose payload ends here.
-fn finish_blob(mut blob: Vec<u8>, toc: &str) -> Vec<u8> {
-    let toc_off = blob.len() as u64;
-    let mut t = ustar_file_header("stargz.index.json", toc.len() as u64, 0o444).to_vec();
-    t.extend_from_slice(toc.as_bytes());
-    t.resize(t.len().div_ceil(512) * 512 + 1024, 0);
-    blob.extend_from_slice(&gz(&t));
-    blob.extend_from_slice(&gzip_footer(toc_off));
-    blob
-}
 
 /// A TOC's JSON, with the digest a manifest would carry for it.
 fn toc_of(entries: &[String]) -> (String, Digest) {
@@ -163,7 +146,7 @@ fn a_swapped_blob_pulled_whole_fails_its_layer_digest() {
     // The manifest names a plain layer; the registry answers with another, self-consistent
     // eStargz blob of the same size under that digest.
     let (evil, _) = estargz(&[("bin/sh", b"#!/evil\n".to_vec())], 4096);
-    let mut plain = gz(b"not the layer it claims to be");
+    let mut plain = gz(b"not the layer it claims to be", 6);
     plain.resize(evil.len(), 0);
     let desc = descriptor(&plain, None);
     let path = s.layout.blob_path(&Digest::of(&plain));
@@ -191,7 +174,7 @@ fn a_chunk_frame_is_read_no_further_than_the_chunk_needs() {
     let tmp = tempfile::tempdir().unwrap();
     let s = serve(tmp.path());
     // A one-byte file whose frame the TOC lets run over 64 MiB of junk up to the TOC.
-    let mut blob = gz(b"x");
+    let mut blob = gz(b"x", 6);
     let junk: Vec<u8> = (0..64u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -200,7 +183,7 @@ fn a_chunk_frame_is_read_no_further_than_the_chunk_needs() {
         r#"{{"name":"f","type":"reg","size":1,"offset":0,"chunkDigest":"{}"}}"#,
         Digest::of(b"x")
     )]);
-    let blob = finish_blob(blob, &toc);
+    let blob = append_toc(blob, &toc);
     s.put(&blob);
 
     let layer = s
@@ -245,7 +228,7 @@ fn a_claimed_file_digest_does_not_reach_another_layers_file() {
     let mut entries = Vec::new();
     for (i, piece) in own.chunks(64 << 10).enumerate() {
         let off = blob.len();
-        blob.extend_from_slice(&gz(piece));
+        blob.extend_from_slice(&gz(piece, 6));
         let cd = Digest::of(piece);
         entries.push(if i == 0 {
             format!(
@@ -263,7 +246,7 @@ fn a_claimed_file_digest_does_not_reach_another_layers_file() {
         });
     }
     let (toc, toc_digest) = toc_of(&entries);
-    let blob = finish_blob(blob, &toc);
+    let blob = append_toc(blob, &toc);
     s.put(&blob);
     let a = s
         .open(&descriptor(&blob, Some(toc_digest)), cache.clone())

@@ -272,16 +272,21 @@ fn registry_failures_give_eio_and_the_mount_recovers() {
 }
 
 /// The sample's file content from the layout, via the local reader.
-fn umoci_like_read(oci: &Path, path: &str) -> std::path::PathBuf {
-    let out = oci.parent().unwrap().join("expected.bin");
+/// The first layer of the `esgz` image, opened from the layout.
+fn first_layer(oci: &Path) -> stargaze_fs::format::LayerReader<stargaze_fs::format::FileBlob> {
     let layout = stargaze_fs::image::OciLayout::open(oci).unwrap();
     let (_, m) = layout.resolve(Some("esgz")).unwrap();
     let d = stargaze_fs::image::OciLayout::digest_of(&m.layers()[0]).unwrap();
-    let r = stargaze_fs::format::LayerReader::open(
+    stargaze_fs::format::LayerReader::open(
         stargaze_fs::format::FileBlob::open(&layout.blob_path(&d)).unwrap(),
         &Default::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn umoci_like_read(oci: &Path, path: &str) -> std::path::PathBuf {
+    let out = oci.parent().unwrap().join("expected.bin");
+    let r = first_layer(oci);
     if let Some(id) = r.index().lookup(path) {
         let n = r.index().node(id);
         std::fs::write(&out, r.read_file(id, 0, n.size).unwrap()).unwrap();
@@ -291,14 +296,7 @@ fn umoci_like_read(oci: &Path, path: &str) -> std::path::PathBuf {
 
 /// The disk-cache key of the whole-file copy of `path` (first layer of the `esgz` image).
 fn whole_file_key_of(oci: &Path, path: &str) -> String {
-    let layout = stargaze_fs::image::OciLayout::open(oci).unwrap();
-    let (_, m) = layout.resolve(Some("esgz")).unwrap();
-    let d = stargaze_fs::image::OciLayout::digest_of(&m.layers()[0]).unwrap();
-    let r = stargaze_fs::format::LayerReader::open(
-        stargaze_fs::format::FileBlob::open(&layout.blob_path(&d)).unwrap(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = first_layer(oci);
     let n = r.index().node(r.index().lookup(path).unwrap());
     let pieces: Vec<stargaze_fs::cache::Piece> = n
         .chunks
