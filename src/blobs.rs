@@ -35,3 +35,18 @@ pub fn blob_with_toc(payloads: &[Vec<u8>], toc: &str) -> (Vec<u8>, Vec<u64>) {
     }
     (append_toc(blob, toc), offsets)
 }
+
+/// Opens `blob` as a layer with default options (no trusted TOC digest).
+pub fn open(
+    blob: Vec<u8>,
+) -> Result<stargaze_fs::format::LayerReader<Vec<u8>>, stargaze_fs::format::FormatError> {
+    stargaze_fs::format::LayerReader::open(blob, &stargaze_fs::format::OpenOptions::default())
+}
+
+/// The error opening a hostile `blob` gives; panics if it was accepted.
+pub fn open_err(blob: Vec<u8>) -> String {
+    match open(blob) {
+        Ok(_) => panic!("hostile blob was accepted"),
+        Err(e) => e.to_string(),
+    }
+}

@@ -11,18 +11,7 @@ use stargaze_fs::format::{
     convert_layer, FormatError, LayerReader, Limits, OpenOptions, WriterOptions,
 };
 use stargaze_fs::Digest;
-use stargaze_suite::blobs::{blob_with_toc, gz};
-
-fn open(blob: Vec<u8>) -> Result<LayerReader<Vec<u8>>, FormatError> {
-    LayerReader::open(blob, &OpenOptions::default())
-}
-
-fn open_err(blob: Vec<u8>) -> String {
-    match open(blob) {
-        Ok(_) => panic!("hostile blob was accepted"),
-        Err(e) => e.to_string(),
-    }
-}
+use stargaze_suite::blobs::{blob_with_toc, gz, open, open_err};
 
 fn valid_layer() -> Vec<u8> {
     let mut t = TarBuilder::new(Vec::new());

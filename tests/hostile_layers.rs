@@ -9,19 +9,8 @@ use stargaze_fs::format::tar::{ustar_file_header, HeaderSpec, TarBuilder, TarKin
 use stargaze_fs::format::{convert_layer, FormatError, LayerReader, OpenOptions, WriterOptions};
 use stargaze_fs::fuse::view::View;
 use stargaze_fs::fuse::OpaqueXattr;
-use stargaze_suite::blobs::{blob_with_toc, gz};
+use stargaze_suite::blobs::{blob_with_toc, gz, open, open_err};
 use std::path::Path;
-
-fn open(blob: Vec<u8>) -> Result<LayerReader<Vec<u8>>, FormatError> {
-    LayerReader::open(blob, &OpenOptions::default())
-}
-
-fn open_err(blob: Vec<u8>) -> String {
-    match open(blob) {
-        Ok(_) => panic!("hostile blob was accepted"),
-        Err(e) => e.to_string(),
-    }
-}
 
 fn tar_of(entries: &[(&str, TarKind)]) -> Vec<u8> {
     let mut t = TarBuilder::new(Vec::new());
