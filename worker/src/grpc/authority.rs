@@ -23,6 +23,9 @@ const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
+/// Most bytes of one unfinished header block held back to be looked at (tonic's server
+/// accepts header lists of 16 KiB by default).
+const MAX_HELD_BLOCK: usize = 256 << 10;
 
 enum State {
     Preface,
@@ -127,6 +130,16 @@ impl<S> AuthorityFix<S> {
             (None, _) => return self.output.extend(frame),
         };
         if flags & END_HEADERS == 0 {
+            let held: usize = block.frames.iter().map(|(f, _)| f.len()).sum();
+            if held > MAX_HELD_BLOCK {
+                // Larger than any header list the server accepts: no rewrite, no more holding
+                // (a client could otherwise send CONTINUATIONs without end); the server judges.
+                for (f, _) in block.frames {
+                    self.output.extend(f);
+                }
+                self.state = State::Passthrough;
+                return;
+            }
             self.pending = Some(block);
             return;
         }
@@ -390,5 +403,29 @@ mod tests {
         c.input = b"GET / HTTP/1.1\r\n\r\n".to_vec();
         c.process();
         assert_eq!(c.output, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn a_header_block_without_end_is_not_held_without_bound() {
+        let mut c = AuthorityFix::new(tokio::io::empty());
+        c.input = PREFACE.to_vec();
+        c.input.extend(headers(&[0x83], 0));
+        c.process();
+        let cont = |n: usize| {
+            let mut f = vec![0, (n >> 8) as u8, n as u8, CONTINUATION, 0, 0, 0, 0, 1];
+            f.resize(9 + n, 0x83);
+            f
+        };
+        let mut sent = 0;
+        while sent <= 2 * MAX_HELD_BLOCK {
+            c.input.extend(cont(16_000));
+            c.process();
+            sent += 16_009;
+        }
+        // Everything was handed on once the block outgrew the bound; nothing stays held.
+        assert!(c.pending.is_none());
+        assert!(c.input.is_empty());
+        assert!(matches!(c.state, State::Passthrough));
+        assert_eq!(c.output.len(), PREFACE.len() + 10 + sent);
     }
 }
