@@ -350,11 +350,12 @@ mod tests {
             std::fs::write(t.join("gone"), "x").unwrap();
             std::fs::create_dir_all(t.join("gonedir/sub")).unwrap();
         }
-        // Same times for what did not change.
-        for p in ["etc/keep", "usr/bin/tool", "gone"] {
-            let m = std::fs::metadata(old.join(p)).unwrap();
-            stargaze_fs::sys::set_times_nofollow(&new.join(p), m.mtime(), m.mtime_nsec() as u32)
-                .unwrap();
+        // Same times, long past, for what did not change: a rewrite below gets the time of
+        // now, which a coarse clock could otherwise give both trees alike.
+        for t in [&old, &new] {
+            for p in ["etc/keep", "usr/bin/tool", "gone"] {
+                stargaze_fs::sys::set_times_nofollow(&t.join(p), 1_600_000_000, 0).unwrap();
+            }
         }
         std::fs::write(new.join("usr/bin/tool"), "v2").unwrap();
         std::fs::write(new.join("etc/deep/er/added"), "new").unwrap();
