@@ -211,7 +211,7 @@ fn fetch_bench() {
             let parts = futures_util::future::join_all(reads).await;
             parts
                 .into_iter()
-                .map(|p| p.expect("range").len() as u64)
+                .map(|p| p.expect("range").data.len() as u64)
                 .sum::<u64>()
         });
         assert_eq!(n, blob_size);

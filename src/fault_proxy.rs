@@ -1,12 +1,13 @@
 //! A fault-injecting HTTP proxy for tests: forwards each request to an upstream server and,
 //! for requests matching a rule, breaks the answer the way real networks and registries do —
 //! resets mid-body, stalls, 5xx, truncated bodies, flipped bits, extra bytes, a wrong
-//! Content-Range, redirects. Every request is logged (method, path, Range, whether it
+//! Content-Range, redirects, whole blobs for ranges, multipart answers. Every request is logged (method, path, Range, whether it
 //! carried Authorization) so tests can count and inspect what the client sent.
 
 use crate::http::{read_response, Reply, Request, Response, TestServer};
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ pub enum Fault {
     RedirectTo(String),
     /// Wait this long before forwarding (a slow link, not a fault).
     Delay(Duration),
+    /// Forward without the Range header: the whole blob comes back with 200, as from a
+    /// pull-through cache that has not cached the blob yet or a CDN that ignores ranges.
+    IgnoreRange,
+    /// Answer a 206 as `multipart/byteranges` with one part.
+    Multipart,
 }
 
 /// When a fault applies.
@@ -91,6 +97,7 @@ pub struct FaultProxy {
     server: TestServer,
     rules: Arc<Mutex<Vec<Rule>>>,
     log: Arc<Mutex<Vec<Seen>>>,
+    sent: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -98,9 +105,19 @@ impl FaultProxy {
     pub fn start(upstream: SocketAddr) -> FaultProxy {
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::new(Mutex::new(Vec::new()));
         let log: Arc<Mutex<Vec<Seen>>> = Arc::new(Mutex::new(Vec::new()));
-        let (r2, l2) = (rules.clone(), log.clone());
-        let server = TestServer::start(move |req| handle(upstream, &r2, &l2, req));
-        FaultProxy { server, rules, log }
+        let sent = Arc::new(AtomicU64::new(0));
+        let (r2, l2, s2) = (rules.clone(), log.clone(), sent.clone());
+        let server = TestServer::start(move |req| {
+            let reply = handle(upstream, &r2, &l2, req);
+            s2.fetch_add(reply_body_len(&reply), Ordering::Relaxed);
+            reply
+        });
+        FaultProxy {
+            server,
+            rules,
+            log,
+            sent,
+        }
     }
 
     /// Where it listens.
@@ -128,6 +145,11 @@ impl FaultProxy {
         self.seen().iter().filter(|r| r.target.contains(s)).count()
     }
 
+    /// Body bytes of the answers the upstream gave through the proxy (as sent on).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     /// Forgets the log.
     pub fn reset_log(&self) {
         self.log.lock().expect("log").clear();
@@ -149,12 +171,23 @@ fn take_fault(rules: &Mutex<Vec<Rule>>, req: &Request) -> Option<Fault> {
     Some(rule.fault.clone())
 }
 
-fn forward(upstream: SocketAddr, req: &Request) -> std::io::Result<Response> {
+fn reply_body_len(r: &Reply) -> u64 {
+    match r {
+        Reply::Send(resp) => resp.body.len() as u64,
+        _ => 0,
+    }
+}
+
+fn forward(upstream: SocketAddr, req: &Request, drop_range: bool) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(upstream)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
     for (k, v) in &req.headers {
-        if k == "connection" || k == "content-length" || k == "transfer-encoding" {
+        if k == "connection"
+            || k == "content-length"
+            || k == "transfer-encoding"
+            || (drop_range && k == "range")
+        {
             continue;
         }
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -196,7 +229,8 @@ fn handle(
         Some(Fault::Delay(d)) => std::thread::sleep(*d),
         _ => {}
     }
-    let mut resp = match forward(upstream, req) {
+    let drop_range = matches!(fault, Some(Fault::IgnoreRange));
+    let mut resp = match forward(upstream, req, drop_range) {
         Ok(r) => r,
         Err(e) => return Reply::Send(Response::new(502, format!("proxy: {e}"))),
     };
@@ -235,6 +269,22 @@ fn handle(
                 resp.set("Content-Range", shifted);
             }
             Reply::Send(resp)
+        }
+        Some(Fault::Multipart) if resp.status == 206 => {
+            let cr = resp.header("content-range").unwrap_or("").to_string();
+            let boundary = "stargaze-test-boundary";
+            let mut body = format!(
+                "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: {cr}\r\n\r\n"
+            )
+            .into_bytes();
+            body.extend_from_slice(&resp.body);
+            body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+            let mut out = Response::new(206, body);
+            out.set(
+                "Content-Type",
+                format!("multipart/byteranges; boundary={boundary}"),
+            );
+            Reply::Send(out)
         }
         _ => Reply::Send(resp),
     }

@@ -348,3 +348,57 @@ fn paths_resolve_through_symlinks_inside_the_layer() {
     // `..` never climbs above the root.
     assert_eq!(layer.resolve("../../usr/lib/libsample0.so"), Some(want));
 }
+
+#[test]
+fn whole_blob_and_multipart_answers_give_the_right_bytes() {
+    let s = setup();
+    let want = s.expected(BIG);
+    let size = s.desc.size;
+    // multipart/byteranges: the part's bytes, nothing else.
+    s.proxy
+        .add(Rule::new("/blobs/", usize::MAX, Fault::Multipart).ranges());
+    let layer = s.fresh_layer();
+    assert!(s.rt.block_on(layer.read_path(BIG)).unwrap() == want);
+    assert_eq!(layer.counters().whole_blob_answers, 0);
+    // A server that ignores Range (200, the whole blob), from the layer's open on.
+    s.proxy.clear();
+    s.proxy
+        .add(Rule::new("/blobs/", usize::MAX, Fault::IgnoreRange).ranges());
+    let c = client(Duration::from_secs(5));
+    let layer = s.layer(
+        c.clone(),
+        Arc::new(ChunkCache::new(Some(MemoryCache::new(64 << 20)), None)),
+    );
+    assert!(!c.honours_ranges(&s.reference.registry));
+    let before = layer.counters();
+    s.proxy.reset_log();
+    assert!(s.rt.block_on(layer.read_path(BIG)).unwrap() == want);
+    let after = layer.counters();
+    assert!(after.whole_blob_answers > before.whole_blob_answers);
+    // The read stops where the file's frames end: the rest of the blob is not read.
+    let id = s.local.index().lookup(BIG).unwrap();
+    let chunks = &s.local.index().node(id).chunks;
+    let hi = chunks[chunks.len() - 1].blob_end;
+    let read = after.bytes_fetched - before.bytes_fetched;
+    assert!(
+        read >= hi,
+        "the bytes before the file come too: {read} < {hi}"
+    );
+    assert!(
+        read <= hi + (1 << 20),
+        "read {read} bytes of a {size}-byte blob for frames ending at {hi}"
+    );
+    // Planned for such a server: the file's chunks in one request.
+    let ranged = s.proxy.seen().iter().filter(|r| r.range.is_some()).count();
+    assert_eq!(ranged, 1, "one whole-blob request for all missing chunks");
+    // Once the server honours ranges again, the client notices.
+    s.proxy.clear();
+    let other = s
+        .local
+        .index()
+        .lookup("usr/lib/libsample1.so")
+        .map(|_| "usr/lib/libsample1.so")
+        .unwrap_or("etc/hostname");
+    s.rt.block_on(layer.read_path(other)).unwrap();
+    assert!(c.honours_ranges(&s.reference.registry));
+}

@@ -18,7 +18,7 @@ type CounterOf = fn(&CounterSnapshot) -> u64;
 pub fn render(s: &Stargz) -> String {
     let mut out = String::new();
     let layers = s.layers();
-    let per_layer: [(&str, &str, CounterOf); 6] = [
+    let per_layer: [(&str, &str, CounterOf); 7] = [
         (
             "stargaze_layer_fetched_bytes_total",
             "Compressed bytes fetched from registries (metadata included).",
@@ -48,6 +48,11 @@ pub fn render(s: &Stargz) -> String {
             "stargaze_layer_verify_failures_total",
             "Chunks that failed verification on arrival.",
             |c| c.verify_failures,
+        ),
+        (
+            "stargaze_layer_whole_blob_answers_total",
+            "Range requests the registry answered with the whole blob.",
+            |c| c.whole_blob_answers,
         ),
     ];
     let counters: Vec<_> = layers.iter().map(|l| (l.digest(), l.counters())).collect();

@@ -395,6 +395,10 @@ fn stats_line(v: &serde_json::Value) -> String {
     } else {
         format!("off/{}", n("fuse_opens"))
     };
+    let prefetch = match n("whole_blob_answers") {
+        0 => prefetch,
+        w => format!("{prefetch}  (ranges ignored: {w} whole-blob answers)"),
+    };
     format!(
         "{:<21} {:<9} {:>10} / {:<10} {:>5.1}% {:>8}  {:>5}/{:<5}  {:<13}  {}",
         &digest[..digest.len().min(19)],

@@ -16,6 +16,7 @@ use crate::format::{
     WindowBlob, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS,
 };
 use crate::remote::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
+use crate::remote::RangeAnswer;
 use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -107,7 +108,10 @@ pub struct RemoteLayer {
     toc_digest: Digest,
     fetcher: Arc<Fetcher>,
     metadata_requests: u64,
+    /// Bytes read from the network for footer and TOC.
     metadata_bytes: u64,
+    /// Of the metadata requests, those answered with the whole blob.
+    metadata_whole_answers: u64,
     /// Every chunk in blob order, for read-ahead (empty when it is off): (blob offset, node,
     /// chunk index).
     blob_order: Vec<(u64, NodeId, u32)>,
@@ -204,7 +208,10 @@ impl RemoteLayer {
             return Err(fmt_err(FormatError::Truncated("empty layer blob".into())));
         }
         let tail_len = size.min(FIRST_TAIL);
-        let mut data = blob.range(size - tail_len, tail_len).await?.to_vec();
+        let tail = blob.range(size - tail_len, tail_len).await?;
+        let mut wire = tail.wire_bytes;
+        let mut whole = u64::from(tail.answer == RangeAnswer::Whole);
+        let mut data = tail.data.to_vec();
         let mut requests = 1;
         let start = metadata_start(&data, size, &opts).map_err(fmt_err)?;
         // Fetching a large TOC and parsing it is where a layer costs memory; a few at a time
@@ -216,12 +223,14 @@ impl RemoteLayer {
         if start < size - tail_len {
             let head = blob.range(start, size - tail_len - start).await?;
             requests += 1;
-            let mut all = head.to_vec();
+            wire += head.wire_bytes;
+            whole += u64::from(head.answer == RangeAnswer::Whole);
+            let mut all = head.data.to_vec();
             all.extend_from_slice(&data);
             data = all;
         }
         let window_start = size - data.len() as u64;
-        let metadata_bytes = data.len() as u64;
+        let metadata_bytes = wire;
         let window = WindowBlob::new(size, window_start, data).map_err(fmt_err)?;
         let reader = tokio::task::spawn_blocking(move || LayerReader::open(window, &opts))
             .await
@@ -257,6 +266,7 @@ impl RemoteLayer {
             fetcher: Arc::new(Fetcher::new(blob, compression, cache, fetch)),
             metadata_requests: requests,
             metadata_bytes,
+            metadata_whole_answers: whole,
             blob_order,
             readahead: fetch.readahead,
             merge_gap: fetch.merge_gap,
@@ -296,6 +306,7 @@ impl RemoteLayer {
         let mut s = self.fetcher.counters().snapshot();
         s.requests += self.metadata_requests;
         s.bytes_fetched += self.metadata_bytes;
+        s.whole_blob_answers += self.metadata_whole_answers;
         s
     }
 
@@ -595,7 +606,14 @@ impl RemoteLayer {
             }
             let start = i;
             let mut bytes = 0;
-            while i < chunks.len() && (bytes < opts.batch || i == start) {
+            // A server that ignores Range streams from the blob's start each time: the rest
+            // in one request, not one per batch.
+            let batch_bytes = if self.fetcher.honours_ranges() {
+                opts.batch
+            } else {
+                u64::MAX
+            };
+            while i < chunks.len() && (bytes < batch_bytes || i == start) {
                 bytes += chunk(&chunks[i]).blob_end - chunk(&chunks[i]).blob_offset;
                 i += 1;
             }

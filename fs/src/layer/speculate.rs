@@ -163,6 +163,12 @@ impl RemoteLayer {
     /// that the guess is dropped, never queued, so a program opening many large files cannot
     /// make speculation grow without bound.
     fn speculate(&self, label: String, chunks: Vec<Chunk>) -> bool {
+        if !self.fetcher.honours_ranges() {
+            // Each request to such a server streams the blob from its start: a guess would
+            // cost the whole prefix again.
+            tracing::debug!(guess = %label, "speculative fetch dropped: the registry ignores Range");
+            return false;
+        }
         let Ok(permit) = self.speculative.clone().try_acquire_owned() else {
             tracing::debug!(guess = %label, "speculative fetch dropped: enough running");
             return false;

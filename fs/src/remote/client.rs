@@ -13,6 +13,7 @@ use super::error::RemoteError;
 use super::hosts::{Endpoint, HostsConfig};
 use super::manifest::{Descriptor, Manifest};
 use super::platform::Platform;
+use super::range_body::{RangeAnswer, RangeStream};
 use super::reference::Reference;
 use super::retry::RetryPolicy;
 use crate::digest::{Digest, Hasher};
@@ -20,7 +21,7 @@ use crate::registry::{MANIFEST_TYPES, MAX_MANIFEST};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Method;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,8 +97,13 @@ pub struct Reply {
 pub struct RangeReply {
     /// The bytes, exactly the length asked for.
     pub data: Bytes,
-    /// Blob size from `Content-Range`.
+    /// Blob size from `Content-Range` (or `Content-Length` of a whole-blob answer).
     pub total: u64,
+    /// Body bytes read from the network (more than `data` when the server sent the blob
+    /// from its start).
+    pub wire_bytes: u64,
+    /// How the server answered.
+    pub answer: RangeAnswer,
 }
 
 /// A registry client.
@@ -106,6 +112,8 @@ pub struct RegistryClient {
     opts: ClientOptions,
     auth: Arc<Authenticator>,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Registries whose last Range GET was answered with the whole blob.
+    ignores_ranges: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -206,6 +214,7 @@ impl RegistryClient {
             opts,
             auth,
             permits: Mutex::new(HashMap::new()),
+            ignores_ranges: Mutex::new(HashSet::new()),
         })
     }
 
@@ -571,8 +580,9 @@ impl RegistryClient {
             .ok_or_else(|| RemoteError::protocol(&reply.url, "HEAD without Content-Length"))
     }
 
-    /// Reads `len` bytes of blob `d` at `offset` with a Range GET. The answer must be a 206
-    /// with exactly that `Content-Range` and length; bodies that break off are retried.
+    /// Reads `len` bytes of blob `d` at `offset` with a Range GET. A 206 must carry exactly
+    /// that `Content-Range` and length; a 200 (a server that ignores Range) is read up to
+    /// the last byte wanted and closed. Bodies that break off are retried.
     pub async fn blob_range(
         &self,
         r: &Reference,
@@ -585,6 +595,8 @@ impl RegistryClient {
             return Ok(RangeReply {
                 data: Bytes::new(),
                 total: 0,
+                wire_bytes: 0,
+                answer: RangeAnswer::Partial,
             });
         }
         let end = offset
@@ -612,6 +624,39 @@ impl RegistryClient {
         end: u64,
         sessions: &[String],
     ) -> Result<RangeReply, RemoteError> {
+        let mut stream = self
+            .blob_range_stream(r, d, start, end - start + 1, sessions)
+            .await?;
+        let mut data = Vec::with_capacity((end - start + 1).min(64 << 20) as usize);
+        while let Some(c) = stream.next().await? {
+            data.extend_from_slice(&c);
+        }
+        Ok(RangeReply {
+            data: data.into(),
+            total: stream.total(),
+            wire_bytes: stream.wire_bytes(),
+            answer: stream.answer(),
+        })
+    }
+
+    /// Opens a Range GET of `len` bytes of blob `d` at `offset` (not retried here: a caller
+    /// that streams resumes from where the bytes broke off). A `200` with the whole blob or
+    /// a `multipart/byteranges` answer works too; the registry is then remembered as one
+    /// that does not honour ranges (see [`Self::honours_ranges`]) until it answers a `206`.
+    pub async fn blob_range_stream(
+        &self,
+        r: &Reference,
+        d: &Digest,
+        offset: u64,
+        len: u64,
+        sessions: &[String],
+    ) -> Result<RangeStream, RemoteError> {
+        if len == 0 {
+            return Err(RemoteError::Config("empty range".into()));
+        }
+        let end = offset
+            .checked_add(len - 1)
+            .ok_or_else(|| RemoteError::Config("range overflows".into()))?;
         let mut c = self.call_for(
             r,
             Method::GET,
@@ -621,46 +666,34 @@ impl RegistryClient {
         c.small = false;
         c.headers.insert(
             reqwest::header::RANGE,
-            HeaderValue::from_str(&format!("bytes={start}-{end}"))
+            HeaderValue::from_str(&format!("bytes={offset}-{end}"))
                 .map_err(|e| RemoteError::Config(e.to_string()))?,
         );
         let reply = self.call(&c).await?;
         let reply = check_status(reply, &format!("blob {d}")).await?;
-        let url = reply.url.clone();
-        let len = end - start + 1;
-        if reply.resp.status().as_u16() != 206 {
-            return Err(RemoteError::protocol(
-                &url,
-                format!(
-                    "asked for bytes {start}-{end} but got HTTP {} (the registry ignores Range)",
-                    reply.resp.status().as_u16()
-                ),
-            ));
-        }
-        let cr = header_str(&reply.resp, "content-range")
-            .ok_or_else(|| RemoteError::protocol(&url, "206 without Content-Range"))?;
-        let total = parse_content_range(cr, start, end)
-            .map_err(|e| RemoteError::protocol(&url, format!("Content-Range {cr:?}: {e}")))?;
-        if let Some(n) = reply.resp.content_length() {
-            if n != len {
-                return Err(RemoteError::protocol(
-                    &url,
-                    format!("asked for {len} bytes, Content-Length says {n}"),
-                ));
+        let stream = RangeStream::new(reply, offset, end)?;
+        let ignored = stream.answer() == RangeAnswer::Whole;
+        let mut set = self
+            .ignores_ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if ignored {
+            if set.insert(r.registry.clone()) {
+                tracing::info!(registry = %r.registry, url = stream.url(), "the registry answers Range requests with whole blobs; planning bigger requests for it");
             }
+        } else {
+            set.remove(&r.registry);
         }
-        let data = read_limited(reply.resp, len as usize, &url).await?;
-        if data.len() as u64 != len {
-            // A body cut short is a broken connection: worth a retry.
-            return Err(RemoteError::Transport {
-                url,
-                reason: format!("body ended after {} of {len} bytes", data.len()),
-            });
-        }
-        Ok(RangeReply {
-            data: Bytes::from(data),
-            total,
-        })
+        Ok(stream)
+    }
+
+    /// Whether the last Range GET to `registry` got a range back (true until one did not).
+    pub fn honours_ranges(&self, registry: &str) -> bool {
+        !self
+            .ignores_ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(registry)
     }
 
     /// Downloads a whole blob into `out`, verifying size and digest; `progress` sees each

@@ -11,8 +11,10 @@
 //! * Every chunk is decompressed and verified against its TOC digest; a mismatch (wrong
 //!   bytes on the wire) is refetched once alone, then reported — never served, never cached.
 
+use super::client::RangeReply;
 use super::client::RegistryClient;
 use super::error::RemoteError;
+use super::range_body::{RangeAnswer, RangeStream};
 use super::reference::Reference;
 use crate::cache::{ChunkCache, VerifiedChunk};
 use crate::digest::Digest;
@@ -80,6 +82,8 @@ pub struct LayerCounters {
     pub verify_failures: AtomicU64,
     /// Reads that waited on another reader's fetch.
     pub shared_waits: AtomicU64,
+    /// Range requests answered with the whole blob (the server ignored `Range`).
+    pub whole_blob_answers: AtomicU64,
     /// Latency of chunk range requests.
     pub latency: super::latency::LatencyHistogram,
 }
@@ -101,6 +105,8 @@ pub struct CounterSnapshot {
     pub verify_failures: u64,
     /// Shared waits.
     pub shared_waits: u64,
+    /// Range requests answered with the whole blob.
+    pub whole_blob_answers: u64,
 }
 
 impl LayerCounters {
@@ -115,6 +121,7 @@ impl LayerCounters {
             cache_misses: g(&self.cache_misses),
             verify_failures: g(&self.verify_failures),
             shared_waits: g(&self.shared_waits),
+            whole_blob_answers: g(&self.whole_blob_answers),
         }
     }
 }
@@ -136,21 +143,15 @@ pub struct RemoteBlob {
 
 impl RemoteBlob {
     /// Range read of the blob; checks the registry's idea of its size against ours.
-    pub async fn range(&self, offset: u64, len: u64) -> Result<bytes::Bytes, RemoteError> {
+    pub async fn range(&self, offset: u64, len: u64) -> Result<RangeReply, RemoteError> {
         let r = self
             .client
             .blob_range(&self.reference, &self.digest, offset, len, &self.sessions)
             .await?;
         if len > 0 && r.total != self.size {
-            return Err(RemoteError::protocol(
-                format!("blob {}", self.digest),
-                format!(
-                    "registry says the blob is {} bytes; its descriptor says {}",
-                    r.total, self.size
-                ),
-            ));
+            return Err(size_mismatch(&self.digest, r.total, self.size));
         }
-        Ok(r.data)
+        Ok(r)
     }
 }
 
@@ -217,6 +218,14 @@ impl Fetcher {
     /// The blob.
     pub fn blob(&self) -> &RemoteBlob {
         &self.blob
+    }
+
+    /// Whether the registry answered its last Range request with a range (a server that
+    /// sends whole blobs makes every request cost the blob up to its end).
+    pub fn honours_ranges(&self) -> bool {
+        self.blob
+            .client
+            .honours_ranges(&self.blob.reference.registry)
     }
 
     fn cached(&self, c: &Chunk) -> Option<Bytes> {
@@ -378,14 +387,21 @@ impl Fetcher {
     async fn fetch(&self, file: &str, mine: &[(usize, &Chunk)]) -> Vec<Result<Bytes, FetchError>> {
         let mut order: Vec<usize> = (0..mine.len()).collect();
         order.sort_by_key(|&k| mine[k].1.blob_offset);
+        // A server that sends whole blobs for ranges sends every byte before a region too:
+        // one request for all of them costs no more than the one for the farthest.
+        let (merge_gap, max_request) = if self.honours_ranges() {
+            (self.opts.merge_gap, self.opts.max_request)
+        } else {
+            (u64::MAX, u64::MAX)
+        };
         // Group into regions [start, end) of positions in `order`.
         let mut regions: Vec<(u64, u64, Vec<usize>)> = Vec::new();
         for k in order {
             let c = mine[k].1;
             match regions.last_mut() {
                 Some((start, end, members))
-                    if c.blob_offset <= end.saturating_add(self.opts.merge_gap)
-                        && c.blob_end.max(*end) - *start <= self.opts.max_request =>
+                    if c.blob_offset <= end.saturating_add(merge_gap)
+                        && c.blob_end.max(*end) - *start <= max_request =>
                 {
                     *end = (*end).max(c.blob_end);
                     members.push(k);
@@ -419,7 +435,7 @@ impl Fetcher {
         mine: &[(usize, &Chunk)],
     ) -> Vec<(usize, Result<Bytes, FetchError>)> {
         let began = std::time::Instant::now();
-        let fetched = self.get(start, end - start).await;
+        let streamed = self.stream_region(file, start, end, members, mine).await;
         self.counters.latency.observe(began.elapsed());
         tracing::debug!(
             layer = %self.blob.digest,
@@ -428,10 +444,10 @@ impl Fetcher {
             len = end - start,
             chunks = members.len(),
             ms = began.elapsed().as_millis() as u64,
-            ok = fetched.is_ok(),
+            ok = streamed.is_ok(),
             "range request"
         );
-        let data = match fetched {
+        let decodes = match streamed {
             Ok(d) => d,
             Err(e) => {
                 // The first chunk carries the error itself, the others its message.
@@ -449,15 +465,10 @@ impl Fetcher {
                     .collect();
             }
         };
-        // Chunks of one region decode in parallel: a single file read keeps every core busy.
-        let decodes = members.iter().map(|&k| {
-            let c = mine[k].1;
-            let frame = data.slice((c.blob_offset - start) as usize..(c.blob_end - start) as usize);
-            async move { (k, c, self.decode(file, c, frame).await) }
-        });
-        let decoded = futures_util::future::join_all(decodes).await;
         let mut out = Vec::with_capacity(members.len());
-        for (k, c, mut r) in decoded {
+        for (k, handle) in decodes {
+            let c = mine[k].1;
+            let mut r = self.finish_decode(c, handle).await;
             if let Err(FetchError::Verify(e)) = &r {
                 self.counters
                     .verify_failures
@@ -476,33 +487,218 @@ impl Fetcher {
         out
     }
 
-    async fn get(&self, offset: u64, len: u64) -> Result<bytes::Bytes, RemoteError> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let d = self.blob.range(offset, len).await?;
-        self.counters
-            .bytes_fetched
-            .fetch_add(d.len() as u64, Ordering::Relaxed);
-        Ok(d)
-    }
-
-    /// Decompresses and verifies one chunk off the async threads, then caches it.
-    async fn decode(
+    /// Streams blob bytes `start..end` and starts each member's decode as soon as its frame
+    /// has arrived, so chunks decode (in parallel) while later ones are still on the wire and
+    /// only the frames not complete yet are held, never the whole region. A body that breaks
+    /// off is resumed from the first byte still needed, under the client's retry policy.
+    async fn stream_region(
         &self,
         file: &str,
-        c: &Chunk,
-        frame: bytes::Bytes,
-    ) -> Result<Bytes, FetchError> {
+        start: u64,
+        end: u64,
+        members: &[usize],
+        mine: &[(usize, &Chunk)],
+    ) -> Result<Vec<(usize, DecodeHandle)>, RemoteError> {
+        let mut window = FrameWindow::new(start);
+        let mut next = 0usize;
+        let mut handles = Vec::with_capacity(members.len());
+        let retry = self.blob.client.options().retry;
+        let mut attempt = 0u32;
+        while next < members.len() {
+            if window.buf.is_empty() {
+                // Nothing held: a resumed request starts at the next frame, not in a hole.
+                window.pos = window.pos.max(mine[members[next]].1.blob_offset);
+            }
+            let from = window.pos;
+            let mut stream = match self.open(from, end - from).await {
+                Ok(s) => s,
+                Err(e) if e.is_transient() && attempt + 1 < retry.attempts => {
+                    tokio::time::sleep(retry.backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut counted = 0u64;
+            let broke = loop {
+                let got = stream.next().await;
+                let wire = stream.wire_bytes();
+                self.counters
+                    .bytes_fetched
+                    .fetch_add(wire - counted, Ordering::Relaxed);
+                counted = wire;
+                match got {
+                    Ok(Some(bytes)) => {
+                        window.push(&bytes);
+                        while next < members.len() {
+                            let c = mine[members[next]].1;
+                            let Some(frame) = window.frame(c.blob_offset, c.blob_end) else {
+                                break;
+                            };
+                            handles.push((members[next], self.start_decode(file, c, frame)));
+                            next += 1;
+                        }
+                        let keep = members.get(next).map_or(end, |&k| mine[k].1.blob_offset);
+                        window.drop_before(keep);
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                }
+            };
+            match broke {
+                None if next < members.len() => {
+                    return Err(RemoteError::Transport {
+                        url: stream.url().to_string(),
+                        reason: "range ended before its last chunk".into(),
+                    })
+                }
+                None => {}
+                Some(e) if e.is_transient() && attempt + 1 < retry.attempts => {
+                    tracing::debug!(layer = %self.blob.digest, at = window.pos, error = %e, "range body broke off; resuming");
+                    tokio::time::sleep(retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Some(e) => return Err(e),
+            }
+        }
+        Ok(handles)
+    }
+
+    /// Opens a range stream, checking the registry's idea of the blob's size.
+    async fn open(&self, offset: u64, len: u64) -> Result<RangeStream, RemoteError> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let b = &self.blob;
+        let stream = b
+            .client
+            .blob_range_stream(&b.reference, &b.digest, offset, len, &b.sessions)
+            .await?;
+        if stream.answer() == RangeAnswer::Whole {
+            self.counters
+                .whole_blob_answers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if stream.answer() != RangeAnswer::Multipart && stream.total() != b.size {
+            return Err(size_mismatch(&b.digest, stream.total(), b.size));
+        }
+        Ok(stream)
+    }
+
+    fn start_decode(&self, file: &str, c: &Chunk, frame: Bytes) -> DecodeHandle {
         let (comp, file_s, chunk) = (self.compression, file.to_string(), c.clone());
-        let decoded =
-            tokio::task::spawn_blocking(move || decode_chunk(comp, &file_s, &chunk, &frame))
-                .await
-                .map_err(|e| FetchError::Internal(e.to_string()))?
-                .map_err(FetchError::Verify)?;
+        tokio::task::spawn_blocking(move || decode_chunk(comp, &file_s, &chunk, &frame))
+    }
+
+    async fn finish_decode(&self, c: &Chunk, handle: DecodeHandle) -> Result<Bytes, FetchError> {
+        let decoded = handle
+            .await
+            .map_err(|e| FetchError::Internal(e.to_string()))?
+            .map_err(FetchError::Verify)?;
         let data: Bytes = decoded.into();
         if let Some(d) = c.digest {
             self.cache
                 .put(&VerifiedChunk::already_verified(d, data.clone()));
         }
         Ok(data)
+    }
+
+    async fn get(&self, offset: u64, len: u64) -> Result<bytes::Bytes, RemoteError> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let r = self.blob.range(offset, len).await?;
+        self.counters
+            .bytes_fetched
+            .fetch_add(r.wire_bytes, Ordering::Relaxed);
+        if r.answer == RangeAnswer::Whole {
+            self.counters
+                .whole_blob_answers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(r.data)
+    }
+
+    /// Decompresses and verifies one chunk off the async threads, then caches it.
+    async fn decode(&self, file: &str, c: &Chunk, frame: Bytes) -> Result<Bytes, FetchError> {
+        let handle = self.start_decode(file, c, frame);
+        self.finish_decode(c, handle).await
+    }
+}
+
+type DecodeHandle = tokio::task::JoinHandle<Result<Vec<u8>, FormatError>>;
+
+fn size_mismatch(d: &Digest, said: u64, ours: u64) -> RemoteError {
+    RemoteError::protocol(
+        format!("blob {d}"),
+        format!("registry says the blob is {said} bytes; its descriptor says {ours}"),
+    )
+}
+
+/// The bytes of a streamed region that frames not yet complete still need: from the start
+/// of the first pending frame up to the last byte received.
+struct FrameWindow {
+    /// Blob offset of `buf[0]`.
+    base: u64,
+    /// Blob offset of the next byte to arrive.
+    pos: u64,
+    buf: Vec<u8>,
+}
+
+impl FrameWindow {
+    fn new(start: u64) -> Self {
+        FrameWindow {
+            base: start,
+            pos: start,
+            buf: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.buf.is_empty() {
+            self.base = self.pos;
+        }
+        self.buf.extend_from_slice(bytes);
+        self.pos += bytes.len() as u64;
+    }
+
+    /// Bytes `from..to` once all of them have arrived.
+    fn frame(&self, from: u64, to: u64) -> Option<Bytes> {
+        if to > self.pos || from < self.base {
+            return None;
+        }
+        let (a, b) = ((from - self.base) as usize, (to - self.base) as usize);
+        Some(Bytes::copy_from_slice(&self.buf[a..b]))
+    }
+
+    /// Forgets what lies before `offset` (holes between frames, frames handed out).
+    fn drop_before(&mut self, offset: u64) {
+        let n = offset.saturating_sub(self.base).min(self.buf.len() as u64) as usize;
+        if n > 0 {
+            self.buf.drain(..n);
+            self.base += n as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameWindow;
+
+    #[test]
+    fn the_window_holds_only_pending_frames() {
+        let mut w = FrameWindow::new(100);
+        w.push(&[1; 30]);
+        assert!(w.frame(100, 140).is_none(), "not all there yet");
+        w.push(&[2; 30]);
+        assert_eq!(w.frame(110, 140).unwrap().len(), 30);
+        // Frames handed out and holes are dropped; what is still needed stays.
+        w.drop_before(150);
+        assert_eq!(w.buf.len(), 10);
+        assert_eq!(&w.frame(150, 160).unwrap()[..], &[2; 10]);
+        w.drop_before(500);
+        assert!(w.buf.is_empty());
+        w.push(&[3; 5]);
+        assert_eq!(w.base, 160);
+        assert!(
+            w.frame(150, 161).is_none(),
+            "dropped bytes do not come back"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod latency;
 pub mod manifest;
 pub mod platform;
+pub mod range_body;
 pub mod reference;
 pub mod retry;
 
@@ -19,5 +20,6 @@ pub use error::RemoteError;
 pub use hosts::HostsConfig;
 pub use manifest::{Descriptor, Manifest};
 pub use platform::Platform;
+pub use range_body::{RangeAnswer, RangeStream};
 pub use reference::{Reference, ReferenceError};
 pub use retry::RetryPolicy;
