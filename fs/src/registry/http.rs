@@ -103,6 +103,19 @@ fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Percent-decodes a query component (`+` is a space); bad escapes stay as they are.
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -629,5 +642,8 @@ mod tests {
         assert_eq!(percent_decode("sha256%3Aab"), "sha256:ab");
         assert_eq!(percent_decode("a+b%2"), "a b%2");
         assert_eq!(percent_decode("%zz%"), "%zz%");
+        let odd = "application/vnd.x+json; a=b&c";
+        assert_eq!(percent_decode(&percent_encode(odd)), odd);
+        assert_eq!(percent_encode("a/x+y"), "a%2Fx%2By");
     }
 }

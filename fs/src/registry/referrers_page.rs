@@ -4,7 +4,7 @@
 //! very many referrers never makes one huge response.
 
 use super::error::ApiError;
-use super::http::{json, Body};
+use super::http::{json, percent_encode as encode, Body};
 use super::referrers::artifact_type;
 use hyper::header::HeaderValue;
 use hyper::Response;
@@ -74,19 +74,6 @@ pub fn respond(
         }
     }
     Ok(resp)
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
