@@ -17,8 +17,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// The lock file at the root, shared by writers and taken exclusively by gc.
-pub const GC_LOCK: &str = "_gc.lock";
 /// How deep indexes are followed.
 const MAX_NESTING: usize = 8;
 
@@ -32,9 +30,9 @@ pub enum GcError {
         path: String,
     },
     /// The gc lock could not be taken.
-    #[error("gc lock {path}: {source}")]
+    #[error("gc lock on {path}: {source}")]
     Lock {
-        /// The lock file.
+        /// The root directory.
         path: String,
         /// Cause.
         #[source]
@@ -147,18 +145,13 @@ pub fn collect(
     Ok(report)
 }
 
+/// The root's gc lock: an flock on the root directory itself, so no file is added to it.
 fn exclusive(root: &Path) -> Result<fs::File, GcError> {
-    let path = root.join(GC_LOCK);
     let err = |source| GcError::Lock {
-        path: path.display().to_string(),
+        path: root.display().to_string(),
         source,
     };
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(err)?;
+    let f = fs::File::open(root).map_err(err)?;
     f.lock().map_err(err)?;
     Ok(f)
 }

@@ -8,7 +8,6 @@
 //! their write.
 
 use super::error::ApiError;
-use super::gc::GC_LOCK;
 use super::referrers::{referrer_of, Referrers};
 use crate::digest::Digest;
 use crate::image::{OciLayout, MAX_MANIFEST_SIZE};
@@ -108,14 +107,10 @@ impl Store {
         locks.entry(name.to_string()).or_default().clone()
     }
 
-    /// The root's gc lock, held shared while the returned file is open.
+    /// The root's gc lock (an flock on the root directory), held shared while the returned
+    /// handle is open.
     pub(super) fn gc_shared(&self) -> Result<fs::File, ApiError> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.root.join(GC_LOCK))
-            .map_err(ApiError::internal)?;
+        let f = fs::File::open(&self.root).map_err(ApiError::internal)?;
         f.lock_shared().map_err(ApiError::internal)?;
         Ok(f)
     }
