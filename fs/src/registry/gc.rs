@@ -230,3 +230,66 @@ fn blobs(layout: &OciLayout) -> Vec<(Digest, PathBuf, u64, SystemTime)> {
     out.sort_by_key(|b| b.0.to_string());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::image::MediaType;
+
+    fn desc(media: &str, d: &Digest, size: usize) -> serde_json::Value {
+        serde_json::json!({"mediaType": media, "digest": d.to_string(), "size": size})
+    }
+
+    #[test]
+    fn follows_indexes_and_leaves_unreadable_repositories_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let layout = OciLayout::open_or_create(&root.join("a/b")).unwrap();
+        let cfg = layout.put_blob(b"{}").unwrap();
+        let layer = layout.put_blob(b"layer").unwrap();
+        let junk = layout.put_blob(b"junk").unwrap();
+        let child = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": desc("x/cfg", &cfg, 2),
+            "layers": [desc("x/layer", &layer, 5)],
+        }))
+        .unwrap();
+        let child_d = layout.put_blob(&child).unwrap();
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [desc("application/vnd.oci.image.manifest.v1+json", &child_d, child.len())],
+        }))
+        .unwrap();
+        layout
+            .put_manifest_bytes(&index, MediaType::ImageIndex, Some("v1"))
+            .unwrap();
+        let keep = needed(&layout).unwrap();
+        for d in [&cfg, &layer, &child_d, &Digest::of(&index)] {
+            assert!(keep.contains(d), "{d} is needed");
+        }
+        assert!(!keep.contains(&junk));
+        // A temp file in blobs/ is not a blob.
+        std::fs::write(layout.root().join("blobs/sha256/.tmp123"), b"x").unwrap();
+        let opts = GcOptions {
+            delete: true,
+            grace: Duration::ZERO,
+        };
+        let r = collect(root, &opts, &mut |_, _, _| {}).unwrap();
+        assert_eq!((r.repos, r.removed.len(), r.bytes), (1, 1, 4));
+        assert_eq!(r.removed[0].digest, junk);
+        assert!(layout.root().join("blobs/sha256/.tmp123").is_file());
+        assert!(!layout.blob_path(&junk).exists());
+        // A listed manifest that does not parse: nothing of the repository is judged.
+        let junk = layout.put_blob(b"junk again").unwrap();
+        std::fs::write(layout.blob_path(&child_d), b"not json").unwrap();
+        let r = collect(root, &opts, &mut |_, _, _| {}).unwrap();
+        assert_eq!((r.removed.len(), r.skipped.len()), (0, 1));
+        assert!(layout.blob_path(&junk).is_file());
+        assert!(matches!(
+            collect(&root.join("none"), &opts, &mut |_, _, _| {}),
+            Err(GcError::NoRoot { .. })
+        ));
+    }
+}

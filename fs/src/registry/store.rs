@@ -320,10 +320,8 @@ impl Store {
 /// just pushed or mounted is awaited by a manifest (a hard-linked source is touched too,
 /// which only keeps it longer).
 fn touch(path: &Path) {
-    let r = fs::File::options()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    // futimens needs ownership, not write permission: a read-only blob is touched too.
+    let r = fs::File::open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
     if let Err(e) = r {
         tracing::warn!(path = %path.display(), error = %e, "cannot refresh blob mtime");
     }
