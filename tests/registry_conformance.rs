@@ -769,3 +769,96 @@ fn copy_with_referrers_between_registries_and_layouts() {
     let again = copy(&["--referrers", &from, &at("full/app")]);
     assert!(again.contains(" 0 blobs"), "{again}");
 }
+
+#[test]
+fn gc_waits_while_a_writer_holds_the_root_lock() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let reg = StargazeRegistry::start_at(&root, None, tmp.path());
+    let (garbage, _) = push_blob(reg.addr, "lock/app", b"nobody needs this");
+    // What the server holds from a manifest check to its index.json write.
+    let writer = std::fs::File::open(&root).unwrap();
+    writer.lock_shared().unwrap();
+    let mut child = Command::new(stargaze_bin())
+        .args([
+            "registry",
+            "gc",
+            "--delete",
+            "--grace-minutes",
+            "0",
+            "--root",
+        ])
+        .arg(&root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "gc went on while a writer held the lock"
+    );
+    assert!(blob_file(&root, "lock/app", &garbage).is_file());
+    drop(writer);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains(" 1 blobs removed"), "{out}");
+    assert!(!blob_file(&root, "lock/app", &garbage).exists());
+}
+
+#[test]
+fn copy_referrers_through_the_fallback_tag_of_a_registry_without_the_api() {
+    if !ready() {
+        return;
+    }
+    use stargaze_suite::fault_proxy::{Fault, FaultProxy, Rule};
+    let src = StargazeRegistry::start(None);
+    let dst = StargazeRegistry::start(None);
+    let (md, body, _, _) = push_image(src.addr, "old/app", "v1", "old");
+    let sig = push_referrer(
+        src.addr,
+        "old/app",
+        (&md, body.len() as u64),
+        Some("application/vnd.example.sig"),
+        "sig",
+    );
+    let sig_size = get(src.addr, &format!("/v2/old/app/manifests/{sig}"))
+        .body
+        .len() as u64;
+    // What a client writes to a registry without the referrers API: an index under the tag.
+    let mut entry = desc(MANIFEST, &sig, sig_size);
+    entry["artifactType"] = "application/vnd.example.sig".into();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [entry],
+    }))
+    .unwrap();
+    let r = send(
+        src.addr,
+        "PUT",
+        &format!("/v2/old/app/manifests/sha256-{}", md.hex()),
+        &[("Content-Type", INDEX)],
+        &index,
+    )
+    .unwrap();
+    assert_eq!(r.status, 201);
+    // In front of it, a proxy that answers the referrers API with 404, as such registries do.
+    let proxy = FaultProxy::start(src.addr);
+    proxy.add(Rule::new("/referrers/", usize::MAX, Fault::Status(404)));
+    let out = copy(&[
+        "--referrers",
+        &format!("docker://{}/old/app:v1", proxy.addr()),
+        &format!("docker://{}/new/app:v1", dst.host()),
+    ]);
+    assert!(out.contains("1 referrer(s)"), "{out}");
+    assert!(proxy.count("/referrers/") >= 1, "the API was tried first");
+    assert!(proxy.count(&format!("/manifests/sha256-{}", md.hex())) >= 1);
+    assert_eq!(
+        referrer_digests(&referrers(dst.addr, "new/app", &md, "")),
+        sorted(&[&sig])
+    );
+}
