@@ -133,25 +133,41 @@ pub struct StargazeRegistry {
 impl StargazeRegistry {
     /// Serves a fresh temp root (with an htpasswd user if given).
     pub fn start(user: Option<(&str, &str)>) -> StargazeRegistry {
+        Self::start_with(user, &[])
+    }
+
+    /// Like [`Self::start`], with extra `registry serve` arguments (e.g. `--enable-delete`).
+    pub fn start_with(user: Option<(&str, &str)>, extra: &[&str]) -> StargazeRegistry {
         let dir = tempfile::Builder::new()
             .prefix("stargaze-reg-")
             .tempdir()
             .expect("temp dir");
         let root = dir.path().join("root");
-        let mut r = Self::start_at(&root, user, dir.path());
+        let mut r = Self::start_at_with(&root, user, dir.path(), extra);
         r._dir = Some(dir);
         r
     }
 
     /// Serves `root`, keeping config and log in `work`.
     pub fn start_at(root: &Path, user: Option<(&str, &str)>, work: &Path) -> StargazeRegistry {
+        Self::start_at_with(root, user, work, &[])
+    }
+
+    /// Like [`Self::start_at`], with extra `registry serve` arguments.
+    pub fn start_at_with(
+        root: &Path,
+        user: Option<(&str, &str)>,
+        work: &Path,
+        extra: &[&str],
+    ) -> StargazeRegistry {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut cmd = Command::new(crate::stargaze_bin());
         cmd.args(["registry", "serve", "--root"])
             .arg(root)
             .arg("--addr")
-            .arg(addr.to_string());
+            .arg(addr.to_string())
+            .args(extra);
         if let Some((u, p)) = user {
             let hash = bcrypt::hash(p, 5).expect("bcrypt");
             let path = work.join("htpasswd");

@@ -1,5 +1,6 @@
 //! `stargaze copy SRC DST`: an image between `oci:DIR[:TAG]` and `docker://HOST/REPO[:TAG]`,
-//! either way, with a line per blob, a progress line for long transfers, and a summary.
+//! either way, with a line per blob, a progress line for long transfers, and a summary;
+//! with `--referrers`, the image's referrers (signatures, SBOMs, …) come along.
 
 use super::remote::RegistryFlags;
 use crate::progress::{bytes, Progress};
@@ -11,7 +12,7 @@ use stargaze_fs::Digest;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// `stargaze copy SRC DST [--platform os/arch] [--all]`
+/// `stargaze copy SRC DST [--platform os/arch] [--all] [--referrers [--referrers-depth N]]`
 #[derive(Args)]
 pub struct CopyArgs {
     /// Source: `oci:DIR[:TAG]` or `docker://HOST/REPO[:TAG|@DIGEST]`.
@@ -24,6 +25,12 @@ pub struct CopyArgs {
     /// Copy every platform of a multi-platform image, index included.
     #[arg(long)]
     all: bool,
+    /// Also copy the manifests that refer to the image (OCI 1.1 `subject`), and theirs.
+    #[arg(long)]
+    referrers: bool,
+    /// How many levels of referrers of referrers --referrers follows (1: only the image's).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    referrers_depth: u16,
     #[command(flatten)]
     registry: RegistryFlags,
 }
@@ -68,6 +75,11 @@ pub fn run(a: CopyArgs) -> anyhow::Result<()> {
     let opts = CopyOptions {
         platform: a.platform.clone().unwrap_or_else(Platform::host),
         all_platforms: a.all,
+        referrers: if a.referrers {
+            usize::from(a.referrers_depth)
+        } else {
+            0
+        },
     };
     let lines = Lines {
         progress: Mutex::new(Progress::new("copy")),
@@ -80,13 +92,14 @@ pub fn run(a: CopyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("copying {} to {}", a.src, a.dst))?;
     let secs = lines.progress.lock().map(|p| p.elapsed()).unwrap_or(0.0);
     println!(
-        "copied {} -> {}: {} blobs ({}) copied, {} already there, {} manifest(s), digest {} in {secs:.1}s",
+        "copied {} -> {}: {} blobs ({}) copied, {} already there, {} manifest(s), {} referrer(s), digest {} in {secs:.1}s",
         a.src,
         a.dst,
         report.blobs_copied,
         bytes(report.bytes),
         report.blobs_skipped,
         report.manifests,
+        report.referrers,
         report
             .manifest
             .map(|d| d.to_string())

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod mount;
 pub mod oci_worker;
 pub mod registry;
+pub mod registry_gc;
 pub mod remote;
 pub mod snapshotter;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! `stargaze registry serve`: run the built-in OCI registry over a directory of OCI layouts
-//! until interrupted (SIGINT/SIGTERM), printing where it listens.
+//! until interrupted (SIGINT/SIGTERM), printing where it listens. `stargaze registry gc`
+//! (in `registry_gc`) removes the blobs no manifest needs.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -18,6 +19,8 @@ pub struct RegistryArgs {
 enum RegistryCommand {
     /// Serve OCI image layouts under ROOT (repository `a/b` is `ROOT/a/b`).
     Serve(ServeArgs),
+    /// Remove blobs no manifest references (a dry run unless --delete).
+    Gc(super::registry_gc::GcArgs),
 }
 
 #[derive(Args)]
@@ -31,12 +34,16 @@ struct ServeArgs {
     /// htpasswd file of bcrypt hashes (`htpasswd -Bbn USER PASS`); enables basic auth.
     #[arg(long)]
     htpasswd: Option<PathBuf>,
+    /// Serve DELETE of manifests, tags and blobs (off: they answer 405 UNSUPPORTED).
+    #[arg(long)]
+    enable_delete: bool,
 }
 
 /// Runs the subcommand.
 pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
     match a.command {
         RegistryCommand::Serve(s) => serve(s),
+        RegistryCommand::Gc(g) => super::registry_gc::run(g),
     }
 }
 
@@ -45,15 +52,21 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut opts = RegistryOptions::new(&a.root);
         opts.htpasswd = a.htpasswd.clone();
+        opts.enable_delete = a.enable_delete;
         let reg = Registry::bind(&opts, a.addr)
             .await
             .context("starting the registry")?;
         let addr = reg.local_addr()?;
         println!(
-            "stargaze registry: serving {} on http://{addr}{}",
+            "stargaze registry: serving {} on http://{addr}{}{}",
             a.root.display(),
             if a.htpasswd.is_some() {
                 " (basic auth)"
+            } else {
+                ""
+            },
+            if a.enable_delete {
+                " (deletes enabled)"
             } else {
                 ""
             }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 /// Largest manifest, index or config read into memory.
 pub const MAX_MANIFEST_SIZE: u64 = 16 << 20;
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation naming a tag in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// `oci:DIR[:TAG]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +366,19 @@ impl OciLayout {
         let json = serde_json::to_vec(&index).map_err(|e| json_err("index.json", e))?;
         self.write_file("index.json", &json)?;
         Ok(desc)
+    }
+
+    /// Rewrites the entries of `index.json` through `edit` (deletes in the built-in registry).
+    /// Same concurrency rule as [`Self::put_manifest_bytes`].
+    pub fn edit_index(
+        &self,
+        edit: impl FnOnce(Vec<Descriptor>) -> Vec<Descriptor>,
+    ) -> Result<(), ImageError> {
+        let mut index = self.index()?;
+        let manifests = edit(index.manifests().clone());
+        index.set_manifests(manifests);
+        let json = serde_json::to_vec(&index).map_err(|e| json_err("index.json", e))?;
+        self.write_file("index.json", &json)
     }
 
     /// The tags recorded in `index.json`, with their descriptors.

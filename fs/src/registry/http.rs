@@ -1,6 +1,7 @@
 //! Routing and handlers of the distribution API (`/v2/…`) over hyper: base check, catalog,
-//! tags, manifests (GET/HEAD/PUT), blobs (GET/HEAD with single Range), uploads (POST
-//! monolithic or session, PATCH chunks, PUT to finish, GET status) and cross-repo mounts.
+//! tags, manifests (GET/HEAD/PUT/DELETE), blobs (GET/HEAD with single Range, DELETE),
+//! referrers, uploads (POST monolithic or session, PATCH chunks, PUT to finish, GET status)
+//! and cross-repo mounts. DELETEs answer 405 UNSUPPORTED unless deletes are enabled.
 
 use super::error::ApiError;
 use super::htpasswd::Htpasswd;
@@ -28,6 +29,8 @@ pub struct State {
     pub htpasswd: Option<Htpasswd>,
     /// Realm named in the challenge.
     pub realm: String,
+    /// Whether manifest, tag and blob DELETE are served.
+    pub enable_delete: bool,
 }
 
 /// Serves one request; never fails at the HTTP level (errors become JSON responses).
@@ -100,6 +103,19 @@ fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Percent-decodes a query component (`+` is a space); bad escapes stay as they are.
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -139,6 +155,7 @@ enum Route<'a> {
     Tags(&'a str),
     Manifest(&'a str, &'a str),
     Blob(&'a str, &'a str),
+    Referrers(&'a str, &'a str),
     UploadStart(&'a str),
     Upload(&'a str, &'a str),
 }
@@ -169,6 +186,9 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
     }
     if let Some((name, d)) = rest.rsplit_once("/blobs/") {
         return Some(Route::Blob(name, d));
+    }
+    if let Some((name, d)) = rest.rsplit_once("/referrers/") {
+        return Some(Route::Referrers(name, d));
     }
     None
 }
@@ -217,8 +237,25 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             b.body(body).map_err(ApiError::internal)
         }
         (Route::Manifest(name, r), Method::PUT) => put_manifest(state, name, r, req).await,
+        (Route::Manifest(name, r), Method::DELETE) => {
+            deletes_enabled(state)?;
+            let (st, n, r) = (state.clone(), name.to_string(), r.to_string());
+            blocking(move || st.store.delete_manifest(&n, &r)).await?;
+            accepted()
+        }
         (Route::Blob(name, d), m @ (Method::GET | Method::HEAD)) => {
             get_blob(state, name, d, &req, m == Method::HEAD).await
+        }
+        (Route::Blob(name, d), Method::DELETE) => {
+            deletes_enabled(state)?;
+            let (st, n, d) = (state.clone(), name.to_string(), d.to_string());
+            blocking(move || st.store.delete_blob(&n, &d)).await?;
+            accepted()
+        }
+        (Route::Referrers(name, d), Method::GET) => {
+            let (st, n, subject) = (state.clone(), name.to_string(), d.to_string());
+            let all = blocking(move || st.store.referrers(&n, &subject)).await?;
+            super::referrers_page::respond(&query(&req), name, d, all)
         }
         (Route::UploadStart(name), Method::POST) => start_upload(state, name, req).await,
         (Route::Upload(name, id), Method::PATCH) => patch_upload(state, name, id, req).await,
@@ -241,6 +278,24 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     }
 }
 
+fn deletes_enabled(state: &State) -> Result<(), ApiError> {
+    if state.enable_delete {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported(
+            "deletes are disabled (start the registry with --enable-delete)",
+        ))
+    }
+}
+
+fn accepted() -> Result<Response<Body>, ApiError> {
+    Response::builder()
+        .status(202)
+        .header("Content-Length", 0)
+        .body(empty())
+        .map_err(ApiError::internal)
+}
+
 /// Runs blocking storage work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -250,7 +305,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-fn json(status: u16, body: Vec<u8>) -> Result<Response<Body>, ApiError> {
+pub(super) fn json(status: u16, body: Vec<u8>) -> Result<Response<Body>, ApiError> {
     Response::builder()
         .status(status)
         .header("Content-Type", "application/json")
@@ -358,14 +413,17 @@ async fn put_manifest(
     let ct = header(&req, "content-type").map(str::to_string);
     let data = read_body_bounded(req.into_body(), MAX_MANIFEST).await?;
     let (st, n, r) = (state.clone(), name.to_string(), reference.to_string());
-    let d = blocking(move || st.store.put_manifest(&n, &r, ct.as_deref(), &data)).await?;
-    Response::builder()
+    let put = blocking(move || st.store.put_manifest(&n, &r, ct.as_deref(), &data)).await?;
+    let d = put.digest;
+    let mut b = Response::builder()
         .status(201)
         .header("Location", format!("/v2/{name}/manifests/{d}"))
         .header("Docker-Content-Digest", d.to_string())
-        .header("Content-Length", 0)
-        .body(empty())
-        .map_err(ApiError::internal)
+        .header("Content-Length", 0);
+    if let Some(s) = put.subject {
+        b = b.header("OCI-Subject", s.to_string());
+    }
+    b.body(empty()).map_err(ApiError::internal)
 }
 
 async fn read_body_bounded(mut body: Incoming, max: usize) -> Result<Vec<u8>, ApiError> {
@@ -568,6 +626,14 @@ mod tests {
             parse_route("/v2/a/blobs/sha256:00"),
             Some(Route::Blob("a", "sha256:00"))
         ));
+        assert!(matches!(
+            parse_route("/v2/a/b/referrers/sha256:00"),
+            Some(Route::Referrers("a/b", "sha256:00"))
+        ));
+        assert!(matches!(
+            parse_route("/v2/a/referrers/manifests/x"),
+            Some(Route::Manifest("a/referrers", "x"))
+        ));
         assert!(parse_route("/v3/").is_none());
     }
 
@@ -576,5 +642,8 @@ mod tests {
         assert_eq!(percent_decode("sha256%3Aab"), "sha256:ab");
         assert_eq!(percent_decode("a+b%2"), "a b%2");
         assert_eq!(percent_decode("%zz%"), "%zz%");
+        let odd = "application/vnd.x+json; a=b&c";
+        assert_eq!(percent_decode(&percent_encode(odd)), odd);
+        assert_eq!(percent_encode("a/x+y"), "a%2Fx%2By");
     }
 }

@@ -1,16 +1,24 @@
 //! The built-in OCI distribution registry: `stargaze registry serve` serves OCI image
-//! layouts under one root (`ROOT/<repository>`) with pull, push, Range reads, tags, catalog
-//! and optional htpasswd basic auth. It makes stargaze usable air-gapped, backs the demo,
+//! layouts under one root (`ROOT/<repository>`) with pull, push, Range reads, tags, catalog,
+//! OCI 1.1 referrers, deletes (when enabled), gc, and optional htpasswd basic auth. It makes stargaze usable air-gapped, backs the demo,
 //! and is a real server skopeo and containerd can talk to.
 
+mod delete;
 pub mod error;
+pub mod gc;
 mod htpasswd;
 mod http;
 pub mod range;
+mod referrers;
+mod referrers_page;
 mod store;
 mod uploads;
 
 pub use error::{ApiError, RegistryError};
+pub use gc::{GcOptions, GcReport};
+pub use http::percent_encode;
+pub use referrers::{referrer_of, Referrer};
+pub use store::listed_manifests;
 pub use store::{manifest_media_type, referenced_digests, MANIFEST_TYPES, MAX_MANIFEST};
 
 use hyper_util::rt::TokioIo;
@@ -29,6 +37,8 @@ pub struct RegistryOptions {
     pub htpasswd: Option<PathBuf>,
     /// Realm named in auth challenges.
     pub realm: String,
+    /// Serve manifest, tag and blob DELETE (off: they answer 405 UNSUPPORTED).
+    pub enable_delete: bool,
 }
 
 impl RegistryOptions {
@@ -38,6 +48,7 @@ impl RegistryOptions {
             root: root.into(),
             htpasswd: None,
             realm: "stargaze".into(),
+            enable_delete: false,
         }
     }
 }
@@ -72,6 +83,7 @@ impl Registry {
                 uploads,
                 htpasswd,
                 realm: opts.realm.clone(),
+                enable_delete: opts.enable_delete,
             }),
             listener,
         })

@@ -3,10 +3,14 @@
 //! `ROOT/_uploads`. Every name and digest from a request is validated before it becomes a
 //! path: repository names follow the distribution grammar (no `..`, no absolute paths, no
 //! component that collides with a layout's own files) and digests are strict sha256.
+//! Writers that make a blob needed (blob commits, mounts, manifest PUTs) hold the root's
+//! gc lock shared, so `stargaze registry gc` never removes a blob between their check and
+//! their write.
 
 use super::error::ApiError;
+use super::referrers::{referrer_of, Referrers};
 use crate::digest::Digest;
-use crate::image::OciLayout;
+use crate::image::{OciLayout, MAX_MANIFEST_SIZE};
 use crate::remote::reference::{validate_repository, validate_tag};
 use oci_spec::image::MediaType;
 use std::collections::HashMap;
@@ -26,6 +30,16 @@ const RESERVED: [&str; 3] = ["blobs", "index.json", "oci-layout"];
 pub struct Store {
     root: PathBuf,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Referrers of each repository, kept by manifest PUT and DELETE.
+    pub(super) referrers: Referrers,
+}
+
+/// What a manifest PUT stored.
+pub struct PutManifest {
+    /// Digest of the manifest.
+    pub digest: Digest,
+    /// Its `subject`, when it has one (answered as `OCI-Subject`).
+    pub subject: Option<Digest>,
 }
 
 /// A manifest as served.
@@ -46,6 +60,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             locks: Mutex::new(HashMap::new()),
+            referrers: Referrers::default(),
         })
     }
 
@@ -65,7 +80,7 @@ impl Store {
         Ok(self.root.join(name))
     }
 
-    fn layout(&self, name: &str) -> Result<OciLayout, ApiError> {
+    pub(super) fn layout(&self, name: &str) -> Result<OciLayout, ApiError> {
         let dir = self.repo_dir(name)?;
         OciLayout::open(&dir).map_err(|_| ApiError::name_unknown(name))
     }
@@ -87,9 +102,17 @@ impl Store {
         OciLayout::open_or_create(&dir).map_err(ApiError::internal)
     }
 
-    fn lock(&self, name: &str) -> Arc<Mutex<()>> {
+    pub(super) fn lock(&self, name: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The root's gc lock (an flock on the root directory), held shared while the returned
+    /// handle is open.
+    pub(super) fn gc_shared(&self) -> Result<fs::File, ApiError> {
+        let f = fs::File::open(&self.root).map_err(ApiError::internal)?;
+        f.lock_shared().map_err(ApiError::internal)?;
+        Ok(f)
     }
 
     /// Path and size of a blob present in repository `name`.
@@ -107,8 +130,9 @@ impl Store {
     pub fn manifest(&self, name: &str, reference: &str) -> Result<StoredManifest, ApiError> {
         let layout = self.layout(name)?;
         let index = layout.index().map_err(ApiError::internal)?;
+        // Whatever is neither a valid tag nor a valid digest names no manifest: 404.
         let entry = if reference.contains(':') {
-            let d = parse_digest(reference)?;
+            let d = parse_digest(reference).map_err(|_| ApiError::manifest_unknown(reference))?;
             index
                 .manifests()
                 .iter()
@@ -120,7 +144,7 @@ impl Store {
                     Err(d)
                 })
         } else {
-            validate_tag(reference).map_err(|e| ApiError::tag_invalid(e.to_string()))?;
+            validate_tag(reference).map_err(|_| ApiError::manifest_unknown(reference))?;
             let tags = layout.tags().map_err(ApiError::internal)?;
             match tags.into_iter().find(|(t, _)| t == reference) {
                 Some((_, d)) => Ok(d),
@@ -161,7 +185,7 @@ impl Store {
         reference: &str,
         content_type: Option<&str>,
         data: &[u8],
-    ) -> Result<Digest, ApiError> {
+    ) -> Result<PutManifest, ApiError> {
         let d = Digest::of(data);
         let tag = if reference.contains(':') {
             let want = parse_digest(reference)?;
@@ -177,6 +201,8 @@ impl Store {
         };
         let media_type = manifest_media_type(data, content_type)?;
         let refs = referenced_digests(data)?;
+        let referrer = referrer_of(data, &media_type);
+        let _gc = self.gc_shared()?;
         let lock = self.lock(name);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         // A manifest can only refer to blobs already pushed, so a repository that does not
@@ -198,10 +224,32 @@ impl Store {
                 _ => return Err(ApiError::manifest_blob_unknown(&r)),
             }
         }
+        let before = index_digest(&layout);
         layout
             .put_manifest_bytes(data, MediaType::from(media_type.as_str()), tag)
             .map_err(ApiError::internal)?;
-        Ok(d)
+        let subject = referrer.as_ref().map(|r| r.subject);
+        self.referrers
+            .changed(name, before, index_digest(&layout), referrer, None);
+        Ok(PutManifest { digest: d, subject })
+    }
+
+    /// Descriptors of the manifests in `name` whose `subject` is `subject`, in digest order.
+    /// A repository that does not exist has none.
+    pub fn referrers(&self, name: &str, subject: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+        let subject = parse_digest(subject)?;
+        self.repo_dir(name)?;
+        let Ok(layout) = self.layout(name) else {
+            return Ok(Vec::new());
+        };
+        let lock = self.lock(name);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(current) = index_digest(&layout) else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .referrers
+            .lookup(name, current, &subject, || listed_manifests(&layout)))
     }
 
     /// Sorted tags of a repository.
@@ -220,24 +268,26 @@ impl Store {
 
     /// Sorted names of every repository under the root.
     pub fn catalog(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        walk(&self.root, "", 0, &mut out);
-        out.sort();
-        out
+        catalog_of(&self.root)
     }
 
     /// Moves a verified upload into a repository's blobs (an existing copy wins).
     pub fn commit_blob(&self, name: &str, file: &Path, d: &Digest) -> Result<(), ApiError> {
         let layout = self.layout_or_create(name)?;
         let dst = layout.blob_path(d);
+        let _gc = self.gc_shared()?;
         if dst.is_file() {
             let _ = fs::remove_file(file);
+            // Pushed again: young again, so gc's grace period covers the manifest to come.
+            touch(&dst);
             return Ok(());
         }
         fs::File::open(file)
             .and_then(|f| f.sync_all())
             .and_then(|()| fs::rename(file, &dst))
-            .map_err(|e| ApiError::internal(format!("storing blob {d}: {e}")))
+            .map_err(|e| ApiError::internal(format!("storing blob {d}: {e}")))?;
+        touch(&dst);
+        Ok(())
     }
 
     /// Makes a blob of repository `from` present in `name` (cross-repository mount).
@@ -245,7 +295,9 @@ impl Store {
         let (src, _, d) = self.blob(from, digest)?;
         let layout = self.layout_or_create(name)?;
         let dst = layout.blob_path(&d);
+        let _gc = self.gc_shared()?;
         if dst.is_file() {
+            touch(&dst);
             return Ok(d);
         }
         let tmp = self
@@ -259,8 +311,60 @@ impl Store {
                 let _ = fs::remove_file(&tmp);
                 ApiError::internal(format!("mounting blob {d}: {e}"))
             })?;
+        touch(&dst);
         Ok(d)
     }
+}
+
+/// Sets a blob's mtime to now: gc keeps blobs younger than its grace period, and a blob
+/// just pushed or mounted is awaited by a manifest (a hard-linked source is touched too,
+/// which only keeps it longer).
+fn touch(path: &Path) {
+    // futimens needs ownership, not write permission: a read-only blob is touched too.
+    let r = fs::File::open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "cannot refresh blob mtime");
+    }
+}
+
+/// Digest of a layout's `index.json` bytes (what the referrers index is checked against).
+pub fn index_digest(layout: &OciLayout) -> Option<Digest> {
+    read_bounded(
+        &layout.root().join("index.json"),
+        MAX_MANIFEST_SIZE as usize,
+    )
+    .ok()
+    .map(|b| Digest::of(&b))
+}
+
+/// Every manifest `index.json` lists, once each: stored media type and bytes. Entries whose
+/// blob is missing or too large are skipped.
+pub fn listed_manifests(layout: &OciLayout) -> Vec<(String, Vec<u8>)> {
+    let Ok(index) = layout.index() else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for m in index.manifests() {
+        let Ok(d) = m.digest().to_string().parse::<Digest>() else {
+            continue;
+        };
+        if !seen.insert(d) {
+            continue;
+        }
+        if let Ok(data) = read_bounded(&layout.blob_path(&d), MAX_MANIFEST) {
+            out.push((m.media_type().to_string(), data));
+        }
+    }
+    out
+}
+
+/// Sorted names of every repository under `root`.
+pub fn catalog_of(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(root, "", 0, &mut out);
+    out.sort();
+    out
 }
 
 fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<String>) {
@@ -303,7 +407,7 @@ pub fn parse_digest(s: &str) -> Result<Digest, ApiError> {
         .map_err(|e| ApiError::digest_invalid(e.to_string()))
 }
 
-fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, std::io::Error> {
+pub(super) fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, std::io::Error> {
     let f = fs::File::open(path)?;
     let mut data = Vec::new();
     f.take(max as u64 + 1).read_to_end(&mut data)?;

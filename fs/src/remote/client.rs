@@ -8,6 +8,9 @@
 //! checks, session-scoped credentials, per-host mirrors and our own retry/redirect rules,
 //! none of which oci-client exposes.
 
+mod referrers;
+pub use referrers::Referrer;
+
 use super::auth::{Authenticator, CredentialProvider, Scope, SessionManager};
 use super::error::RemoteError;
 use super::hosts::{Endpoint, HostsConfig};

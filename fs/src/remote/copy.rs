@@ -2,7 +2,10 @@
 //! (`docker://HOST/REPO[:TAG]`), any direction. Manifests travel as their exact bytes (their
 //! digest is their identity); every blob is verified against its descriptor on the way in;
 //! blobs the destination already has are skipped. From an index, one platform is copied
-//! unless `all_platforms` is set, in which case the index and all its children are.
+//! unless `all_platforms` is set, in which case the index and all its children are. With
+//! `referrers` set, the manifests that refer to what was copied follow (see `referrers`).
+
+mod referrers;
 
 use super::client::RegistryClient;
 use super::error::RemoteError;
@@ -48,6 +51,9 @@ pub struct CopyOptions {
     pub platform: Platform,
     /// Copy a whole index with every platform.
     pub all_platforms: bool,
+    /// Also copy referrers this many levels deep (0: none; 1: the image's referrers; 2:
+    /// theirs too, e.g. a signature of an SBOM).
+    pub referrers: usize,
 }
 
 impl Default for CopyOptions {
@@ -55,6 +61,7 @@ impl Default for CopyOptions {
         CopyOptions {
             platform: Platform::host(),
             all_platforms: false,
+            referrers: 0,
         }
     }
 }
@@ -72,6 +79,8 @@ pub struct CopyReport {
     pub bytes: u64,
     /// Manifests written.
     pub manifests: usize,
+    /// Referrers copied (each counted once, with its children).
+    pub referrers: usize,
 }
 
 /// Progress events.
@@ -122,8 +131,10 @@ pub async fn copy_image(
     } else {
         top
     };
+    let mut subjects = vec![to_write.digest];
     if to_write.is_index() {
         for child in &to_write.manifests {
+            subjects.push(child.digest()?);
             let m = read_child(&cx, src, child).await?;
             if m.is_index() {
                 return Err(RemoteError::protocol(location_name(src), "nested index"));
@@ -139,6 +150,9 @@ pub async fn copy_image(
         ImageLocation::Registry(r) => r.tag.clone(),
     };
     write_manifest(&mut cx, dst, &to_write, tag.as_deref()).await?;
+    if opts.referrers > 0 {
+        referrers::copy_referrers(&mut cx, src, dst, subjects, opts.referrers).await?;
+    }
     cx.report.manifest = Some(to_write.digest);
     Ok(cx.report)
 }
