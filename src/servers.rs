@@ -145,13 +145,24 @@ impl StargazeRegistry {
 
     /// Serves `root`, keeping config and log in `work`.
     pub fn start_at(root: &Path, user: Option<(&str, &str)>, work: &Path) -> StargazeRegistry {
+        Self::start_with(root, user, work, &[])
+    }
+
+    /// Serves `root` like [`Self::start_at`], with `extra` flags for `registry serve`.
+    pub fn start_with(
+        root: &Path,
+        user: Option<(&str, &str)>,
+        work: &Path,
+        extra: &[&str],
+    ) -> StargazeRegistry {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut cmd = Command::new(crate::stargaze_bin());
         cmd.args(["registry", "serve", "--root"])
             .arg(root)
             .arg("--addr")
-            .arg(addr.to_string());
+            .arg(addr.to_string())
+            .args(extra);
         if let Some((u, p)) = user {
             let hash = bcrypt::hash(p, 5).expect("bcrypt");
             let path = work.join("htpasswd");
