@@ -104,3 +104,47 @@ impl Htpasswd {
         ok
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(pair: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+
+    #[tokio::test]
+    async fn right_wrong_and_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        std::fs::write(&path, format!("# users\nalice:{hash}\n")).unwrap();
+        let h = Htpasswd::load(&path).unwrap();
+        assert!(!h.check(Some(&basic("alice:wrong"))).await);
+        assert!(!h.check(Some(&basic("bob:s3cret"))).await);
+        assert!(!h.check(Some("Bearer x")).await);
+        assert!(!h.check(Some("Basic !!!")).await);
+        assert!(!h.check(None).await);
+        let tag = h.verified.tag("alice", "s3cret");
+        assert!(
+            !h.verified.hit("alice", &tag, Instant::now()),
+            "failures are not cached"
+        );
+        assert!(h.check(Some(&basic("alice:s3cret"))).await);
+        assert!(h.verified.hit("alice", &tag, Instant::now()));
+        // A good entry does not let a wrong password in, and a wrong one does not evict it.
+        assert!(!h.check(Some(&basic("alice:s3cret2"))).await);
+        assert!(h.verified.hit("alice", &tag, Instant::now()));
+    }
+
+    #[test]
+    fn other_hash_kinds_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, "alice:{SHA}abc\n").unwrap();
+        assert!(Htpasswd::load(&path).is_err());
+    }
+}
