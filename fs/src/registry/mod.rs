@@ -1,7 +1,10 @@
 //! The built-in OCI distribution registry: `stargaze registry serve` serves OCI image
 //! layouts under one root (`ROOT/<repository>`) with pull, push, Range reads, tags, catalog
 //! and optional htpasswd basic auth. It makes stargaze usable air-gapped, backs the demo,
-//! and is a real server skopeo and containerd can talk to.
+//! and is a real server skopeo and containerd can talk to. It is meant to face untrusted
+//! clients: connections have time limits and a cap (`conn`), request bodies a stall limit
+//! (`body`), bcrypt runs off the async workers (`htpasswd`, `auth_cache`) and upload
+//! sessions are bounded and expire (`uploads`).
 
 mod auth_cache;
 mod body;
