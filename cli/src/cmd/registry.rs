@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use stargaze_fs::registry::{Registry, RegistryOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// `stargaze registry …`
 #[derive(Args)]
@@ -37,6 +38,27 @@ struct ServeArgs {
     /// Serve DELETE of manifests, tags and blobs (off: they answer 405 UNSUPPORTED).
     #[arg(long)]
     enable_delete: bool,
+    /// Seconds a client has to complete a request head once begun (and to begin one on a new connection).
+    #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a connection with no request in progress stays open.
+    #[arg(long, value_name = "SECS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds a request or response body may make no progress before its request fails.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+    /// Connections served at once; more wait in the listen queue until one ends.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Blob upload sessions open at once; more get 429 TOOMANYREQUESTS.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_uploads: u64,
+    /// Blob upload sessions open at once from one client address.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    max_uploads_per_client: u64,
+    /// Seconds an untouched upload session lives before it and its data are removed.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_expiry: u64,
 }
 
 /// Runs the subcommand.
@@ -53,6 +75,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let mut opts = RegistryOptions::new(&a.root);
         opts.htpasswd = a.htpasswd.clone();
         opts.enable_delete = a.enable_delete;
+        opts.header_timeout = Duration::from_secs(a.header_timeout);
+        opts.idle_timeout = Duration::from_secs(a.idle_timeout);
+        opts.body_timeout = Duration::from_secs(a.body_timeout);
+        opts.max_connections = usize::try_from(a.max_connections).unwrap_or(usize::MAX);
+        opts.max_uploads = usize::try_from(a.max_uploads).unwrap_or(usize::MAX);
+        opts.max_uploads_per_client =
+            usize::try_from(a.max_uploads_per_client).unwrap_or(usize::MAX);
+        opts.upload_expiry = Duration::from_secs(a.upload_expiry);
         let reg = Registry::bind(&opts, a.addr)
             .await
             .context("starting the registry")?;

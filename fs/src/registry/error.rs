@@ -116,6 +116,10 @@ impl ApiError {
     pub fn too_large(m: impl Into<String>) -> Self {
         Self::new(413, "SIZE_INVALID", m)
     }
+    /// 429 TOOMANYREQUESTS: a bound on what one server keeps is reached (upload sessions).
+    pub fn too_many_requests(m: impl Into<String>) -> Self {
+        Self::new(429, "TOOMANYREQUESTS", m)
+    }
     /// 404 for a path outside the API.
     pub fn not_found() -> Self {
         Self::new(404, "NOT_FOUND", "no such endpoint")

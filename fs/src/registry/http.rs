@@ -3,6 +3,8 @@
 //! referrers, uploads (POST monolithic or session, PATCH chunks, PUT to finish, GET status)
 //! and cross-repo mounts. DELETEs answer 405 UNSUPPORTED unless deletes are enabled.
 
+use super::body::next_frame;
+use super::conn::Peer;
 use super::error::ApiError;
 use super::htpasswd::Htpasswd;
 use super::range::{parse_range, RangeRequest};
@@ -31,6 +33,8 @@ pub struct State {
     pub realm: String,
     /// Whether manifest, tag and blob DELETE are served.
     pub enable_delete: bool,
+    /// A request body that sends nothing for this long fails its request.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Serves one request; never fails at the HTTP level (errors become JSON responses).
@@ -76,6 +80,9 @@ fn error_response(state: &State, e: &ApiError) -> Response<Body> {
             "WWW-Authenticate",
             format!("Basic realm=\"{}\"", state.realm.replace('"', "")),
         );
+    }
+    if e.status == 429 {
+        b = b.header("Retry-After", "60");
     }
     b.body(full(body))
         .unwrap_or_else(|_| Response::new(empty()))
@@ -195,7 +202,7 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
 
 async fn route(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     if let Some(h) = &state.htpasswd {
-        if !h.check(header(&req, "authorization")) {
+        if !h.check(header(&req, "authorization")).await {
             return Err(ApiError::unauthorized());
         }
     }
@@ -411,7 +418,7 @@ async fn put_manifest(
 ) -> Result<Response<Body>, ApiError> {
     state.store.repo_dir(name)?;
     let ct = header(&req, "content-type").map(str::to_string);
-    let data = read_body_bounded(req.into_body(), MAX_MANIFEST).await?;
+    let data = read_body_bounded(req.into_body(), MAX_MANIFEST, state.body_timeout).await?;
     let (st, n, r) = (state.clone(), name.to_string(), reference.to_string());
     let put = blocking(move || st.store.put_manifest(&n, &r, ct.as_deref(), &data)).await?;
     let d = put.digest;
@@ -426,10 +433,14 @@ async fn put_manifest(
     b.body(empty()).map_err(ApiError::internal)
 }
 
-async fn read_body_bounded(mut body: Incoming, max: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_body_bounded(
+    mut body: Incoming,
+    max: usize,
+    stall: std::time::Duration,
+) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::upload_invalid(format!("reading body: {e}")))?;
+    while let Some(frame) = next_frame(&mut body, stall).await {
+        let frame = frame?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > max {
                 return Err(ApiError::too_large(format!(
@@ -447,6 +458,7 @@ async fn append_body(
     path: &std::path::Path,
     mut body: Incoming,
     size: u64,
+    stall: std::time::Duration,
 ) -> Result<u64, ApiError> {
     let mut f = tokio::fs::OpenOptions::new()
         .append(true)
@@ -454,8 +466,8 @@ async fn append_body(
         .await
         .map_err(ApiError::internal)?;
     let mut total = size;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::upload_invalid(format!("reading body: {e}")))?;
+    while let Some(frame) = next_frame(&mut body, stall).await {
+        let frame = frame?;
         if let Ok(data) = frame.into_data() {
             f.write_all(&data).await.map_err(ApiError::internal)?;
             total += data.len() as u64;
@@ -497,7 +509,8 @@ async fn start_upload(
         }
     }
     let digest = param(&q, "digest").map(str::to_string);
-    let id = state.uploads.start(name)?;
+    let client = req.extensions().get::<Peer>().map(|p| p.0);
+    let id = state.uploads.start(name, client)?;
     if let Some(digest) = digest {
         // Monolithic upload: the body is the whole blob.
         let u = state.uploads.take(name, &id)?;
@@ -531,7 +544,7 @@ async fn patch_upload(
             )));
         }
     }
-    let r = append_body(&u.path, req.into_body(), u.size).await;
+    let r = append_body(&u.path, req.into_body(), u.size, state.body_timeout).await;
     match r {
         Ok(size) => {
             state.uploads.put_back(id, size);
@@ -572,7 +585,7 @@ async fn complete(
     digest: &str,
 ) -> Result<Response<Body>, ApiError> {
     let want = parse_digest(digest)?;
-    append_body(path, body, size).await?;
+    append_body(path, body, size, state.body_timeout).await?;
     let (st, n, p) = (state.clone(), name.to_string(), path.to_path_buf());
     blocking(move || {
         let (got, _) = crate::image::hash_file(&p).map_err(ApiError::internal)?;
