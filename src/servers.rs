@@ -65,6 +65,20 @@ pub struct DockerRegistry {
 impl DockerRegistry {
     /// Starts it on a free loopback port.
     pub fn start(auth: RegistryAuth<'_>) -> DockerRegistry {
+        Self::start_configured(auth, "")
+    }
+
+    /// Starts it as a pull-through cache of `upstream` (`http://HOST:PORT`): distribution's
+    /// proxy mode, which answers a Range request for a blob it has not cached yet with the
+    /// whole blob.
+    pub fn start_pull_through(upstream: &str) -> DockerRegistry {
+        Self::start_configured(
+            RegistryAuth::None,
+            &format!("proxy:\n  remoteurl: {upstream}\n"),
+        )
+    }
+
+    fn start_configured(auth: RegistryAuth<'_>, extra_cfg: &str) -> DockerRegistry {
         let dir = tempfile::Builder::new()
             .prefix("stargaze-dreg-")
             .tempdir()
@@ -91,7 +105,7 @@ impl DockerRegistry {
             ),
         };
         let cfg = format!(
-            "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n  secret: stargaze-test\n{auth_cfg}",
+            "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n  secret: stargaze-test\n{auth_cfg}{extra_cfg}",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("config.yml"), cfg).expect("config");
