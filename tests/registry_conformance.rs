@@ -2,12 +2,13 @@
 //! re-expressed as our own checks: pull, push, content discovery (tags, referrers with and
 //! without filters) and content management (deletes on and off), then `registry gc` (dry
 //! run and real run, grace period) and `stargaze copy --referrers` between registries and
-//! OCI layouts. Everything runs on loopback against `stargaze registry serve`.
+//! OCI layouts, and to a registry without the referrers API (distribution 2.8: the fallback
+//! tag). Everything runs on loopback against `stargaze registry serve`.
 
 use stargaze_fs::Digest;
 use stargaze_suite::http::{send, Response};
 use stargaze_suite::servers::StargazeRegistry;
-use stargaze_suite::{require, run, stargaze_bin};
+use stargaze_suite::{have, require, run, stargaze_bin};
 use std::net::SocketAddr;
 use std::process::Command;
 
@@ -859,6 +860,61 @@ fn copy_referrers_through_the_fallback_tag_of_a_registry_without_the_api() {
     assert!(proxy.count(&format!("/manifests/sha256-{}", md.hex())) >= 1);
     assert_eq!(
         referrer_digests(&referrers(dst.addr, "new/app", &md, "")),
+        sorted(&[&sig])
+    );
+}
+
+#[test]
+fn copy_referrers_to_a_registry_without_the_api_writes_the_fallback_tag() {
+    if !ready() || !require(have("docker-registry"), "docker-registry") {
+        return;
+    }
+    use stargaze_suite::servers::{DockerRegistry, RegistryAuth};
+    let src = StargazeRegistry::start(None);
+    let back = StargazeRegistry::start(None);
+    let (md, body, _, _) = push_image(src.addr, "app", "v1", "fb");
+    let sig = push_referrer(
+        src.addr,
+        "app",
+        (&md, body.len() as u64),
+        Some("application/vnd.example.sig"),
+        "sig",
+    );
+    // distribution 2.8 hides OCI manifests from clients that do not accept their type.
+    let get_index =
+        |a: SocketAddr, path: &str| send(a, "GET", path, &[("Accept", INDEX)], b"").unwrap();
+    // distribution 2.8: no referrers API, no OCI-Subject header.
+    let dist = DockerRegistry::start(RegistryAuth::None);
+    let out = copy(&[
+        "--referrers",
+        &format!("docker://{}/app:v1", src.host()),
+        &format!("docker://{}/app:v1", dist.host()),
+    ]);
+    assert!(out.contains("1 referrer(s)"), "{out}");
+    let tag = get_index(dist.addr, &format!("/v2/app/manifests/sha256-{}", md.hex()));
+    assert_eq!(tag.status, 200, "the fallback tag is there");
+    let listed = json(&tag);
+    assert_eq!(listed["manifests"][0]["digest"], sig.to_string().as_str());
+    assert_eq!(
+        listed["manifests"][0]["artifactType"],
+        "application/vnd.example.sig"
+    );
+    // A second copy does not list it twice, and the referrer comes back out through the tag.
+    copy(&[
+        "--referrers",
+        &format!("docker://{}/app:v1", src.host()),
+        &format!("docker://{}/app:v1", dist.host()),
+    ]);
+    let tag = get_index(dist.addr, &format!("/v2/app/manifests/sha256-{}", md.hex()));
+    assert_eq!(json(&tag)["manifests"].as_array().unwrap().len(), 1);
+    let out = copy(&[
+        "--referrers",
+        &format!("docker://{}/app:v1", dist.host()),
+        &format!("docker://{}/app:v1", back.host()),
+    ]);
+    assert!(out.contains("1 referrer(s)"), "{out}");
+    assert_eq!(
+        referrer_digests(&referrers(back.addr, "app", &md, "")),
         sorted(&[&sig])
     );
 }

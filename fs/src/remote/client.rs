@@ -899,6 +899,20 @@ impl RegistryClient {
         media_type: &str,
         data: &[u8],
     ) -> Result<Digest, RemoteError> {
+        self.push_manifest_answer(r, object, media_type, data)
+            .await
+            .map(|(d, _)| d)
+    }
+
+    /// Like [`Self::push_manifest`], also returning the `OCI-Subject` header the registry
+    /// answered with (a registry with the referrers API sets it for a manifest with a subject).
+    pub(crate) async fn push_manifest_answer(
+        &self,
+        r: &Reference,
+        object: &str,
+        media_type: &str,
+        data: &[u8],
+    ) -> Result<(Digest, Option<String>), RemoteError> {
         if !MANIFEST_TYPES.contains(&media_type) {
             return Err(RemoteError::Config(format!(
                 "unsupported manifest type {media_type}"
@@ -918,8 +932,9 @@ impl RegistryClient {
             HeaderValue::from_str(media_type).map_err(|e| RemoteError::Config(e.to_string()))?,
         );
         let reply = self.call(&c).await?;
-        check_status(reply, &format!("pushing manifest {object}")).await?;
-        Ok(Digest::of(data))
+        let reply = check_status(reply, &format!("pushing manifest {object}")).await?;
+        let subject = header_str(&reply.resp, "oci-subject").map(str::to_string);
+        Ok((Digest::of(data), subject))
     }
 
     /// The repository's tags.

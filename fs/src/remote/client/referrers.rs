@@ -3,6 +3,8 @@
 //! `Link: rel="next"` are followed (a bounded number of them); a registry without the API
 //! (404) is asked for the spec's fallback tag `sha256-<hex>` instead. The server may ignore
 //! the artifactType filter, so it is applied here too unless `OCI-Filters-Applied` says so.
+//! Pushing a referrer to a registry that does not answer `OCI-Subject` (no referrers API)
+//! adds it to the subject's fallback tag, as the distribution spec asks of clients.
 
 use super::{check_status, header_str, read_limited, RegistryClient};
 use crate::digest::Digest;
@@ -12,6 +14,8 @@ use crate::remote::manifest::Descriptor;
 use crate::remote::reference::Reference;
 use reqwest::Method;
 use serde::Deserialize;
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Most pages followed for one subject.
 const MAX_PAGES: usize = 64;
@@ -35,7 +39,78 @@ struct Page {
     manifests: Vec<Referrer>,
 }
 
+/// `r`'s repository at the spec's fallback tag of `subject`, `sha256-<hex>`.
+fn fallback_reference(r: &Reference, subject: &Digest) -> Reference {
+    Reference {
+        tag: Some(format!("sha256-{}", subject.hex())),
+        digest: None,
+        ..r.clone()
+    }
+}
+
 impl RegistryClient {
+    /// Pushes the referrer manifest `data` by digest; when the registry does not confirm
+    /// its subject with `OCI-Subject`, adds its descriptor to the subject's fallback tag
+    /// index (created if missing), so clients of a registry without the referrers API find it.
+    pub async fn push_referrer(
+        &self,
+        r: &Reference,
+        media_type: &str,
+        data: &[u8],
+    ) -> Result<Digest, RemoteError> {
+        let d = Digest::of(data);
+        let (d, confirmed) = self
+            .push_manifest_answer(r, &d.to_string(), media_type, data)
+            .await?;
+        let Some(listed) = crate::registry::referrer_of(data, media_type) else {
+            return Ok(d);
+        };
+        if confirmed.is_some() {
+            return Ok(d);
+        }
+        let at = fallback_reference(r, &listed.subject);
+        let tag = at.object();
+        let mut index = match self.manifest(&at, &[]).await {
+            Ok(m) => serde_json::from_slice::<serde_json::Value>(&m.data).map_err(|e| {
+                RemoteError::protocol(format!("fallback tag {tag}"), format!("not an index: {e}"))
+            })?,
+            Err(RemoteError::NotFound(_)) => serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": INDEX,
+                "manifests": [],
+            }),
+            Err(e) => return Err(e),
+        };
+        let Some(list) = index.get_mut("manifests").and_then(|m| m.as_array_mut()) else {
+            return Err(RemoteError::protocol(
+                format!("fallback tag {tag}"),
+                "index without manifests",
+            ));
+        };
+        let digest = d.to_string();
+        if list.iter().any(|e| e["digest"] == digest.as_str()) {
+            return Ok(d);
+        }
+        if list.len() >= MAX_REFERRERS {
+            return Err(RemoteError::protocol(
+                format!("fallback tag {tag}"),
+                format!("already lists {MAX_REFERRERS} referrers"),
+            ));
+        }
+        list.push(listed.descriptor);
+        let body = serde_json::to_vec(&index)
+            .map_err(|e| RemoteError::Config(format!("fallback index: {e}")))?;
+        if body.len() > MAX_MANIFEST {
+            return Err(RemoteError::protocol(
+                format!("fallback tag {tag}"),
+                "the index would outgrow the manifest size limit",
+            ));
+        }
+        self.push_manifest(r, &tag, INDEX, &body).await?;
+        tracing::info!(subject = %listed.subject, referrer = %d, tag, "registry has no referrers API; fallback tag updated");
+        Ok(d)
+    }
+
     /// The referrers of `subject` in `r`'s repository, filtered by `artifact_type`.
     pub async fn referrers(
         &self,
@@ -95,11 +170,7 @@ impl RegistryClient {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, RemoteError> {
-        let tagged = Reference {
-            tag: Some(format!("sha256-{}", subject.hex())),
-            digest: None,
-            ..r.clone()
-        };
+        let tagged = fallback_reference(r, subject);
         let index = match self.manifest(&tagged, &[]).await {
             Ok(m) if m.is_index() => m,
             Ok(_) | Err(RemoteError::NotFound(_)) => return Ok(Vec::new()),

@@ -4,7 +4,8 @@
 //! referrers API (or its fallback tag), or the manifests an OCI layout's `index.json` lists.
 //! Referrers are written untagged: to a registry by digest (which keeps its referrers
 //! index), to a layout as untagged `index.json` entries. A destination registry without
-//! the referrers API gets the manifests but no fallback tag.
+//! the referrers API (no `OCI-Subject` in its answer) also gets the subject's fallback tag
+//! index `sha256-<hex>` updated.
 
 use super::{copy_blobs, location_name, read_child, write_manifest, Ctx, ImageLocation};
 use crate::digest::Digest;
@@ -93,7 +94,12 @@ async fn copy_one(
     } else {
         copy_blobs(cx, src, dst, &m).await?;
     }
-    write_manifest(cx, dst, &m, None).await?;
+    match dst {
+        ImageLocation::Registry(r) => {
+            cx.client.push_referrer(r, &m.media_type, &m.data).await?;
+        }
+        ImageLocation::Layout(_) => write_manifest(cx, dst, &m, None).await?,
+    }
     cx.report.referrers += 1;
     Ok(())
 }
