@@ -2,22 +2,40 @@
 //! images (lazily mounted with the stargz snapshotter), RUN steps through the runc
 //! executor, COPY/ADD from the context or another stage, a step cache, and export as an OCI
 //! image to a layout or a registry.
+//!
+//! Reading order: `dockerfile` and `words` parse; `solve` schedules the stages and runs
+//! their instructions; `from` and `base` give a stage its base image; `instructions` are
+//! the metadata instructions over the typed `image_config`; `run_step` and `copy_step` are
+//! RUN and COPY/ADD, sharing `step` (the step cache, committing a step's layer) and
+//! `guards` (mounts, views and snapshots undone on drop); `copy`, `diff` and `layer` are
+//! the file work underneath; `export` writes the result.
 
 pub mod base;
 pub mod cache;
 pub mod copy;
+mod copy_step;
 pub mod diff;
 pub mod dockerfile;
 pub mod export;
+mod from;
+mod guards;
+pub mod image_config;
+pub mod instructions;
 pub mod layer;
 pub mod progress;
+mod run_step;
 pub mod solve;
+mod step;
 pub mod words;
 
-pub use solve::{build, BuildOutput, BuildRequest, Worker};
+pub use image_config::ImageConfig;
+pub use solve::{build, BuildOutput, BuildRequest, BuildStats, ImageLayer, StageResult, Worker};
+pub use step::BUILD_KEY_LABEL;
 
+use crate::executor::user::UserError;
 use crate::executor::ExecError;
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{Mount, SnapshotError};
+use std::sync::Arc;
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,50 +44,79 @@ pub enum BuildError {
     #[error(transparent)]
     Parse(#[from] dockerfile::ParseError),
     /// An instruction's arguments are wrong.
-    #[error("Dockerfile line {line}: {message}")]
+    #[error("Dockerfile line {line}: {source}")]
     Instruction {
-        /// 1-based line.
+        /// 1-based line (0: not from a line, like `--target`).
         line: usize,
         /// What is wrong.
-        message: String,
+        #[source]
+        source: instructions::InstructionError,
     },
     /// A step failed (its command, a copy, the runtime).
-    #[error("step {step:?} (Dockerfile line {line}) failed: {reason}")]
+    #[error("step {step:?} (Dockerfile line {line}) failed: {source}")]
     Step {
         /// The instruction.
         step: String,
         /// 1-based line.
         line: usize,
         /// Why.
-        reason: String,
-        /// The exit code when the process ran and failed.
-        exit_code: Option<i32>,
+        #[source]
+        source: Box<BuildError>,
     },
     /// A base image could not be used.
-    #[error("base image {image}: {reason}")]
+    #[error("base image {image}: {source}")]
     Base {
         /// The image.
         image: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<base::BaseError>,
+    },
+    /// A base image a stage (or `COPY --from`) names failed (for every stage naming it).
+    #[error("base image {image}: {source}")]
+    Image {
+        /// The image as named.
+        image: String,
+        /// Its error.
+        #[source]
+        source: Arc<BuildError>,
     },
     /// The snapshotter failed.
     #[error("snapshotter: {0}")]
     Snapshot(#[from] SnapshotError),
-    /// Writing a layer failed.
+    /// A RUN step's process failed or could not run.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A COPY or ADD could not read or write its files.
+    #[error(transparent)]
+    Copy(#[from] copy::CopyError),
+    /// `--chown` names no user or group of the image.
+    #[error(transparent)]
+    User(#[from] UserError),
+    /// A step's snapshot has mounts whose changes cannot be read.
+    #[error("cannot read changes of mounts {0:?}")]
+    Changes(Vec<Mount>),
+    /// Writing a layer's tar failed.
     #[error(transparent)]
     Diff(#[from] diff::DiffError),
+    /// Storing a layer failed.
+    #[error("writing a layer: {0}")]
+    Layer(#[from] layer::LayerError),
     /// Exporting failed.
     #[error("export: {0}")]
-    Export(String),
+    Export(#[from] export::ExportError),
     /// A stage this one depends on failed.
-    #[error("stage {stage} failed: {reason}")]
+    #[error("stage {stage} failed: {source}")]
     Dependency {
         /// The stage.
         stage: String,
         /// Its error.
-        reason: String,
+        #[source]
+        source: Arc<BuildError>,
     },
+    /// A blocking worker thread panicked or was cancelled.
+    #[error("worker thread failed: {0}")]
+    Thread(#[from] tokio::task::JoinError),
     /// Local I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -85,30 +132,11 @@ impl BuildError {
     /// The exit code of a failed RUN step, if that is what failed.
     pub fn exit_code(&self) -> Option<i32> {
         match self {
-            BuildError::Step { exit_code, .. } => *exit_code,
+            BuildError::Step { source, .. } => match source.as_ref() {
+                BuildError::Exec(ExecError::Exit { code, .. }) => Some(*code),
+                _ => None,
+            },
             _ => None,
-        }
-    }
-
-    fn step(ins: &dockerfile::Instruction, e: impl std::fmt::Display) -> Self {
-        BuildError::Step {
-            step: ins.text.clone(),
-            line: ins.line,
-            reason: e.to_string(),
-            exit_code: None,
-        }
-    }
-
-    fn exec(ins: &dockerfile::Instruction, e: ExecError) -> Self {
-        let exit_code = match &e {
-            ExecError::Exit { code, .. } => Some(*code),
-            _ => None,
-        };
-        BuildError::Step {
-            step: ins.text.clone(),
-            line: ins.line,
-            reason: e.to_string(),
-            exit_code,
         }
     }
 }
