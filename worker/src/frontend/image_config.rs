@@ -44,6 +44,9 @@ pub struct ImageConfig {
     extra: Map<String, Value>,
     /// `config` fields outside `spec.config` (or `null` in the document), verbatim.
     config_extra: Map<String, Value>,
+    /// The architecture as written when oci-spec would write it differently (it reads
+    /// `armbe` as `arm64be`).
+    architecture: Option<String>,
 }
 
 /// Moves the fields of `obj` not in `known`, and the `null` ones, into a map of their own.
@@ -82,6 +85,7 @@ impl ImageConfig {
             spec,
             extra: Map::new(),
             config_extra: Map::new(),
+            architecture: None,
         }
     }
 
@@ -95,10 +99,16 @@ impl ImageConfig {
             Some(Value::Object(c)) => split_off(c, CONFIG_FIELDS),
             _ => Map::new(),
         };
+        let architecture = top
+            .get("architecture")
+            .and_then(Value::as_str)
+            .filter(|a| Arch::from(*a).to_string() != *a)
+            .map(str::to_string);
         Ok(ImageConfig {
             spec: serde_json::from_value(doc)?,
             extra,
             config_extra,
+            architecture,
         })
     }
 
@@ -110,6 +120,9 @@ impl ImageConfig {
                 underlay(c, &self.config_extra);
             }
             underlay(top, &self.extra);
+            if let Some(a) = &self.architecture {
+                top.insert("architecture".into(), Value::String(a.clone()));
+            }
         }
         Ok(doc)
     }
@@ -243,6 +256,19 @@ mod tests {
             c.to_value().unwrap()["config"]["Cmd"],
             serde_json::json!(["x"])
         );
+    }
+
+    #[test]
+    fn architectures_stay_as_written() {
+        for arch in ["armbe", "386", "amd64", "somethingnew"] {
+            let v = serde_json::json!({
+                "architecture": arch,
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": []},
+            });
+            let c = ImageConfig::from_value(v.clone()).unwrap();
+            assert_eq!(c.to_value().unwrap(), v, "{arch}");
+        }
     }
 
     #[test]
