@@ -85,10 +85,7 @@ impl Ctx {
         ins: &Instruction,
         title: &str,
     ) -> Result<(), BuildError> {
-        let bad = |source| BuildError::Instruction {
-            line: ins.line,
-            source,
-        };
+        let bad = |e: InstructionError| e.at(ins.line);
         let a = CopyArgs::parse(ins, self.req.dockerfile.escape, &state.lookup()).map_err(bad)?;
         // The source tree: the context, or another stage's (or image's) rootfs.
         let (from_key, from_top) = match &a.from {

@@ -163,17 +163,6 @@ pub async fn export(
     dest: &Destination,
     progress: &Arc<Progress>,
 ) -> Result<ExportReport, BuildError> {
-    let r = export_inner(client, content, img, dest, progress).await;
-    r.map_err(BuildError::Export)
-}
-
-async fn export_inner(
-    client: &Arc<RegistryClient>,
-    content: &OciLayout,
-    img: &StageResult,
-    dest: &Destination,
-    progress: &Arc<Progress>,
-) -> Result<ExportReport, ExportError> {
     let (config, manifest) = documents(img)?;
     let v = progress.vertex(&format!(
         "exporting to {}",
@@ -201,7 +190,7 @@ async fn export_inner(
         }
         Err(e) => v.error(e),
     }
-    r
+    Ok(r?)
 }
 
 async fn to_layout(

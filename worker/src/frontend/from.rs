@@ -55,12 +55,12 @@ impl Ctx {
                 key: hex_key(&["scratch", &platform.to_string()]),
             });
         }
-        let reference = Reference::parse(name).map_err(|source| BuildError::Instruction {
-            line,
-            source: InstructionError::FromReference {
+        let reference = Reference::parse(name).map_err(|source| {
+            InstructionError::FromReference {
                 name: name.to_string(),
                 source,
-            },
+            }
+            .at(line)
         })?;
         let v = self
             .progress

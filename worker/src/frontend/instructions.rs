@@ -60,6 +60,13 @@ pub enum InstructionError {
     CopyFromLater(String),
 }
 
+impl InstructionError {
+    /// This error as the build's, at Dockerfile line `line`.
+    pub fn at(self, line: usize) -> super::BuildError {
+        super::BuildError::Instruction { line, source: self }
+    }
+}
+
 /// The command of RUN, CMD or ENTRYPOINT: the exec form as written, or the shell form
 /// through `/bin/sh -c`.
 pub fn command(ins: &Instruction) -> Vec<String> {

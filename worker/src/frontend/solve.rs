@@ -150,12 +150,8 @@ pub async fn build(
     let esc = req.dockerfile.escape;
     let mut global_args = HashMap::new();
     for a in &req.dockerfile.global_args {
-        let decls = arg_decls(a, esc, &|n| global_args.get(n).cloned()).map_err(|source| {
-            BuildError::Instruction {
-                line: a.line,
-                source,
-            }
-        })?;
+        let decls =
+            arg_decls(a, esc, &|n| global_args.get(n).cloned()).map_err(|e| e.at(a.line))?;
         for (name, value) in decls {
             let v = req
                 .build_args
@@ -173,10 +169,7 @@ pub async fn build(
             .stages
             .iter()
             .position(|s| s.name.as_deref() == Some(&t.to_ascii_lowercase()))
-            .ok_or_else(|| BuildError::Instruction {
-                line: 0,
-                source: InstructionError::Target(t.clone()),
-            })?,
+            .ok_or_else(|| InstructionError::Target(t.clone()).at(0))?,
     };
     let ctx = Arc::new(Ctx {
         stages: req
@@ -272,12 +265,8 @@ impl Ctx {
 
     fn base_name(&self, i: usize) -> Result<String, BuildError> {
         let st = &self.req.dockerfile.stages[i];
-        expand(&st.base, self.req.dockerfile.escape, &self.global_lookup()).map_err(|e| {
-            BuildError::Instruction {
-                line: st.from.line,
-                source: e.into(),
-            }
-        })
+        expand(&st.base, self.req.dockerfile.escape, &self.global_lookup())
+            .map_err(|e| InstructionError::from(e).at(st.from.line))
     }
 
     /// Stages stage `i` waits for.
@@ -327,10 +316,7 @@ impl Ctx {
                 // `FROM --platform=…` picks the base image's platform (variables expanded).
                 let platform = match st.from.flag("platform") {
                     Some(p) => {
-                        let bad = |source| BuildError::Instruction {
-                            line: st.from.line,
-                            source,
-                        };
+                        let bad = |e: InstructionError| e.at(st.from.line);
                         let p = expand(p, self.req.dockerfile.escape, &self.global_lookup())
                             .map_err(|e| bad(e.into()))?;
                         let platform = Platform::parse(&p).map_err(|e| {
@@ -367,10 +353,7 @@ impl Ctx {
         ins: &Instruction,
         title: &str,
     ) -> Result<(), BuildError> {
-        let bad = |source| BuildError::Instruction {
-            line: ins.line,
-            source,
-        };
+        let bad = |e: InstructionError| e.at(ins.line);
         match ins.keyword {
             Keyword::From => unreachable!("FROM starts a stage"),
             Keyword::Arg => self.arg(state, ins).map_err(bad),
