@@ -9,7 +9,7 @@ use super::image_config::rfc3339;
 use super::layer::blob_digest;
 use super::layer::BadLayerDigest;
 use super::progress::Progress;
-use super::solve::StageResult;
+use super::request::StageResult;
 use super::BuildError;
 use stargaze_fs::image::{ImageError, OciLayout};
 use stargaze_fs::remote::{Reference, ReferenceError, RegistryClient, RemoteError};

@@ -3,12 +3,13 @@
 //! executor, COPY/ADD from the context or another stage, a step cache, and export as an OCI
 //! image to a layout or a registry.
 //!
-//! Reading order: `dockerfile` and `words` parse; `solve` schedules the stages and runs
-//! their instructions; `from` and `base` give a stage its base image; `instructions` are
-//! the metadata instructions over the typed `image_config`; `run_step` and `copy_step` are
-//! RUN and COPY/ADD, sharing `step` (the step cache, committing a step's layer) and
-//! `guards` (mounts, views and snapshots undone on drop); `copy`, `diff` and `layer` are
-//! the file work underneath; `export` writes the result.
+//! Reading order: `request` is what a build takes and gives back; `dockerfile` and
+//! `words` parse; `solve` schedules the stages and runs their instructions; `from` and
+//! `base` give a stage its base image; `instructions` are the metadata instructions over
+//! the typed `image_config`; `run_step` and `copy_step` are RUN and COPY/ADD, sharing
+//! `step` (the step cache, committing a step's layer) and `guards` (mounts, views and
+//! snapshots undone on drop); `copy`, `diff` and `layer` are the file work underneath;
+//! `export` writes the result.
 
 pub mod base;
 pub mod cache;
@@ -23,13 +24,15 @@ pub mod image_config;
 pub mod instructions;
 pub mod layer;
 pub mod progress;
+pub mod request;
 mod run_step;
 pub mod solve;
 mod step;
 pub mod words;
 
 pub use image_config::ImageConfig;
-pub use solve::{build, BuildOutput, BuildRequest, BuildStats, ImageLayer, StageResult, Worker};
+pub use request::{BuildOutput, BuildRequest, BuildStats, ImageLayer, StageResult, Worker};
+pub use solve::build;
 pub use step::BUILD_KEY_LABEL;
 
 use crate::executor::user::UserError;

@@ -10,7 +10,8 @@ use super::dockerfile::Instruction;
 use super::guards::{Active, View};
 use super::layer::{write_layer, LayerBlob};
 use super::progress::Vertex;
-use super::solve::{Ctx, ImageLayer, StageState, Worker};
+use super::request::{ImageLayer, Worker};
+use super::solve::{Ctx, StageState};
 use super::{io, BuildError};
 use crate::snapshot::Labels;
 
