@@ -7,6 +7,7 @@
 use super::dockerfile::Instruction;
 use super::guards::Active;
 use super::instructions::{command, env_of, user_of, working_dir_of};
+use super::layer::LayerBlob;
 use super::progress::Vertex;
 use super::solve::{blocking, hex_key, Ctx, StageState};
 use super::step::{compression, failed, finish};
@@ -74,7 +75,7 @@ impl Ctx {
         key: &str,
         process: StepProcess,
         v: Arc<Vertex>,
-    ) -> Result<(String, super::layer::LayerBlob), BuildError> {
+    ) -> Result<(String, LayerBlob), BuildError> {
         let _permit = self.w.parallelism.clone().acquire_owned().await;
         let snap = self.w.snapshotter.clone();
         let p = parent.clone();
