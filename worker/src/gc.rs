@@ -5,8 +5,8 @@
 //! only while the total exceeds the bound, least recently used first. Step cache records of
 //! removed snapshots and layer blobs no record names go with them.
 
-use crate::build::cache::{now_millis, StepCache};
 use crate::config::GcPolicy;
+use crate::frontend::cache::{now_millis, StepCache};
 use crate::snapshot::{Kind, SnapshotError, Snapshotter};
 use stargaze_fs::image::OciLayout;
 use std::collections::{HashMap, HashSet};

@@ -2,9 +2,9 @@
 //! worker. It builds on `stargaze-fs`; the pieces arrive with their issues (04 and 05).
 #![warn(missing_docs)]
 
-pub mod build;
 pub mod config;
 pub mod executor;
+pub mod frontend;
 pub mod gc;
 pub mod grpc;
 pub mod identity;

@@ -4,15 +4,26 @@
 
 use super::diff::{write_tar, Changes, DiffStats};
 use super::{io, BuildError};
-use stargaze_fs::digest::Hasher;
-use stargaze_fs::format::{convert_layer, WriterOptions};
-use stargaze_fs::image::OciLayout;
+use stargaze_fs::digest::{DigestError, Hasher};
+use stargaze_fs::format::{convert_layer, FormatError, WriterOptions};
+use stargaze_fs::image::{ImageError, OciLayout};
 use stargaze_fs::Digest;
 use std::collections::BTreeMap;
 use std::io::Write;
 
 /// OCI gzip layer media type.
 pub const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Why a layer could not be written into the content store.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// The content store failed.
+    #[error(transparent)]
+    Store(#[from] ImageError),
+    /// Converting the diff to eStargz failed.
+    #[error("eStargz layer: {0}")]
+    Estargz(#[from] FormatError),
+}
 
 /// A layer blob in the content store.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -51,16 +62,16 @@ pub fn write_layer(
     changes: &Changes,
     estargz: bool,
 ) -> Result<(LayerBlob, DiffStats), BuildError> {
-    let export = |e: stargaze_fs::image::ImageError| BuildError::Export(e.to_string());
+    let store = |e: ImageError| BuildError::Layer(e.into());
     if estargz {
         let tar = tempfile::tempfile_in(content.root()).map_err(io("temp file for the layer"))?;
         let (mut tar, stats) = write_tar(changes, std::io::BufWriter::new(tar))?;
         tar.flush().map_err(io("writing the layer tar"))?;
         let mut tar = tar
             .into_inner()
-            .map_err(|e| BuildError::Export(e.to_string()))?;
+            .map_err(|e| io("writing the layer tar")(e.into_error()))?;
         std::io::Seek::rewind(&mut tar).map_err(io("rereading the layer tar"))?;
-        let tmp = content.temp_blob().map_err(export)?;
+        let tmp = content.temp_blob().map_err(store)?;
         let mut out = std::io::BufWriter::new(tmp.as_file());
         let report = convert_layer(
             std::io::BufReader::new(tar),
@@ -68,12 +79,12 @@ pub fn write_layer(
             &WriterOptions::default(),
             &mut |_| {},
         )
-        .map_err(|e| BuildError::Export(format!("eStargz layer: {e}")))?;
+        .map_err(|e| BuildError::Layer(e.into()))?;
         out.flush().map_err(io("writing the layer"))?;
         drop(out);
         content
             .commit_blob(tmp, &report.blob_digest)
-            .map_err(export)?;
+            .map_err(store)?;
         let mut annotations = BTreeMap::new();
         annotations.insert(
             stargaze_fs::format::TOC_DIGEST_ANNOTATION.to_string(),
@@ -94,7 +105,7 @@ pub fn write_layer(
             stats,
         ));
     }
-    let tmp = content.temp_blob().map_err(export)?;
+    let tmp = content.temp_blob().map_err(store)?;
     let mut diff = Hasher::new();
     let stats = {
         let gz = flate2::write::GzEncoder::new(
@@ -112,8 +123,8 @@ pub fn write_layer(
             .map_err(io("writing the layer"))?;
         stats
     };
-    let (digest, size) = stargaze_fs::image::hash_file(tmp.path()).map_err(export)?;
-    content.commit_blob(tmp, &digest).map_err(export)?;
+    let (digest, size) = stargaze_fs::image::hash_file(tmp.path()).map_err(store)?;
+    content.commit_blob(tmp, &digest).map_err(store)?;
     Ok((
         LayerBlob {
             media_type: GZIP_LAYER.into(),
@@ -126,9 +137,21 @@ pub fn write_layer(
     ))
 }
 
+/// A layer whose digest does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("layer digest {digest:?}: {source}")]
+pub struct BadLayerDigest {
+    /// The digest as recorded.
+    pub digest: String,
+    /// Why it does not parse.
+    #[source]
+    pub source: DigestError,
+}
+
 /// The blob's digest, checked.
-pub fn blob_digest(b: &LayerBlob) -> Result<Digest, BuildError> {
-    b.digest
-        .parse()
-        .map_err(|e| BuildError::Export(format!("layer digest {:?}: {e}", b.digest)))
+pub fn blob_digest(b: &LayerBlob) -> Result<Digest, BadLayerDigest> {
+    b.digest.parse().map_err(|source| BadLayerDigest {
+        digest: b.digest.clone(),
+        source,
+    })
 }

@@ -5,8 +5,37 @@
 
 /// Why a word could not be processed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct WordError(pub String);
+pub enum WordError {
+    /// A quote that does not close.
+    #[error("unterminated {quote} quote in {input:?}")]
+    Unterminated {
+        /// The quote character.
+        quote: char,
+        /// The text it is in.
+        input: String,
+    },
+    /// `${` without `}`.
+    #[error("missing '}}' in ${{...}}")]
+    MissingBrace,
+    /// A `${name:…}` modifier other than `:-` and `:+`.
+    #[error("unsupported modifier in ${{{0}}} (only :- and :+)")]
+    Modifier(String),
+    /// `${…}` whose name is not a variable name.
+    #[error("bad variable name in ${{{0}}}")]
+    VariableName(String),
+    /// No arguments where some are needed.
+    #[error("needs at least one argument")]
+    NoArguments,
+    /// The legacy `KEY value` form without a value.
+    #[error("{0} needs a value")]
+    NoValue(String),
+    /// A token that is not `KEY=VALUE`.
+    #[error("{0:?} is not KEY=VALUE")]
+    NotKeyValue(String),
+    /// `=VALUE` without a key.
+    #[error("{0:?} has an empty key")]
+    EmptyKey(String),
+}
 
 /// Splits `s` into raw tokens at unquoted whitespace, keeping quotes and escapes as written.
 pub fn raw_tokens(s: &str, escape: char) -> Result<Vec<String>, WordError> {
@@ -41,7 +70,10 @@ pub fn raw_tokens(s: &str, escape: char) -> Result<Vec<String>, WordError> {
         }
     }
     if let Some(q) = quote {
-        return Err(WordError(format!("unterminated {q} quote in {s:?}")));
+        return Err(WordError::Unterminated {
+            quote: q,
+            input: s.to_string(),
+        });
     }
     if !cur.is_empty() {
         out.push(cur);
@@ -129,7 +161,7 @@ fn variable(
         let close = rest
             .iter()
             .position(|&c| c == '}')
-            .ok_or_else(|| WordError("missing '}' in ${...}".into()))?;
+            .ok_or(WordError::MissingBrace)?;
         let inner: String = rest[1..close].iter().collect();
         let (name, op, word) = match inner.find(':') {
             Some(p) => {
@@ -137,17 +169,13 @@ fn variable(
                 let mut t = tail[1..].chars();
                 match t.next() {
                     Some(op @ ('-' | '+')) => (n.to_string(), Some(op), t.as_str().to_string()),
-                    _ => {
-                        return Err(WordError(format!(
-                            "unsupported modifier in ${{{inner}}} (only :- and :+)"
-                        )))
-                    }
+                    _ => return Err(WordError::Modifier(inner)),
                 }
             }
             None => (inner.clone(), None, String::new()),
         };
         if name.is_empty() || !name.chars().all(is_name) {
-            return Err(WordError(format!("bad variable name in ${{{inner}}}")));
+            return Err(WordError::VariableName(inner));
         }
         let value = lookup(&name).filter(|v| !v.is_empty());
         let text = match op {
@@ -181,12 +209,12 @@ pub fn key_values(
 ) -> Result<Vec<(String, String)>, WordError> {
     let tokens = raw_tokens(s, escape)?;
     if tokens.is_empty() {
-        return Err(WordError("needs at least one argument".into()));
+        return Err(WordError::NoArguments);
     }
     if legacy && !tokens[0].contains('=') {
         let rest = s.trim_start()[tokens[0].len()..].trim();
         if rest.is_empty() {
-            return Err(WordError(format!("{} needs a value", tokens[0])));
+            return Err(WordError::NoValue(tokens[0].clone()));
         }
         return Ok(vec![(tokens[0].clone(), process(rest, escape, lookup)?)]);
     }
@@ -194,10 +222,10 @@ pub fn key_values(
     for t in tokens {
         let (k, v) = t
             .split_once('=')
-            .ok_or_else(|| WordError(format!("{t:?} is not KEY=VALUE")))?;
+            .ok_or_else(|| WordError::NotKeyValue(t.clone()))?;
         let k = process(k, escape, &|_| None)?;
         if k.is_empty() {
-            return Err(WordError(format!("{t:?} has an empty key")));
+            return Err(WordError::EmptyKey(t.clone()));
         }
         out.push((k, process(v, escape, lookup)?));
     }
@@ -230,7 +258,12 @@ mod tests {
         assert_eq!(p("${A:+set}"), "set");
         assert_eq!(p("${B:+set}"), "");
         assert_eq!(p("$"), "$");
-        assert!(process("${A", '\\', &env).is_err());
+        assert_eq!(process("${A", '\\', &env), Err(WordError::MissingBrace));
+        assert_eq!(WordError::MissingBrace.to_string(), "missing '}' in ${...}");
+        assert_eq!(
+            WordError::Modifier("A:?x".into()).to_string(),
+            "unsupported modifier in ${A:?x} (only :- and :+)"
+        );
         assert!(process("${A:?x}", '\\', &env).is_err());
         assert_eq!(expand("$HOME/x", '\\', &env).unwrap(), "/root/x");
         assert_eq!(

@@ -7,6 +7,7 @@
 
 use crate::executor::rootpath::{self, RootPathError};
 use stargaze_fs::digest::Hasher;
+use stargaze_fs::format::FormatError;
 use stargaze_fs::Digest;
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -30,18 +31,42 @@ pub enum CopyError {
         /// The source as written.
         src: String,
         /// How.
-        why: String,
+        why: &'static str,
+    },
+    /// A source could not be resolved inside the context.
+    #[error("COPY source {src:?} is outside the build context ({source})")]
+    Unresolved {
+        /// The source as written.
+        src: String,
+        /// Why.
+        #[source]
+        source: RootPathError,
     },
     /// A source matches nothing.
     #[error("COPY source {0:?} not found in the build context")]
     NotFound(String),
-    /// A destination could not be made.
-    #[error("COPY destination {dest:?}: {reason}")]
+    /// A destination (or a stage source) could not be resolved or made.
+    #[error("COPY destination {dest:?}: {source}")]
     Dest {
         /// The destination as written.
         dest: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: RootPathError,
+    },
+    /// Several sources, and the destination is not a directory.
+    #[error(
+        "COPY destination {0:?}: with more than one source the destination must be a directory ending in /"
+    )]
+    DestNotDir(String),
+    /// ADD could not unpack an archive.
+    #[error("COPY destination {dest:?}: unpacking the archive: {source}")]
+    Unpack {
+        /// The archive as written.
+        dest: String,
+        /// Why.
+        #[source]
+        source: Box<FormatError>,
     },
     /// A bad `--chmod`.
     #[error("--chmod={0}: not an octal mode")]
@@ -143,17 +168,19 @@ fn resolve_in(root: &SourceRoot, rel: &str, written: &str) -> Result<PathBuf, Co
         SourceRoot::Context(dir) => rootpath::resolve_strict(dir, rel, true).map_err(|e| match e {
             RootPathError::Escapes { .. } => CopyError::Outside {
                 src: written.into(),
-                why: "a `..` or a symlink leads out of it".into(),
+                why: "a `..` or a symlink leads out of it",
             },
-            other => CopyError::Outside {
+            source => CopyError::Unresolved {
                 src: written.into(),
-                why: other.to_string(),
+                source,
             },
         }),
-        SourceRoot::Image(dir) => rootpath::resolve(dir, rel, true).map_err(|e| CopyError::Dest {
-            dest: written.into(),
-            reason: e.to_string(),
-        }),
+        SourceRoot::Image(dir) => {
+            rootpath::resolve(dir, rel, true).map_err(|source| CopyError::Dest {
+                dest: written.into(),
+                source,
+            })
+        }
     }
 }
 
@@ -165,8 +192,7 @@ pub fn resolve_sources(root: &SourceRoot, srcs: &[String]) -> Result<Vec<Source>
             if s.starts_with('/') {
                 return Err(CopyError::Outside {
                     src: s.clone(),
-                    why: "absolute paths are not in the context; write it relative to the context"
-                        .into(),
+                    why: "absolute paths are not in the context; write it relative to the context",
                 });
             }
         }
@@ -301,23 +327,21 @@ pub fn copy_into(
     } else {
         format!("{}/{dest}", workdir.trim_end_matches('/'))
     };
-    let dest_err = |reason: String| CopyError::Dest {
+    let dest_err = |source| CopyError::Dest {
         dest: dest.into(),
-        reason,
+        source,
     };
     let mut stats = CopyStats::default();
     let single_file = sources.len() == 1
         && std::fs::symlink_metadata(&sources[0].path).is_ok_and(|m| !m.is_dir());
     let into_dir = dest.ends_with('/') || dest.ends_with("/.") || dest == "." || !single_file || {
-        let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(|e| dest_err(e.to_string()))?;
+        let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(dest_err)?;
         p.is_dir()
     };
     if sources.len() > 1 && !(dest.ends_with('/') || dest == ".") {
-        let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(|e| dest_err(e.to_string()))?;
+        let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(dest_err)?;
         if !p.is_dir() {
-            return Err(dest_err(
-                "with more than one source the destination must be a directory ending in /".into(),
-            ));
+            return Err(CopyError::DestNotDir(dest.into()));
         }
     }
     let archives: Vec<bool> = sources
@@ -325,8 +349,7 @@ pub fn copy_into(
         .map(|s| opts.unpack_archives && is_archive(&s.path))
         .collect();
     if into_dir || archives.iter().any(|a| *a) {
-        let dir =
-            rootpath::mkdir_all(rootfs, &dest_abs, 0o755).map_err(|e| dest_err(e.to_string()))?;
+        let dir = rootpath::mkdir_all(rootfs, &dest_abs, 0o755).map_err(dest_err)?;
         for (s, archive) in sources.iter().zip(archives) {
             let m = std::fs::symlink_metadata(&s.path)
                 .map_err(io(format!("inspecting {}", s.written)))?;
@@ -349,8 +372,7 @@ pub fn copy_into(
             Some((p, n)) => (if p.is_empty() { "/" } else { p }, n.to_string()),
             None => ("/", dest_abs.clone()),
         };
-        let dir =
-            rootpath::mkdir_all(rootfs, parent, 0o755).map_err(|e| dest_err(e.to_string()))?;
+        let dir = rootpath::mkdir_all(rootfs, parent, 0o755).map_err(dest_err)?;
         copy_entry(&sources[0].path, &dir.join(name), opts, &mut stats)?;
     }
     Ok(stats)
@@ -387,10 +409,11 @@ fn unpack_archive(src: &Path, dir: &Path, written: &str) -> Result<u64, CopyErro
         chown: stargaze_fs::sys::is_root(),
         ..ExtractOptions::default()
     };
-    let r = unpack_tar(input, dir, &std::env::temp_dir(), &eo).map_err(|e| CopyError::Dest {
-        dest: written.into(),
-        reason: format!("unpacking the archive: {e}"),
-    })?;
+    let r =
+        unpack_tar(input, dir, &std::env::temp_dir(), &eo).map_err(|source| CopyError::Unpack {
+            dest: written.into(),
+            source: Box::new(source),
+        })?;
     Ok(r.bytes)
 }
 
@@ -556,7 +579,7 @@ mod tests {
         );
         assert!(matches!(
             copy_into(&rootfs, &r("*.txt").unwrap(), "/notadir", "/", &o),
-            Err(CopyError::Dest { .. })
+            Err(CopyError::DestNotDir(d)) if d == "/notadir"
         ));
         assert!(parse_chmod("0755").is_ok() && parse_chmod("999").is_err());
     }

@@ -211,7 +211,8 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
     for ins in instructions {
         match (ins.keyword, stages.last_mut()) {
             (Keyword::From, _) => {
-                let toks = raw_tokens(&ins.args, escape).map_err(|e| err(ins.line, e.0))?;
+                let toks =
+                    raw_tokens(&ins.args, escape).map_err(|e| err(ins.line, e.to_string()))?;
                 let (base, name) = match toks.as_slice() {
                     [b] => (b.clone(), None),
                     [b, as_, n] if as_.eq_ignore_ascii_case("as") => {

@@ -6,11 +6,14 @@
 //! layer with the other snapshotters, are pulled, verified and unpacked into a prepared
 //! snapshot and committed.
 
+use super::guards::random_suffix;
+use super::image_config::ImageConfig;
 use super::BuildError;
 use crate::snapshot::stargz::labels::{TARGET, TOC_DIGEST};
 use crate::snapshot::{Labels, Mount, SnapshotError, Snapshotter};
 use stargaze_fs::format::extract::{ExtractOptions, Whiteouts};
-use stargaze_fs::remote::{Descriptor, Platform, Reference, RegistryClient};
+use stargaze_fs::mount::MountError;
+use stargaze_fs::remote::{Descriptor, Platform, Reference, RegistryClient, RemoteError};
 use stargaze_fs::Digest;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,8 +28,8 @@ pub struct BaseImage {
     pub reference: Reference,
     /// Its manifest digest.
     pub manifest: Digest,
-    /// The image config document.
-    pub config: serde_json::Value,
+    /// The image config.
+    pub config: ImageConfig,
     /// Layer descriptors, bottom first.
     pub layers: Vec<Descriptor>,
     /// The config's diff IDs, one per layer.
@@ -47,64 +50,117 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// Why a base image could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    /// The registry did not resolve it.
+    #[error(transparent)]
+    Resolve(RemoteError),
+    /// Its manifest names no config.
+    #[error("manifest has no config")]
+    NoConfig,
+    /// Its config is larger than [`MAX_CONFIG`].
+    #[error("config is {0} bytes (at most {MAX_CONFIG})")]
+    ConfigSize(u64),
+    /// The config's descriptor is not valid.
+    #[error(transparent)]
+    ConfigDescriptor(RemoteError),
+    /// The config could not be read.
+    #[error("reading the config: {0}")]
+    ReadConfig(RemoteError),
+    /// The config is not what its digest says.
+    #[error("config does not match its digest")]
+    ConfigDigest,
+    /// The config is not a valid image config.
+    #[error("config: {0}")]
+    Config(#[from] serde_json::Error),
+    /// The config has no `rootfs.diff_ids`.
+    #[error("config has no rootfs.diff_ids")]
+    NoDiffIds,
+    /// A diff ID is not a digest.
+    #[error("bad diff ID {0}")]
+    DiffId(serde_json::Value),
+    /// Layers and diff IDs do not pair up.
+    #[error("{layers} layers but {diff_ids} diff IDs")]
+    LayerCount {
+        /// Layers in the manifest.
+        layers: usize,
+        /// Diff IDs in the config.
+        diff_ids: usize,
+    },
+    /// A prepared snapshot's mounts are neither an overlay nor a bind mount.
+    #[error("cannot unpack into mounts {0:?}")]
+    UnpackTarget(Vec<Mount>),
+    /// A layer could not be pulled and unpacked.
+    #[error("layer {digest}: {source}")]
+    Layer {
+        /// The layer's digest.
+        digest: String,
+        /// Why.
+        #[source]
+        source: MountError,
+    },
+}
+
 /// Resolves `reference` for `platform` and reads its config.
 pub async fn resolve(
     client: &RegistryClient,
     reference: &Reference,
     platform: &Platform,
 ) -> Result<BaseImage, BuildError> {
-    let fail = |e: String| BuildError::Base {
-        image: reference.to_string(),
-        reason: e,
-    };
+    resolve_inner(client, reference, platform)
+        .await
+        .map_err(|e| BuildError::Base {
+            image: reference.to_string(),
+            source: Box::new(e),
+        })
+}
+
+async fn resolve_inner(
+    client: &RegistryClient,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<BaseImage, BaseError> {
     let (top, child) = client
         .resolve(reference, platform, &[])
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(BaseError::Resolve)?;
     let m = child.unwrap_or(top);
-    let cfg_desc = m
-        .config
-        .clone()
-        .ok_or_else(|| fail("manifest has no config".into()))?;
+    let cfg_desc = m.config.clone().ok_or(BaseError::NoConfig)?;
     if cfg_desc.size > MAX_CONFIG {
-        return Err(fail(format!(
-            "config is {} bytes (at most {MAX_CONFIG})",
-            cfg_desc.size
-        )));
+        return Err(BaseError::ConfigSize(cfg_desc.size));
     }
-    let cfg_digest = cfg_desc.digest().map_err(|e| fail(e.to_string()))?;
+    let cfg_digest = cfg_desc.digest().map_err(BaseError::ConfigDescriptor)?;
     let bytes = client
         .blob_range(reference, &cfg_digest, 0, cfg_desc.size, &[])
         .await
-        .map_err(|e| fail(format!("reading the config: {e}")))?
+        .map_err(BaseError::ReadConfig)?
         .data;
     if Digest::of(&bytes) != cfg_digest {
-        return Err(fail("config does not match its digest".into()));
+        return Err(BaseError::ConfigDigest);
     }
-    let config: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| fail(format!("config: {e}")))?;
-    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+    let doc: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let diff_ids: Vec<String> = doc["rootfs"]["diff_ids"]
         .as_array()
-        .ok_or_else(|| fail("config has no rootfs.diff_ids".into()))?
+        .ok_or(BaseError::NoDiffIds)?
         .iter()
         .map(|v| {
             v.as_str()
                 .filter(|s| s.parse::<Digest>().is_ok())
                 .map(str::to_string)
-                .ok_or_else(|| fail(format!("bad diff ID {v}")))
+                .ok_or_else(|| BaseError::DiffId(v.clone()))
         })
         .collect::<Result<_, _>>()?;
     if diff_ids.len() != m.layers.len() {
-        return Err(fail(format!(
-            "{} layers but {} diff IDs",
-            m.layers.len(),
-            diff_ids.len()
-        )));
+        return Err(BaseError::LayerCount {
+            layers: m.layers.len(),
+            diff_ids: diff_ids.len(),
+        });
     }
     Ok(BaseImage {
         reference: reference.with_digest(m.digest),
         manifest: m.digest,
-        config,
+        config: ImageConfig::from_value(doc)?,
         layers: m.layers.clone(),
         diff_ids,
     })
@@ -119,14 +175,6 @@ pub enum LayerOutcome {
     Lazy,
     /// Pulled and unpacked.
     Pulled,
-}
-
-fn random_suffix() -> String {
-    let mut b = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Makes sure every layer of `image` is a committed snapshot; returns the top chain ID
@@ -220,10 +268,12 @@ fn unpack(
     desc: &Descriptor,
     mounts: &[Mount],
 ) -> Result<(), BuildError> {
-    let (dir, whiteouts) = unpack_target(mounts).ok_or_else(|| BuildError::Base {
+    let fail = |e| BuildError::Base {
         image: image.reference.to_string(),
-        reason: format!("cannot unpack into mounts {mounts:?}"),
-    })?;
+        source: Box::new(e),
+    };
+    let (dir, whiteouts) =
+        unpack_target(mounts).ok_or_else(|| fail(BaseError::UnpackTarget(mounts.to_vec())))?;
     let eo = ExtractOptions {
         whiteouts,
         chown: stargaze_fs::sys::is_root(),
@@ -237,9 +287,11 @@ fn unpack(
         &[],
         eo,
     ))
-    .map_err(|e| BuildError::Base {
-        image: image.reference.to_string(),
-        reason: format!("layer {}: {e}", desc.digest),
+    .map_err(|source| {
+        fail(BaseError::Layer {
+            digest: desc.digest.clone(),
+            source,
+        })
     })
 }
 

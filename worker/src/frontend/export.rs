@@ -5,12 +5,14 @@
 //! and otherwise fetched (verified) and uploaded — only then does a lazy base get pulled.
 
 use super::cache::now;
+use super::image_config::rfc3339;
 use super::layer::blob_digest;
+use super::layer::BadLayerDigest;
 use super::progress::Progress;
-use super::solve::{rfc3339, StageResult};
+use super::request::StageResult;
 use super::BuildError;
-use stargaze_fs::image::OciLayout;
-use stargaze_fs::remote::{Reference, RegistryClient};
+use stargaze_fs::image::{ImageError, OciLayout};
+use stargaze_fs::remote::{Reference, ReferenceError, RegistryClient, RemoteError};
 use stargaze_fs::Digest;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,29 +36,73 @@ pub enum Destination {
     Registry(Reference),
 }
 
+/// Why a `-t` destination was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    /// `oci:` without a directory.
+    #[error("{0:?}: oci:DIR[:TAG] needs a directory")]
+    NoDirectory(String),
+    /// Not a valid tag or reference.
+    #[error("{given:?}: {source}")]
+    Invalid {
+        /// The destination as given.
+        given: String,
+        /// What is wrong.
+        #[source]
+        source: ReferenceError,
+    },
+    /// A registry without `--push`.
+    #[error(
+        "-t {0}: add --push to push it to its registry, or name an OCI layout with -t oci:DIR:TAG"
+    )]
+    NeedsPush(String),
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The layout (or the content store) failed.
+    #[error(transparent)]
+    Layout(#[from] ImageError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RemoteError),
+    /// A recorded layer digest is not valid.
+    #[error(transparent)]
+    LayerDigest(#[from] BadLayerDigest),
+    /// A temporary file for a blob failed.
+    #[error("temp file: {0}")]
+    TempFile(std::io::Error),
+    /// The config or manifest could not be written as JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// Parses `-t`: `oci:DIR[:TAG]` or a registry reference (`docker://` optional), which is
 /// only accepted with `push`.
-pub fn parse_destination(s: &str, push: bool) -> Result<Destination, String> {
+pub fn parse_destination(s: &str, push: bool) -> Result<Destination, DestinationError> {
+    let invalid = |source| DestinationError::Invalid {
+        given: s.to_string(),
+        source,
+    };
     if let Some(rest) = s.strip_prefix("oci:") {
         let (dir, tag) = match rest.rsplit_once(':') {
             Some((d, t)) if !t.contains('/') => (d, t),
             _ => (rest, "latest"),
         };
         if dir.is_empty() {
-            return Err(format!("{s:?}: oci:DIR[:TAG] needs a directory"));
+            return Err(DestinationError::NoDirectory(s.to_string()));
         }
-        stargaze_fs::remote::reference::validate_tag(tag).map_err(|e| format!("{s:?}: {e}"))?;
+        stargaze_fs::remote::reference::validate_tag(tag).map_err(invalid)?;
         return Ok(Destination::Layout {
             dir: PathBuf::from(dir),
             tag: tag.to_string(),
         });
     }
     let r = s.strip_prefix("docker://").unwrap_or(s);
-    let reference = Reference::parse(r).map_err(|e| format!("{s:?}: {e}"))?;
+    let reference = Reference::parse(r).map_err(invalid)?;
     if !push {
-        return Err(format!(
-            "-t {s}: add --push to push it to its registry, or name an OCI layout with -t oci:DIR:TAG"
-        ));
+        return Err(DestinationError::NeedsPush(s.to_string()));
     }
     Ok(Destination::Registry(reference))
 }
@@ -77,11 +123,10 @@ pub struct ExportReport {
 }
 
 /// The config and manifest bytes of `img`.
-pub fn documents(img: &StageResult) -> Result<(Vec<u8>, Vec<u8>), BuildError> {
+pub fn documents(img: &StageResult) -> Result<(Vec<u8>, Vec<u8>), ExportError> {
     let mut config = img.config.clone();
-    config["created"] = serde_json::Value::String(rfc3339(now()));
-    let config_bytes =
-        serde_json::to_vec(&config).map_err(|e| BuildError::Export(e.to_string()))?;
+    config.set_created(rfc3339(now()));
+    let config_bytes = config.to_bytes()?;
     let layers: Vec<serde_json::Value> = img
         .layers
         .iter()
@@ -107,13 +152,7 @@ pub fn documents(img: &StageResult) -> Result<(Vec<u8>, Vec<u8>), BuildError> {
         },
         "layers": layers,
     });
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| BuildError::Export(e.to_string()))?;
-    Ok((config_bytes, manifest_bytes))
-}
-
-fn export_err(e: impl std::fmt::Display) -> BuildError {
-    BuildError::Export(e.to_string())
+    Ok((config_bytes, serde_json::to_vec(&manifest)?))
 }
 
 /// Exports `img` to `dest`.
@@ -151,7 +190,7 @@ pub async fn export(
         }
         Err(e) => v.error(e),
     }
-    r
+    Ok(r?)
 }
 
 async fn to_layout(
@@ -162,8 +201,8 @@ async fn to_layout(
     tag: &str,
     config: &[u8],
     manifest: &[u8],
-) -> Result<ExportReport, BuildError> {
-    let layout = OciLayout::open_or_create(dir).map_err(export_err)?;
+) -> Result<ExportReport, ExportError> {
+    let layout = OciLayout::open_or_create(dir)?;
     let mut rep = ExportReport::default();
     for l in &img.layers {
         let d = blob_digest(&l.blob)?;
@@ -173,35 +212,30 @@ async fn to_layout(
         }
         match &l.remote {
             None => {
-                layout.copy_blob_from(content, &d).map_err(export_err)?;
+                layout.copy_blob_from(content, &d)?;
                 rep.built_layers += 1;
             }
             Some(src) => {
-                let tmp = layout.temp_blob().map_err(export_err)?;
-                let f = tmp
-                    .reopen()
-                    .map_err(|e| export_err(format!("temp blob: {e}")))?;
+                let tmp = layout.temp_blob()?;
+                let f = tmp.reopen().map_err(ExportError::TempFile)?;
                 let mut f = tokio::fs::File::from_std(f);
                 client
                     .blob_to_file(src, &d, l.blob.size, &mut f, &[], &|_| {})
-                    .await
-                    .map_err(export_err)?;
+                    .await?;
                 drop(f);
-                layout.commit_blob(tmp, &d).map_err(export_err)?;
+                layout.commit_blob(tmp, &d)?;
                 rep.base_layers_fetched += 1;
             }
         }
         rep.bytes += l.blob.size;
     }
-    layout.put_blob(config).map_err(export_err)?;
-    let desc = layout
-        .put_manifest_bytes(
-            manifest,
-            oci_spec::image::MediaType::ImageManifest,
-            Some(tag),
-        )
-        .map_err(export_err)?;
-    rep.manifest = Some(OciLayout::digest_of(&desc).map_err(export_err)?);
+    layout.put_blob(config)?;
+    let desc = layout.put_manifest_bytes(
+        manifest,
+        oci_spec::image::MediaType::ImageManifest,
+        Some(tag),
+    )?;
+    rep.manifest = Some(OciLayout::digest_of(&desc)?);
     Ok(rep)
 }
 
@@ -212,7 +246,7 @@ async fn to_registry(
     dest: &Reference,
     config: &[u8],
     manifest: &[u8],
-) -> Result<ExportReport, BuildError> {
+) -> Result<ExportReport, ExportError> {
     let mut rep = ExportReport::default();
     for l in &img.layers {
         let d = blob_digest(&l.blob)?;
@@ -220,8 +254,7 @@ async fn to_registry(
             None => {
                 if client
                     .push_blob(dest, &d, &content.blob_path(&d), l.blob.size)
-                    .await
-                    .map_err(export_err)?
+                    .await?
                 {
                     rep.bytes += l.blob.size;
                 }
@@ -229,10 +262,7 @@ async fn to_registry(
             }
             Some(src) => {
                 if src.registry == dest.registry
-                    && client
-                        .mount_blob(dest, &d, &src.repository)
-                        .await
-                        .map_err(export_err)?
+                    && client.mount_blob(dest, &d, &src.repository).await?
                 {
                     rep.base_layers_kept += 1;
                     continue;
@@ -242,39 +272,29 @@ async fn to_registry(
                     continue;
                 }
                 let tmp = tempfile::NamedTempFile::new_in(content.root())
-                    .map_err(|e| export_err(format!("temp file: {e}")))?;
-                let mut f = tokio::fs::File::from_std(
-                    tmp.reopen()
-                        .map_err(|e| export_err(format!("temp file: {e}")))?,
-                );
+                    .map_err(ExportError::TempFile)?;
+                let mut f = tokio::fs::File::from_std(tmp.reopen().map_err(ExportError::TempFile)?);
                 client
                     .blob_to_file(src, &d, l.blob.size, &mut f, &[], &|_| {})
-                    .await
-                    .map_err(export_err)?;
+                    .await?;
                 drop(f);
-                client
-                    .push_blob(dest, &d, tmp.path(), l.blob.size)
-                    .await
-                    .map_err(export_err)?;
+                client.push_blob(dest, &d, tmp.path(), l.blob.size).await?;
                 rep.base_layers_fetched += 1;
                 rep.bytes += l.blob.size;
             }
         }
     }
     let cfg_digest = Digest::of(config);
-    let mut cfg_file = tempfile::NamedTempFile::new_in(content.root())
-        .map_err(|e| export_err(format!("temp file: {e}")))?;
-    std::io::Write::write_all(&mut cfg_file, config)
-        .map_err(|e| export_err(format!("temp file: {e}")))?;
+    let mut cfg_file =
+        tempfile::NamedTempFile::new_in(content.root()).map_err(ExportError::TempFile)?;
+    std::io::Write::write_all(&mut cfg_file, config).map_err(ExportError::TempFile)?;
     client
         .push_blob(dest, &cfg_digest, cfg_file.path(), config.len() as u64)
-        .await
-        .map_err(export_err)?;
+        .await?;
     let tag = dest.tag.clone().unwrap_or_else(|| "latest".into());
     let d = client
         .push_manifest(dest, &tag, OCI_MANIFEST, manifest)
-        .await
-        .map_err(export_err)?;
+        .await?;
     rep.manifest = Some(d);
     Ok(rep)
 }
@@ -301,6 +321,7 @@ mod tests {
         );
         assert!(parse_destination("localhost:5000/app:v1", false)
             .unwrap_err()
+            .to_string()
             .contains("--push"));
         assert!(matches!(
             parse_destination("docker://localhost:5000/app:v1", true).unwrap(),
