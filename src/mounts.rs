@@ -137,3 +137,13 @@ pub fn detach_under(root: &Path) {
         let _ = Command::new("umount").arg("-l").arg(p).status();
     }
 }
+
+/// FUSE mounts under `root` now.
+pub fn fuse_mounts_under(root: &Path) -> usize {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&root) && l.contains(" - fuse"))
+        .count()
+}

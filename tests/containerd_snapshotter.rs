@@ -5,6 +5,7 @@
 
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
+use stargaze_suite::mounts::fuse_mounts_under;
 use stargaze_suite::servers::StargazeSnapshotter;
 use stargaze_suite::{have, is_root, require, run, stargaze_bin, Containerd};
 use std::path::Path;
@@ -50,16 +51,6 @@ fn plain_image(dir: &Path) -> (BackgroundRegistry, String) {
         .arg(format!("oci:{}:esgz", oci.display()))
         .arg(format!("docker://{}/esgz/busybox:v1", reg.addr())));
     (reg, name)
-}
-
-/// FUSE mounts under `root` now.
-fn fuse_mounts_under(root: &Path) -> usize {
-    let root = root.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&root) && l.contains(" - fuse"))
-        .count()
 }
 
 fn snapshots(ctd: &Containerd, args: &[&str]) -> std::process::Output {

@@ -10,7 +10,7 @@ use stargaze_fs::image::OciLayout;
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_suite::fault_proxy::{Fault, FaultProxy, Rule};
 use stargaze_suite::http::send;
-use stargaze_suite::mounts::Mounted;
+use stargaze_suite::mounts::{fuse_mounts_under, Mounted};
 use stargaze_suite::servers::{DockerRegistry, StargazeSnapshotter};
 use stargaze_suite::{have, is_root, require, run, stargaze_bin, Containerd};
 use std::path::{Path, PathBuf};
@@ -200,16 +200,6 @@ fn a_lazy_mount_through_a_server_that_ignores_range() {
 
 fn stats_layers(m: &Mounted) -> Vec<serde_json::Value> {
     m.stats()["layers"].as_array().unwrap().clone()
-}
-
-/// FUSE mounts under `root` now.
-fn fuse_mounts_under(root: &Path) -> usize {
-    let root = root.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&root) && l.contains(" - fuse"))
-        .count()
 }
 
 #[test]
