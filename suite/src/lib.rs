@@ -16,9 +16,16 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+/// The workspace root (the checkout), whose `target/` holds the builds, the reference daemon
+/// and the bench inputs; the suite is its member `suite/`.
+pub fn workspace_dir() -> PathBuf {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR"));
+    suite.parent().unwrap_or(suite).to_path_buf()
+}
+
 /// `../shared/fixtures` beside the checkout.
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    workspace_dir().join("../shared/fixtures")
 }
 
 /// True under CI, where a missing prerequisite is a failure rather than a skip.
@@ -45,11 +52,7 @@ pub fn have(prog: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
 }
 
-/// Whether we run as root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use stargaze_fs::sys::is_root;
 
 /// The `stargaze` binary next to the test executable (built by `cargo build -p stargaze`).
 pub fn stargaze_bin() -> PathBuf {
@@ -374,7 +377,7 @@ pub fn sample_estargz(dir: &Path, small_files: usize) -> PathBuf {
 
 /// The reference snapshotter daemon built by `scripts/build-reference.sh`, if present.
 pub fn reference_stargz_grpc() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reference/containerd-stargz-grpc");
+    let p = workspace_dir().join("target/reference/containerd-stargz-grpc");
     p.is_file().then_some(p)
 }
 
@@ -501,7 +504,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// `target/bench-cache`: inputs benches build once and keep (never committed).
 pub fn bench_cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-cache")
+    workspace_dir().join("target/bench-cache")
 }
 
 /// Which named parts of a whole-workflow bench to run: the names given after `--`, or all.

@@ -316,7 +316,7 @@ fn tar_entry_budget(compression: Compression, payload_end: u64, uncompressed: Op
 
 /// Estimated build-time bytes of one name-bearing entry besides its name bytes: the inode,
 /// the directory maps, the path table, the entry list and their allocations (measured with
-/// tests/hostile_layers.rs; the packed index keeps about half of it).
+/// suite/tests/hostile_layers.rs; the packed index keeps about half of it).
 const ENTRY_COST: u64 = 480;
 /// Times each name-bearing entry's path bytes are held while building.
 const PATH_COPIES: u64 = 4;
@@ -1002,7 +1002,7 @@ mod tests {
 
     #[test]
     fn nodes_stay_small() {
-        // The inode table is most of a mounted layer's memory; see benches/format.rs.
+        // The inode table is most of a mounted layer's memory; see suite/benches/format.rs.
         assert!(
             std::mem::size_of::<Node>() <= 128,
             "{}",
