@@ -1,7 +1,8 @@
 //! Shared support for the integration tests and benchmarks: where the reference fixtures are,
 //! the one prerequisite check (`require`), the stargaze binary, and tree snapshots for
-//! comparing extracted or unpacked root filesystems.
+//! comparing extracted or unpacked root filesystems; `bench` holds what the WAN benches share.
 
+pub mod bench;
 pub mod blobs;
 pub mod busybox;
 pub mod fault_proxy;
