@@ -284,22 +284,34 @@ mod tests {
 
     /// Applies the metadata instructions of `body` to a scratch config.
     fn apply(body: &str, vars: &HashMap<&str, &str>) -> Result<ImageConfig, InstructionError> {
-        let mut cfg = ImageConfig::scratch(&Platform::parse("linux/amd64").unwrap());
-        let all = steps(body);
+        let cfg = ImageConfig::scratch(&Platform::parse("linux/amd64").unwrap());
+        apply_to(cfg, &format!("FROM scratch\n{body}"), vars)
+    }
+
+    /// Applies the metadata instructions of the one-stage Dockerfile `text` (directives
+    /// included) to `cfg`, as the solver does: ENV values first, then the build args `vars`.
+    fn apply_to(
+        mut cfg: ImageConfig,
+        text: &str,
+        vars: &HashMap<&str, &str>,
+    ) -> Result<ImageConfig, InstructionError> {
+        let df = parse(text).unwrap();
+        let esc = df.escape;
+        let all = df.stages[0].steps.clone();
         for ins in &all {
-            let env = env_of(&cfg);
+            let set = env_of(&cfg);
             let lookup = |n: &str| {
-                env.iter()
+                set.iter()
                     .find(|(k, _)| k == n)
                     .map(|(_, v)| v.clone())
                     .or_else(|| vars.get(n).map(|v| v.to_string()))
             };
             match ins.keyword {
-                Keyword::Env => env_ins(&mut cfg, ins, &lookup)?,
-                Keyword::Workdir => workdir(&mut cfg, ins, '\\', &lookup)?,
-                Keyword::User => user(&mut cfg, ins, '\\', &lookup)?,
-                Keyword::Label => label(&mut cfg, ins, '\\', &lookup)?,
-                Keyword::Expose => expose(&mut cfg, ins, '\\', &lookup)?,
+                Keyword::Env => env(&mut cfg, ins, esc, &lookup)?,
+                Keyword::Workdir => workdir(&mut cfg, ins, esc, &lookup)?,
+                Keyword::User => user(&mut cfg, ins, esc, &lookup)?,
+                Keyword::Label => label(&mut cfg, ins, esc, &lookup)?,
+                Keyword::Expose => expose(&mut cfg, ins, esc, &lookup)?,
                 Keyword::Cmd => cmd(&mut cfg, ins),
                 Keyword::Entrypoint => entrypoint(&mut cfg, ins, cmd_set_before(&all, ins)),
                 k => panic!("not a metadata instruction: {k:?}"),
@@ -309,12 +321,25 @@ mod tests {
         Ok(cfg)
     }
 
-    fn env_ins(
-        cfg: &mut ImageConfig,
-        ins: &Instruction,
-        l: Lookup,
-    ) -> Result<(), InstructionError> {
-        env(cfg, ins, '\\', l)
+    /// A base image's config the way Docker writes one.
+    fn base() -> ImageConfig {
+        ImageConfig::from_value(serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "docker_version": "20.10.7",
+            "config": {
+                "Hostname": "",
+                "Env": ["PATH=/usr/bin:/bin", "LANG=C.UTF-8"],
+                "Cmd": ["sh"],
+                "User": "nobody",
+                "WorkingDir": "/srv",
+                "Labels": {"b": "2", "a": "1"},
+                "ExposedPorts": {"80/tcp": {}, "53/udp": {}}
+            },
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:aa"]},
+            "history": [{"created_by": "ADD file:x in /"}]
+        }))
+        .unwrap()
     }
 
     fn doc(cfg: &ImageConfig) -> serde_json::Value {
@@ -413,5 +438,249 @@ mod tests {
             arg_decls(ins, '\\', &|_| None),
             Err(InstructionError::ArgName(n)) if n == "a-b"
         ));
+    }
+
+    #[test]
+    fn env_on_a_base_replaces_in_place_and_appends() {
+        let cfg = apply_to(
+            base(),
+            "FROM b\nENV PATH=/opt/bin:$PATH HOME=/root\nENV LANG=$HOME",
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            env_of(&cfg),
+            vec![
+                ("PATH".to_string(), "/opt/bin:/usr/bin:/bin".to_string()),
+                ("LANG".to_string(), "/root".to_string()),
+                ("HOME".to_string(), "/root".to_string()),
+            ]
+        );
+        // The rest of the base config is untouched.
+        let d = doc(&cfg);
+        assert_eq!(d["config"]["Cmd"], serde_json::json!(["sh"]));
+        assert_eq!(d["config"]["Hostname"], "");
+        assert_eq!(d["docker_version"], "20.10.7");
+    }
+
+    #[test]
+    fn env_values_expand_build_args_quotes_and_modifiers() {
+        let cfg = apply(
+            "ENV A=\"a b\" B='$X' C=$X D=${X:-d} E=${NOPE:-d} F=${X:+y} G=${NOPE:+y} H=a\\ b",
+            &HashMap::from([("X", "x")]),
+        )
+        .unwrap();
+        assert_eq!(
+            doc(&cfg)["config"]["Env"],
+            serde_json::json!(["A=a b", "B=$X", "C=x", "D=x", "E=d", "F=y", "G=", "H=a b"])
+        );
+        // An ENV value hides a build arg of the same name in later instructions.
+        let cfg = apply("ENV X=env\nENV Y=$X", &HashMap::from([("X", "arg")])).unwrap();
+        assert_eq!(
+            doc(&cfg)["config"]["Env"],
+            serde_json::json!(["X=env", "Y=env"])
+        );
+    }
+
+    #[test]
+    fn the_escape_directive_changes_the_escape_character() {
+        let text = "# escape=`\nFROM scratch\nENV A=a`$X B=c\\d\nWORKDIR C:\\app";
+        let cfg = apply_to(
+            ImageConfig::scratch(&Platform::parse("linux/amd64").unwrap()),
+            text,
+            &HashMap::from([("X", "x")]),
+        )
+        .unwrap();
+        assert_eq!(
+            doc(&cfg)["config"]["Env"],
+            serde_json::json!(["A=a$X", "B=c\\d"])
+        );
+        assert_eq!(working_dir_of(&cfg), "/C:\\app");
+    }
+
+    #[test]
+    fn workdir_starts_from_the_base_and_expands_env() {
+        let cfg = apply_to(base(), "FROM b\nWORKDIR app", &HashMap::new()).unwrap();
+        assert_eq!(working_dir_of(&cfg), "/srv/app");
+        let cfg = apply_to(
+            base(),
+            "FROM b\nENV HOME=/root\nWORKDIR $HOME/x\nWORKDIR ../y",
+            &HashMap::new(),
+        )
+        .unwrap();
+        // Relative parts are joined as written; the runtime resolves `..`.
+        assert_eq!(working_dir_of(&cfg), "/root/x/../y");
+        let cfg = apply("WORKDIR /\nWORKDIR a\nWORKDIR  /b/c  ", &HashMap::new()).unwrap();
+        assert_eq!(working_dir_of(&cfg), "/b/c");
+        let cfg = apply("WORKDIR /\nWORKDIR a", &HashMap::new()).unwrap();
+        assert_eq!(working_dir_of(&cfg), "/a");
+    }
+
+    #[test]
+    fn user_replaces_the_base_user_and_expands() {
+        assert_eq!(user_of(&base()), "nobody");
+        let cfg = apply_to(
+            base(),
+            "FROM b\nUSER ${U:-1000}:${G:-1000}",
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(user_of(&cfg), "1000:1000");
+        let cfg = apply_to(
+            base(),
+            "FROM b\nENV U=app\nUSER $U\nUSER ${U}:${G}",
+            &HashMap::from([("G", "staff")]),
+        )
+        .unwrap();
+        assert_eq!(user_of(&cfg), "app:staff");
+        let scratch = ImageConfig::scratch(&Platform::parse("linux/amd64").unwrap());
+        assert_eq!(user_of(&scratch), "");
+        assert_eq!(working_dir_of(&scratch), "");
+    }
+
+    #[test]
+    fn labels_merge_into_the_base_labels() {
+        let cfg = apply_to(
+            base(),
+            "FROM b\nLABEL a=9 c=\"x y\" d=$V\nLABEL \"e f\"='$V'",
+            &HashMap::from([("V", "v")]),
+        )
+        .unwrap();
+        assert_eq!(
+            doc(&cfg)["config"]["Labels"],
+            serde_json::json!({"a": "9", "b": "2", "c": "x y", "d": "v", "e f": "$V"})
+        );
+        let e = apply("LABEL novalue", &HashMap::new()).unwrap_err();
+        assert!(matches!(e, InstructionError::Words(_)), "{e}");
+    }
+
+    #[test]
+    fn ports_merge_into_the_base_ports_once() {
+        let cfg = apply_to(
+            base(),
+            "FROM b\nEXPOSE 80 $P/sctp 53/udp 443/tcp",
+            &HashMap::from([("P", "9")]),
+        )
+        .unwrap();
+        assert_eq!(
+            doc(&cfg)["config"]["ExposedPorts"],
+            serde_json::json!({"80/tcp": {}, "53/udp": {}, "9/sctp": {}, "443/tcp": {}})
+        );
+        let ports = cfg.config().unwrap().exposed_ports().clone().unwrap();
+        assert_eq!(ports.len(), 4, "{ports:?}");
+    }
+
+    #[test]
+    fn a_bad_port_changes_nothing() {
+        for body in ["EXPOSE 80/tcp/x", "EXPOSE -1", "EXPOSE ''", "EXPOSE 80/TCP"] {
+            assert!(
+                matches!(
+                    apply(body, &HashMap::new()),
+                    Err(InstructionError::Expose(_))
+                ),
+                "{body}"
+            );
+        }
+        let mut cfg = base();
+        let before = doc(&cfg);
+        let ins = &steps("EXPOSE 81 x")[0];
+        let e = expose(&mut cfg, ins, '\\', &|_| None).unwrap_err();
+        assert!(matches!(&e, InstructionError::Expose(p) if p == "x"), "{e}");
+        assert_eq!(doc(&cfg), before);
+    }
+
+    #[test]
+    fn cmd_and_entrypoint_on_a_base() {
+        // The base's CMD goes with a new ENTRYPOINT ...
+        let d = doc(&apply_to(base(), "FROM b\nENTRYPOINT [\"/e\"]", &HashMap::new()).unwrap());
+        assert_eq!(d["config"]["Entrypoint"], serde_json::json!(["/e"]));
+        assert!(d["config"]["Cmd"].is_null());
+        // ... but one this stage set stays, in either order.
+        let d = doc(&apply_to(
+            base(),
+            "FROM b\nCMD [\"x\"]\nENTRYPOINT [\"/e\"]",
+            &HashMap::new(),
+        )
+        .unwrap());
+        assert_eq!(d["config"]["Cmd"], serde_json::json!(["x"]));
+        let d = doc(&apply_to(
+            base(),
+            "FROM b\nENTRYPOINT [\"/e\"]\nCMD [\"x\"]",
+            &HashMap::new(),
+        )
+        .unwrap());
+        assert_eq!(d["config"]["Cmd"], serde_json::json!(["x"]));
+        // CMD alone keeps the base's (absent) entrypoint; the shell form is not expanded.
+        let d = doc(&apply_to(base(), "FROM b\nCMD echo \"$HOME\" $X", &HashMap::new()).unwrap());
+        assert_eq!(
+            d["config"]["Cmd"],
+            serde_json::json!(["/bin/sh", "-c", "echo \"$HOME\" $X"])
+        );
+        assert!(d["config"].get("Entrypoint").is_none_or(|e| e.is_null()));
+    }
+
+    #[test]
+    fn cmd_set_before_compares_lines() {
+        let all = steps("ENTRYPOINT a\nCMD b\nENTRYPOINT c");
+        assert!(!cmd_set_before(&all, &all[0]));
+        assert!(cmd_set_before(&all, &all[2]));
+        assert!(!cmd_set_before(
+            &steps("ENV A=1\nENTRYPOINT a")[..],
+            &steps("ENTRYPOINT a")[0]
+        ));
+    }
+
+    #[test]
+    fn commands_in_exec_and_shell_form() {
+        assert_eq!(
+            command(&steps("RUN [\"/bin/echo\", \"a b\"]")[0]),
+            vec!["/bin/echo".to_string(), "a b".to_string()]
+        );
+        assert_eq!(
+            command(&steps("RUN echo a   b")[0]),
+            vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                "echo a   b".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn arg_defaults_expand_and_keep_quoted_spaces() {
+        let ins = &steps("ARG A=\"a b\" B=${X:-d} C=$X _d1 E=")[0];
+        assert_eq!(
+            arg_decls(ins, '\\', &|_| None).unwrap(),
+            vec![
+                ("A".into(), Some("a b".into())),
+                ("B".into(), Some("d".into())),
+                ("C".into(), Some(String::new())),
+                ("_d1".into(), None),
+                ("E".into(), Some(String::new())),
+            ]
+        );
+        let ins = &steps("ARG =v")[0];
+        assert!(matches!(
+            arg_decls(ins, '\\', &|_| None),
+            Err(InstructionError::ArgName(n)) if n.is_empty()
+        ));
+        let ins = &steps("ARG A B.c")[0];
+        assert!(matches!(
+            arg_decls(ins, '\\', &|_| None),
+            Err(InstructionError::ArgName(n)) if n == "B.c"
+        ));
+    }
+
+    #[test]
+    fn history_says_whether_a_layer_was_added() {
+        let mut cfg = base();
+        history(&mut cfg, "RUN make", false, "2025-01-02T03:04:05Z".into());
+        let d = doc(&cfg);
+        let h = d["history"].as_array().unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0]["created_by"], "ADD file:x in /");
+        assert_eq!(h[1]["created_by"], "RUN make");
+        assert_eq!(h[1]["empty_layer"], false);
+        assert_eq!(h[1]["created"], "2025-01-02T03:04:05Z");
     }
 }
