@@ -292,4 +292,68 @@ mod tests {
         assert!(ImageConfig::from_value(serde_json::json!([1])).is_err());
         assert!(ImageConfig::from_value(serde_json::json!({"os": "linux"})).is_err());
     }
+
+    #[test]
+    fn layers_and_dates_go_on_top() {
+        let mut c = ImageConfig::scratch(&Platform::parse("linux/amd64").unwrap());
+        c.push_diff_id("sha256:01".into());
+        c.push_diff_id("sha256:02".into());
+        c.set_created("2025-01-02T03:04:05Z".into());
+        assert_eq!(
+            c.diff_ids(),
+            ["sha256:01".to_string(), "sha256:02".to_string()]
+        );
+        let v = c.to_value().unwrap();
+        assert_eq!(v["created"], "2025-01-02T03:04:05Z");
+        assert_eq!(
+            v["rootfs"],
+            serde_json::json!({"type": "layers", "diff_ids": ["sha256:01", "sha256:02"]})
+        );
+        // What is written reads back as the same config.
+        assert_eq!(ImageConfig::from_value(v).unwrap(), c);
+    }
+
+    #[test]
+    fn edits_create_a_missing_or_null_config() {
+        for config in [None, Some(Value::Null)] {
+            let mut v = serde_json::json!({
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "moby.extra": [1],
+            });
+            if let Some(c) = config.clone() {
+                v["config"] = c;
+            }
+            let mut c = ImageConfig::from_value(v.clone()).unwrap();
+            assert!(c.config().is_none(), "{config:?}");
+            assert_eq!(c.to_value().unwrap(), v, "{config:?}");
+            c.edit_config(|k| {
+                k.set_user(Some("app".into()));
+            });
+            let out = c.to_value().unwrap();
+            assert_eq!(
+                out["config"],
+                serde_json::json!({"User": "app"}),
+                "{config:?}"
+            );
+            assert_eq!(out["moby.extra"], serde_json::json!([1]));
+        }
+    }
+
+    #[test]
+    fn history_entries_append_after_the_base() {
+        let v: Value = serde_json::from_str(DOCKER).unwrap();
+        let mut c = ImageConfig::from_value(v).unwrap();
+        let mut h = History::default();
+        h.set_created_by(Some("RUN x".into()));
+        h.set_empty_layer(Some(false));
+        c.push_history(h);
+        let out = c.to_value().unwrap();
+        let hs = out["history"].as_array().unwrap();
+        assert_eq!(hs.len(), 2);
+        assert_eq!(hs[0]["created_by"], "ADD file:x in /");
+        assert_eq!(hs[1]["created_by"], "RUN x");
+        assert_eq!(hs[1]["empty_layer"], false);
+    }
 }
