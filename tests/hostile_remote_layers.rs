@@ -5,9 +5,10 @@
 
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
 use stargaze_fs::format::tar::{HeaderSpec, TarBuilder, TarKind};
-use stargaze_fs::format::{convert_layer, WriterOptions, TOC_DIGEST_ANNOTATION};
+use stargaze_fs::format::{convert_layer, WriterOptions};
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::layer::{LayerError, RemoteLayer};
+use stargaze_fs::oci::TOC_DIGEST_ANNOTATION;
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_fs::remote::fetcher::FetchOptions;
 use stargaze_fs::remote::{ClientOptions, Descriptor, Reference, RegistryClient};

@@ -391,7 +391,7 @@ fn docker_schema2_and_platform_selection() {
         .arg(format!("docker://{}/d2/img:v1", reg.host())));
     let r = Reference::parse(&format!("{}/d2/img:v1", reg.host())).unwrap();
     let m = rt.block_on(client.manifest(&r, &[])).unwrap();
-    assert_eq!(m.media_type, stargaze_fs::remote::manifest::DOCKER_MANIFEST);
+    assert_eq!(m.media_type, stargaze_fs::oci::DOCKER_MANIFEST);
     let back = tmp.path().join("d2");
     run(Command::new(stargaze_bin())
         .arg("copy")
@@ -405,7 +405,7 @@ fn docker_schema2_and_platform_selection() {
     );
     assert_eq!(
         tags[0].1.media_type().to_string(),
-        stargaze_fs::remote::manifest::DOCKER_MANIFEST
+        stargaze_fs::oci::DOCKER_MANIFEST
     );
 
     // A two-platform index (both entries point at the sample manifest).

@@ -12,6 +12,7 @@ pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod mount;
+pub mod oci;
 pub mod registry;
 pub mod remote;
 pub mod stream;

@@ -98,7 +98,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let digest = OciLayout::digest_of(desc)?;
         let ann = annotations_of(desc);
         let toc = ann
-            .get(stargaze_fs::format::TOC_DIGEST_ANNOTATION)
+            .get(stargaze_fs::oci::TOC_DIGEST_ANNOTATION)
             .context("converted layer lacks its toc.digest annotation")?
             .parse()?;
         let r = LayerReader::open(

@@ -18,8 +18,8 @@ impl Compression {
     /// The OCI media type of a layer in this compression.
     pub fn media_type(self) -> &'static str {
         match self {
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Gzip => crate::oci::OCI_LAYER_GZIP,
+            Compression::Zstd => crate::oci::OCI_LAYER_ZSTD,
         }
     }
 

@@ -13,8 +13,9 @@ use crate::cache::ChunkCache;
 use crate::digest::Digest;
 use crate::format::{
     footer::Footer, metadata_start, FormatError, Index, LayerReader, NodeId, NodeKind, OpenOptions,
-    WindowBlob, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS,
+    WindowBlob,
 };
+use crate::oci::{TOC_DIGEST_ANNOTATION, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS};
 use crate::remote::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
 use crate::remote::RangeAnswer;
 use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
@@ -23,8 +24,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Annotation carrying the digest of the uncompressed TOC.
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// Bytes read from the end of the blob first: the footer, and the whole TOC when small.
 const FIRST_TAIL: u64 = 512 << 10;
 /// Speculative background fetches (rest of a file, loader dependencies) at once per layer.

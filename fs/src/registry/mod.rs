@@ -22,10 +22,6 @@ mod uploads;
 
 pub use error::{ApiError, RegistryError};
 pub use gc::{GcOptions, GcReport};
-pub use http::percent_encode;
-pub use referrers::{referrer_of, Referrer};
-pub use store::listed_manifests;
-pub use store::{manifest_media_type, referenced_digests, MANIFEST_TYPES, MAX_MANIFEST};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

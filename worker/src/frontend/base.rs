@@ -208,7 +208,7 @@ pub fn ensure_snapshots(
         if let Some(t) = desc
             .annotations
             .as_ref()
-            .and_then(|a| a.get(stargaze_fs::format::TOC_DIGEST_ANNOTATION))
+            .and_then(|a| a.get(stargaze_fs::oci::TOC_DIGEST_ANNOTATION))
         {
             labels.insert(TOC_DIGEST.into(), t.clone());
         }
