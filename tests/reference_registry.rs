@@ -5,12 +5,12 @@
 //! endless loops refused).
 
 use stargaze_fs::cache::{ChunkCache, MemoryCache};
+use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::format::{FileBlob, LayerReader, NodeKind, OpenOptions};
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::layer::RemoteLayer;
 use stargaze_fs::remote::auth::{Credentials, SessionManager, StaticCredentials};
 use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
-use stargaze_fs::remote::fetcher::FetchOptions;
 use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient, RemoteError};
 use stargaze_suite::fault_proxy::{Fault, FaultProxy, Rule};
 use stargaze_suite::http::{Reply, Response, TestServer};
@@ -60,7 +60,7 @@ async fn compare_lazy_reads(
     reference: &Reference,
     oci: &Path,
     sessions: Vec<String>,
-) -> stargaze_fs::remote::fetcher::CounterSnapshot {
+) -> stargaze_fs::fetcher::CounterSnapshot {
     let (m, _) = client
         .resolve(reference, &Platform::host(), &sessions)
         .await

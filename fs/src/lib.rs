@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod digest;
+pub mod fetcher;
 pub mod format;
 pub mod fuse;
 pub mod image;

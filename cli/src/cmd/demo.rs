@@ -7,6 +7,7 @@ use crate::progress::{bytes, Progress};
 use anyhow::Context;
 use clap::Args;
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::format::verify::verify_layer;
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions, WriterOptions};
 use stargaze_fs::fuse::FsOptions;
@@ -15,7 +16,6 @@ use stargaze_fs::image::{annotations_of, convert_image, ImageConvertOptions, Oci
 use stargaze_fs::mount::{mount_image, MountOptions};
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
-use stargaze_fs::remote::fetcher::FetchOptions;
 use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient};
 use std::path::PathBuf;
 use std::sync::Arc;

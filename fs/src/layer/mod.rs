@@ -11,12 +11,12 @@ pub use local::LOCAL_FILE_MIN;
 
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
+use crate::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
 use crate::format::{
     footer::Footer, metadata_start, FormatError, Index, LayerReader, NodeId, NodeKind, OpenOptions,
     WindowBlob,
 };
 use crate::oci::{TOC_DIGEST_ANNOTATION, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS};
-use crate::remote::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
 use crate::remote::RangeAnswer;
 use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
 use std::collections::BTreeMap;
@@ -310,7 +310,7 @@ impl RemoteLayer {
     }
 
     /// Latency of this layer's chunk range requests.
-    pub fn latency(&self) -> crate::remote::latency::LatencySnapshot {
+    pub fn latency(&self) -> crate::fetcher::LatencySnapshot {
         self.fetcher.counters().latency.snapshot()
     }
 

@@ -7,9 +7,9 @@
 pub mod fallback;
 
 use crate::cache::ChunkCache;
+use crate::fetcher::{CounterSnapshot, FetchOptions};
 use crate::fuse::{mount_layer, FsOptions, LayerFs, OpenCounters, OpenSnapshot};
 use crate::layer::{BackgroundOptions, LayerError, PrefetchState, RemoteLayer};
-use crate::remote::fetcher::{CounterSnapshot, FetchOptions};
 use crate::remote::{Platform, Reference, RegistryClient, RemoteError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

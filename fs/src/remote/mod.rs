@@ -1,14 +1,12 @@
 //! Everything between a registry and bytes in memory: image references, per-host settings,
 //! the registry client (manifests, blobs, HEAD, Range GETs, push), authentication (basic,
-//! bearer tokens, docker config, sessions), and the chunk fetcher.
+//! bearer tokens, docker config, sessions). The chunk fetcher built on it is `crate::fetcher`.
 
 pub mod auth;
 pub mod client;
 pub mod copy;
 pub mod error;
-pub mod fetcher;
 pub mod hosts;
-pub mod latency;
 pub mod manifest;
 pub mod platform;
 pub mod range_body;
