@@ -20,7 +20,7 @@ mod referrers_page;
 mod store;
 mod uploads;
 
-pub use error::{ApiError, RegistryError};
+pub use error::{ApiError, HtpasswdError, RegistryError};
 pub use gc::{GcOptions, GcReport};
 
 use std::net::SocketAddr;
@@ -109,7 +109,7 @@ impl Registry {
             source: e,
         })?;
         let htpasswd = match &opts.htpasswd {
-            Some(p) => Some(htpasswd::Htpasswd::load(p).map_err(RegistryError::Htpasswd)?),
+            Some(p) => Some(htpasswd::Htpasswd::load(p)?),
             None => None,
         };
         let upload_dir = store.root().join("_uploads");

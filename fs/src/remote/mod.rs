@@ -15,9 +15,9 @@ pub mod retry;
 
 pub use client::{ClientOptions, RangeReply, RegistryClient};
 pub use error::RemoteError;
-pub use hosts::HostsConfig;
+pub use hosts::{HostsConfig, MirrorError};
 pub use manifest::{Descriptor, Manifest};
-pub use platform::Platform;
+pub use platform::{Platform, PlatformError};
 pub use range_body::{RangeAnswer, RangeStream};
 pub use reference::{Reference, ReferenceError};
 pub use retry::RetryPolicy;
