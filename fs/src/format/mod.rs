@@ -21,7 +21,7 @@ pub mod verify;
 pub mod verify_stream;
 pub mod writer;
 
-pub use compression::Compression;
+pub use compression::{Compression, UnknownCompression};
 pub use error::FormatError;
 pub use index::{Chunk, Index, Node, NodeId, NodeKind};
 pub use limits::Limits;

@@ -43,6 +43,17 @@ pub struct Reference {
 
 impl Reference {
     /// Parses a reference with docker's defaults.
+    ///
+    /// ```
+    /// use stargaze_fs::remote::Reference;
+    /// let r = Reference::parse("busybox")?;
+    /// assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+    /// assert_eq!(r.tag.as_deref(), Some("latest"));
+    /// let r = Reference::parse("127.0.0.1:5000/lab/app:v1")?;
+    /// assert_eq!((r.registry.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", Some("v1")));
+    /// assert!(Reference::parse("reg.io/../etc").is_err());
+    /// # Ok::<(), stargaze_fs::remote::ReferenceError>(())
+    /// ```
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {
         let s = s.trim();
         if s.is_empty() {
