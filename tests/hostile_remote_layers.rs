@@ -158,7 +158,7 @@ fn a_swapped_blob_pulled_whole_fails_its_layer_digest() {
     assert!(e.wants_whole_pull(), "{e}");
     let dir = tmp.path().join("unpacked/l0");
     std::fs::create_dir_all(&dir).unwrap();
-    let pulled = s.rt.block_on(stargaze_fs::mount::fallback::pull_and_unpack(
+    let pulled = s.rt.block_on(stargaze_fs::mount::pull_and_unpack(
         &s.client,
         &s.reference,
         &desc,

@@ -10,7 +10,7 @@ use stargaze_fs::format::{FileBlob, LayerReader, NodeKind, OpenOptions};
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::layer::RemoteLayer;
 use stargaze_fs::remote::auth::{Credentials, SessionManager, StaticCredentials};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient, RemoteError};
 use stargaze_suite::fault_proxy::{Fault, FaultProxy, Rule};
 use stargaze_suite::http::{Reply, Response, TestServer};

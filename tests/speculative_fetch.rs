@@ -10,7 +10,7 @@ use stargaze_fs::format::WriterOptions;
 use stargaze_fs::image::{convert_image, ImageConvertOptions, OciLayout};
 use stargaze_fs::layer::RemoteLayer;
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient};
 use stargaze_suite::{have, require, run};
 use std::path::Path;

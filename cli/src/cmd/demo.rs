@@ -15,7 +15,7 @@ use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::image::{annotations_of, convert_image, ImageConvertOptions, OciLayout};
 use stargaze_fs::mount::{mount_image, MountOptions};
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient};
 use std::path::PathBuf;
 use std::sync::Arc;

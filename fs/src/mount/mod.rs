@@ -4,7 +4,7 @@
 //! [`MountedImage`] owns all of it; dropping or [`MountedImage::unmount`] tears it down,
 //! overlay first, then each layer.
 
-pub mod fallback;
+mod fallback;
 
 use crate::cache::ChunkCache;
 use crate::fetcher::{CounterSnapshot, FetchOptions};
@@ -13,6 +13,8 @@ use crate::layer::{BackgroundOptions, LayerError, PrefetchState, RemoteLayer};
 use crate::remote::{Platform, Reference, RegistryClient, RemoteError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use fallback::{pull_and_unpack, pull_and_unpack_with};
 
 /// Why a mount failed.
 #[derive(Debug, thiserror::Error)]

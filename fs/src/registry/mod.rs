@@ -10,18 +10,19 @@ mod auth_cache;
 mod body;
 mod conn;
 mod delete;
-pub mod error;
-pub mod gc;
+mod error;
+mod gc;
 mod htpasswd;
 mod http;
-pub mod range;
+mod range;
 mod referrers;
 mod referrers_page;
 mod store;
 mod uploads;
 
 pub use error::{ApiError, HtpasswdError, RegistryError};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{collect, GcError, GcOptions, GcReport, Unreferenced};
+pub use range::{parse_range, RangeRequest};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -279,7 +279,7 @@ fn unpack(
         chown: stargaze_fs::sys::is_root(),
         ..ExtractOptions::default()
     };
-    rt.block_on(stargaze_fs::mount::fallback::pull_and_unpack_with(
+    rt.block_on(stargaze_fs::mount::pull_and_unpack_with(
         client,
         &image.reference,
         desc,
