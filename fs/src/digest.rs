@@ -17,6 +17,17 @@ pub enum DigestError {
 }
 
 /// A SHA-256 content digest.
+///
+/// ```
+/// use stargaze_fs::Digest;
+/// let d = Digest::of(b"hello");
+/// let text = d.to_string();
+/// assert!(text.starts_with("sha256:") && text.len() == 7 + 64);
+/// assert_eq!(text.parse::<Digest>()?, d);
+/// assert!("sha512:00".parse::<Digest>().is_err());
+/// assert!("sha256:ZZ".parse::<Digest>().is_err());
+/// # Ok::<(), stargaze_fs::digest::DigestError>(())
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest([u8; 32]);
 

@@ -7,11 +7,13 @@
 
 pub mod cache;
 pub mod digest;
+pub mod fetcher;
 pub mod format;
 pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod mount;
+pub mod oci;
 pub mod registry;
 pub mod remote;
 pub mod stream;

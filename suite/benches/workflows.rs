@@ -154,9 +154,9 @@ fn fetch_fixture() -> (PathBuf, u64) {
 
 fn fetch_bench() {
     use stargaze_fs::cache::ChunkCache;
+    use stargaze_fs::fetcher::FetchOptions;
     use stargaze_fs::layer::RemoteLayer;
     use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-    use stargaze_fs::remote::fetcher::FetchOptions;
     use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient};
     use std::sync::Arc;
     let (root, blob_size) = fetch_fixture();
@@ -181,7 +181,7 @@ fn fetch_bench() {
     let desc = m.layers[0].clone();
     let url = format!("http://{}/v2/bench/fetch/blobs/{}", reg.addr(), desc.digest);
     let plain = reqwest::Client::new();
-    let blob = stargaze_fs::remote::fetcher::RemoteBlob {
+    let blob = stargaze_fs::fetcher::RemoteBlob {
         client: client.clone(),
         reference: reference.clone(),
         digest: desc.digest().expect("digest"),

@@ -3,7 +3,7 @@
 //! hostile names and digests that must not write outside the root.
 
 use stargaze_fs::remote::auth::{Credentials, StaticCredentials};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Reference, RegistryClient, RemoteError};
 use stargaze_fs::Digest;
 use stargaze_suite::http::send;

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
 use stargaze_fs::remote::auth::{CredentialProvider, DockerConfig};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Reference, RegistryClient, RemoteError};
 use stargaze_suite::fault_proxy::FaultProxy;
 use stargaze_suite::sample_estargz;

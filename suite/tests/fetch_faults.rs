@@ -4,12 +4,12 @@
 //! merging, cancellation and the disk cache's recovery from corrupt files.
 
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::fetcher::{FetchError, FetchOptions};
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions};
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::layer::{LayerError, RemoteLayer};
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
-use stargaze_fs::remote::fetcher::{FetchError, FetchOptions};
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{
     ClientOptions, Descriptor, Platform, Reference, RegistryClient, RetryPolicy,
 };

@@ -4,12 +4,13 @@
 //! Each case checks the safe outcome and fails without the mechanism that ensures it.
 
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::format::tar::{HeaderSpec, TarBuilder, TarKind};
-use stargaze_fs::format::{convert_layer, WriterOptions, TOC_DIGEST_ANNOTATION};
+use stargaze_fs::format::{convert_layer, WriterOptions};
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::layer::{LayerError, RemoteLayer};
+use stargaze_fs::oci::TOC_DIGEST_ANNOTATION;
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_fs::remote::fetcher::FetchOptions;
 use stargaze_fs::remote::{ClientOptions, Descriptor, Reference, RegistryClient};
 use stargaze_fs::Digest;
 use stargaze_suite::blobs::{append_toc, gz};
@@ -157,7 +158,7 @@ fn a_swapped_blob_pulled_whole_fails_its_layer_digest() {
     assert!(e.wants_whole_pull(), "{e}");
     let dir = tmp.path().join("unpacked/l0");
     std::fs::create_dir_all(&dir).unwrap();
-    let pulled = s.rt.block_on(stargaze_fs::mount::fallback::pull_and_unpack(
+    let pulled = s.rt.block_on(stargaze_fs::mount::pull_and_unpack(
         &s.client,
         &s.reference,
         &desc,

@@ -5,7 +5,7 @@
 
 use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Reference, RegistryClient};
 use stargaze_suite::fault_proxy::{Fault, FaultProxy, Rule};
 use stargaze_suite::mounts::Mounted;

@@ -5,12 +5,12 @@
 //! endless loops refused).
 
 use stargaze_fs::cache::{ChunkCache, MemoryCache};
+use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::format::{FileBlob, LayerReader, NodeKind, OpenOptions};
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::layer::RemoteLayer;
 use stargaze_fs::remote::auth::{Credentials, SessionManager, StaticCredentials};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
-use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient, RemoteError};
 use stargaze_suite::fault_proxy::{Fault, FaultProxy, Rule};
 use stargaze_suite::http::{Reply, Response, TestServer};
@@ -60,7 +60,7 @@ async fn compare_lazy_reads(
     reference: &Reference,
     oci: &Path,
     sessions: Vec<String>,
-) -> stargaze_fs::remote::fetcher::CounterSnapshot {
+) -> stargaze_fs::fetcher::CounterSnapshot {
     let (m, _) = client
         .resolve(reference, &Platform::host(), &sessions)
         .await
@@ -391,7 +391,7 @@ fn docker_schema2_and_platform_selection() {
         .arg(format!("docker://{}/d2/img:v1", reg.host())));
     let r = Reference::parse(&format!("{}/d2/img:v1", reg.host())).unwrap();
     let m = rt.block_on(client.manifest(&r, &[])).unwrap();
-    assert_eq!(m.media_type, stargaze_fs::remote::manifest::DOCKER_MANIFEST);
+    assert_eq!(m.media_type, stargaze_fs::oci::DOCKER_MANIFEST);
     let back = tmp.path().join("d2");
     run(Command::new(stargaze_bin())
         .arg("copy")
@@ -405,7 +405,7 @@ fn docker_schema2_and_platform_selection() {
     );
     assert_eq!(
         tags[0].1.media_type().to_string(),
-        stargaze_fs::remote::manifest::DOCKER_MANIFEST
+        stargaze_fs::oci::DOCKER_MANIFEST
     );
 
     // A two-platform index (both entries point at the sample manifest).

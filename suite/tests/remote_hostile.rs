@@ -2,7 +2,7 @@
 //! media types, content that does not match its digest, size lies, malformed challenges,
 //! redirect loops. Each must end in a clear error, quickly, without panics.
 
-use stargaze_fs::remote::manifest::Descriptor;
+use stargaze_fs::remote::Descriptor;
 use stargaze_fs::remote::{
     ClientOptions, Platform, Reference, RegistryClient, RemoteError, RetryPolicy,
 };

@@ -5,12 +5,12 @@
 //! other files and nothing beyond it.
 
 use stargaze_fs::cache::{ChunkCache, MemoryCache};
+use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::format::WriterOptions;
 use stargaze_fs::image::{convert_image, ImageConvertOptions, OciLayout};
 use stargaze_fs::layer::RemoteLayer;
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
-use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient};
 use stargaze_suite::{have, require, run};
 use std::path::Path;

@@ -4,8 +4,8 @@
 //! lazy mounts, fallbacks to a normal pull, remounts and mounted layers.
 
 use crate::snapshot::stargz::Stargz;
-use stargaze_fs::remote::fetcher::CounterSnapshot;
-use stargaze_fs::remote::latency::{LatencySnapshot, BUCKETS};
+use stargaze_fs::fetcher::CounterSnapshot;
+use stargaze_fs::fetcher::{LatencySnapshot, BUCKETS};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

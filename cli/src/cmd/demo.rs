@@ -7,6 +7,7 @@ use crate::progress::{bytes, Progress};
 use anyhow::Context;
 use clap::Args;
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::format::verify::verify_layer;
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions, WriterOptions};
 use stargaze_fs::fuse::FsOptions;
@@ -14,8 +15,7 @@ use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
 use stargaze_fs::image::{annotations_of, convert_image, ImageConvertOptions, OciLayout};
 use stargaze_fs::mount::{mount_image, MountOptions};
 use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_fs::remote::copy::{copy_image, CopyOptions, ImageLocation, Quiet};
-use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::remote::{copy_image, CopyOptions, ImageLocation, Quiet};
 use stargaze_fs::remote::{ClientOptions, Platform, Reference, RegistryClient};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,7 +98,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let digest = OciLayout::digest_of(desc)?;
         let ann = annotations_of(desc);
         let toc = ann
-            .get(stargaze_fs::format::TOC_DIGEST_ANNOTATION)
+            .get(stargaze_fs::oci::TOC_DIGEST_ANNOTATION)
             .context("converted layer lacks its toc.digest annotation")?
             .parse()?;
         let r = LayerReader::open(

@@ -13,10 +13,10 @@ use crate::progress::bytes;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::fuse::{AccessRecorder, FsOptions, OpaqueXattr};
 use stargaze_fs::layer::BackgroundOptions;
-use stargaze_fs::mount::{mount_image, LayerStats, MountOptions};
-use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::mount::{mount_image, LayerMode, LayerStats, MountOptions};
 use stargaze_fs::remote::{Platform, Reference};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -327,7 +327,7 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
         write_atomic(&state.join("state.json"), &serde_json::to_vec_pretty(&st)?)?;
         write_atomic(&state.join("stats.json"), &stats_json(&st.reference, start, &image.stats()))?;
         std::fs::write(state.join("ready"), b"ok")?;
-        let lazy = image.stats().iter().filter(|l| l.mode == "lazy").count();
+        let lazy = image.stats().iter().filter(|l| l.mode == LayerMode::Lazy).count();
         println!(
             "mounted {reference} ({}) at {}: {} layers ({lazy} lazy) in {:.2}s",
             image.manifest,

@@ -6,8 +6,7 @@
 use crate::progress::{bytes, Progress};
 use anyhow::Context;
 use clap::Args;
-use stargaze_fs::registry::gc::collect;
-use stargaze_fs::registry::GcOptions;
+use stargaze_fs::registry::{collect, GcOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 

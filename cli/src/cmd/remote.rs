@@ -51,12 +51,11 @@ impl HostFlags {
                 .with_context(|| format!("--mirror {m:?}: expected REGISTRY=MIRROR"))?;
             opts.hosts
                 .add_mirror(reg, url)
-                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("--mirror {m:?}"))?;
         }
         let cfg = match &self.docker_config {
-            Some(p) => DockerConfig::load(p).map_err(anyhow::Error::msg)?,
-            None => DockerConfig::load_default().map_err(anyhow::Error::msg)?,
+            Some(p) => DockerConfig::load(p)?,
+            None => DockerConfig::load_default()?,
         };
         opts.fallback = vec![Arc::new(cfg) as Arc<dyn CredentialProvider>];
         Ok(RegistryClient::new(opts)?)

@@ -5,9 +5,9 @@
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::fuse::FsOptions;
 use stargaze_fs::layer::BackgroundOptions;
-use stargaze_fs::remote::fetcher::FetchOptions;
 use stargaze_fs::remote::{ClientOptions, RegistryClient};
 use stargaze_worker::config::SnapshotterConfig;
 use stargaze_worker::snapshot::native::Native;

@@ -14,12 +14,48 @@ pub enum Compression {
     Zstd,
 }
 
+/// A name that is not a [`Compression`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("compression {0:?} is not gzip or zstd")]
+pub struct UnknownCompression(pub String);
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
+
+/// Parses `gzip` or `zstd` (the names [`Display`](std::fmt::Display) writes).
+///
+/// ```
+/// use stargaze_fs::format::Compression;
+/// let z: Compression = "zstd".parse()?;
+/// assert_eq!(z, Compression::Zstd);
+/// assert_eq!(z.to_string(), "zstd");
+/// assert_eq!(z.media_type(), "application/vnd.oci.image.layer.v1.tar+zstd");
+/// assert!("brotli".parse::<Compression>().is_err());
+/// # Ok::<(), stargaze_fs::format::UnknownCompression>(())
+/// ```
+impl std::str::FromStr for Compression {
+    type Err = UnknownCompression;
+    fn from_str(s: &str) -> Result<Self, UnknownCompression> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            _ => Err(UnknownCompression(s.to_string())),
+        }
+    }
+}
+
 impl Compression {
     /// The OCI media type of a layer in this compression.
     pub fn media_type(self) -> &'static str {
         match self {
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Gzip => crate::oci::OCI_LAYER_GZIP,
+            Compression::Zstd => crate::oci::OCI_LAYER_ZSTD,
         }
     }
 

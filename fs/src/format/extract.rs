@@ -75,9 +75,9 @@ fn io_at(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> FormatError 
 /// Refuses a relative path with a component that is not a normal name, or that names a
 /// whiteout of something that is not one.
 fn check_rel(rel: &str) -> Result<(), FormatError> {
-    names::check_path(rel).map_err(|reason| FormatError::UnsafePath {
+    names::check_path(rel).map_err(|e| FormatError::UnsafePath {
         path: rel.to_string(),
-        reason,
+        reason: e.to_string(),
     })
 }
 
@@ -169,9 +169,9 @@ pub fn extract_layer<S: BlobSource>(
             continue;
         }
         let (parent_rel, base) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let kind = names::classify(base).map_err(|reason| FormatError::UnsafePath {
+        let kind = names::classify(base).map_err(|e| FormatError::UnsafePath {
             path: rel.to_string(),
-            reason,
+            reason: e.to_string(),
         })?;
         if opts.whiteouts != Whiteouts::Keep && names::in_aufs_meta(rel) {
             tracing::debug!(entry = rel, "skipping aufs metadata entry");

@@ -239,7 +239,7 @@ pub fn normalize_path(raw: &str, limits: &Limits) -> Result<String, FormatError>
             "" | "." => {}
             ".." => return Err(FormatError::entry(raw, "name contains '..'")),
             c => {
-                names::classify(c).map_err(|why| FormatError::entry(raw, why))?;
+                names::classify(c).map_err(|why| FormatError::entry(raw, why.to_string()))?;
                 if !out.is_empty() {
                     out.push('/');
                 }

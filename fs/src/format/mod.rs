@@ -21,7 +21,7 @@ pub mod verify;
 pub mod verify_stream;
 pub mod writer;
 
-pub use compression::Compression;
+pub use compression::{Compression, UnknownCompression};
 pub use error::FormatError;
 pub use index::{Chunk, Index, Node, NodeId, NodeKind};
 pub use limits::Limits;
@@ -38,18 +38,3 @@ pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
 pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
 /// The one payload byte of a landmark file.
 pub const LANDMARK_CONTENT: u8 = 0xf;
-
-/// Manifest annotation carrying the digest of the uncompressed TOC JSON.
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
-/// Manifest annotation carrying the uncompressed size of the layer tar.
-pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
-/// zstd:chunked manifest position annotations (both spellings seen in the wild).
-pub const ZSTD_CHUNKED_POSITION_ANNOTATIONS: [&str; 2] = [
-    "io.containers.zstd-chunked.manifest-position",
-    "io.github.containers.zstd-chunked.manifest-position",
-];
-/// zstd:chunked manifest checksum annotations (digest of the compressed TOC).
-pub const ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS: [&str; 2] = [
-    "io.containers.zstd-chunked.manifest-checksum",
-    "io.github.containers.zstd-chunked.manifest-checksum",
-];

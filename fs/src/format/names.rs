@@ -41,10 +41,26 @@ pub fn component_problem(c: &str) -> Option<&'static str> {
     }
 }
 
+/// Why a name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadName {
+    /// A component that is not a normal name (see [`component_problem`]).
+    #[error("{0}")]
+    Component(&'static str),
+    /// A whiteout of something that is not a normal name.
+    #[error("whiteout target {target:?} is not a normal name ({why})")]
+    WhiteoutTarget {
+        /// The name after `.wh.`.
+        target: String,
+        /// Why it is not a normal name.
+        why: &'static str,
+    },
+}
+
 /// Classifies one (already split) name; refuses a whiteout whose target is not a normal name.
-pub fn classify(base: &str) -> Result<NameKind<'_>, String> {
+pub fn classify(base: &str) -> Result<NameKind<'_>, BadName> {
     if let Some(why) = component_problem(base) {
-        return Err(why.to_string());
+        return Err(BadName::Component(why));
     }
     if base == OPAQUE_WHITEOUT {
         return Ok(NameKind::Opaque);
@@ -55,9 +71,10 @@ pub fn classify(base: &str) -> Result<NameKind<'_>, String> {
     match base.strip_prefix(WHITEOUT_PREFIX) {
         None => Ok(NameKind::Plain),
         Some(target) => match component_problem(target) {
-            Some(why) => Err(format!(
-                "whiteout target {target:?} is not a normal name ({why})"
-            )),
+            Some(why) => Err(BadName::WhiteoutTarget {
+                target: target.to_string(),
+                why,
+            }),
             None => Ok(NameKind::Whiteout(target)),
         },
     }
@@ -71,7 +88,7 @@ pub fn in_aufs_meta(rel: &str) -> bool {
 }
 
 /// Checks every component of a normalised relative path ("" is the root and has none).
-pub fn check_path(rel: &str) -> Result<(), String> {
+pub fn check_path(rel: &str) -> Result<(), BadName> {
     if rel.is_empty() {
         return Ok(());
     }
@@ -92,7 +109,10 @@ mod tests {
         for bad in [".wh.", ".wh..", ".wh...", "", ".", "..", "a\0b", "a/b"] {
             assert!(classify(bad).is_err(), "{bad:?}");
         }
-        assert!(classify(".wh...").unwrap_err().contains("\"..\""));
+        assert!(classify(".wh...")
+            .unwrap_err()
+            .to_string()
+            .contains("\"..\""));
         assert!(check_path("a/b/.wh.c").is_ok());
         assert!(in_aufs_meta("a/.wh..wh.plnk/x") && in_aufs_meta(".wh..wh.aufs"));
         assert!(!in_aufs_meta("a/.wh..wh..opq") && !in_aufs_meta("a/.wh.x"));

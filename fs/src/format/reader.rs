@@ -7,7 +7,10 @@
 use super::footer::{Footer, MAX_FOOTER_READ};
 use super::tar::TarReader;
 use super::{Compression, FormatError, Index, Limits, NodeId, NodeKind, TOC_NAME};
-use super::{ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS, ZSTD_CHUNKED_POSITION_ANNOTATIONS};
+use crate::oci::{
+    UNCOMPRESSED_SIZE_ANNOTATION, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS,
+    ZSTD_CHUNKED_POSITION_ANNOTATIONS,
+};
 use crate::Digest;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -242,7 +245,7 @@ impl<S: BlobSource> LayerReader<S> {
         }
         let uncompressed = opts
             .annotations
-            .get(super::UNCOMPRESSED_SIZE_ANNOTATION)
+            .get(UNCOMPRESSED_SIZE_ANNOTATION)
             .and_then(|v| v.parse().ok());
         let index = Index::from_json_sized(
             &toc_json,

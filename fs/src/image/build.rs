@@ -86,7 +86,7 @@ pub fn write_image(
     );
     let manifest: ImageManifest = serde_json::from_value(serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": crate::oci::OCI_MANIFEST,
         "config": cfg_desc,
         "layers": descs,
     }))

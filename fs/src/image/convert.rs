@@ -5,6 +5,7 @@
 use super::layout::OciLayout;
 use super::ImageError;
 use crate::format::{self, Compression, FileBlob, LayerReader, OpenOptions, WriterOptions};
+use crate::oci;
 use crate::Digest;
 use oci_spec::image::{Descriptor, MediaType};
 use std::collections::{BTreeMap, HashMap};
@@ -50,11 +51,11 @@ pub struct ImageConvertReport {
 fn layer_compression(mt: &MediaType) -> Result<(), ImageError> {
     let s = mt.to_string();
     let ok = [
-        "application/vnd.oci.image.layer.v1.tar",
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        "application/vnd.oci.image.layer.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        oci::OCI_LAYER,
+        oci::OCI_LAYER_GZIP,
+        oci::OCI_LAYER_ZSTD,
+        oci::DOCKER_LAYER_GZIP,
+        oci::OCI_LAYER_NONDISTRIBUTABLE_GZIP,
     ];
     if ok.contains(&s.as_str()) {
         Ok(())
@@ -70,8 +71,8 @@ fn existing_estargz(
     digest: &Digest,
 ) -> Option<(Digest, usize)> {
     let ann = desc.annotations().as_ref()?;
-    let toc: Digest = ann.get(format::TOC_DIGEST_ANNOTATION)?.parse().ok()?;
-    ann.get(format::UNCOMPRESSED_SIZE_ANNOTATION)?;
+    let toc: Digest = ann.get(oci::TOC_DIGEST_ANNOTATION)?.parse().ok()?;
+    ann.get(oci::UNCOMPRESSED_SIZE_ANNOTATION)?;
     let blob = FileBlob::open(&layout.blob_path(digest)).ok()?;
     let opts = OpenOptions {
         toc_digest: Some(toc),
@@ -158,11 +159,11 @@ pub fn convert_image(
             !k.contains("zstd-chunked") && !k.starts_with("containerd.io/snapshot/stargz")
         });
         ann.insert(
-            format::TOC_DIGEST_ANNOTATION.into(),
+            oci::TOC_DIGEST_ANNOTATION.into(),
             report.toc_digest.to_string(),
         );
         ann.insert(
-            format::UNCOMPRESSED_SIZE_ANNOTATION.into(),
+            oci::UNCOMPRESSED_SIZE_ANNOTATION.into(),
             report.uncompressed_size.to_string(),
         );
         if let (Some(pos), Some(sum)) = (
@@ -170,11 +171,11 @@ pub fn convert_image(
             &report.zstd_manifest_checksum,
         ) {
             ann.insert(
-                format::ZSTD_CHUNKED_POSITION_ANNOTATIONS[0].into(),
+                oci::ZSTD_CHUNKED_POSITION_ANNOTATIONS[0].into(),
                 pos.clone(),
             );
             ann.insert(
-                format::ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS[0].into(),
+                oci::ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS[0].into(),
                 sum.to_string(),
             );
         }

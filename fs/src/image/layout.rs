@@ -4,6 +4,7 @@
 
 use super::ImageError;
 use crate::digest::Hasher;
+use crate::oci::{MAX_MANIFEST, REF_NAME};
 use crate::Digest;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use std::collections::HashMap;
@@ -11,10 +12,11 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Largest manifest, index or config read into memory.
-pub const MAX_MANIFEST_SIZE: u64 = 16 << 20;
-/// The annotation naming a tag in `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Largest manifest, index or config blob read into memory.
+const MAX_BLOB: u64 = MAX_MANIFEST as u64;
+/// Largest `index.json` read: it lists every tag of a repository in the built-in registry
+/// (about 300 bytes an entry), so it may outgrow the manifest limit; it never travels.
+pub const MAX_INDEX_JSON: u64 = 16 << 20;
 
 /// `oci:DIR[:TAG]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,9 +124,9 @@ impl OciLayout {
     /// Reads a small blob (manifest, config) fully, checking size and digest.
     pub fn read_small_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
         let d = Self::digest_of(desc)?;
-        if desc.size() > MAX_MANIFEST_SIZE {
+        if desc.size() > MAX_BLOB {
             return Err(ImageError::Unsupported(format!(
-                "{d} is {} bytes, more than {MAX_MANIFEST_SIZE} for a manifest or config",
+                "{d} is {} bytes, more than {MAX_BLOB} for a manifest or config",
                 desc.size()
             )));
         }
@@ -132,7 +134,7 @@ impl OciLayout {
         let f =
             fs::File::open(&path).map_err(|e| ImageError::io(format!("opening blob {d}"), e))?;
         let mut data = Vec::new();
-        f.take(MAX_MANIFEST_SIZE + 1)
+        f.take(MAX_BLOB + 1)
             .read_to_end(&mut data)
             .map_err(|e| ImageError::io(format!("reading blob {d}"), e))?;
         if data.len() as u64 != desc.size() {
@@ -149,6 +151,21 @@ impl OciLayout {
             });
         }
         Ok(data)
+    }
+
+    /// Every manifest `index.json` lists, once each: its listed media type and bytes.
+    /// Entries whose blob is missing, too large or not what the entry says are skipped.
+    pub fn listed_manifests(&self) -> Vec<(String, Vec<u8>)> {
+        let Ok(index) = self.index() else {
+            return Vec::new();
+        };
+        let mut seen = std::collections::HashSet::new();
+        index
+            .manifests()
+            .iter()
+            .filter(|m| seen.insert(m.digest().to_string()))
+            .filter_map(|m| Some((m.media_type().to_string(), self.read_small_blob(m).ok()?)))
+            .collect()
     }
 
     /// Stores bytes as a blob; returns its digest.
@@ -214,10 +231,10 @@ impl OciLayout {
         let path = self.root.join("index.json");
         let f = fs::File::open(&path).map_err(|e| ImageError::io("opening index.json", e))?;
         let mut data = Vec::new();
-        f.take(MAX_MANIFEST_SIZE + 1)
+        f.take(MAX_INDEX_JSON + 1)
             .read_to_end(&mut data)
             .map_err(|e| ImageError::io("reading index.json", e))?;
-        if data.len() as u64 > MAX_MANIFEST_SIZE {
+        if data.len() as u64 > MAX_INDEX_JSON {
             return Err(ImageError::Unsupported("index.json is too large".into()));
         }
         serde_json::from_slice(&data).map_err(|e| json_err("index.json", e))

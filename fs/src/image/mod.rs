@@ -12,4 +12,4 @@ pub use convert::{
     annotations_of, convert_image, ImageConvertOptions, ImageConvertReport, LayerOutcome,
 };
 pub use error::ImageError;
-pub use layout::{host_arch, ImageRef, OciLayout, MAX_MANIFEST_SIZE, REF_NAME};
+pub use layout::{host_arch, ImageRef, OciLayout, MAX_INDEX_JSON};

@@ -11,11 +11,12 @@ pub use local::LOCAL_FILE_MIN;
 
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
+use crate::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
 use crate::format::{
     footer::Footer, metadata_start, FormatError, Index, LayerReader, NodeId, NodeKind, OpenOptions,
-    WindowBlob, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS,
+    WindowBlob,
 };
-use crate::remote::fetcher::{CounterSnapshot, FetchError, FetchOptions, Fetcher, RemoteBlob};
+use crate::oci::{TOC_DIGEST_ANNOTATION, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS};
 use crate::remote::RangeAnswer;
 use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
 use std::collections::BTreeMap;
@@ -23,8 +24,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Annotation carrying the digest of the uncompressed TOC.
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// Bytes read from the end of the blob first: the footer, and the whole TOC when small.
 const FIRST_TAIL: u64 = 512 << 10;
 /// Speculative background fetches (rest of a file, loader dependencies) at once per layer.
@@ -311,7 +310,7 @@ impl RemoteLayer {
     }
 
     /// Latency of this layer's chunk range requests.
-    pub fn latency(&self) -> crate::remote::latency::LatencySnapshot {
+    pub fn latency(&self) -> crate::fetcher::LatencySnapshot {
         self.fetcher.counters().latency.snapshot()
     }
 

@@ -4,15 +4,17 @@
 //! [`MountedImage`] owns all of it; dropping or [`MountedImage::unmount`] tears it down,
 //! overlay first, then each layer.
 
-pub mod fallback;
+mod fallback;
 
 use crate::cache::ChunkCache;
+use crate::fetcher::{CounterSnapshot, FetchOptions};
 use crate::fuse::{mount_layer, FsOptions, LayerFs, OpenCounters, OpenSnapshot};
 use crate::layer::{BackgroundOptions, LayerError, PrefetchState, RemoteLayer};
-use crate::remote::fetcher::{CounterSnapshot, FetchOptions};
 use crate::remote::{Platform, Reference, RegistryClient, RemoteError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use fallback::{pull_and_unpack, pull_and_unpack_with};
 
 /// Why a mount failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,48 @@ pub enum MountedLayer {
     },
 }
 
+/// How a layer of a mount is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerMode {
+    /// Read on demand from the registry (eStargz, zstd:chunked).
+    Lazy,
+    /// Fetched whole and unpacked to a directory (any other layer).
+    Unpacked,
+}
+
+impl LayerMode {
+    /// The name used in stats and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerMode::Lazy => "lazy",
+            LayerMode::Unpacked => "unpacked",
+        }
+    }
+}
+
+impl std::fmt::Display for LayerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a [`LayerMode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("layer mode {0:?} is not lazy or unpacked")]
+pub struct UnknownLayerMode(pub String);
+
+impl std::str::FromStr for LayerMode {
+    type Err = UnknownLayerMode;
+    fn from_str(s: &str) -> Result<Self, UnknownLayerMode> {
+        match s {
+            "lazy" => Ok(LayerMode::Lazy),
+            "unpacked" => Ok(LayerMode::Unpacked),
+            _ => Err(UnknownLayerMode(s.to_string())),
+        }
+    }
+}
+
 /// Per-layer figures for `stats`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LayerStats {
@@ -98,8 +142,8 @@ pub struct LayerStats {
     pub digest: String,
     /// Blob size.
     pub size: u64,
-    /// `lazy` or `unpacked`.
-    pub mode: &'static str,
+    /// How the layer is served.
+    pub mode: LayerMode,
     /// Traffic counters (for an unpacked layer: one request of the whole blob).
     #[serde(flatten)]
     pub counters: CounterSnapshot,
@@ -260,7 +304,7 @@ impl MountedImage {
                     LayerStats {
                         digest: layer.digest().to_string(),
                         size: layer.size(),
-                        mode: "lazy",
+                        mode: LayerMode::Lazy,
                         counters: c,
                         prefetch: layer.prefetch_state(),
                         opens: opens.snapshot(),
@@ -269,7 +313,7 @@ impl MountedImage {
                 MountedLayer::Unpacked { digest, size, .. } => LayerStats {
                     digest: digest.clone(),
                     size: *size,
-                    mode: "unpacked",
+                    mode: LayerMode::Unpacked,
                     counters: CounterSnapshot {
                         requests: 1,
                         bytes_fetched: *size,

@@ -4,8 +4,9 @@
 //! Space is given back by `stargaze registry gc`, which removes what no manifest needs.
 
 use super::error::ApiError;
-use super::store::{index_digest, parse_digest, read_bounded, Store, MAX_MANIFEST};
-use crate::image::REF_NAME;
+use super::store::{index_digest, parse_digest, read_bounded, Store};
+use crate::oci::MAX_MANIFEST;
+use crate::oci::REF_NAME;
 use std::fs;
 
 impl Store {

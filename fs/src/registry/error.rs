@@ -2,6 +2,45 @@
 //! error code, HTTP status, message), [`RegistryError`] is what stops the server starting.
 
 use crate::digest::Digest;
+use std::path::PathBuf;
+
+/// Why an htpasswd file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HtpasswdError {
+    /// It could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is larger than is read.
+    #[error("{} is larger than {max} bytes", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max: u64,
+    },
+    /// A line is not `user:hash`.
+    #[error("{}:{line}: expected user:hash", path.display())]
+    NotUserHash {
+        /// The file.
+        path: PathBuf,
+        /// Line number, from 1.
+        line: usize,
+    },
+    /// A hash is not bcrypt.
+    #[error("{}:{line}: only bcrypt hashes are supported (htpasswd -B)", path.display())]
+    NotBcrypt {
+        /// The file.
+        path: PathBuf,
+        /// Line number, from 1.
+        line: usize,
+    },
+}
 
 /// Why the registry could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +56,7 @@ pub enum RegistryError {
     },
     /// The htpasswd file is unreadable or malformed.
     #[error("htpasswd: {0}")]
-    Htpasswd(String),
+    Htpasswd(#[from] HtpasswdError),
     /// Binding or serving the socket failed.
     #[error("listening on {addr}: {source}")]
     Listen {

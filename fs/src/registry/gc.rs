@@ -9,9 +9,10 @@
 //!
 //! A repository whose manifests cannot all be read is left whole and reported.
 
-use super::store::{read_bounded, referenced_digests, MAX_MANIFEST};
+use super::store::{read_bounded, referenced_digests};
 use crate::digest::Digest;
 use crate::image::OciLayout;
+use crate::oci::MAX_MANIFEST;
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@
 //! credential is remembered for [`VERIFIED_TTL`] so its client does not queue at all.
 
 use super::auth_cache::{AuthCache, CAPACITY};
+use super::error::HtpasswdError;
 use base64::Engine as _;
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,30 +35,33 @@ const MAX_FILE: u64 = 1 << 20;
 
 impl Htpasswd {
     /// Loads a file of `user:$2y$…` lines; other hash kinds are refused.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, HtpasswdError> {
+        let read = |source| HtpasswdError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read)?;
         if meta.len() > MAX_FILE {
-            return Err(format!(
-                "{} is larger than {MAX_FILE} bytes",
-                path.display()
-            ));
+            return Err(HtpasswdError::TooLarge {
+                path: path.to_path_buf(),
+                max: MAX_FILE,
+            });
         }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(read)?;
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (user, hash) = line
-                .split_once(':')
-                .ok_or_else(|| format!("{}:{}: expected user:hash", path.display(), i + 1))?;
+            let at = || (path.to_path_buf(), i + 1);
+            let (user, hash) = line.split_once(':').ok_or_else(|| {
+                let (path, line) = at();
+                HtpasswdError::NotUserHash { path, line }
+            })?;
             if !hash.starts_with("$2") {
-                return Err(format!(
-                    "{}:{}: only bcrypt hashes are supported (htpasswd -B)",
-                    path.display(),
-                    i + 1
-                ));
+                let (path, line) = at();
+                return Err(HtpasswdError::NotBcrypt { path, line });
             }
             users.insert(user.to_string(), hash.to_string());
         }

@@ -10,22 +10,19 @@ mod auth_cache;
 mod body;
 mod conn;
 mod delete;
-pub mod error;
-pub mod gc;
+mod error;
+mod gc;
 mod htpasswd;
 mod http;
-pub mod range;
+mod range;
 mod referrers;
 mod referrers_page;
 mod store;
 mod uploads;
 
-pub use error::{ApiError, RegistryError};
-pub use gc::{GcOptions, GcReport};
-pub use http::percent_encode;
-pub use referrers::{referrer_of, Referrer};
-pub use store::listed_manifests;
-pub use store::{manifest_media_type, referenced_digests, MANIFEST_TYPES, MAX_MANIFEST};
+pub use error::{ApiError, HtpasswdError, RegistryError};
+pub use gc::{collect, GcError, GcOptions, GcReport, Unreferenced};
+pub use range::{parse_range, RangeRequest};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,7 +110,7 @@ impl Registry {
             source: e,
         })?;
         let htpasswd = match &opts.htpasswd {
-            Some(p) => Some(htpasswd::Htpasswd::load(p).map_err(RegistryError::Htpasswd)?),
+            Some(p) => Some(htpasswd::Htpasswd::load(p)?),
             None => None,
         };
         let upload_dir = store.root().join("_uploads");

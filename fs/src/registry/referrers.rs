@@ -6,6 +6,7 @@
 //! repository's entry is rebuilt from the manifests `index.json` lists, once.
 
 use crate::digest::Digest;
+use crate::oci::{referrer_of, ReferrerEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -16,47 +17,6 @@ struct RepoIndex {
     /// Digest of the `index.json` bytes this state matches.
     built_from: Digest,
     by_subject: BySubject,
-}
-
-/// What a manifest contributes to the referrers index.
-#[derive(Debug, Clone)]
-pub struct Referrer {
-    /// The manifest's `subject` digest.
-    pub subject: Digest,
-    /// Its descriptor as listed in a referrers response.
-    pub descriptor: serde_json::Value,
-}
-
-/// Reads a manifest's `subject` and builds its referrers descriptor; `None` for manifests
-/// without a (valid) subject. `media_type` is the type the manifest is stored under.
-pub fn referrer_of(data: &[u8], media_type: &str) -> Option<Referrer> {
-    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
-    let subject = v.get("subject")?.get("digest")?.as_str()?.parse().ok()?;
-    let mut desc = serde_json::json!({
-        "mediaType": media_type,
-        "digest": Digest::of(data).to_string(),
-        "size": data.len(),
-    });
-    // The spec: the manifest's artifactType, else (image manifests) its config's mediaType.
-    let artifact_type = v
-        .get("artifactType")
-        .and_then(|a| a.as_str())
-        .or_else(|| v.get("config")?.get("mediaType")?.as_str());
-    if let Some(a) = artifact_type {
-        desc["artifactType"] = serde_json::Value::String(a.to_string());
-    }
-    if let Some(a) = v.get("annotations").filter(|a| a.is_object()) {
-        desc["annotations"] = a.clone();
-    }
-    Some(Referrer {
-        subject,
-        descriptor: desc,
-    })
-}
-
-/// A descriptor's `artifactType`, if any.
-pub fn artifact_type(desc: &serde_json::Value) -> Option<&str> {
-    desc.get("artifactType").and_then(|a| a.as_str())
 }
 
 /// The referrers indexes of every repository served.
@@ -119,7 +79,7 @@ impl Referrers {
         repo: &str,
         before: Option<Digest>,
         after: Option<Digest>,
-        added: Option<Referrer>,
+        added: Option<ReferrerEntry>,
         removed: Option<&Digest>,
     ) {
         let mut map = self.map();
@@ -146,7 +106,7 @@ impl Referrers {
     }
 }
 
-fn insert(by_subject: &mut BySubject, r: Referrer) {
+fn insert(by_subject: &mut BySubject, r: ReferrerEntry) {
     let Some(d) = r
         .descriptor
         .get("digest")
@@ -181,20 +141,7 @@ mod tests {
         .into_bytes()
     }
 
-    #[test]
-    fn descriptor_takes_artifact_type_then_config_type() {
-        let r = referrer_of(&artifact("x/sig"), MANIFEST).unwrap();
-        assert_eq!(r.subject.to_string(), SUBJECT);
-        assert_eq!(artifact_type(&r.descriptor), Some("x/sig"));
-        assert_eq!(r.descriptor["annotations"]["k"], "v");
-        let plain = br#"{"schemaVersion":2,"config":{"mediaType":"x/cfg","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1},"layers":[],"subject":{"mediaType":"m","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1}}"#;
-        let r = referrer_of(plain, MANIFEST).unwrap();
-        assert_eq!(artifact_type(&r.descriptor), Some("x/cfg"));
-        assert!(referrer_of(br#"{"schemaVersion":2}"#, MANIFEST).is_none());
-        assert!(referrer_of(br#"{"subject":{"digest":"md5:00"}}"#, MANIFEST).is_none());
-    }
-
-    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    use crate::oci::OCI_MANIFEST as MANIFEST;
 
     #[test]
     fn kept_by_changes_and_rebuilt_when_stale() {

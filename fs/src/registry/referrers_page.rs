@@ -4,8 +4,8 @@
 //! very many referrers never makes one huge response.
 
 use super::error::ApiError;
-use super::http::{json, percent_encode as encode, Body};
-use super::referrers::artifact_type;
+use super::http::{json, Body};
+use crate::oci::{artifact_type, percent_encode as encode, OCI_INDEX as INDEX};
 use hyper::header::HeaderValue;
 use hyper::Response;
 
@@ -13,8 +13,6 @@ use hyper::Response;
 const MAX_ENTRIES: usize = 1000;
 /// Most descriptor bytes in one page (the index stays well under a manifest's limit).
 const MAX_BYTES: usize = 2 << 20;
-/// The media type of the answer.
-const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Answers `GET /v2/<name>/referrers/<subject>` from `all` (in digest order).
 pub fn respond(

@@ -8,10 +8,10 @@
 //! their write.
 
 use super::error::ApiError;
-use super::referrers::{referrer_of, Referrers};
+use super::referrers::Referrers;
 use crate::digest::Digest;
-use crate::image::{OciLayout, MAX_MANIFEST_SIZE};
-use crate::remote::reference::{validate_repository, validate_tag};
+use crate::image::{OciLayout, MAX_INDEX_JSON};
+use crate::oci::{manifest_type, referrer_of, validate_repository, validate_tag, MAX_MANIFEST};
 use oci_spec::image::MediaType;
 use std::collections::HashMap;
 use std::fs;
@@ -19,8 +19,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Largest manifest accepted or served (distribution's limit).
-pub const MAX_MANIFEST: usize = 4 << 20;
 /// Deepest repository path the catalog walks.
 const MAX_DEPTH: usize = 8;
 /// Names a repository component may not take: they are a layout's own entries.
@@ -249,7 +247,7 @@ impl Store {
         };
         Ok(self
             .referrers
-            .lookup(name, current, &subject, || listed_manifests(&layout)))
+            .lookup(name, current, &subject, || layout.listed_manifests()))
     }
 
     /// Sorted tags of a repository.
@@ -329,34 +327,9 @@ fn touch(path: &Path) {
 
 /// Digest of a layout's `index.json` bytes (what the referrers index is checked against).
 pub fn index_digest(layout: &OciLayout) -> Option<Digest> {
-    read_bounded(
-        &layout.root().join("index.json"),
-        MAX_MANIFEST_SIZE as usize,
-    )
-    .ok()
-    .map(|b| Digest::of(&b))
-}
-
-/// Every manifest `index.json` lists, once each: stored media type and bytes. Entries whose
-/// blob is missing or too large are skipped.
-pub fn listed_manifests(layout: &OciLayout) -> Vec<(String, Vec<u8>)> {
-    let Ok(index) = layout.index() else {
-        return Vec::new();
-    };
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for m in index.manifests() {
-        let Ok(d) = m.digest().to_string().parse::<Digest>() else {
-            continue;
-        };
-        if !seen.insert(d) {
-            continue;
-        }
-        if let Ok(data) = read_bounded(&layout.blob_path(&d), MAX_MANIFEST) {
-            out.push((m.media_type().to_string(), data));
-        }
-    }
-    out
+    read_bounded(&layout.root().join("index.json"), MAX_INDEX_JSON as usize)
+        .ok()
+        .map(|b| Digest::of(&b))
 }
 
 /// Sorted names of every repository under `root`.
@@ -417,14 +390,6 @@ pub(super) fn read_bounded(path: &Path, max: usize) -> Result<Vec<u8>, std::io::
     Ok(data)
 }
 
-/// Manifest media types the registry stores.
-pub const MANIFEST_TYPES: [&str; 4] = [
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-
 /// The media type of a manifest: its `mediaType` field, else the request's Content-Type,
 /// else inferred (an OCI document with `manifests` is an index). They must agree when both
 /// are present, and the result must be a manifest type we know.
@@ -438,26 +403,8 @@ pub fn manifest_media_type(data: &[u8], content_type: Option<&str>) -> Result<St
         return Err(ApiError::manifest_invalid("schemaVersion must be 2"));
     }
     let field = obj.get("mediaType").and_then(|m| m.as_str());
-    let ct = content_type
-        .map(|c| c.split(';').next().unwrap_or("").trim())
-        .filter(|c| MANIFEST_TYPES.contains(c));
-    let t = match (field, ct) {
-        (Some(f), Some(c)) if f != c => {
-            return Err(ApiError::manifest_invalid(format!(
-                "mediaType {f:?} disagrees with Content-Type {c:?}"
-            )))
-        }
-        (Some(f), _) => f.to_string(),
-        (None, Some(c)) => c.to_string(),
-        (None, None) if obj.contains_key("manifests") => MANIFEST_TYPES[1].to_string(),
-        (None, None) => MANIFEST_TYPES[0].to_string(),
-    };
-    if !MANIFEST_TYPES.contains(&t.as_str()) {
-        return Err(ApiError::manifest_invalid(format!(
-            "unsupported manifest media type {t:?}"
-        )));
-    }
-    Ok(t)
+    manifest_type(field, content_type, obj.contains_key("manifests"))
+        .map_err(|e| ApiError::manifest_invalid(e.to_string()))
 }
 
 /// Digests a manifest refers to (config, layers, child manifests), each validated.

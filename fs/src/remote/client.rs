@@ -20,7 +20,7 @@ use super::range_body::{RangeAnswer, RangeStream};
 use super::reference::Reference;
 use super::retry::RetryPolicy;
 use crate::digest::{Digest, Hasher};
-use crate::registry::{MANIFEST_TYPES, MAX_MANIFEST};
+use crate::oci::{MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_MANIFEST};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Method;
@@ -481,9 +481,7 @@ impl RegistryClient {
         );
         c.headers.insert(
             reqwest::header::ACCEPT,
-            HeaderValue::from_static(
-                "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json",
-            ),
+            HeaderValue::from_static(MANIFEST_ACCEPT),
         );
         let reply = self.call(&c).await?;
         let what = format!("{}/{}@{object}", r.registry, r.repository);

@@ -72,7 +72,7 @@ impl HostsConfig {
     }
 
     /// Adds a mirror for a registry (the `--mirror REGISTRY=URL` flag).
-    pub fn add_mirror(&mut self, registry: &str, url: &str) -> Result<(), String> {
+    pub fn add_mirror(&mut self, registry: &str, url: &str) -> Result<(), MirrorError> {
         parse_base(url)?;
         self.hosts
             .entry(registry.to_string())
@@ -113,19 +113,27 @@ impl HostsConfig {
     }
 }
 
+/// Why a mirror URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MirrorError {
+    /// Not `http://` or `https://`.
+    #[error("mirror {0:?} must start with http:// or https://")]
+    Scheme(String),
+    /// A path, user info or no host after the scheme.
+    #[error("mirror {0:?} must be scheme://host[:port]")]
+    Host(String),
+}
+
 /// Splits `http(s)://host[:port]` into scheme and host.
-fn parse_base(url: &str) -> Result<(String, String), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("mirror {url:?} must start with http:// or https://"))?;
+fn parse_base(url: &str) -> Result<(String, String), MirrorError> {
+    let scheme_err = || MirrorError::Scheme(url.to_string());
+    let (scheme, rest) = url.split_once("://").ok_or_else(scheme_err)?;
     if scheme != "http" && scheme != "https" {
-        return Err(format!(
-            "mirror {url:?} must start with http:// or https://"
-        ));
+        return Err(scheme_err());
     }
     let host = rest.trim_end_matches('/');
     if host.is_empty() || host.contains('/') || host.contains('@') {
-        return Err(format!("mirror {url:?} must be scheme://host[:port]"));
+        return Err(MirrorError::Host(url.to_string()));
     }
     Ok((scheme.to_string(), host.to_string()))
 }

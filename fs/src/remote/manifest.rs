@@ -6,17 +6,8 @@
 use super::error::RemoteError;
 use super::platform::Platform;
 use crate::digest::Digest;
-use crate::registry::MANIFEST_TYPES;
+use crate::oci::{manifest_type, DOCKER_LIST, OCI_INDEX};
 use serde::Deserialize;
-
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = MANIFEST_TYPES[0];
-/// OCI image index.
-pub const OCI_INDEX: &str = MANIFEST_TYPES[1];
-/// Docker schema 2 manifest.
-pub const DOCKER_MANIFEST: &str = MANIFEST_TYPES[2];
-/// Docker manifest list.
-pub const DOCKER_LIST: &str = MANIFEST_TYPES[3];
 
 /// A descriptor as found in manifests.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -122,25 +113,12 @@ impl Manifest {
         if doc.schema_version != Some(2) {
             return Err(bad("manifest schemaVersion is not 2".into()));
         }
-        let ct = content_type
-            .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
-            .filter(|c| MANIFEST_TYPES.contains(&c.as_str()));
-        let media_type = match (doc.media_type.clone(), ct) {
-            (Some(m), Some(c)) if m != c => {
-                return Err(bad(format!(
-                    "manifest says mediaType {m:?} but was served as {c:?}"
-                )))
-            }
-            (Some(m), _) => m,
-            (None, Some(c)) => c,
-            (None, None) if doc.manifests.is_some() => OCI_INDEX.to_string(),
-            (None, None) => OCI_MANIFEST.to_string(),
-        };
-        if !MANIFEST_TYPES.contains(&media_type.as_str()) {
-            return Err(bad(format!(
-                "unsupported manifest media type {media_type:?}"
-            )));
-        }
+        let media_type = manifest_type(
+            doc.media_type.as_deref(),
+            content_type,
+            doc.manifests.is_some(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
         let is_index = media_type == OCI_INDEX || media_type == DOCKER_LIST;
         let m = Manifest {
             data,

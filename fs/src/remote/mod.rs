@@ -1,25 +1,27 @@
 //! Everything between a registry and bytes in memory: image references, per-host settings,
 //! the registry client (manifests, blobs, HEAD, Range GETs, push), authentication (basic,
-//! bearer tokens, docker config, sessions), and the chunk fetcher.
+//! bearer tokens, docker config, sessions). The chunk fetcher built on it is `crate::fetcher`.
 
 pub mod auth;
-pub mod client;
-pub mod copy;
-pub mod error;
-pub mod fetcher;
-pub mod hosts;
-pub mod latency;
-pub mod manifest;
-pub mod platform;
-pub mod range_body;
-pub mod reference;
-pub mod retry;
+mod client;
+mod copy;
+mod error;
+mod hosts;
+mod manifest;
+mod platform;
+mod range_body;
+mod reference;
+mod retry;
 
-pub use client::{ClientOptions, RangeReply, RegistryClient};
+pub use client::{
+    flatten_error, parse_content_range, read_limited, ClientOptions, RangeReply, Referrer,
+    RegistryClient, Reply,
+};
+pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport, ImageLocation, Quiet};
 pub use error::RemoteError;
-pub use hosts::HostsConfig;
-pub use manifest::{Descriptor, Manifest};
-pub use platform::Platform;
-pub use range_body::{RangeAnswer, RangeStream};
-pub use reference::{Reference, ReferenceError};
+pub use hosts::{is_loopback, Endpoint, HostConfig, HostsConfig, MirrorError};
+pub use manifest::{DescPlatform, Descriptor, Manifest};
+pub use platform::{Platform, PlatformError};
+pub use range_body::{RangeAnswer, RangeStream, MAX_PART_HEAD};
+pub use reference::{Reference, ReferenceError, DEFAULT_REGISTRY, DOCKER_HUB_API_HOST};
 pub use retry::RetryPolicy;

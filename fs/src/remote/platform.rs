@@ -3,6 +3,11 @@
 
 use std::fmt;
 
+/// A string that is not `os/arch[/variant]` (each part 1-64 of `[A-Za-z0-9_-]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("platform {0:?} is not os/arch[/variant]")]
+pub struct PlatformError(pub String);
+
 /// A target platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform {
@@ -25,7 +30,17 @@ impl Platform {
     }
 
     /// Parses `os/arch[/variant]`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    ///
+    /// ```
+    /// use stargaze_fs::remote::Platform;
+    /// let p = Platform::parse("linux/arm64/v8")?;
+    /// assert_eq!((p.os.as_str(), p.architecture.as_str()), ("linux", "arm64"));
+    /// assert!(p.matches("linux", "arm64", Some("v8")));
+    /// assert_eq!(p.to_string(), "linux/arm64/v8");
+    /// assert!(Platform::parse("linux").is_err());
+    /// # Ok::<(), stargaze_fs::remote::PlatformError>(())
+    /// ```
+    pub fn parse(s: &str) -> Result<Self, PlatformError> {
         let parts: Vec<&str> = s.split('/').collect();
         let ok = |p: &str| {
             !p.is_empty()
@@ -44,7 +59,7 @@ impl Platform {
                 architecture: arch.to_string(),
                 variant: Some(v.to_string()),
             }),
-            _ => Err(format!("platform {s:?} is not os/arch[/variant]")),
+            _ => Err(PlatformError(s.to_string())),
         }
     }
 
@@ -72,8 +87,8 @@ impl fmt::Display for Platform {
 }
 
 impl std::str::FromStr for Platform {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = PlatformError;
+    fn from_str(s: &str) -> Result<Self, PlatformError> {
         Platform::parse(s)
     }
 }

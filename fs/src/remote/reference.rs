@@ -3,14 +3,13 @@
 //! name ends up in URLs and, in the built-in registry, in paths on disk.
 
 use crate::digest::Digest;
+use crate::oci::{validate_repository, validate_tag, NameError};
 use std::fmt;
 
 /// The registry used when a reference names none.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 /// Where `docker.io` is actually served.
 pub const DOCKER_HUB_API_HOST: &str = "registry-1.docker.io";
-/// Longest repository name accepted (distribution's limit).
-pub const MAX_NAME_LEN: usize = 255;
 
 /// Why a reference was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,12 +17,9 @@ pub enum ReferenceError {
     /// Empty input.
     #[error("empty image reference")]
     Empty,
-    /// The repository path breaks the distribution grammar.
-    #[error("invalid repository name {0:?}: lowercase letters, digits and single separators (. _ __ -) in /-separated components")]
-    Name(String),
-    /// The tag breaks the grammar.
-    #[error("invalid tag {0:?}: 1-128 of [A-Za-z0-9_.-], not starting with . or -")]
-    Tag(String),
+    /// The repository path or the tag breaks the distribution grammar.
+    #[error(transparent)]
+    Name(#[from] NameError),
     /// The digest is malformed or not sha256.
     #[error("invalid digest in reference: {0}")]
     Digest(#[from] crate::digest::DigestError),
@@ -47,6 +43,17 @@ pub struct Reference {
 
 impl Reference {
     /// Parses a reference with docker's defaults.
+    ///
+    /// ```
+    /// use stargaze_fs::remote::Reference;
+    /// let r = Reference::parse("busybox")?;
+    /// assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+    /// assert_eq!(r.tag.as_deref(), Some("latest"));
+    /// let r = Reference::parse("127.0.0.1:5000/lab/app:v1")?;
+    /// assert_eq!((r.registry.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", Some("v1")));
+    /// assert!(Reference::parse("reg.io/../etc").is_err());
+    /// # Ok::<(), stargaze_fs::remote::ReferenceError>(())
+    /// ```
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {
         let s = s.trim();
         if s.is_empty() {
@@ -170,73 +177,6 @@ fn validate_host(host: &str) -> Result<(), ReferenceError> {
     }
 }
 
-/// Checks a repository path against the distribution grammar: `/`-separated components of
-/// `[a-z0-9]+` joined by one of `.`, `_`, `__` or any run of `-`. This excludes `..`, empty
-/// components and absolute paths, so a valid name is also a safe relative path.
-pub fn validate_repository(name: &str) -> Result<(), ReferenceError> {
-    let bad = || ReferenceError::Name(name.to_string());
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(bad());
-    }
-    for comp in name.split('/') {
-        if !component_ok(comp) {
-            return Err(bad());
-        }
-    }
-    Ok(())
-}
-
-fn component_ok(comp: &str) -> bool {
-    let b = comp.as_bytes();
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__" or "-+", always followed by an alphanumeric.
-        let start = i;
-        match b[i] {
-            b'.' => i += 1,
-            b'_' => {
-                i += 1;
-                if i < b.len() && b[i] == b'_' {
-                    i += 1;
-                }
-            }
-            b'-' => {
-                while i < b.len() && b[i] == b'-' {
-                    i += 1;
-                }
-            }
-            _ => return false,
-        }
-        if i == start || i >= b.len() || !alnum(b[i]) {
-            return false;
-        }
-    }
-    true
-}
-
-/// Checks a tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-pub fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
-    let b = tag.as_bytes();
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let ok = !b.is_empty()
-        && b.len() <= 128
-        && word(b[0])
-        && b.iter().all(|&c| word(c) || c == b'.' || c == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ReferenceError::Tag(tag.to_string()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +229,5 @@ mod tests {
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(validate_repository("a__b/c-----d/e.f").is_ok());
-        assert!(validate_repository("a___b").is_err());
     }
 }

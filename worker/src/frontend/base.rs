@@ -208,7 +208,7 @@ pub fn ensure_snapshots(
         if let Some(t) = desc
             .annotations
             .as_ref()
-            .and_then(|a| a.get(stargaze_fs::format::TOC_DIGEST_ANNOTATION))
+            .and_then(|a| a.get(stargaze_fs::oci::TOC_DIGEST_ANNOTATION))
         {
             labels.insert(TOC_DIGEST.into(), t.clone());
         }
@@ -279,7 +279,7 @@ fn unpack(
         chown: stargaze_fs::sys::is_root(),
         ..ExtractOptions::default()
     };
-    rt.block_on(stargaze_fs::mount::fallback::pull_and_unpack_with(
+    rt.block_on(stargaze_fs::mount::pull_and_unpack_with(
         client,
         &image.reference,
         desc,

@@ -12,15 +12,11 @@ use super::progress::Progress;
 use super::request::StageResult;
 use super::BuildError;
 use stargaze_fs::image::{ImageError, OciLayout};
+use stargaze_fs::oci::{OCI_CONFIG, OCI_MANIFEST};
 use stargaze_fs::remote::{Reference, ReferenceError, RegistryClient, RemoteError};
 use stargaze_fs::Digest;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// OCI image manifest media type.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image config media type.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
 /// Where a built image goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +89,7 @@ pub fn parse_destination(s: &str, push: bool) -> Result<Destination, Destination
         if dir.is_empty() {
             return Err(DestinationError::NoDirectory(s.to_string()));
         }
-        stargaze_fs::remote::reference::validate_tag(tag).map_err(invalid)?;
+        stargaze_fs::oci::validate_tag(tag).map_err(|e| invalid(e.into()))?;
         return Ok(Destination::Layout {
             dir: PathBuf::from(dir),
             tag: tag.to_string(),

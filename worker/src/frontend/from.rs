@@ -6,15 +6,13 @@
 use super::base::{self, LayerOutcome};
 use super::image_config::ImageConfig;
 use super::instructions::InstructionError;
-use super::layer::{LayerBlob, GZIP_LAYER};
+use super::layer::LayerBlob;
 use super::request::{ImageLayer, StageResult};
 use super::solve::{blocking, hex_key, Ctx};
 use super::BuildError;
+use stargaze_fs::oci::{DOCKER_LAYER_GZIP, OCI_LAYER_GZIP};
 use stargaze_fs::remote::{Platform, Reference};
 use std::sync::Arc;
-
-/// Docker's gzip layer media type (written as the OCI one).
-const DOCKER_GZIP_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 impl Ctx {
     /// The base image `name` as a stage result (resolved and snapshotted once per build).
@@ -119,7 +117,8 @@ impl Ctx {
             .map(|(d, diff)| ImageLayer {
                 blob: LayerBlob {
                     media_type: match d.media_type.as_str() {
-                        DOCKER_GZIP_LAYER => GZIP_LAYER.to_string(),
+                        // Docker's gzip layer is written as the OCI one.
+                        DOCKER_LAYER_GZIP => OCI_LAYER_GZIP.to_string(),
                         other => other.to_string(),
                     },
                     digest: d.digest.clone(),

@@ -7,12 +7,10 @@ use super::{io, BuildError};
 use stargaze_fs::digest::{DigestError, Hasher};
 use stargaze_fs::format::{convert_layer, FormatError, WriterOptions};
 use stargaze_fs::image::{ImageError, OciLayout};
+use stargaze_fs::oci::OCI_LAYER_GZIP;
 use stargaze_fs::Digest;
 use std::collections::BTreeMap;
 use std::io::Write;
-
-/// OCI gzip layer media type.
-pub const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// Why a layer could not be written into the content store.
 #[derive(Debug, thiserror::Error)]
@@ -87,16 +85,16 @@ pub fn write_layer(
             .map_err(store)?;
         let mut annotations = BTreeMap::new();
         annotations.insert(
-            stargaze_fs::format::TOC_DIGEST_ANNOTATION.to_string(),
+            stargaze_fs::oci::TOC_DIGEST_ANNOTATION.to_string(),
             report.toc_digest.to_string(),
         );
         annotations.insert(
-            stargaze_fs::format::UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
+            stargaze_fs::oci::UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
             report.uncompressed_size.to_string(),
         );
         return Ok((
             LayerBlob {
-                media_type: GZIP_LAYER.into(),
+                media_type: OCI_LAYER_GZIP.into(),
                 digest: report.blob_digest.to_string(),
                 size: report.blob_size,
                 diff_id: report.diff_id.to_string(),
@@ -127,7 +125,7 @@ pub fn write_layer(
     content.commit_blob(tmp, &digest).map_err(store)?;
     Ok((
         LayerBlob {
-            media_type: GZIP_LAYER.into(),
+            media_type: OCI_LAYER_GZIP.into(),
             digest: digest.to_string(),
             size,
             diff_id: diff.finish().to_string(),

@@ -20,11 +20,40 @@ pub enum Challenge {
 /// Longest header parsed.
 const MAX_HEADER: usize = 8192;
 
+/// Why a `WWW-Authenticate` header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChallengeError {
+    /// Longer than the parser reads.
+    #[error("WWW-Authenticate header is longer than {MAX_HEADER} bytes")]
+    TooLong,
+    /// No auth scheme where one must start.
+    #[error("expected an auth scheme")]
+    NoScheme,
+    /// A Bearer challenge names no token endpoint.
+    #[error("Bearer challenge without realm")]
+    NoRealm,
+    /// Something that is neither a parameter nor a scheme.
+    #[error("unexpected character at byte {0}")]
+    Unexpected(usize),
+    /// A quoted string that does not end.
+    #[error("unterminated quoted string")]
+    Unterminated,
+    /// A quoted string whose bytes are not UTF-8.
+    #[error("quoted string is not UTF-8")]
+    NotUtf8,
+    /// A backslash at the very end.
+    #[error("dangling escape")]
+    DanglingEscape,
+    /// A control character inside a quoted string.
+    #[error("control character in quoted string")]
+    Control,
+}
+
 /// Parses a `WWW-Authenticate` header into the challenges we understand (Basic, Bearer);
 /// other schemes are skipped; a malformed header or a Bearer without realm is an error.
-pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, String> {
+pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, ChallengeError> {
     if header.len() > MAX_HEADER {
-        return Err("WWW-Authenticate header is too long".into());
+        return Err(ChallengeError::TooLong);
     }
     let mut out = Vec::new();
     let mut p = Parser {
@@ -33,7 +62,7 @@ pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, String> {
     };
     p.ws();
     while !p.done() {
-        let scheme = p.token().ok_or("expected an auth scheme")?;
+        let scheme = p.token().ok_or(ChallengeError::NoScheme)?;
         p.ws();
         let mut params: Vec<(String, String)> = Vec::new();
         // auth-params: name=value pairs separated by commas, until the next scheme.
@@ -66,7 +95,7 @@ pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, String> {
             "bearer" => {
                 let realm = get("realm")
                     .filter(|r| !r.is_empty())
-                    .ok_or("Bearer challenge without realm")?;
+                    .ok_or(ChallengeError::NoRealm)?;
                 out.push(Challenge::Bearer {
                     realm,
                     service: get("service"),
@@ -77,7 +106,7 @@ pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, String> {
         }
         p.ws();
         if !p.done() && !p.token_start() {
-            return Err(format!("unexpected character at byte {}", p.i));
+            return Err(ChallengeError::Unexpected(p.i));
         }
     }
     Ok(out)
@@ -121,25 +150,23 @@ impl Parser<'_> {
         }
         (self.i > start).then(|| String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
     }
-    fn quoted(&mut self) -> Result<String, String> {
+    fn quoted(&mut self) -> Result<String, ChallengeError> {
         self.i += 1; // opening quote
         let mut out = Vec::new();
         loop {
             match self.peek() {
-                None => return Err("unterminated quoted string".into()),
+                None => return Err(ChallengeError::Unterminated),
                 Some(b'"') => {
                     self.i += 1;
-                    return String::from_utf8(out).map_err(|_| "quoted string is not UTF-8".into());
+                    return String::from_utf8(out).map_err(|_| ChallengeError::NotUtf8);
                 }
                 Some(b'\\') => {
                     self.i += 1;
-                    let c = self.peek().ok_or("dangling escape")?;
+                    let c = self.peek().ok_or(ChallengeError::DanglingEscape)?;
                     out.push(c);
                     self.i += 1;
                 }
-                Some(c) if c < 0x20 && c != b'\t' => {
-                    return Err("control character in quoted string".into())
-                }
+                Some(c) if c < 0x20 && c != b'\t' => return Err(ChallengeError::Control),
                 Some(c) => {
                     out.push(c);
                     self.i += 1;

@@ -4,7 +4,7 @@
 //! Helpers speak the `docker-credential-*` protocol: `get` with the server URL on stdin,
 //! JSON `{Username, Secret}` on stdout; they are killed if they take longer than 10 s.
 
-use super::{Credentials, Secret};
+use super::{CredentialError, Credentials, Secret};
 use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -59,7 +59,7 @@ impl DockerConfig {
     }
 
     /// Loads the default config; a missing file is an empty config.
-    pub fn load_default() -> Result<Self, String> {
+    pub fn load_default() -> Result<Self, CredentialError> {
         match Self::default_path() {
             Some(p) if p.exists() => Self::load(&p),
             _ => Ok(Self::default()),
@@ -67,20 +67,27 @@ impl DockerConfig {
     }
 
     /// Loads a config file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, CredentialError> {
+        let read = |source| CredentialError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let f = std::fs::File::open(path).map_err(read)?;
         let mut data = Vec::new();
         f.take(MAX_CONFIG + 1)
             .read_to_end(&mut data)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(read)?;
         if data.len() as u64 > MAX_CONFIG {
-            return Err(format!(
-                "{} is larger than {MAX_CONFIG} bytes",
-                path.display()
-            ));
+            return Err(CredentialError::TooLarge {
+                path: path.to_path_buf(),
+                max: MAX_CONFIG,
+            });
         }
-        let file: File = serde_json::from_slice(&data)
-            .map_err(|e| format!("{} is not a valid docker config: {e}", path.display()))?;
+        let file: File =
+            serde_json::from_slice(&data).map_err(|source| CredentialError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
         for name in file.cred_helpers.values().chain(file.creds_store.iter()) {
             check_helper_name(name)?;
         }
@@ -91,7 +98,7 @@ impl DockerConfig {
     }
 
     /// Credentials for `host` (`host[:port]`, `docker.io` for Docker Hub), if any.
-    pub fn credentials(&self, host: &str) -> Result<Option<Credentials>, String> {
+    pub fn credentials(&self, host: &str) -> Result<Option<Credentials>, CredentialError> {
         let key = if is_hub(host) { HUB_KEY } else { host };
         if let Some(helper) = self.file.cred_helpers.get(host) {
             return run_helper(helper, key);
@@ -111,24 +118,22 @@ impl DockerConfig {
         self.entry_credentials(e)
     }
 
-    fn entry_credentials(&self, e: &AuthEntry) -> Result<Option<Credentials>, String> {
-        let where_ = self
-            .path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+    fn entry_credentials(&self, e: &AuthEntry) -> Result<Option<Credentials>, CredentialError> {
+        let bad = |problem| CredentialError::AuthEntry {
+            path: self.path.clone().unwrap_or_default(),
+            problem,
+        };
         if let Some(t) = e.identitytoken.as_ref().filter(|t| !t.is_empty()) {
             return Ok(Some(Credentials::IdentityToken(Secret::new(t.clone()))));
         }
         if let Some(a) = e.auth.as_ref().filter(|a| !a.is_empty()) {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(a.trim())
-                .map_err(|_| format!("{where_}: an `auth` entry is not base64"))?;
-            let text = String::from_utf8(raw)
-                .map_err(|_| format!("{where_}: an `auth` entry is not UTF-8"))?;
+                .map_err(|_| bad("not base64"))?;
+            let text = String::from_utf8(raw).map_err(|_| bad("not UTF-8"))?;
             let (u, p) = text
                 .split_once(':')
-                .ok_or_else(|| format!("{where_}: an `auth` entry is not user:password"))?;
+                .ok_or_else(|| bad("not user:password"))?;
             return Ok(Some(Credentials::basic(u, p)));
         }
         match (&e.username, &e.password) {
@@ -154,7 +159,7 @@ fn normalize_key(k: &str) -> &str {
     k.split('/').next().unwrap_or(k)
 }
 
-fn check_helper_name(name: &str) -> Result<(), String> {
+fn check_helper_name(name: &str) -> Result<(), CredentialError> {
     let ok = !name.is_empty()
         && name
             .bytes()
@@ -162,7 +167,7 @@ fn check_helper_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("credential helper name {name:?} is not valid"))
+        Err(CredentialError::HelperName(name.to_string()))
     }
 }
 
@@ -175,7 +180,7 @@ struct HelperReply {
 }
 
 /// Runs `docker-credential-<helper> get` for `server`.
-fn run_helper(helper: &str, server: &str) -> Result<Option<Credentials>, String> {
+fn run_helper(helper: &str, server: &str) -> Result<Option<Credentials>, CredentialError> {
     check_helper_name(helper)?;
     let prog = format!("docker-credential-{helper}");
     let mut child = Command::new(&prog)
@@ -184,7 +189,10 @@ fn run_helper(helper: &str, server: &str) -> Result<Option<Credentials>, String>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running {prog}: {e}"))?;
+        .map_err(|source| CredentialError::HelperSpawn {
+            program: prog.clone(),
+            source,
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(server.as_bytes());
     }
@@ -204,9 +212,17 @@ fn run_helper(helper: &str, server: &str) -> Result<Option<Credentials>, String>
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{prog} did not answer within {HELPER_TIMEOUT:?}"));
+                return Err(CredentialError::HelperTimeout {
+                    program: prog,
+                    timeout: HELPER_TIMEOUT,
+                });
             }
-            Err(e) => return Err(format!("waiting for {prog}: {e}")),
+            Err(source) => {
+                return Err(CredentialError::HelperWait {
+                    program: prog,
+                    source,
+                })
+            }
         }
     };
     let out = reader.join().unwrap_or_default();
@@ -216,10 +232,13 @@ fn run_helper(helper: &str, server: &str) -> Result<Option<Credentials>, String>
         if text.contains("credentials not found") || out.is_empty() {
             return Ok(None);
         }
-        return Err(format!("{prog} failed ({status})"));
+        return Err(CredentialError::HelperFailed {
+            program: prog,
+            status,
+        });
     }
-    let reply: HelperReply = serde_json::from_slice(&out)
-        .map_err(|_| format!("{prog} printed something that is not its JSON reply"))?;
+    let reply: HelperReply =
+        serde_json::from_slice(&out).map_err(|_| CredentialError::HelperReply { program: prog })?;
     if reply.username == "<token>" {
         return Ok(Some(Credentials::IdentityToken(Secret::new(reply.secret))));
     }

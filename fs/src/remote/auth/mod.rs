@@ -4,11 +4,13 @@
 
 mod challenge;
 mod docker_config;
+mod error;
 mod session;
 mod token;
 
-pub use challenge::{parse_challenges, Challenge};
+pub use challenge::{parse_challenges, Challenge, ChallengeError};
 pub use docker_config::DockerConfig;
+pub use error::CredentialError;
 pub use session::{
     session_ids_from_labels, CredentialProvider, SessionManager, StaticCredentials, SESSION_LABEL,
 };

@@ -4,7 +4,7 @@
 //! the providers are asked in that order for the host's credentials — the first that answers
 //! wins. A session that ends is unregistered and can no longer be asked.
 
-use super::Credentials;
+use super::{CredentialError, Credentials};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -14,7 +14,7 @@ pub const SESSION_LABEL: &str = "containerd.io/snapshot/remote/stargz.session";
 /// Something that can answer "credentials for this host?".
 pub trait CredentialProvider: Send + Sync {
     /// Credentials for `host`, `Ok(None)` when this provider has none.
-    fn credentials(&self, host: &str) -> Result<Option<Credentials>, String>;
+    fn credentials(&self, host: &str) -> Result<Option<Credentials>, CredentialError>;
 }
 
 /// A fixed map of host → credentials (explicit configuration, tests).
@@ -32,13 +32,13 @@ impl StaticCredentials {
 }
 
 impl CredentialProvider for StaticCredentials {
-    fn credentials(&self, host: &str) -> Result<Option<Credentials>, String> {
+    fn credentials(&self, host: &str) -> Result<Option<Credentials>, CredentialError> {
         Ok(self.by_host.get(host).cloned())
     }
 }
 
 impl CredentialProvider for super::DockerConfig {
-    fn credentials(&self, host: &str) -> Result<Option<Credentials>, String> {
+    fn credentials(&self, host: &str) -> Result<Option<Credentials>, CredentialError> {
         super::DockerConfig::credentials(self, host)
     }
 }
@@ -78,13 +78,17 @@ impl SessionManager {
 
     /// Asks the named sessions in order; the first with credentials for `host` wins.
     /// Unknown sessions are skipped; a provider error is returned only if no later one answers.
-    pub fn credentials(&self, ids: &[String], host: &str) -> Result<Option<Credentials>, String> {
+    pub fn credentials(
+        &self,
+        ids: &[String],
+        host: &str,
+    ) -> Result<Option<Credentials>, CredentialError> {
         let providers: Vec<(String, Arc<dyn CredentialProvider>)> = match self.sessions.read() {
             Ok(s) => ids
                 .iter()
                 .filter_map(|id| s.get(id).map(|p| (id.clone(), p.clone())))
                 .collect(),
-            Err(_) => return Err("session table is poisoned".into()),
+            Err(_) => return Err(CredentialError::Poisoned),
         };
         let mut first_err = None;
         for (id, p) in providers {

@@ -4,7 +4,9 @@
 //! POST for identity tokens). Tokens are cached per (host, scope, credentials) until they
 //! expire, so one session's token is never used for another's request.
 
-use super::{parse_challenges, Challenge, CredentialProvider, Credentials, SessionManager};
+use super::{
+    parse_challenges, Challenge, CredentialError, CredentialProvider, Credentials, SessionManager,
+};
 use crate::remote::error::RemoteError;
 use crate::remote::hosts::HostsConfig;
 use std::collections::HashMap;
@@ -135,25 +137,26 @@ impl Authenticator {
         let fallback = self.fallback.clone();
         let (h, ids) = key.clone();
         // Providers may run helper processes: keep them off the async threads.
-        let found = tokio::task::spawn_blocking(move || -> Result<Option<Credentials>, String> {
-            if !ids.is_empty() {
-                if let Some(c) = sessions.credentials(&ids, &h)? {
-                    return Ok(Some(c));
+        let found =
+            tokio::task::spawn_blocking(move || -> Result<Option<Credentials>, CredentialError> {
+                if !ids.is_empty() {
+                    if let Some(c) = sessions.credentials(&ids, &h)? {
+                        return Ok(Some(c));
+                    }
                 }
-            }
-            for p in &fallback {
-                if let Some(c) = p.credentials(&h)? {
-                    return Ok(Some(c));
+                for p in &fallback {
+                    if let Some(c) = p.credentials(&h)? {
+                        return Ok(Some(c));
+                    }
                 }
-            }
-            Ok(None)
-        })
-        .await
-        .map_err(|e| RemoteError::Config(format!("credential lookup failed: {e}")))?
-        .map_err(|reason| RemoteError::Auth {
-            host: host.to_string(),
-            reason,
-        })?;
+                Ok(None)
+            })
+            .await
+            .map_err(|e| RemoteError::Config(format!("credential lookup failed: {e}")))?
+            .map_err(|e| RemoteError::Auth {
+                host: host.to_string(),
+                reason: e.to_string(),
+            })?;
         lock(&self.creds).insert(key, (found.clone(), Instant::now()));
         Ok(found)
     }

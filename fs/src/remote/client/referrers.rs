@@ -8,14 +8,12 @@
 
 use super::{check_status, header_str, read_limited, RegistryClient};
 use crate::digest::Digest;
-use crate::registry::{percent_encode as encode, MAX_MANIFEST};
+use crate::oci::{percent_encode as encode, referrer_of, MAX_MANIFEST, OCI_INDEX as INDEX};
 use crate::remote::error::RemoteError;
 use crate::remote::manifest::Descriptor;
 use crate::remote::reference::Reference;
 use reqwest::Method;
 use serde::Deserialize;
-
-const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Most pages followed for one subject.
 const MAX_PAGES: usize = 64;
@@ -62,7 +60,7 @@ impl RegistryClient {
         let (d, confirmed) = self
             .push_manifest_answer(r, &d.to_string(), media_type, data)
             .await?;
-        let Some(listed) = crate::registry::referrer_of(data, media_type) else {
+        let Some(listed) = referrer_of(data, media_type) else {
             return Ok(d);
         };
         if confirmed.is_some() {

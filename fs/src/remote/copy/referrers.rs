@@ -10,7 +10,7 @@
 use super::{copy_blobs, location_name, read_child, write_manifest, Ctx, ImageLocation};
 use crate::digest::Digest;
 use crate::image::OciLayout;
-use crate::registry::{listed_manifests, referrer_of};
+use crate::oci::referrer_of;
 use crate::remote::error::RemoteError;
 use crate::remote::manifest::Descriptor;
 use std::collections::{HashMap, HashSet};
@@ -111,7 +111,7 @@ async fn layout_referrers(
     super::blocking(move || {
         let layout = OciLayout::open(&dir).map_err(super::layout_err)?;
         let mut map: HashMap<Digest, Vec<Descriptor>> = HashMap::new();
-        for (media_type, data) in listed_manifests(&layout) {
+        for (media_type, data) in layout.listed_manifests() {
             let Some(r) = referrer_of(&data, &media_type) else {
                 continue;
             };

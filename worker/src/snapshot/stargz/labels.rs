@@ -18,8 +18,8 @@ const STARGZ_REF: &str = "containerd.io/snapshot/remote/stargz.reference";
 const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
 const CRI_REF: &str = "containerd.io/snapshot/cri.image-ref";
 const CRI_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-/// The TOC digest, copied from the layer descriptor's annotations.
-pub const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// The TOC digest, copied from the layer descriptor's annotation of the same name.
+pub const TOC_DIGEST: &str = stargaze_fs::oci::TOC_DIGEST_ANNOTATION;
 const SESSION_PART: &str = ".session.";
 
 /// A layer a Prepare (or a stored remote snapshot) names.

@@ -19,8 +19,9 @@ use super::{
     Driver, Info, Labels, LocalSnapshotter, Mount, Result, SnapshotError, Snapshotter, Usage,
 };
 use stargaze_fs::cache::ChunkCache;
-use stargaze_fs::layer::{LayerError, RemoteLayer, TOC_DIGEST_ANNOTATION};
-use stargaze_fs::remote::fetcher::FetchOptions;
+use stargaze_fs::fetcher::FetchOptions;
+use stargaze_fs::layer::{LayerError, RemoteLayer};
+use stargaze_fs::oci::TOC_DIGEST_ANNOTATION;
 use stargaze_fs::remote::{Descriptor, RegistryClient};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
