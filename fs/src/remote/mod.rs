@@ -22,4 +22,4 @@ pub use manifest::{Descriptor, Manifest};
 pub use platform::Platform;
 pub use range_body::{RangeAnswer, RangeStream};
 pub use reference::{Reference, ReferenceError};
-pub use retry::RetryPolicy;
+pub use retry::{RetryBudget, RetryPolicy};
