@@ -35,7 +35,10 @@ fn blob() -> Vec<u8> {
 
 /// `bytes=A-B` → (A, B).
 fn range_of(req: &Request) -> Option<(usize, usize)> {
-    let (a, b) = req.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
+    let (a, b) = req
+        .header("range")?
+        .strip_prefix("bytes=")?
+        .split_once('-')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
@@ -124,13 +127,8 @@ fn manifest_get(script: &[Act], then: Act) -> (Result<(), RemoteError>, usize) {
 
 fn range_read(script: &[Act], then: Act) -> (Result<Vec<u8>, RemoteError>, usize) {
     let s = Scripted::start(script, then);
-    let r = rt().block_on(client_with(|_| {}).blob_range(
-        &s.reference(),
-        &digest(),
-        1000,
-        4000,
-        &[],
-    ));
+    let r =
+        rt().block_on(client_with(|_| {}).blob_range(&s.reference(), &digest(), 1000, 4000, &[]));
     (r.map(|r| r.data.to_vec()), s.requests())
 }
 

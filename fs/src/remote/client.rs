@@ -10,6 +10,7 @@
 //! checks, session-scoped credentials, per-host mirrors and our own retry/redirect rules,
 //! none of which oci-client exposes.
 
+mod redirect;
 mod referrers;
 pub use referrers::Referrer;
 
@@ -340,8 +341,7 @@ impl RegistryClient {
                 continue;
             }
             if status == 429 || status >= 500 {
-                if let Some(wait) =
-                    budget.retry_request(&ep.base, header_str(&resp, "retry-after"))
+                if let Some(wait) = budget.retry_request(&ep.base, header_str(&resp, "retry-after"))
                 {
                     drop(permit);
                     tracing::debug!(%url, status, sent = budget.requests(), "retrying after status");
@@ -416,52 +416,21 @@ impl RegistryClient {
                 .send()
                 .await
                 .map_err(|e| transport(current.as_str(), &e))?;
-            let status = resp.status();
-            if !status.is_redirection() || status.as_u16() == 304 {
+            let status = resp.status().as_u16();
+            if !redirect::is_redirect(status) {
                 return Ok((resp, current.to_string()));
             }
-            let loc = header_str(&resp, "location").ok_or_else(|| {
-                RemoteError::protocol(current.as_str(), format!("HTTP {status} without Location"))
-            })?;
-            let next = current.join(loc).map_err(|_| {
-                RemoteError::protocol(current.as_str(), format!("bad redirect Location {loc:?}"))
-            })?;
-            let host_port = |u: &reqwest::Url| {
-                format!(
-                    "{}:{}",
-                    u.host_str().unwrap_or(""),
-                    u.port_or_known_default().unwrap_or(0)
-                )
-            };
-            match next.scheme() {
-                "https" => {}
-                "http" => {
-                    let hp = match next.port() {
-                        Some(p) => format!("{}:{p}", next.host_str().unwrap_or("")),
-                        None => next.host_str().unwrap_or("").to_string(),
-                    };
-                    let ok = self.opts.hosts.is_insecure(&hp)
-                        || self.opts.hosts.is_insecure(next.host_str().unwrap_or(""))
-                        || (current.scheme() == "http" && host_port(&next) == host_port(&current));
-                    if !ok {
-                        return Err(RemoteError::protocol(
-                            current.as_str(),
-                            format!("refusing redirect to plain-HTTP host {hp}"),
-                        ));
-                    }
-                }
-                s => {
-                    return Err(RemoteError::protocol(
-                        current.as_str(),
-                        format!("refusing redirect to {s}:// URL"),
-                    ))
-                }
-            }
-            if host_port(&next) != host_port(&current) {
-                // Credentials are for the registry host only.
+            let step = redirect::next_step(
+                &self.opts.hosts,
+                &current,
+                status,
+                header_str(&resp, "location"),
+            )?;
+            let next = step.url;
+            if !step.keep_credentials {
                 auth = None;
             }
-            if status.as_u16() == 303 {
+            if step.as_get {
                 method = Method::GET;
             }
             tracing::debug!(from = %current, to = %next, origin = origin_host, "following redirect");
