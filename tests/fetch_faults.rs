@@ -237,19 +237,9 @@ fn single_flight_and_merging() {
     });
     assert!(got.iter().all(|g| *g == want));
     // Requests for the file's frames (a miss also fetches small siblings on a guess).
-    let id = s.local.index().lookup(BIG).unwrap();
-    let chunks = &s.local.index().node(id).chunks;
-    let (lo, hi) = (chunks[0].blob_offset, chunks[chunks.len() - 1].blob_end);
-    let ranges = s
-        .proxy
-        .seen()
-        .iter()
-        .filter_map(|r| r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-'))
-        .filter_map(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-        .filter(|&(a, b)| a < hi && b >= lo)
-        .count();
     assert_eq!(
-        ranges, 1,
+        requests_for(&s, BIG),
+        1,
         "eight readers of a 3-chunk file: one merged request in flight"
     );
     assert!(layer.counters().shared_waits >= 1);
