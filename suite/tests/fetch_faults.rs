@@ -237,19 +237,9 @@ fn single_flight_and_merging() {
     });
     assert!(got.iter().all(|g| *g == want));
     // Requests for the file's frames (a miss also fetches small siblings on a guess).
-    let id = s.local.index().lookup(BIG).unwrap();
-    let chunks = &s.local.index().node(id).chunks;
-    let (lo, hi) = (chunks[0].blob_offset, chunks[chunks.len() - 1].blob_end);
-    let ranges = s
-        .proxy
-        .seen()
-        .iter()
-        .filter_map(|r| r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-'))
-        .filter_map(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-        .filter(|&(a, b)| a < hi && b >= lo)
-        .count();
     assert_eq!(
-        ranges, 1,
+        requests_for(&s, BIG),
+        1,
         "eight readers of a 3-chunk file: one merged request in flight"
     );
     assert!(layer.counters().shared_waits >= 1);
@@ -401,4 +391,56 @@ fn whole_blob_and_multipart_answers_give_the_right_bytes() {
         .unwrap_or("etc/hostname");
     s.rt.block_on(layer.read_path(other)).unwrap();
     assert!(c.honours_ranges(&s.reference.registry));
+}
+
+/// Range requests that overlap the frames of `path` (requests for neighbours fetched on a
+/// guess do not count).
+fn requests_for(s: &Setup, path: &str) -> usize {
+    let id = s.local.index().lookup(path).unwrap();
+    let chunks = &s.local.index().node(id).chunks;
+    let (lo, hi) = (chunks[0].blob_offset, chunks[chunks.len() - 1].blob_end);
+    s.proxy
+        .seen()
+        .iter()
+        .filter_map(|r| r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-'))
+        .filter_map(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .filter(|&(a, b)| a < hi && b >= lo)
+        .count()
+}
+
+#[test]
+fn a_region_and_its_resumptions_share_one_retry_budget() {
+    let s = setup();
+    let want = s.expected(BIG);
+    // The client's policy allows 4 attempts.
+    for fault in [Fault::Status(503), Fault::Truncate, Fault::ResetMidBody] {
+        s.proxy.clear();
+        let layer = s.fresh_layer();
+        s.proxy.reset_log();
+        s.proxy
+            .add(Rule::new("/blobs/", usize::MAX, fault.clone()).ranges());
+        assert!(
+            s.rt.block_on(layer.read_path(BIG)).is_err(),
+            "{fault:?}: a lasting fault is an error"
+        );
+        assert_eq!(
+            requests_for(&s, BIG),
+            4,
+            "{fault:?}: the region's requests and resumptions together get the 4 attempts"
+        );
+    }
+    // The first request's body is cut, the resumption is good: two requests, right bytes.
+    s.proxy.clear();
+    let layer = s.fresh_layer();
+    s.proxy.reset_log();
+    let first = s
+        .local
+        .index()
+        .node(s.local.index().lookup(BIG).unwrap())
+        .chunks[0]
+        .blob_offset;
+    s.proxy
+        .add(Rule::new("/blobs/", 1, Fault::Truncate).range_from(first));
+    assert!(s.rt.block_on(layer.read_path(BIG)).unwrap() == want);
+    assert_eq!(requests_for(&s, BIG), 2);
 }

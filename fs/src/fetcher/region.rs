@@ -11,7 +11,7 @@ use super::window::FrameWindow;
 use super::FetchError;
 use crate::cache::VerifiedChunk;
 use crate::format::{decode_chunk, Chunk, FormatError};
-use crate::remote::{RangeAnswer, RangeStream, RemoteError};
+use crate::remote::{RangeAnswer, RangeStream, RemoteError, RetryBudget};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
@@ -113,7 +113,8 @@ impl Fetcher {
     /// Streams blob bytes `start..end` and starts each member's decode as soon as its frame
     /// has arrived, so chunks decode (in parallel) while later ones are still on the wire and
     /// only the frames not complete yet are held, never the whole region. A body that breaks
-    /// off is resumed from the first byte still needed, under the client's retry policy.
+    /// off is resumed from the first byte still needed, under the same retry budget as the
+    /// requests (one budget per region, however requests and bodies fail).
     async fn stream_region(
         &self,
         file: &str,
@@ -125,23 +126,14 @@ impl Fetcher {
         let mut window = FrameWindow::new(start);
         let mut next = 0usize;
         let mut handles = Vec::with_capacity(members.len());
-        let retry = self.blob.client.options().retry;
-        let mut attempt = 0u32;
+        let mut budget = self.blob.client.retry_budget();
         while next < members.len() {
             if window.buf.is_empty() {
                 // Nothing held: a resumed request starts at the next frame, not in a hole.
                 window.pos = window.pos.max(mine[members[next]].1.blob_offset);
             }
             let from = window.pos;
-            let mut stream = match self.open(from, end - from).await {
-                Ok(s) => s,
-                Err(e) if e.is_transient() && attempt + 1 < retry.attempts => {
-                    tokio::time::sleep(retry.backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let mut stream = self.open(from, end - from, &mut budget).await?;
             let mut counted = 0u64;
             let broke = loop {
                 let got = stream.next().await;
@@ -176,11 +168,13 @@ impl Fetcher {
                     })
                 }
                 None => {}
-                Some(e) if e.is_transient() && attempt + 1 < retry.attempts => {
-                    tracing::debug!(layer = %self.blob.digest, at = window.pos, error = %e, "range body broke off; resuming");
-                    tokio::time::sleep(retry.backoff(attempt)).await;
-                    attempt += 1;
-                }
+                Some(e) if e.is_transient() => match budget.retry_body() {
+                    Some(wait) => {
+                        tracing::debug!(layer = %self.blob.digest, at = window.pos, error = %e, "range body broke off; resuming");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e),
+                },
                 Some(e) => return Err(e),
             }
         }
@@ -188,12 +182,17 @@ impl Fetcher {
     }
 
     /// Opens a range stream, checking the registry's idea of the blob's size.
-    async fn open(&self, offset: u64, len: u64) -> Result<RangeStream, RemoteError> {
+    async fn open(
+        &self,
+        offset: u64,
+        len: u64,
+        budget: &mut RetryBudget,
+    ) -> Result<RangeStream, RemoteError> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let b = &self.blob;
         let stream = b
             .client
-            .blob_range_stream(&b.reference, &b.digest, offset, len, &b.sessions)
+            .blob_range_stream(&b.reference, &b.digest, offset, len, &b.sessions, budget)
             .await?;
         if stream.answer() == RangeAnswer::Whole {
             self.counters

@@ -5,6 +5,8 @@
 
 mod elf;
 mod local;
+mod readahead;
+mod resolve;
 mod speculate;
 
 pub use local::LOCAL_FILE_MIN;
@@ -244,21 +246,7 @@ impl RemoteLayer {
         // path) are for extraction and listing, which read the blob themselves.
         index.entries = Vec::new();
         let compression = index.compression;
-        let mut blob_order: Vec<(u64, NodeId, u32)> = Vec::new();
-        let regular = index
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| fetch.readahead > 0 && n.kind == NodeKind::Reg);
-        for (id, n) in regular {
-            for (i, c) in n.chunks.iter().enumerate() {
-                if !c.zeros {
-                    blob_order.push((c.blob_offset, id as NodeId, i as u32));
-                }
-            }
-        }
-        blob_order.sort_unstable();
-        blob_order.dedup_by_key(|e| e.0);
+        let blob_order = readahead::blob_order(&index, fetch.readahead);
         Ok(Arc::new(RemoteLayer {
             index,
             toc_digest,
@@ -427,64 +415,19 @@ impl RemoteLayer {
     /// Resolves `path` inside the layer, following symlinks (absolute ones from the layer
     /// root) in every component, at most 32 of them; `None` if it leaves the layer's names.
     pub fn resolve(&self, path: &str) -> Option<NodeId> {
-        let index = self.index();
-        let mut todo: std::collections::VecDeque<String> = path
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .map(str::to_string)
-            .collect();
-        let mut cur: NodeId = 0;
-        let mut hops = 0;
-        while let Some(comp) = todo.pop_front() {
-            if comp == ".." {
-                cur = index.node(cur).parent;
-                continue;
-            }
-            let id = index.child(cur, &comp)?;
-            let n = index.node(id);
-            if n.kind == NodeKind::Symlink {
-                hops += 1;
-                if hops > 32 {
-                    return None;
-                }
-                let target = n.link_target().to_string();
-                if target.starts_with('/') {
-                    cur = 0;
-                }
-                for c in target
-                    .split('/')
-                    .filter(|c| !c.is_empty() && *c != ".")
-                    .rev()
-                {
-                    todo.push_front(c.to_string());
-                }
-                continue;
-            }
-            cur = id;
-        }
-        Some(cur)
+        resolve::resolve(self.index(), path)
     }
 
     /// Chunks that follow `end` in the blob, contiguous within the merge gap, up to the
     /// read-ahead budget of compressed bytes.
     fn readahead_after(&self, end: u64) -> Vec<crate::format::Chunk> {
-        let mut out = Vec::new();
-        if self.readahead == 0 {
-            return out;
-        }
-        let start = self.blob_order.partition_point(|e| e.0 < end);
-        let (mut budget, mut prev_end) = (self.readahead, end);
-        for &(off, id, i) in &self.blob_order[start..] {
-            let c = &self.index().node(id).chunks[i as usize];
-            let len = c.blob_end - c.blob_offset;
-            if off > prev_end.saturating_add(self.merge_gap) || len > budget {
-                break;
-            }
-            budget -= len;
-            prev_end = c.blob_end;
-            out.push(c.clone());
-        }
-        out
+        readahead::after(
+            self.index(),
+            &self.blob_order,
+            end,
+            self.readahead,
+            self.merge_gap,
+        )
     }
 
     /// Reads a whole regular file by path.

@@ -2,12 +2,15 @@
 //! first for pulls), attaches auth (retrying once after a 401 with the new challenge),
 //! follows redirects itself (dropping `Authorization` when the host changes, refusing
 //! plain HTTP to hosts not configured insecure), retries connection errors, 429 and 5xx with
-//! backoff, and holds a per-host concurrency permit until the body is read.
+//! backoff, and holds a per-host concurrency permit until the body is read. Operations that
+//! read a body retry one that breaks off under the same [`RetryBudget`] as their requests,
+//! so no failure is retried by two loops.
 //!
 //! Written on reqwest rather than oci-client: we need Range reads with exact Content-Range
 //! checks, session-scoped credentials, per-host mirrors and our own retry/redirect rules,
 //! none of which oci-client exposes.
 
+mod redirect;
 mod referrers;
 pub use referrers::Referrer;
 
@@ -18,7 +21,7 @@ use super::manifest::{Descriptor, Manifest};
 use super::platform::Platform;
 use super::range_body::{RangeAnswer, RangeStream};
 use super::reference::Reference;
-use super::retry::RetryPolicy;
+use super::retry::{RetryBudget, RetryPolicy};
 use crate::digest::{Digest, Hasher};
 use crate::oci::{MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_MANIFEST};
 use bytes::Bytes;
@@ -238,7 +241,24 @@ impl RegistryClient {
             .map_err(|_| RemoteError::Cancelled)
     }
 
+    /// A fresh budget under the client's retry policy, for one operation.
+    pub fn retry_budget(&self) -> RetryBudget {
+        RetryBudget::new(self.opts.retry)
+    }
+
+    /// One request with a budget of its own.
     async fn call(&self, c: &Call<'_>) -> Result<Reply, RemoteError> {
+        self.call_within(c, &mut self.retry_budget()).await
+    }
+
+    /// One request of an operation whose earlier requests spent part of `budget`: the
+    /// endpoints in order (mirrors first for pulls), each retried while its tries last; an
+    /// endpoint that has used them all in this operation is not asked again.
+    async fn call_within(
+        &self,
+        c: &Call<'_>,
+        budget: &mut RetryBudget,
+    ) -> Result<Reply, RemoteError> {
         let endpoints =
             self.opts
                 .hosts
@@ -246,7 +266,10 @@ impl RegistryClient {
         let mut last_err = None;
         let n = endpoints.len();
         for (i, ep) in endpoints.iter().enumerate() {
-            match self.call_endpoint(c, ep).await {
+            if !budget.has_left(&ep.base) {
+                continue;
+            }
+            match self.call_endpoint(c, ep, budget).await {
                 Ok(r) if ep.mirror && !r.resp.status().is_success() && i + 1 < n => {
                     tracing::debug!(mirror = %ep.base, status = r.resp.status().as_u16(), "mirror failed; next");
                     last_err = Some(RemoteError::Status {
@@ -266,7 +289,16 @@ impl RegistryClient {
         Err(last_err.unwrap_or_else(|| RemoteError::Config("no endpoint for registry".into())))
     }
 
-    async fn call_endpoint(&self, c: &Call<'_>, ep: &Endpoint) -> Result<Reply, RemoteError> {
+    /// Sends to one endpoint, retrying transport errors, 429 and 5xx while `budget` has
+    /// tries left for it, and a 401 once with the new challenge (that re-send is part of the
+    /// auth handshake and spends no try). The last answer, whatever its status, is returned
+    /// for the caller to judge.
+    async fn call_endpoint(
+        &self,
+        c: &Call<'_>,
+        ep: &Endpoint,
+        budget: &mut RetryBudget,
+    ) -> Result<Reply, RemoteError> {
         let mut url = format!("{}{}", ep.base, c.path);
         if ep.mirror {
             let sep = if url.contains('?') { '&' } else { '?' };
@@ -274,23 +306,27 @@ impl RegistryClient {
             url.push_str("ns=");
             url.push_str(&c.reference.registry);
         }
-        let retry = self.opts.retry;
-        let mut attempt = 0u32;
         let mut auth_retried = false;
+        let mut handshake = false;
         loop {
             let permit = self.permit(&ep.host).await?;
             let auth = self.auth.header(&ep.host, &c.scope, c.sessions).await?;
             let had_auth = auth.is_some();
+            if !std::mem::take(&mut handshake) {
+                budget.spend(&ep.base);
+            }
             let sent = self.send_following(c, &url, &ep.host, auth).await;
             let (resp, final_url) = match sent {
                 Ok(x) => x,
-                Err(e) if e.is_transient() && attempt + 1 < retry.attempts => {
-                    drop(permit);
-                    tracing::debug!(%url, error = %e, attempt, "retrying after error");
-                    tokio::time::sleep(retry.backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
+                Err(e) if e.is_transient() => match budget.retry_request(&ep.base, None) {
+                    Some(wait) => {
+                        drop(permit);
+                        tracing::debug!(%url, error = %e, sent = budget.requests(), "retrying after error");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
                 Err(e) => return Err(e),
             };
             let status = resp.status().as_u16();
@@ -301,17 +337,17 @@ impl RegistryClient {
                     header_str(&resp, "www-authenticate"),
                     &c.scope,
                 )?;
+                handshake = true;
                 continue;
             }
-            if (status == 429 || status >= 500) && attempt + 1 < retry.attempts {
-                let wait = retry
-                    .retry_after(header_str(&resp, "retry-after"))
-                    .unwrap_or_else(|| retry.backoff(attempt));
-                drop(permit);
-                tracing::debug!(%url, status, attempt, "retrying after status");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-                continue;
+            if status == 429 || status >= 500 {
+                if let Some(wait) = budget.retry_request(&ep.base, header_str(&resp, "retry-after"))
+                {
+                    drop(permit);
+                    tracing::debug!(%url, status, sent = budget.requests(), "retrying after status");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
             }
             if status == 401 {
                 return Err(RemoteError::Auth {
@@ -380,52 +416,21 @@ impl RegistryClient {
                 .send()
                 .await
                 .map_err(|e| transport(current.as_str(), &e))?;
-            let status = resp.status();
-            if !status.is_redirection() || status.as_u16() == 304 {
+            let status = resp.status().as_u16();
+            if !redirect::is_redirect(status) {
                 return Ok((resp, current.to_string()));
             }
-            let loc = header_str(&resp, "location").ok_or_else(|| {
-                RemoteError::protocol(current.as_str(), format!("HTTP {status} without Location"))
-            })?;
-            let next = current.join(loc).map_err(|_| {
-                RemoteError::protocol(current.as_str(), format!("bad redirect Location {loc:?}"))
-            })?;
-            let host_port = |u: &reqwest::Url| {
-                format!(
-                    "{}:{}",
-                    u.host_str().unwrap_or(""),
-                    u.port_or_known_default().unwrap_or(0)
-                )
-            };
-            match next.scheme() {
-                "https" => {}
-                "http" => {
-                    let hp = match next.port() {
-                        Some(p) => format!("{}:{p}", next.host_str().unwrap_or("")),
-                        None => next.host_str().unwrap_or("").to_string(),
-                    };
-                    let ok = self.opts.hosts.is_insecure(&hp)
-                        || self.opts.hosts.is_insecure(next.host_str().unwrap_or(""))
-                        || (current.scheme() == "http" && host_port(&next) == host_port(&current));
-                    if !ok {
-                        return Err(RemoteError::protocol(
-                            current.as_str(),
-                            format!("refusing redirect to plain-HTTP host {hp}"),
-                        ));
-                    }
-                }
-                s => {
-                    return Err(RemoteError::protocol(
-                        current.as_str(),
-                        format!("refusing redirect to {s}:// URL"),
-                    ))
-                }
-            }
-            if host_port(&next) != host_port(&current) {
-                // Credentials are for the registry host only.
+            let step = redirect::next_step(
+                &self.opts.hosts,
+                &current,
+                status,
+                header_str(&resp, "location"),
+            )?;
+            let next = step.url;
+            if !step.keep_credentials {
                 auth = None;
             }
-            if status.as_u16() == 303 {
+            if step.as_get {
                 method = Method::GET;
             }
             tracing::debug!(from = %current, to = %next, origin = origin_host, "following redirect");
@@ -603,15 +608,19 @@ impl RegistryClient {
         let end = offset
             .checked_add(len - 1)
             .ok_or_else(|| RemoteError::Config("range overflows".into()))?;
-        let retry = self.opts.retry;
-        let mut attempt = 0;
+        let mut budget = self.retry_budget();
         loop {
-            match self.blob_range_once(r, d, offset, end, sessions).await {
-                Err(e) if e.is_transient() && attempt + 1 < retry.attempts => {
-                    tracing::debug!(blob = %d, offset, len, error = %e, "range read failed; retrying");
-                    tokio::time::sleep(retry.backoff(attempt)).await;
-                    attempt += 1;
-                }
+            match self
+                .blob_range_once(r, d, offset, end, sessions, &mut budget)
+                .await
+            {
+                Err(e) if e.is_transient() => match budget.retry_body() {
+                    Some(wait) => {
+                        tracing::debug!(blob = %d, offset, len, error = %e, "range body broke off; asking again");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e),
+                },
                 other => return other,
             }
         }
@@ -624,9 +633,10 @@ impl RegistryClient {
         start: u64,
         end: u64,
         sessions: &[String],
+        budget: &mut RetryBudget,
     ) -> Result<RangeReply, RemoteError> {
         let mut stream = self
-            .blob_range_stream(r, d, start, end - start + 1, sessions)
+            .blob_range_stream(r, d, start, end - start + 1, sessions, budget)
             .await?;
         let mut data = Vec::with_capacity((end - start + 1).min(64 << 20) as usize);
         while let Some(c) = stream.next().await? {
@@ -640,8 +650,9 @@ impl RegistryClient {
         })
     }
 
-    /// Opens a Range GET of `len` bytes of blob `d` at `offset` (not retried here: a caller
-    /// that streams resumes from where the bytes broke off). A `200` with the whole blob or
+    /// Opens a Range GET of `len` bytes of blob `d` at `offset`, the request retried under
+    /// `budget`; a body that breaks off later is the caller's to resume (from where the bytes
+    /// broke off, under the same budget: see [`RetryBudget::retry_body`]). A `200` with the whole blob or
     /// a `multipart/byteranges` answer works too; the registry is then remembered as one
     /// that does not honour ranges (see [`Self::honours_ranges`]) until it answers a `206`.
     pub async fn blob_range_stream(
@@ -651,6 +662,7 @@ impl RegistryClient {
         offset: u64,
         len: u64,
         sessions: &[String],
+        budget: &mut RetryBudget,
     ) -> Result<RangeStream, RemoteError> {
         if len == 0 {
             return Err(RemoteError::Config("empty range".into()));
@@ -670,7 +682,7 @@ impl RegistryClient {
             HeaderValue::from_str(&format!("bytes={offset}-{end}"))
                 .map_err(|e| RemoteError::Config(e.to_string()))?,
         );
-        let reply = self.call(&c).await?;
+        let reply = self.call_within(&c, budget).await?;
         let reply = check_status(reply, &format!("blob {d}")).await?;
         let stream = RangeStream::new(reply, offset, end)?;
         let ignored = stream.answer() == RangeAnswer::Whole;
@@ -698,7 +710,8 @@ impl RegistryClient {
     }
 
     /// Downloads a whole blob into `out`, verifying size and digest; `progress` sees each
-    /// chunk's length. Retries from the start on transient failures.
+    /// chunk's length. The request is retried by the client's request loop; a body that
+    /// breaks off or comes short is downloaded again from the start, under the same budget.
     pub async fn blob_to_file(
         &self,
         r: &Reference,
@@ -709,8 +722,7 @@ impl RegistryClient {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), RemoteError> {
         use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-        let retry = self.opts.retry;
-        let mut attempt = 0;
+        let mut budget = self.retry_budget();
         loop {
             out.set_len(0)
                 .await
@@ -726,7 +738,7 @@ impl RegistryClient {
                     sessions,
                 );
                 c.small = false;
-                let reply = self.call(&c).await?;
+                let reply = self.call_within(&c, &mut budget).await?;
                 let mut reply = check_status(reply, &format!("blob {desc_digest}")).await?;
                 if reply.resp.content_length().is_some_and(|n| n != size) {
                     return Err(RemoteError::protocol(
@@ -776,10 +788,13 @@ impl RegistryClient {
             }
             .await;
             match res {
-                Err(e) if e.is_transient() && attempt + 1 < retry.attempts => {
-                    tokio::time::sleep(retry.backoff(attempt)).await;
-                    attempt += 1;
-                }
+                Err(e) if e.is_transient() => match budget.retry_body() {
+                    Some(wait) => {
+                        tracing::debug!(blob = %desc_digest, error = %e, "blob body broke off; downloading again");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e),
+                },
                 other => return other,
             }
         }

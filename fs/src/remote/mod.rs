@@ -24,4 +24,4 @@ pub use manifest::{DescPlatform, Descriptor, Manifest};
 pub use platform::{Platform, PlatformError};
 pub use range_body::{RangeAnswer, RangeStream, MAX_PART_HEAD};
 pub use reference::{Reference, ReferenceError, DEFAULT_REGISTRY, DOCKER_HUB_API_HOST};
-pub use retry::RetryPolicy;
+pub use retry::{RetryBudget, RetryPolicy};
