@@ -177,7 +177,7 @@ debug = true
         )
         .unwrap();
         assert_eq!(c.not_yet_used, vec!["debug"]);
-        assert_eq!(c.oci_worker.snapshotter, "stargz");
+        assert_eq!(c.oci_worker.snapshotter, crate::snapshot::Backend::Stargz);
         let h = c.hosts().unwrap();
         let eps = h.endpoints("docker.io", "registry-1.docker.io", true);
         let bases: Vec<&str> = eps.iter().map(|e| e.base.as_str()).collect();

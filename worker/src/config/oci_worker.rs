@@ -5,15 +5,12 @@
 //! here the flag sets `cniConfigPath`. The default GC policy's first rule matches any of its
 //! three record types (the reference once joined them into one filter that matched nothing).
 
+use crate::executor::NetworkKind;
+use crate::snapshot::Backend;
 use stargaze_fs::remote::Platform;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Snapshotter names the OCI worker accepts.
-pub const SNAPSHOTTERS: [&str; 5] = ["auto", "overlayfs", "native", "fuse-overlayfs", "stargz"];
-/// Network modes.
-pub const NETWORK_MODES: [&str; 3] = ["auto", "host", "cni"];
 
 /// One GC rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +34,8 @@ pub struct OciWorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Platforms; empty means the host's.
     pub platforms: Vec<Platform>,
-    /// Snapshotter name (one of [`SNAPSHOTTERS`]).
-    pub snapshotter: String,
+    /// Snapshotter.
+    pub snapshotter: Backend,
     /// Rootless mode.
     pub rootless: bool,
     /// Run steps without their own PID namespace (rootless only).
@@ -55,8 +52,8 @@ pub struct OciWorkerConfig {
     pub binary: String,
     /// AppArmor profile for sandboxed steps.
     pub apparmor_profile: String,
-    /// Network mode (one of [`NETWORK_MODES`]).
-    pub network_mode: String,
+    /// Network mode.
+    pub network_mode: NetworkKind,
     /// CNI config file.
     pub cni_config_path: PathBuf,
     /// CNI plugin directory.
@@ -71,7 +68,7 @@ impl Default for OciWorkerConfig {
             enabled: None,
             labels: BTreeMap::new(),
             platforms: Vec::new(),
-            snapshotter: "auto".into(),
+            snapshotter: Backend::Auto,
             rootless: false,
             no_process_sandbox: false,
             gc: true,
@@ -80,34 +77,11 @@ impl Default for OciWorkerConfig {
             max_parallelism: 0,
             binary: String::new(),
             apparmor_profile: String::new(),
-            network_mode: "auto".into(),
+            network_mode: NetworkKind::Auto,
             cni_config_path: PathBuf::from("/etc/buildkit/cni.json"),
             cni_binary_dir: PathBuf::from("/opt/cni/bin"),
             proxy_snapshotter_path: None,
         }
-    }
-}
-
-fn snapshotter_name(s: &str) -> Result<String, String> {
-    let s = if s.is_empty() { "auto" } else { s };
-    if SNAPSHOTTERS.contains(&s) {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "unknown snapshotter name {s:?} (choose one of {})",
-            SNAPSHOTTERS.join(", ")
-        ))
-    }
-}
-
-fn network_mode(s: &str) -> Result<String, String> {
-    if NETWORK_MODES.contains(&s) {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "unknown network mode {s:?} (choose one of {})",
-            NETWORK_MODES.join(", ")
-        ))
     }
 }
 
@@ -221,7 +195,7 @@ impl OciWorkerConfig {
             c.platforms = platforms(&p)?;
         }
         if let Some(s) = want_str(t, "snapshotter")? {
-            c.snapshotter = snapshotter_name(&s)?;
+            c.snapshotter = s.parse().map_err(|e| format!("{e}"))?;
         }
         c.rootless = want_bool(t, "rootless")?.unwrap_or(false);
         c.no_process_sandbox = want_bool(t, "noProcessSandbox")?.unwrap_or(false);
@@ -243,7 +217,7 @@ impl OciWorkerConfig {
         c.binary = want_str(t, "binary")?.unwrap_or_default();
         c.apparmor_profile = want_str(t, "apparmor-profile")?.unwrap_or_default();
         if let Some(n) = want_str(t, "networkMode")? {
-            c.network_mode = network_mode(&n)?;
+            c.network_mode = n.parse().map_err(|e| format!("{e}"))?;
         }
         if let Some(p) = want_str(t, "cniConfigPath")? {
             c.cni_config_path = PathBuf::from(p);
@@ -273,9 +247,8 @@ impl OciWorkerConfig {
             };
         }
         self.labels.extend(parse_labels(&f.labels)?);
-        if let Some(s) = &f.snapshotter {
-            self.snapshotter =
-                snapshotter_name(s).map_err(|e| format!("--oci-worker-snapshotter: {e}"))?;
+        if let Some(s) = f.snapshotter {
+            self.snapshotter = s;
         }
         if let Some(p) = &f.proxy_snapshotter_path {
             self.proxy_snapshotter_path = Some(p.clone());
@@ -284,8 +257,8 @@ impl OciWorkerConfig {
             self.platforms =
                 platforms(&f.platforms).map_err(|e| format!("--oci-worker-platform: {e}"))?;
         }
-        if let Some(n) = &f.net {
-            self.network_mode = network_mode(n).map_err(|e| format!("--oci-worker-net: {e}"))?;
+        if let Some(n) = f.net {
+            self.network_mode = n;
         }
         if let Some(p) = &f.cni_config_path {
             self.cni_config_path = p.clone();
@@ -453,13 +426,13 @@ pub struct OciWorkerFlags {
     /// `--oci-worker-labels k=v` (repeatable; merged into the file's).
     pub labels: Vec<String>,
     /// `--oci-worker-snapshotter`.
-    pub snapshotter: Option<String>,
+    pub snapshotter: Option<Backend>,
     /// `--oci-worker-proxy-snapshotter-path`.
     pub proxy_snapshotter_path: Option<PathBuf>,
     /// `--oci-worker-platform` (repeatable; replaces the file's list).
     pub platforms: Vec<String>,
     /// `--oci-worker-net`.
-    pub net: Option<String>,
+    pub net: Option<NetworkKind>,
     /// `--oci-cni-config-path`.
     pub cni_config_path: Option<PathBuf>,
     /// `--oci-cni-binary-dir`.
@@ -509,7 +482,7 @@ filters = ["type==source.local", "type==exec.cachemount"]
 "#,
         )
         .unwrap();
-        assert_eq!(c.snapshotter, "stargz");
+        assert_eq!(c.snapshotter, Backend::Stargz);
         assert_eq!(c.platforms.len(), 2);
         assert_eq!(c.gc_policy[0].keep_duration, Duration::from_secs(3600));
         c.apply(&OciWorkerFlags {
@@ -525,16 +498,16 @@ filters = ["type==source.local", "type==exec.cachemount"]
         assert_eq!(c.labels["zone"], "a");
         assert_eq!(c.gc_keep_storage, 5_000_000);
         // Unset flags leave the file alone.
-        assert_eq!(c.snapshotter, "stargz");
+        assert_eq!(c.snapshotter, Backend::Stargz);
         assert_eq!(c.max_parallelism, 4);
-        assert_eq!(c.network_mode, "cni");
+        assert_eq!(c.network_mode, NetworkKind::Cni);
     }
 
     #[test]
     fn defaults_and_gc() {
         let c = OciWorkerConfig::default();
-        assert_eq!(c.snapshotter, "auto");
-        assert_eq!(c.network_mode, "auto");
+        assert_eq!(c.snapshotter, Backend::Auto);
+        assert_eq!(c.network_mode, NetworkKind::Auto);
         assert_eq!(c.cni_config_path, PathBuf::from("/etc/buildkit/cni.json"));
         let rules = c.gc_rules(Path::new("/"));
         assert_eq!(rules.len(), 4);
@@ -578,10 +551,6 @@ filters = ["type==source.local", "type==exec.cachemount"]
             },
             OciWorkerFlags {
                 labels: vec!["=v".into()],
-                ..Default::default()
-            },
-            OciWorkerFlags {
-                snapshotter: Some("zfs".into()),
                 ..Default::default()
             },
             OciWorkerFlags {
