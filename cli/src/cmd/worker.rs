@@ -146,9 +146,7 @@ pub fn resolve(config: Option<&Path>, oci: &OciWorkerArgs) -> anyhow::Result<Oci
         None => Config::load_default()?,
     };
     let mut cfg = file.oci_worker;
-    cfg.apply(&oci.flags())
-        .map_err(anyhow::Error::msg)
-        .context("worker flags")?;
+    cfg.apply(&oci.flags()).context("worker flags")?;
     if let Some(p) = &cfg.proxy_snapshotter_path {
         anyhow::ensure!(
             p.exists(),
