@@ -9,6 +9,7 @@ pub mod gc;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
+mod names;
 pub mod peer;
 pub mod snapshot;
 

@@ -4,21 +4,20 @@
 //! `ROOT/runc-<snapshotter>/` — and a lock on that directory: shared while building, so
 //! builds run side by side, exclusive while pruning, so GC never races a build.
 
-use super::snapshotter::{open_local, stargz_at, Backend};
+use super::snapshotter::{open_local, stargz_at};
 use super::worker::runtime_binary;
 use anyhow::Context;
 use stargaze_fs::cache::DiskCache;
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::remote::RegistryClient;
 use stargaze_worker::config::OciWorkerConfig;
-use stargaze_worker::executor::{Executor, ExecutorOptions, NetworkMode};
+use stargaze_worker::executor::{Executor, ExecutorOptions, NetworkKind, NetworkMode};
 use stargaze_worker::frontend::cache::StepCache;
 use stargaze_worker::frontend::Worker;
 use stargaze_worker::identity::{state_dir, worker_id};
-use stargaze_worker::snapshot::probe::{choose, Choice};
 use stargaze_worker::snapshot::stargz::lazy::LazyOptions;
 use stargaze_worker::snapshot::stargz::Stargz;
-use stargaze_worker::snapshot::Snapshotter;
+use stargaze_worker::snapshot::{Backend, Snapshotter};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,8 +30,8 @@ pub struct OpenWorker {
     pub worker: Arc<Worker>,
     /// The resolved settings.
     pub cfg: OciWorkerConfig,
-    /// Snapshotter name in use.
-    pub snapshotter: String,
+    /// Snapshotter in use.
+    pub snapshotter: Backend,
     /// `ROOT/runc-<snapshotter>`.
     pub state: PathBuf,
     /// The stargz snapshotter, when that is the one (for its figures and shutdown).
@@ -49,27 +48,13 @@ impl Drop for OpenWorker {
 }
 
 /// The snapshotter `cfg` names, with auto resolved by probing `root`, and why.
-pub fn snapshotter_name(cfg: &OciWorkerConfig, root: &Path) -> (String, String) {
-    match cfg.snapshotter.as_str() {
-        "auto" => match choose(root) {
-            Choice::Overlayfs => ("overlayfs".into(), "auto: a test overlay mounted".into()),
-            Choice::FuseOverlayfs { because } => {
-                ("fuse-overlayfs".into(), format!("auto: {because}"))
-            }
-            Choice::Native { because } => ("native".into(), format!("auto: {because}")),
-        },
-        s => (s.to_string(), "configured".to_string()),
-    }
+pub fn snapshotter_name(cfg: &OciWorkerConfig, root: &Path) -> (Backend, String) {
+    cfg.snapshotter.resolve(root)
 }
 
 /// The network mode `cfg` resolves to (rootless: host; auto: cni when its config exists).
-pub fn network_name(cfg: &OciWorkerConfig) -> String {
-    match cfg.network_mode.as_str() {
-        _ if cfg.rootless => "host".to_string(),
-        "auto" if cfg.cni_config_path.is_file() => "cni".to_string(),
-        "auto" => "host".to_string(),
-        m => m.to_string(),
-    }
+pub fn network_name(cfg: &OciWorkerConfig) -> NetworkKind {
+    cfg.network_mode.resolve(cfg.rootless, &cfg.cni_config_path)
 }
 
 fn lock(dir: &Path, exclusive: bool) -> anyhow::Result<std::fs::File> {
@@ -124,7 +109,7 @@ pub fn open(
     stargaze_fs::sys::private_dir(root).with_context(|| format!("creating {}", root.display()))?;
     let (name, why) = snapshotter_name(&cfg, root);
     tracing::info!(snapshotter = %name, %why, "snapshotter");
-    let state = state_dir(root, &name)?;
+    let state = state_dir(root, name)?;
     let id = worker_id(&state)?;
     tracing::debug!(worker = %id, "worker ID");
     let lock = lock(&state, exclusive)?;
@@ -134,14 +119,14 @@ pub fn open(
         Arc::new(
             rt.block_on(stargaze_worker::grpc::proxy::ProxySnapshotter::connect(
                 sock,
-                &name,
+                name.as_str(),
                 rt.handle().clone(),
             ))
             .with_context(|| format!("--oci-worker-proxy-snapshotter-path {}", sock.display()))?,
         )
     } else {
-        match name.as_str() {
-            "stargz" => {
+        match name {
+            Backend::Stargz => {
                 stargaze_fs::sys::private_dir(&snaps)
                     .with_context(|| format!("creating {}", snaps.display()))?;
                 let chunks = state.join("chunks");
@@ -156,16 +141,12 @@ pub fn open(
                 stargz = Some(s.clone());
                 s
             }
-            "overlayfs" => open_local(Backend::Overlayfs, &snaps)?,
-            "fuse-overlayfs" => open_local(Backend::FuseOverlayfs, &snaps)?,
-            "native" => open_local(Backend::Native, &snaps)?,
-            other => anyhow::bail!("unknown snapshotter {other:?}"),
+            local => open_local(local, &snaps)?,
         }
     };
-    let network = match network_name(&cfg).as_str() {
-        "host" => NetworkMode::Host,
-        "none" => NetworkMode::None,
-        _ => NetworkMode::Cni(
+    let network = match network_name(&cfg) {
+        NetworkKind::Host | NetworkKind::Auto => NetworkMode::Host,
+        NetworkKind::Cni => NetworkMode::Cni(
             stargaze_worker::executor::cni::CniConfig::load(
                 &cfg.cni_config_path,
                 &cfg.cni_binary_dir,

@@ -73,10 +73,7 @@ impl RegistryFlags {
         if !cfg.not_yet_used.is_empty() {
             tracing::info!(sections = ?cfg.not_yet_used, "config sections not used by this command");
         }
-        opts.hosts = cfg
-            .hosts()
-            .map_err(anyhow::Error::msg)
-            .context("config [registry]")?;
+        opts.hosts = cfg.hosts().context("config")?;
         self.hosts.client(opts)
     }
 }

@@ -3,7 +3,7 @@
 //! SIGTERM/SIGINT, then stops serving and unmounts what it mounted; snapshots stay.
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
 use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::fuse::FsOptions;
@@ -12,11 +12,10 @@ use stargaze_fs::remote::{ClientOptions, RegistryClient};
 use stargaze_worker::config::SnapshotterConfig;
 use stargaze_worker::snapshot::native::Native;
 use stargaze_worker::snapshot::overlay::Overlay;
-use stargaze_worker::snapshot::probe::{choose, Choice};
 use stargaze_worker::snapshot::stargz::holder::Holder;
 use stargaze_worker::snapshot::stargz::lazy::LazyOptions;
 use stargaze_worker::snapshot::stargz::{RemoteSource, Stargz};
-use stargaze_worker::snapshot::{LocalSnapshotter, Snapshotter};
+use stargaze_worker::snapshot::{Backend, LocalSnapshotter, Snapshotter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,21 +32,6 @@ enum SnapshotterCommand {
     Serve(Box<ServeArgs>),
 }
 
-/// Which snapshotter backs the service.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Backend {
-    /// overlayfs with lazily mounted eStargz layers (containerd's remote-snapshot flow).
-    Stargz,
-    /// Kernel overlayfs.
-    Overlayfs,
-    /// The fuse-overlayfs program.
-    FuseOverlayfs,
-    /// Full copies (works anywhere).
-    Native,
-    /// overlayfs, else fuse-overlayfs, else native, by a probe mount.
-    Auto,
-}
-
 #[derive(Args)]
 struct ServeArgs {
     /// Unix socket to listen on.
@@ -60,8 +44,10 @@ struct ServeArgs {
     /// Directory for snapshots and the metadata store.
     #[arg(long, default_value = "/var/lib/stargaze/snapshotter")]
     root: PathBuf,
-    /// Backend.
-    #[arg(long, value_enum, default_value = "stargz")]
+    /// Backend: stargz (overlayfs with lazily mounted eStargz layers, containerd's
+    /// remote-snapshot flow), overlayfs, fuse-overlayfs (the program), native (full copies,
+    /// works anywhere), or auto (overlayfs, else fuse-overlayfs, else native, by a probe mount).
+    #[arg(long, default_value = "stargz")]
     backend: Backend,
     /// Config file in containerd-stargz-grpc's config.toml format (default:
     /// /etc/stargaze/snapshotter.toml when it exists). Flags override it.
@@ -105,14 +91,7 @@ pub fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
 /// Opens a local (non-lazy) snapshotter for `backend` at `root`.
 pub fn open_local(backend: Backend, root: &Path) -> anyhow::Result<Arc<dyn Snapshotter>> {
     stargaze_fs::sys::private_dir(root).with_context(|| format!("creating {}", root.display()))?;
-    let backend = match backend {
-        Backend::Auto => match choose(root) {
-            Choice::Overlayfs => Backend::Overlayfs,
-            Choice::FuseOverlayfs { .. } => Backend::FuseOverlayfs,
-            Choice::Native { .. } => Backend::Native,
-        },
-        b => b,
-    };
+    let (backend, _) = backend.resolve(root);
     let ctx = || format!("opening the snapshotter at {}", root.display());
     Ok(match backend {
         Backend::FuseOverlayfs => {

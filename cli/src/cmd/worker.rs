@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use stargaze_fs::remote::Platform;
 use stargaze_worker::config::{Config, OciWorkerConfig, OciWorkerFlags};
+use stargaze_worker::executor::NetworkKind;
 use stargaze_worker::identity::{labels, state_dir, worker_id};
+use stargaze_worker::snapshot::Backend;
 use std::path::{Path, PathBuf};
 
 /// `stargaze worker …`
@@ -67,7 +69,7 @@ pub struct OciWorkerArgs {
     labels: Vec<String>,
     /// Snapshotter: auto, overlayfs, fuse-overlayfs, native, stargz.
     #[arg(long = "oci-worker-snapshotter")]
-    snapshotter: Option<String>,
+    snapshotter: Option<Backend>,
     /// A containerd snapshots gRPC socket to use as the snapshotter.
     #[arg(long = "oci-worker-proxy-snapshotter-path")]
     proxy_snapshotter_path: Option<PathBuf>,
@@ -76,7 +78,7 @@ pub struct OciWorkerArgs {
     platforms: Vec<String>,
     /// Network mode: auto, host, cni.
     #[arg(long = "oci-worker-net")]
-    net: Option<String>,
+    net: Option<NetworkKind>,
     /// CNI config file.
     #[arg(long = "oci-cni-config-path")]
     cni_config_path: Option<PathBuf>,
@@ -112,10 +114,10 @@ impl OciWorkerArgs {
         OciWorkerFlags {
             enabled: self.enabled.clone(),
             labels: self.labels.clone(),
-            snapshotter: self.snapshotter.clone(),
+            snapshotter: self.snapshotter,
             proxy_snapshotter_path: self.proxy_snapshotter_path.clone(),
             platforms: self.platforms.clone(),
-            net: self.net.clone(),
+            net: self.net,
             cni_config_path: self.cni_config_path.clone(),
             cni_binary_dir: self.cni_binary_dir.clone(),
             binary: self.binary.clone(),
@@ -144,9 +146,7 @@ pub fn resolve(config: Option<&Path>, oci: &OciWorkerArgs) -> anyhow::Result<Oci
         None => Config::load_default()?,
     };
     let mut cfg = file.oci_worker;
-    cfg.apply(&oci.flags())
-        .map_err(anyhow::Error::msg)
-        .context("worker flags")?;
+    cfg.apply(&oci.flags()).context("worker flags")?;
     if let Some(p) = &cfg.proxy_snapshotter_path {
         anyhow::ensure!(
             p.exists(),
@@ -183,7 +183,7 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", a.root.display()))?;
     let (snapshotter, why) = super::oci_worker::snapshotter_name(&cfg, &a.root);
     let network = super::oci_worker::network_name(&cfg);
-    let dir = state_dir(&a.root, &snapshotter)?;
+    let dir = state_dir(&a.root, snapshotter)?;
     let id = worker_id(&dir)?;
     let binary = runtime_binary(&cfg);
     let enabled = match (cfg.enabled, &binary) {
@@ -238,7 +238,7 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
         }
     );
     println!("labels:");
-    for (k, v) in labels(&cfg, &snapshotter, &network) {
+    for (k, v) in labels(&cfg, snapshotter, network) {
         println!("  {k}={v}");
     }
     let rules = cfg.gc_rules(&a.root);

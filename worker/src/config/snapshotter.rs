@@ -5,6 +5,8 @@
 //! key, so a typo does not pass silently. stargaze's own keys: `cache_dir`, `cache_mib`,
 //! `memory_mib`, `background_mib_per_sec`.
 
+use super::error::{from_toml, KeyError, ParseError};
+use super::keypath::KeyPath;
 use super::ConfigError;
 use serde::Deserialize;
 use stargaze_fs::remote::HostsConfig;
@@ -12,8 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A value that is accepted and not used.
-type Unused = Option<toml::Value>;
+use super::oci_worker::{note_unused, Unused};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,12 +162,6 @@ impl Default for SnapshotterConfig {
     }
 }
 
-fn unused(name: &str, v: &Unused, out: &mut Vec<String>) {
-    if v.is_some() {
-        out.push(name.to_string());
-    }
-}
-
 impl SnapshotterConfig {
     /// Loads `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -174,8 +169,9 @@ impl SnapshotterConfig {
     }
 
     /// Parses config text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: Raw = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let raw: Raw = from_toml(text)?;
+        let key = |k: &[&str]| KeyPath::of(k);
         let mut c = SnapshotterConfig {
             prefetch: !raw.noprefetch.unwrap_or(false),
             background_fetch: !raw.no_background_fetch.unwrap_or(false),
@@ -187,12 +183,18 @@ impl SnapshotterConfig {
         };
         if let Some(n) = raw.max_concurrency {
             if !(1..=1024).contains(&n) {
-                return Err(format!("max_concurrency = {n}: expected 1..=1024"));
+                let e = KeyError::OutOfRange {
+                    value: n,
+                    min: 1,
+                    max: 1024,
+                };
+                return Err(ParseError::at(key(&["max_concurrency"]), e));
             }
             c.max_per_host = Some(n as usize);
         }
         if let Some(0) = raw.background_mib_per_sec {
-            return Err("background_mib_per_sec = 0: use no_background_fetch".into());
+            let e = KeyError::Zero("use no_background_fetch");
+            return Err(ParseError::at(key(&["background_mib_per_sec"]), e));
         }
         c.metrics_address = match (raw.no_prometheus.unwrap_or(false), raw.metrics_address) {
             (true, _) | (_, None) => None,
@@ -215,104 +217,111 @@ impl SnapshotterConfig {
                         "[{name}] enable_keychain: not supported; credentials come from sessions and the docker config"
                     ));
                 }
-                unused(
-                    &format!("{name}.kubeconfig_path"),
-                    &k.kubeconfig_path,
-                    &mut c.not_used,
-                );
-                unused(
-                    &format!("{name}.image_service_path"),
-                    &k.image_service_path,
+                note_unused(
+                    &[
+                        (&format!("{name}.kubeconfig_path"), &k.kubeconfig_path),
+                        (&format!("{name}.image_service_path"), &k.image_service_path),
+                    ],
                     &mut c.not_used,
                 );
             }
         }
-        for (name, v) in [
-            ("http_cache_type", &raw.http_cache_type),
-            ("filesystem_cache_type", &raw.filesystem_cache_type),
-            ("resolve_result_entry", &raw.resolve_result_entry),
-            (
-                "resolve_result_entry_ttl_sec",
-                &raw.resolve_result_entry_ttl_sec,
-            ),
-            ("prefetch_size", &raw.prefetch_size),
-            ("prefetch_timeout_sec", &raw.prefetch_timeout_sec),
-            ("debug", &raw.debug),
-            ("debug_address", &raw.debug_address),
-            ("mount_timeout_sec", &raw.mount_timeout_sec),
-            (
-                "fuse_metrics_emit_wait_duration_sec",
-                &raw.fuse_metrics_emit_wait_duration_sec,
-            ),
-            ("directory_cache", &raw.directory_cache),
-            ("background_fetch", &raw.background_fetch),
-            ("snapshotter", &raw.snapshotter),
-        ] {
-            unused(name, v, &mut c.not_used);
-        }
+        note_unused(
+            &[
+                ("http_cache_type", &raw.http_cache_type),
+                ("filesystem_cache_type", &raw.filesystem_cache_type),
+                ("resolve_result_entry", &raw.resolve_result_entry),
+                (
+                    "resolve_result_entry_ttl_sec",
+                    &raw.resolve_result_entry_ttl_sec,
+                ),
+                ("prefetch_size", &raw.prefetch_size),
+                ("prefetch_timeout_sec", &raw.prefetch_timeout_sec),
+                ("debug", &raw.debug),
+                ("debug_address", &raw.debug_address),
+                ("mount_timeout_sec", &raw.mount_timeout_sec),
+                (
+                    "fuse_metrics_emit_wait_duration_sec",
+                    &raw.fuse_metrics_emit_wait_duration_sec,
+                ),
+                ("directory_cache", &raw.directory_cache),
+                ("background_fetch", &raw.background_fetch),
+                ("snapshotter", &raw.snapshotter),
+            ],
+            &mut c.not_used,
+        );
         if let Some(b) = raw.blob {
             c.attempts = b.max_retries.map(|r| r.saturating_add(1).min(100));
             c.backoff = (
                 b.min_wait_msec.map(Duration::from_millis),
                 b.max_wait_msec.map(Duration::from_millis),
             );
-            if let (Some(lo), Some(hi)) = c.backoff {
-                if lo > hi {
-                    return Err(format!(
-                        "[blob] min_wait_msec ({}) above max_wait_msec ({})",
-                        lo.as_millis(),
-                        hi.as_millis()
-                    ));
+            if let (Some(low), Some(high)) = (b.min_wait_msec, b.max_wait_msec) {
+                if low > high {
+                    let e = KeyError::Inverted {
+                        low,
+                        high_key: "max_wait_msec",
+                        high,
+                    };
+                    return Err(ParseError::at(key(&["blob", "min_wait_msec"]), e));
                 }
             }
             c.request_timeout = match b.fetching_timeout_sec {
-                Some(0) => return Err("[blob] fetching_timeout_sec = 0".into()),
+                Some(0) => {
+                    let e = KeyError::Zero("requests would time out at once");
+                    return Err(ParseError::at(key(&["blob", "fetching_timeout_sec"]), e));
+                }
                 s => s.map(Duration::from_secs),
             };
-            for (name, v) in [
-                ("blob.valid_interval", &b.valid_interval),
-                ("blob.check_always", &b.check_always),
-                ("blob.chunk_size", &b.chunk_size),
-                ("blob.prefetch_chunk_size", &b.prefetch_chunk_size),
-                ("blob.force_single_range_mode", &b.force_single_range_mode),
-                (
-                    "blob.max_span_verification_sec",
-                    &b.max_span_verification_sec,
-                ),
-            ] {
-                unused(name, v, &mut c.not_used);
-            }
+            note_unused(
+                &[
+                    ("blob.valid_interval", &b.valid_interval),
+                    ("blob.check_always", &b.check_always),
+                    ("blob.chunk_size", &b.chunk_size),
+                    ("blob.prefetch_chunk_size", &b.prefetch_chunk_size),
+                    ("blob.force_single_range_mode", &b.force_single_range_mode),
+                    (
+                        "blob.max_span_verification_sec",
+                        &b.max_span_verification_sec,
+                    ),
+                ],
+                &mut c.not_used,
+            );
         }
         if let Some(f) = raw.fuse {
             c.passthrough = f.passthrough;
-            for (name, v) in [
-                ("fuse.attr_timeout", &f.attr_timeout),
-                ("fuse.entry_timeout", &f.entry_timeout),
-                ("fuse.merge_buffer_size", &f.merge_buffer_size),
-                ("fuse.passthrough_mode", &f.passthrough_mode),
-            ] {
-                unused(name, v, &mut c.not_used);
-            }
+            note_unused(
+                &[
+                    ("fuse.attr_timeout", &f.attr_timeout),
+                    ("fuse.entry_timeout", &f.entry_timeout),
+                    ("fuse.merge_buffer_size", &f.merge_buffer_size),
+                    ("fuse.passthrough_mode", &f.passthrough_mode),
+                ],
+                &mut c.not_used,
+            );
         }
         if let Some(r) = raw.resolver {
             for (host, h) in r.host {
-                for m in h.mirrors {
+                for (i, m) in h.mirrors.into_iter().enumerate() {
                     let insecure = m.insecure.unwrap_or(false);
                     let url = if m.host.contains("://") {
                         m.host.clone()
                     } else {
                         format!("{}://{}", if insecure { "http" } else { "https" }, m.host)
                     };
-                    c.hosts.add_mirror(&host, &url).map_err(|e| {
-                        format!("[resolver.host.{host:?}] mirror {:?}: {e}", m.host)
+                    c.hosts.add_mirror(&host, &url).map_err(|reason| {
+                        let at = key(&["resolver", "host", &host, "mirrors"]).index(i);
+                        ParseError::at(at.key("host"), KeyError::mirror(&m.host, reason))
                     })?;
                     if insecure {
                         let bare = m.host.split("://").last().unwrap_or(&m.host).to_string();
                         c.hosts.set_insecure(&bare);
                     }
-                    unused(
-                        &format!("resolver.host.{host}.mirrors.request_timeout_sec"),
-                        &m.request_timeout_sec,
+                    note_unused(
+                        &[(
+                            &format!("resolver.host.{host}.mirrors.request_timeout_sec"),
+                            &m.request_timeout_sec,
+                        )],
                         &mut c.not_used,
                     );
                 }
@@ -365,21 +374,34 @@ mirrors = [{host = "127.0.0.1:5000", insecure = true}]
 
     #[test]
     fn bad_configs_name_the_problem() {
-        for (text, word) in [
-            ("nopreftch = true", "nopreftch"),
-            ("noprefetch = \"yes\"", "noprefetch"),
-            ("max_concurrency = 0", "max_concurrency"),
+        for (text, want) in [
+            ("nopreftch = true", "nopreftch: unknown field `nopreftch`"),
+            ("noprefetch = \"yes\"", "noprefetch: invalid type"),
+            (
+                "max_concurrency = 0",
+                "max_concurrency: 0: expected 1..=1024",
+            ),
+            (
+                "background_mib_per_sec = 0",
+                "background_mib_per_sec: 0: use no_background_fetch",
+            ),
             (
                 "[blob]\nmin_wait_msec = 5\nmax_wait_msec = 1",
-                "min_wait_msec",
+                "[blob] min_wait_msec: 5 above max_wait_msec (1)",
             ),
-            ("[blob]\nfetching_timeout_sec = 0", "fetching_timeout_sec"),
-            ("[resolver.host.\"x\"]\nmirrors = [{host = \"\"}]", "mirror"),
-            ("[fuse]\nbogus = 1", "bogus"),
+            (
+                "[blob]\nfetching_timeout_sec = 0",
+                "[blob] fetching_timeout_sec: 0:",
+            ),
+            (
+                "[resolver.host.\"x\"]\nmirrors = [{host = \"\"}]",
+                "[resolver.host.x.mirrors[0]] host: mirror \"\":",
+            ),
+            ("[fuse]\nbogus = 1", "[fuse] bogus: unknown field `bogus`"),
             ("[[", "TOML parse error"),
         ] {
-            let e = SnapshotterConfig::parse(text).unwrap_err();
-            assert!(e.contains(word), "{text:?}: {e}");
+            let e = SnapshotterConfig::parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}: {e}");
         }
     }
 }
