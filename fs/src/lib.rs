@@ -16,6 +16,7 @@ pub mod mount;
 pub mod oci;
 pub mod registry;
 pub mod remote;
+pub mod small_file;
 pub mod stream;
 pub mod sys;
 

@@ -39,7 +39,7 @@ pub const OCI_LAYER_NONDISTRIBUTABLE_GZIP: &str =
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestTypeError {
     /// The document's `mediaType` and the Content-Type name different manifest types.
-    #[error("manifest says mediaType {field:?} but came as Content-Type {content_type:?}")]
+    #[error("manifest says mediaType {field:?} but was served as {content_type:?}")]
     Disagree {
         /// The document's `mediaType`.
         field: String,

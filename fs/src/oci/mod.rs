@@ -23,6 +23,8 @@ pub use media_type::{
 pub use name::{validate_repository, validate_tag, NameError, MAX_NAME_LEN};
 pub use percent::{percent_decode, percent_encode};
 pub use referrer::{artifact_type, referrer_of, ReferrerEntry};
+#[cfg(test)]
+pub(crate) use referrer::{test_artifact, TEST_SUBJECT};
 
 /// Largest manifest or image index accepted, served, fetched or read from a layout, and
 /// largest image config read into memory: 4 MiB. The distribution spec asks registries to

@@ -46,26 +46,34 @@ pub fn artifact_type(desc: &serde_json::Value) -> Option<&str> {
     desc.get("artifactType").and_then(|a| a.as_str())
 }
 
+/// A test artifact manifest of type `kind` whose subject is [`TEST_SUBJECT`], annotated `k=v`.
+#[cfg(test)]
+pub(crate) fn test_artifact(kind: &str) -> Vec<u8> {
+    let m = crate::oci::OCI_MANIFEST;
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": m,
+        "config": {"mediaType": crate::oci::OCI_EMPTY, "digest": TEST_SUBJECT, "size": 2},
+        "layers": [],
+        "artifactType": kind,
+        "subject": {"mediaType": m, "digest": TEST_SUBJECT, "size": 10},
+        "annotations": {"k": "v"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The subject of [`test_artifact`].
+#[cfg(test)]
+pub(crate) const TEST_SUBJECT: &str =
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::oci::OCI_MANIFEST as MANIFEST;
-
-    const SUBJECT: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-    fn artifact(kind: &str) -> Vec<u8> {
-        serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": MANIFEST,
-            "config": {"mediaType": crate::oci::OCI_EMPTY, "digest": SUBJECT, "size": 2},
-            "layers": [],
-            "artifactType": kind,
-            "subject": {"mediaType": MANIFEST, "digest": SUBJECT, "size": 10},
-            "annotations": {"k": "v"}
-        })
-        .to_string()
-        .into_bytes()
-    }
+    use test_artifact as artifact;
+    use TEST_SUBJECT as SUBJECT;
 
     #[test]
     fn descriptor_takes_artifact_type_then_config_type() {

@@ -2,27 +2,20 @@
 //! error code, HTTP status, message), [`RegistryError`] is what stops the server starting.
 
 use crate::digest::Digest;
+use crate::small_file::SmallFileError;
 use std::path::PathBuf;
 
 /// Why an htpasswd file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum HtpasswdError {
-    /// It could not be read.
-    #[error("{}: {source}", path.display())]
-    Read {
+    /// It could not be read or is too large.
+    #[error(transparent)]
+    File(#[from] SmallFileError),
+    /// It is not UTF-8 text.
+    #[error("{} is not UTF-8 text", path.display())]
+    NotText {
         /// The file.
         path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// It is larger than is read.
-    #[error("{} is larger than {max} bytes", path.display())]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-        /// The limit.
-        max: u64,
     },
     /// A line is not `user:hash`.
     #[error("{}:{line}: expected user:hash", path.display())]

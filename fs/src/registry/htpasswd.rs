@@ -6,6 +6,7 @@
 
 use super::auth_cache::{AuthCache, CAPACITY};
 use super::error::HtpasswdError;
+use crate::small_file::read_small_file;
 use base64::Engine as _;
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,18 +37,11 @@ const MAX_FILE: u64 = 1 << 20;
 impl Htpasswd {
     /// Loads a file of `user:$2y$…` lines; other hash kinds are refused.
     pub fn load(path: &Path) -> Result<Self, HtpasswdError> {
-        let read = |source| HtpasswdError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(read)?;
-        if meta.len() > MAX_FILE {
-            return Err(HtpasswdError::TooLarge {
+        let text = String::from_utf8(read_small_file(path, MAX_FILE)?).map_err(|_| {
+            HtpasswdError::NotText {
                 path: path.to_path_buf(),
-                max: MAX_FILE,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+            }
+        })?;
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();

@@ -124,24 +124,9 @@ fn insert(by_subject: &mut BySubject, r: ReferrerEntry) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SUBJECT: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-    fn artifact(kind: &str) -> Vec<u8> {
-        serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": SUBJECT, "size": 2},
-            "layers": [],
-            "artifactType": kind,
-            "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": SUBJECT, "size": 10},
-            "annotations": {"k": "v"}
-        })
-        .to_string()
-        .into_bytes()
-    }
-
-    use crate::oci::OCI_MANIFEST as MANIFEST;
+    use crate::oci::{
+        test_artifact as artifact, OCI_MANIFEST as MANIFEST, TEST_SUBJECT as SUBJECT,
+    };
 
     #[test]
     fn kept_by_changes_and_rebuilt_when_stale() {

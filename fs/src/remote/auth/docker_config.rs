@@ -5,6 +5,7 @@
 //! JSON `{Username, Secret}` on stdout; they are killed if they take longer than 10 s.
 
 use super::{CredentialError, Credentials, Secret};
+use crate::small_file::read_small_file;
 use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -68,21 +69,7 @@ impl DockerConfig {
 
     /// Loads a config file.
     pub fn load(path: &Path) -> Result<Self, CredentialError> {
-        let read = |source| CredentialError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let f = std::fs::File::open(path).map_err(read)?;
-        let mut data = Vec::new();
-        f.take(MAX_CONFIG + 1)
-            .read_to_end(&mut data)
-            .map_err(read)?;
-        if data.len() as u64 > MAX_CONFIG {
-            return Err(CredentialError::TooLarge {
-                path: path.to_path_buf(),
-                max: MAX_CONFIG,
-            });
-        }
+        let data = read_small_file(path, MAX_CONFIG)?;
         let file: File =
             serde_json::from_slice(&data).map_err(|source| CredentialError::Parse {
                 path: path.to_path_buf(),

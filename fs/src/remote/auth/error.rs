@@ -3,6 +3,7 @@
 //! authenticator (token.rs in this folder) reports it as a refused authentication to the
 //! host; the CLI shows it as is.
 
+use crate::small_file::SmallFileError;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -10,23 +11,9 @@ use std::time::Duration;
 /// Why a credential provider could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    /// The docker config file could not be read.
-    #[error("{}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The docker config file is larger than is read.
-    #[error("{} is larger than {max} bytes", path.display())]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-        /// The limit.
-        max: u64,
-    },
+    /// The docker config file could not be read or is too large.
+    #[error(transparent)]
+    File(#[from] SmallFileError),
     /// The docker config file is not a docker config.
     #[error("{} is not a valid docker config: {source}", path.display())]
     Parse {
