@@ -11,13 +11,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Unreadable file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
+        /// Cause (in the message, so not also a source: chains would print it twice).
+        error: std::io::Error,
     },
     /// Larger than any config should be.
     #[error("{}: larger than {max} bytes", path.display())]
@@ -28,13 +27,12 @@ pub enum ConfigError {
         max: u64,
     },
     /// Not TOML, or a key or value is refused.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        #[source]
-        source: Box<ParseError>,
+        /// What is wrong (in the message, not also a source).
+        error: Box<ParseError>,
     },
 }
 
@@ -49,8 +47,7 @@ pub enum ParseError {
     Key {
         /// Where.
         key: KeyPath,
-        /// Why.
-        #[source]
+        /// Why (in the message, not also a source).
         reason: KeyError,
     },
 }

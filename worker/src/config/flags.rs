@@ -57,10 +57,10 @@ pub enum FlagError {
     Enabled(String),
     /// A bad `--oci-worker-labels`.
     #[error("--oci-worker-labels: {0}")]
-    Label(#[from] InvalidLabel),
+    Label(InvalidLabel),
     /// A bad `--oci-worker-platform`.
     #[error("--oci-worker-platform: {0}")]
-    Platform(#[from] InvalidPlatform),
+    Platform(InvalidPlatform),
     /// No process sandbox without rootless, from the flags or the file and flags together.
     #[error(transparent)]
     Sandbox(#[from] SandboxWithoutRootless),
@@ -91,7 +91,8 @@ impl OciWorkerConfig {
                 other => return Err(FlagError::Enabled(other.to_string())),
             };
         }
-        self.labels.extend(parse_labels(&f.labels)?);
+        self.labels
+            .extend(parse_labels(&f.labels).map_err(FlagError::Label)?);
         if let Some(s) = f.snapshotter {
             self.snapshotter = s;
         }
@@ -99,7 +100,7 @@ impl OciWorkerConfig {
             self.proxy_snapshotter_path = Some(p.clone());
         }
         if !f.platforms.is_empty() {
-            self.platforms = platforms(&f.platforms)?;
+            self.platforms = platforms(&f.platforms).map_err(FlagError::Platform)?;
         }
         if let Some(n) = f.net {
             self.network_mode = n;

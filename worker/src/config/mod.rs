@@ -36,9 +36,9 @@ pub(crate) fn load_with<T>(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Result<T, ConfigError> {
-    let io = |source| ConfigError::Io {
+    let io = |error| ConfigError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.len() > MAX_CONFIG {
@@ -48,9 +48,9 @@ pub(crate) fn load_with<T>(
         });
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
-    parse(&text).map_err(|source| ConfigError::Invalid {
+    parse(&text).map_err(|e| ConfigError::Invalid {
         path: path.to_path_buf(),
-        source: Box::new(source),
+        error: Box::new(e),
     })
 }
 
