@@ -5,6 +5,8 @@
 //! merged over them.
 
 use crate::config::OciWorkerConfig;
+use crate::executor::NetworkKind;
+use crate::snapshot::Backend;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -32,8 +34,9 @@ fn err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     }
 }
 
-/// The worker's state directory for `snapshotter` under `root` (created, mode 0700).
-pub fn state_dir(root: &Path, snapshotter: &str) -> Result<PathBuf, IdentityError> {
+/// The worker's state directory for `snapshotter` (resolved, not `auto`) under `root`
+/// (created, mode 0700).
+pub fn state_dir(root: &Path, snapshotter: Backend) -> Result<PathBuf, IdentityError> {
     let dir = root.join(format!("runc-{snapshotter}"));
     stargaze_fs::sys::private_dir(&dir).map_err(err(&dir))?;
     Ok(dir)
@@ -94,7 +97,11 @@ pub fn worker_id(dir: &Path) -> Result<String, IdentityError> {
 
 /// The worker's labels: built-ins for the resolved `snapshotter` and `network` mode, then
 /// the user's (which may override them).
-pub fn labels(cfg: &OciWorkerConfig, snapshotter: &str, network: &str) -> BTreeMap<String, String> {
+pub fn labels(
+    cfg: &OciWorkerConfig,
+    snapshotter: Backend,
+    network: NetworkKind,
+) -> BTreeMap<String, String> {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
@@ -105,7 +112,7 @@ pub fn labels(cfg: &OciWorkerConfig, snapshotter: &str, network: &str) -> BTreeM
         out.insert(format!("{LABEL_PREFIX}{k}"), v.to_string());
     };
     put("executor", "oci");
-    put("snapshotter", snapshotter);
+    put("snapshotter", snapshotter.as_str());
     put("hostname", &hostname);
     put(
         "oci.process-mode",
@@ -115,7 +122,7 @@ pub fn labels(cfg: &OciWorkerConfig, snapshotter: &str, network: &str) -> BTreeM
             "sandbox"
         },
     );
-    put("network", network);
+    put("network", network.as_str());
     if !cfg.apparmor_profile.is_empty() {
         put("apparmor.profile", &cfg.apparmor_profile);
     }
@@ -130,7 +137,7 @@ mod tests {
     #[test]
     fn id_is_made_once_and_kept() {
         let root = tempfile::tempdir().unwrap();
-        let dir = state_dir(root.path(), "overlayfs").unwrap();
+        let dir = state_dir(root.path(), Backend::Overlayfs).unwrap();
         let a = worker_id(&dir).unwrap();
         assert!(valid_id(&a), "{a}");
         assert_eq!(worker_id(&dir).unwrap(), a);
@@ -141,10 +148,10 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o400);
         // Another snapshotter, another identity.
-        let other = state_dir(root.path(), "native").unwrap();
+        let other = state_dir(root.path(), Backend::Native).unwrap();
         assert_ne!(worker_id(&other).unwrap(), a);
         // A damaged file is reported, not replaced.
-        let bad = state_dir(root.path(), "stargz").unwrap();
+        let bad = state_dir(root.path(), Backend::Stargz).unwrap();
         std::fs::write(bad.join("workerid"), "../../etc").unwrap();
         assert!(worker_id(&bad).is_err());
     }
@@ -155,7 +162,7 @@ mod tests {
         cfg.labels
             .insert(format!("{LABEL_PREFIX}network"), "mine".into());
         cfg.labels.insert("team".into(), "infra".into());
-        let l = labels(&cfg, "overlayfs", "host");
+        let l = labels(&cfg, Backend::Overlayfs, NetworkKind::Host);
         assert_eq!(l[&format!("{LABEL_PREFIX}executor")], "oci");
         assert_eq!(l[&format!("{LABEL_PREFIX}snapshotter")], "overlayfs");
         assert_eq!(l[&format!("{LABEL_PREFIX}oci.process-mode")], "sandbox");

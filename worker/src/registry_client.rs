@@ -4,7 +4,7 @@
 //! the fallback after sessions. A `[registry]` section that does not resolve is an error, never
 //! silently replaced by defaults.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ParseError};
 use stargaze_fs::remote::auth::{CredentialProvider, DockerConfig};
 use stargaze_fs::remote::{ClientOptions, HostsConfig, RegistryClient, RemoteError};
 use std::path::{Path, PathBuf};
@@ -17,11 +17,8 @@ pub enum RegistrySetupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The config file's `[registry]` section does not resolve to host settings.
-    #[error("config [registry]: {reason}")]
-    Hosts {
-        /// What is wrong (the config's own message).
-        reason: String,
-    },
+    #[error("config: {0}")]
+    Hosts(#[source] ParseError),
     /// A mirror override is not `REGISTRY=MIRROR` with a valid mirror URL.
     #[error("mirror {value:?}: {reason}")]
     Mirror {
@@ -89,9 +86,7 @@ impl RegistryOverrides {
 
 /// The host settings of a config's `[registry]` section.
 pub fn config_hosts(config: &Config) -> Result<HostsConfig, RegistrySetupError> {
-    config
-        .hosts()
-        .map_err(|reason| RegistrySetupError::Hosts { reason })
+    config.hosts().map_err(RegistrySetupError::Hosts)
 }
 
 /// The config file at `path`, else the default one when it exists (see

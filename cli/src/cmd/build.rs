@@ -166,7 +166,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
     println!(
         "built in {:.2} s with the {} snapshotter: {} steps run, {} cached; base layers: {} mounted lazily, {} pulled, {} present",
         started.elapsed().as_secs_f64(),
-        opened.snapshotter_name(),
+        opened.snapshotter(),
         s.executed,
         s.cached,
         s.lazy_layers,

@@ -4,8 +4,10 @@
 
 use clap::Args;
 use stargaze_worker::config::OciWorkerFlags;
+use stargaze_worker::executor::NetworkKind;
 use stargaze_worker::oci_worker::WorkerSettings;
 use stargaze_worker::registry_client::RegistryOverrides;
+use stargaze_worker::snapshot::Backend;
 use std::path::{Path, PathBuf};
 
 /// buildkitd's OCI worker flags; each given flag overrides the config file.
@@ -19,7 +21,7 @@ pub struct OciWorkerArgs {
     labels: Vec<String>,
     /// Snapshotter: auto, overlayfs, fuse-overlayfs, native, stargz.
     #[arg(long = "oci-worker-snapshotter")]
-    snapshotter: Option<String>,
+    snapshotter: Option<Backend>,
     /// A containerd snapshots gRPC socket to use as the snapshotter.
     #[arg(long = "oci-worker-proxy-snapshotter-path")]
     proxy_snapshotter_path: Option<PathBuf>,
@@ -28,7 +30,7 @@ pub struct OciWorkerArgs {
     platforms: Vec<String>,
     /// Network mode: auto, host, cni.
     #[arg(long = "oci-worker-net")]
-    net: Option<String>,
+    net: Option<NetworkKind>,
     /// CNI config file.
     #[arg(long = "oci-cni-config-path")]
     cni_config_path: Option<PathBuf>,
@@ -64,10 +66,10 @@ impl OciWorkerArgs {
         OciWorkerFlags {
             enabled: self.enabled.clone(),
             labels: self.labels.clone(),
-            snapshotter: self.snapshotter.clone(),
+            snapshotter: self.snapshotter,
             proxy_snapshotter_path: self.proxy_snapshotter_path.clone(),
             platforms: self.platforms.clone(),
-            net: self.net.clone(),
+            net: self.net,
             cni_config_path: self.cni_config_path.clone(),
             cni_binary_dir: self.cni_binary_dir.clone(),
             binary: self.binary.clone(),

@@ -3,9 +3,9 @@
 //! SIGTERM/SIGINT, then stops serving and unmounts what it mounted; snapshots stay.
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use stargaze_worker::daemon::{self, DaemonOptions, SnapshotterDaemon};
-use stargaze_worker::snapshot::open::LocalDriver;
+use stargaze_worker::snapshot::Backend;
 use std::path::PathBuf;
 
 /// `stargaze snapshotter …`
@@ -21,21 +21,6 @@ enum SnapshotterCommand {
     Serve(Box<ServeArgs>),
 }
 
-/// Which snapshotter backs the service.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Backend {
-    /// overlayfs with lazily mounted eStargz layers (containerd's remote-snapshot flow).
-    Stargz,
-    /// Kernel overlayfs.
-    Overlayfs,
-    /// The fuse-overlayfs program.
-    FuseOverlayfs,
-    /// Full copies (works anywhere).
-    Native,
-    /// overlayfs, else fuse-overlayfs, else native, by a probe mount.
-    Auto,
-}
-
 #[derive(Args)]
 struct ServeArgs {
     /// Unix socket to listen on.
@@ -48,8 +33,10 @@ struct ServeArgs {
     /// Directory for snapshots and the metadata store.
     #[arg(long, default_value = "/var/lib/stargaze/snapshotter")]
     root: PathBuf,
-    /// Backend.
-    #[arg(long, value_enum, default_value = "stargz")]
+    /// Backend: stargz (overlayfs with lazily mounted eStargz layers, containerd's
+    /// remote-snapshot flow), overlayfs, fuse-overlayfs (the program), native (full copies,
+    /// works anywhere), or auto (overlayfs, else fuse-overlayfs, else native, by a probe mount).
+    #[arg(long, default_value = "stargz")]
     backend: Backend,
     /// Config file in containerd-stargz-grpc's config.toml format (default:
     /// /etc/stargaze/snapshotter.toml when it exists). Flags override it.
@@ -96,13 +83,7 @@ impl ServeArgs {
             address: self.address,
             group: self.group,
             root: self.root,
-            backend: match self.backend {
-                Backend::Stargz => daemon::Backend::Stargz,
-                Backend::Overlayfs => daemon::Backend::Local(LocalDriver::Overlayfs),
-                Backend::FuseOverlayfs => daemon::Backend::Local(LocalDriver::FuseOverlayfs),
-                Backend::Native => daemon::Backend::Local(LocalDriver::Native),
-                Backend::Auto => daemon::Backend::Auto,
-            },
+            backend: self.backend,
             config: self.config,
             metrics_address: self.metrics_address,
             cache_dir: self.cache_dir,

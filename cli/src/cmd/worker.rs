@@ -174,7 +174,7 @@ fn prune(a: PruneArgs) -> anyhow::Result<()> {
         r.blobs,
         r.freed as f64 / 1e6,
         r.remaining as f64 / 1e6,
-        opened.snapshotter_name(),
+        opened.snapshotter(),
         opened.state_dir().display()
     );
     Ok(())

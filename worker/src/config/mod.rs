@@ -1,70 +1,82 @@
-//! The stargaze configuration file: buildkitd's TOML format (`buildkitd.toml`), read key by key
-//! as the parts that use them land. Today that is `[registry."host"]` (mirrors, http); other
-//! known buildkitd sections are accepted and reported as not yet used, unknown keys are errors,
-//! so a typo is caught instead of silently ignored.
+//! The stargaze configuration files, read by serde into structs that refuse unknown keys:
+//! buildkitd's TOML format (`buildkitd.toml`; here `[registry."host"]` and `[worker.oci]`, the
+//! other buildkitd sections accepted and reported as not yet used) and the snapshotter's
+//! `containerd-stargz-grpc` format (`snapshotter.rs`). A typo is caught instead of silently
+//! ignored, and every error names the file and the key (`error.rs`, `keypath.rs`).
 
+mod error;
+mod flags;
+mod gc;
+mod keypath;
 mod oci_worker;
 mod registry;
 mod snapshotter;
 
-pub use oci_worker::{
-    default_gc_cap, default_gc_policy, gc_cap_for_disk, parse_labels, GcPolicy, OciWorkerConfig,
-    OciWorkerFlags,
-};
+pub use error::{ConfigError, KeyError, ParseError};
+pub use flags::{parse_labels, FlagError, InvalidLabel, OciWorkerFlags};
+pub use gc::{default_gc_cap, default_gc_policy, gc_cap_for_disk, GcPolicy};
+pub use keypath::KeyPath;
+pub use oci_worker::{InvalidPlatform, OciWorkerConfig, SandboxWithoutRootless};
 pub use registry::RegistryEntry;
 pub use snapshotter::SnapshotterConfig;
 
+use error::from_toml;
+use oci_worker::{RawOci, Unused};
+use serde::Deserialize;
 use stargaze_fs::remote::HostsConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Largest config file read.
 const MAX_CONFIG: u64 = 1 << 20;
-/// buildkitd top-level keys that later parts of stargaze will read.
-const LATER: [&str; 5] = ["root", "debug", "grpc", "dns", "trace"];
-
-/// Why the config file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Unreadable file.
-    #[error("config {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not valid TOML, wrong types, unknown keys or bad values.
-    #[error("config {path}: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
 
 /// Reads a config file of at most `MAX_CONFIG` bytes and parses it with `parse`; errors name
 /// the file.
 pub(crate) fn load_with<T>(
     path: &Path,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Result<T, ConfigError> {
-    let invalid = |reason| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        reason,
-    };
     let io = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.len() > MAX_CONFIG {
-        return Err(invalid(format!("larger than {MAX_CONFIG} bytes")));
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            max: MAX_CONFIG,
+        });
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
-    parse(&text).map_err(invalid)
+    parse(&text).map_err(|source| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// buildkitd.toml as stargaze reads it: `[registry]` and `[worker.oci]`; the other buildkitd
+/// sections of earlier versions are named here, accepted whatever they hold, and reported as
+/// not used yet.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    registry: BTreeMap<String, RegistryEntry>,
+    #[serde(default)]
+    worker: RawWorker,
+    debug: Unused,
+    dns: Unused,
+    grpc: Unused,
+    root: Unused,
+    trace: Unused,
+}
+
+/// `[worker.*]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    oci: Option<RawOci>,
+    containerd: Unused,
 }
 
 /// A parsed configuration.
@@ -102,42 +114,38 @@ impl Config {
     }
 
     /// Parses TOML text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let raw: Raw = from_toml(text)?;
         let mut cfg = Config::default();
-        for (key, value) in table {
-            match key.as_str() {
-                "registry" => {
-                    let t = value
-                        .as_table()
-                        .ok_or("`registry` must be a table of hosts")?;
-                    for (host, v) in t {
-                        let entry = RegistryEntry::from_value(host, v)?;
-                        cfg.registry.insert(host.clone(), entry);
-                    }
-                }
-                "worker" => {
-                    let t = value.as_table().ok_or("`worker` must be a table")?;
-                    for (name, w) in t {
-                        match name.as_str() {
-                            "oci" => {
-                                let w = w.as_table().ok_or("`worker.oci` must be a table")?;
-                                cfg.oci_worker = OciWorkerConfig::from_toml(w)?;
-                            }
-                            "containerd" => cfg.not_yet_used.push("worker.containerd".into()),
-                            other => return Err(format!("unknown key `worker.{other}`")),
-                        }
-                    }
-                }
-                k if LATER.contains(&k) => cfg.not_yet_used.push(k.to_string()),
-                k => return Err(format!("unknown key `{k}`")),
+        for (name, v) in [
+            ("debug", &raw.debug),
+            ("dns", &raw.dns),
+            ("grpc", &raw.grpc),
+            ("root", &raw.root),
+            ("trace", &raw.trace),
+            ("worker.containerd", &raw.worker.containerd),
+        ] {
+            if v.is_some() {
+                cfg.not_yet_used.push(name.to_string());
             }
         }
+        for (host, entry) in &raw.registry {
+            entry.check(&KeyPath::of(&["registry", host]))?;
+        }
+        cfg.registry = raw.registry;
+        if let Some(oci) = raw.worker.oci {
+            for k in oci.unused_keys() {
+                cfg.not_yet_used.push(format!("worker.oci.{k}"));
+            }
+            cfg.oci_worker = oci.resolve(&KeyPath::of(&["worker", "oci"]))?;
+        }
+        // The mirrors must make valid client settings: say so now, naming the key.
+        cfg.hosts()?;
         Ok(cfg)
     }
 
     /// The registry part as client host settings.
-    pub fn hosts(&self) -> Result<HostsConfig, String> {
+    pub fn hosts(&self) -> Result<HostsConfig, ParseError> {
         let mut h = HostsConfig::default();
         for (host, e) in &self.registry {
             if e.http {
@@ -145,13 +153,21 @@ impl Config {
             }
         }
         for (host, e) in &self.registry {
-            for m in &e.mirrors {
+            for (i, m) in e.mirrors.iter().enumerate() {
                 let mirror_host = m.trim_end_matches('/');
                 let plain = self.registry.get(mirror_host).is_some_and(|x| x.http)
                     || h.is_insecure(mirror_host);
                 let scheme = if plain { "http" } else { "https" };
                 h.add_mirror(host, &format!("{scheme}://{mirror_host}"))
-                    .map_err(|e| format!("registry {host:?}: {e}"))?;
+                    .map_err(|reason| {
+                        ParseError::at(
+                            KeyPath::of(&["registry", host, "mirrors"]).index(i),
+                            KeyError::Mirror {
+                                mirror: m.clone(),
+                                reason: reason.to_string(),
+                            },
+                        )
+                    })?;
             }
         }
         Ok(h)
@@ -177,7 +193,7 @@ debug = true
         )
         .unwrap();
         assert_eq!(c.not_yet_used, vec!["debug"]);
-        assert_eq!(c.oci_worker.snapshotter, "stargz");
+        assert_eq!(c.oci_worker.snapshotter, crate::snapshot::Backend::Stargz);
         let h = c.hosts().unwrap();
         let eps = h.endpoints("docker.io", "registry-1.docker.io", true);
         let bases: Vec<&str> = eps.iter().map(|e| e.base.as_str()).collect();
@@ -192,17 +208,94 @@ debug = true
     }
 
     #[test]
-    fn refuses_bad_files() {
-        for bad in [
-            "nonsense = [",
-            "colour = 1",
-            "registry = 5",
-            "[registry.\"x\"]\nmirrors = \"not-a-list\"",
-            "[registry.\"x\"]\nmirrors = [\"http://scheme-not-allowed\"]",
-            "[registry.\"x\"]\ninsecure = true",
-            "[registry.\"x\"]\nhttps = true",
+    fn buildkitd_sections_of_before_are_accepted_and_named() {
+        let c = Config::parse(
+            r#"
+root = "/var/lib/buildkit"
+trace = false
+[grpc]
+  address = ["unix:///run/buildkit/buildkitd.sock"]
+[dns]
+  nameservers = ["1.1.1.1"]
+[worker.oci]
+  userRemapUnsupported = "overlayfs"
+[worker.containerd]
+  enabled = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.not_yet_used,
+            vec![
+                "dns",
+                "grpc",
+                "root",
+                "trace",
+                "worker.containerd",
+                "worker.oci.userRemapUnsupported"
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_files_naming_the_key() {
+        for (bad, want) in [
+            ("nonsense = [", "TOML parse error at line 1"),
+            ("colour = 1", "colour: unknown field `colour`"),
+            ("registry = 5", "registry: invalid type"),
+            ("[worker.bogus]", "[worker] bogus: unknown field `bogus`"),
+            (
+                "[worker.oci]\nsnapshotter = \"foo\"",
+                "[worker.oci] snapshotter: unknown snapshotter name \"foo\" (choose one of",
+            ),
+            (
+                "[[worker.oci.gcpolicy]]\nkeepBytes = -1",
+                "[worker.oci.gcpolicy[0]] keepBytes: invalid value",
+            ),
+            (
+                "[worker.oci]\nnoProcessSandbox = true",
+                "[worker.oci] noProcessSandbox: can't enable",
+            ),
+            (
+                "[registry.\"x\"]\nmirrors = \"not-a-list\"",
+                "[registry.x] mirrors: invalid type",
+            ),
+            (
+                "[registry.\"x\"]\nmirrors = [\"ok:5000\", \"http://scheme-not-allowed\"]",
+                "[registry.x] mirrors[1]: mirror \"http://scheme-not-allowed\" must be host[:port]",
+            ),
+            (
+                "[registry.\"x\"]\ninsecure = true",
+                "[registry.x] insecure: insecure/ca/keypair (TLS settings) are not supported",
+            ),
+            (
+                "[registry.\"x\"]\nhttps = true",
+                "[registry.x] https: unknown field",
+            ),
         ] {
-            assert!(Config::parse(bad).is_err(), "{bad:?} accepted");
+            let e = Config::parse(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, "[worker.oci]\nnetworkMode = \"bridge\"\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: [worker.oci] networkMode: unknown network mode \"bridge\" (choose one of \
+                 auto, host, cni)",
+                p.display()
+            )
+        );
+        std::fs::write(&p, vec![b'#'; MAX_CONFIG as usize + 1]).unwrap();
+        assert!(matches!(
+            Config::load(&p),
+            Err(ConfigError::TooLarge { .. })
+        ));
     }
 }

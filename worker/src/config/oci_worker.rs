@@ -1,31 +1,61 @@
-//! `[worker.oci]` of buildkitd.toml and the `--oci-worker-*` flags, with buildkitd's names,
-//! meanings and defaults: the file is read first, then each flag given on the command line
-//! overrides its key (labels are merged, platforms replaced). One deliberate difference: the
-//! reference assigns `--oci-cni-config-path` from a misspelt flag and so erases the setting;
-//! here the flag sets `cniConfigPath`. The default GC policy's first rule matches any of its
-//! three record types (the reference once joined them into one filter that matched nothing).
+//! `[worker.oci]` of buildkitd.toml, with buildkitd's key names, meanings and defaults, read
+//! into [`OciWorkerConfig`] (the `--oci-worker-*` flags are applied over it in `flags.rs`, the
+//! GC rules live in `gc.rs`). buildkitd keys stargaze reads but does not act on
+//! (`stargzSnapshotter`, `userRemapUnsupported`) are listed by name and reported; any other
+//! key is an error naming it.
 
+use super::error::{from_toml, ParseError};
+use super::gc::{default_gc_cap, default_gc_policy, GcPolicy, RawGcPolicy};
+use super::keypath::KeyPath;
+use crate::executor::NetworkKind;
+use crate::snapshot::Backend;
+use serde::Deserialize;
 use stargaze_fs::remote::Platform;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::str::FromStr;
 
-/// Snapshotter names the OCI worker accepts.
-pub const SNAPSHOTTERS: [&str; 5] = ["auto", "overlayfs", "native", "fuse-overlayfs", "stargz"];
-/// Network modes.
-pub const NETWORK_MODES: [&str; 3] = ["auto", "host", "cni"];
+/// A value that is accepted and not used.
+pub(crate) type Unused = Option<toml::Value>;
 
-/// One GC rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcPolicy {
-    /// Include internal and shared records.
-    pub all: bool,
-    /// Keep at most this many bytes of matching records.
-    pub keep_bytes: i64,
-    /// Remove matching records unused for longer than this (zero: no age limit).
-    pub keep_duration: Duration,
-    /// containerd filters; any one matching selects a record.
-    pub filters: Vec<String>,
+/// `[worker.oci]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOci {
+    enabled: Option<bool>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    platforms: Vec<String>,
+    snapshotter: Option<Backend>,
+    #[serde(default)]
+    rootless: bool,
+    #[serde(default, rename = "noProcessSandbox")]
+    no_process_sandbox: bool,
+    gc: Option<bool>,
+    /// Bytes, as buildkitd v0.9 reads it (its docs say MB).
+    #[serde(default)]
+    gckeepstorage: u64,
+    #[serde(default)]
+    gcpolicy: Vec<RawGcPolicy>,
+    #[serde(default, rename = "max-parallelism")]
+    max_parallelism: usize,
+    #[serde(default)]
+    binary: String,
+    #[serde(default, rename = "apparmor-profile")]
+    apparmor_profile: String,
+    #[serde(rename = "networkMode")]
+    network_mode: Option<NetworkKind>,
+    #[serde(rename = "cniConfigPath")]
+    cni_config_path: Option<PathBuf>,
+    #[serde(rename = "cniBinaryPath")]
+    cni_binary_path: Option<PathBuf>,
+    #[serde(rename = "proxySnapshotterPath")]
+    proxy_snapshotter_path: Option<PathBuf>,
+    #[serde(rename = "stargzSnapshotter")]
+    stargz_snapshotter: Unused,
+    #[serde(rename = "userRemapUnsupported")]
+    user_remap_unsupported: Unused,
 }
 
 /// The resolved OCI worker settings.
@@ -37,8 +67,8 @@ pub struct OciWorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Platforms; empty means the host's.
     pub platforms: Vec<Platform>,
-    /// Snapshotter name (one of [`SNAPSHOTTERS`]).
-    pub snapshotter: String,
+    /// Snapshotter.
+    pub snapshotter: Backend,
     /// Rootless mode.
     pub rootless: bool,
     /// Run steps without their own PID namespace (rootless only).
@@ -55,8 +85,8 @@ pub struct OciWorkerConfig {
     pub binary: String,
     /// AppArmor profile for sandboxed steps.
     pub apparmor_profile: String,
-    /// Network mode (one of [`NETWORK_MODES`]).
-    pub network_mode: String,
+    /// Network mode.
+    pub network_mode: NetworkKind,
     /// CNI config file.
     pub cni_config_path: PathBuf,
     /// CNI plugin directory.
@@ -71,7 +101,7 @@ impl Default for OciWorkerConfig {
             enabled: None,
             labels: BTreeMap::new(),
             platforms: Vec::new(),
-            snapshotter: "auto".into(),
+            snapshotter: Backend::Auto,
             rootless: false,
             no_process_sandbox: false,
             gc: true,
@@ -80,7 +110,7 @@ impl Default for OciWorkerConfig {
             max_parallelism: 0,
             binary: String::new(),
             apparmor_profile: String::new(),
-            network_mode: "auto".into(),
+            network_mode: NetworkKind::Auto,
             cni_config_path: PathBuf::from("/etc/buildkit/cni.json"),
             cni_binary_dir: PathBuf::from("/opt/cni/bin"),
             proxy_snapshotter_path: None,
@@ -88,242 +118,89 @@ impl Default for OciWorkerConfig {
     }
 }
 
-fn snapshotter_name(s: &str) -> Result<String, String> {
-    let s = if s.is_empty() { "auto" } else { s };
-    if SNAPSHOTTERS.contains(&s) {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "unknown snapshotter name {s:?} (choose one of {})",
-            SNAPSHOTTERS.join(", ")
-        ))
-    }
+/// A platform that is not `os/arch[/variant]`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid platform {value:?}: {reason}")]
+pub struct InvalidPlatform {
+    /// The platform as written.
+    pub value: String,
+    /// Why [`Platform`] refused it.
+    pub reason: <Platform as FromStr>::Err,
 }
 
-fn network_mode(s: &str) -> Result<String, String> {
-    if NETWORK_MODES.contains(&s) {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "unknown network mode {s:?} (choose one of {})",
-            NETWORK_MODES.join(", ")
-        ))
-    }
-}
+/// `noProcessSandbox` asked for without `rootless`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "can't enable noProcessSandbox without rootless (and without a process sandbox, build \
+     steps can see and signal processes outside them)"
+)]
+pub struct SandboxWithoutRootless;
 
-fn platforms(list: &[String]) -> Result<Vec<Platform>, String> {
+/// Parses each platform of `list`.
+pub(crate) fn platforms(list: &[String]) -> Result<Vec<Platform>, InvalidPlatform> {
     list.iter()
-        .map(|p| Platform::parse(p).map_err(|e| format!("invalid platform {p:?}: {e}")))
+        .map(|p| {
+            p.parse().map_err(|reason| InvalidPlatform {
+                value: p.clone(),
+                reason,
+            })
+        })
         .collect()
 }
 
-/// Parses `k=v` labels; one without `=` or with an empty key is an error.
-pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for item in items {
-        match item.split_once('=') {
-            Some((k, v)) if !k.is_empty() => {
-                out.insert(k.to_string(), v.to_string());
-            }
-            _ => return Err(format!("invalid worker label {item:?}: expected key=value")),
-        }
-    }
-    Ok(out)
-}
-
-fn get<'a>(t: &'a toml::Table, k: &str) -> Option<&'a toml::Value> {
-    t.get(k)
-}
-
-fn want_bool(t: &toml::Table, k: &str) -> Result<Option<bool>, String> {
-    get(t, k)
-        .map(|v| {
-            v.as_bool()
-                .ok_or(format!("worker.oci.{k} must be true or false"))
-        })
-        .transpose()
-}
-
-fn want_str(t: &toml::Table, k: &str) -> Result<Option<String>, String> {
-    get(t, k)
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or(format!("worker.oci.{k} must be a string"))
-        })
-        .transpose()
-}
-
-fn want_int(t: &toml::Table, k: &str) -> Result<Option<i64>, String> {
-    get(t, k)
-        .map(|v| {
-            v.as_integer()
-                .filter(|n| *n >= 0)
-                .ok_or(format!("worker.oci.{k} must be a non-negative integer"))
-        })
-        .transpose()
-}
-
-fn want_strings(t: &toml::Table, k: &str) -> Result<Option<Vec<String>>, String> {
-    get(t, k)
-        .map(|v| {
-            v.as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|x| x.as_str().map(str::to_string))
-                        .collect::<Option<Vec<_>>>()
-                })
-                .ok_or(format!("worker.oci.{k} must be a list of strings"))
-        })
-        .transpose()
-}
-
-impl OciWorkerConfig {
-    /// Reads `[worker.oci]` (a TOML table); unknown keys are errors naming them.
-    pub fn from_toml(t: &toml::Table) -> Result<Self, String> {
-        const KNOWN: [&str; 18] = [
-            "enabled",
-            "labels",
-            "platforms",
-            "snapshotter",
-            "rootless",
-            "noProcessSandbox",
-            "gc",
-            "gckeepstorage",
-            "gcpolicy",
-            "max-parallelism",
-            "binary",
-            "apparmor-profile",
-            "networkMode",
-            "cniConfigPath",
-            "cniBinaryPath",
-            "proxySnapshotterPath",
-            "stargzSnapshotter",
-            "userRemapUnsupported",
-        ];
-        if let Some(k) = t.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(format!("unknown key worker.oci.{k}"));
-        }
-        let mut c = OciWorkerConfig {
-            enabled: want_bool(t, "enabled")?,
-            ..OciWorkerConfig::default()
+impl RawOci {
+    /// The settings, checked; `at` is where the section is (for errors).
+    pub(crate) fn resolve(self, at: &KeyPath) -> Result<OciWorkerConfig, ParseError> {
+        let d = OciWorkerConfig::default();
+        let c = OciWorkerConfig {
+            enabled: self.enabled,
+            labels: self.labels,
+            platforms: platforms(&self.platforms)
+                .map_err(|e| ParseError::at(at.clone().key("platforms"), e))?,
+            snapshotter: self.snapshotter.unwrap_or(d.snapshotter),
+            rootless: self.rootless,
+            no_process_sandbox: self.no_process_sandbox,
+            gc: self.gc.unwrap_or(d.gc),
+            gc_keep_storage: i64::try_from(self.gckeepstorage).unwrap_or(i64::MAX),
+            gc_policy: self.gcpolicy.into_iter().map(GcPolicy::from).collect(),
+            max_parallelism: self.max_parallelism,
+            binary: self.binary,
+            apparmor_profile: self.apparmor_profile,
+            network_mode: self.network_mode.unwrap_or(d.network_mode),
+            cni_config_path: self.cni_config_path.unwrap_or(d.cni_config_path),
+            cni_binary_dir: self.cni_binary_path.unwrap_or(d.cni_binary_dir),
+            proxy_snapshotter_path: self
+                .proxy_snapshotter_path
+                .filter(|p| !p.as_os_str().is_empty()),
         };
-        if let Some(v) = get(t, "labels") {
-            let tbl = v.as_table().ok_or("worker.oci.labels must be a table")?;
-            for (k, v) in tbl {
-                let v = v
-                    .as_str()
-                    .ok_or(format!("worker.oci.labels.{k} must be a string"))?;
-                c.labels.insert(k.clone(), v.to_string());
-            }
-        }
-        if let Some(p) = want_strings(t, "platforms")? {
-            c.platforms = platforms(&p)?;
-        }
-        if let Some(s) = want_str(t, "snapshotter")? {
-            c.snapshotter = snapshotter_name(&s)?;
-        }
-        c.rootless = want_bool(t, "rootless")?.unwrap_or(false);
-        c.no_process_sandbox = want_bool(t, "noProcessSandbox")?.unwrap_or(false);
-        c.gc = want_bool(t, "gc")?.unwrap_or(true);
-        // buildkitd v0.9 uses this key as bytes (its docs say MB); so do we, and say so.
-        c.gc_keep_storage = want_int(t, "gckeepstorage")?.unwrap_or(0);
-        if let Some(v) = get(t, "gcpolicy") {
-            let rules = v
-                .as_array()
-                .ok_or("worker.oci.gcpolicy must be a list of tables")?;
-            for (i, r) in rules.iter().enumerate() {
-                let r = r
-                    .as_table()
-                    .ok_or(format!("worker.oci.gcpolicy[{i}] must be a table"))?;
-                c.gc_policy.push(GcPolicy::from_toml(i, r)?);
-            }
-        }
-        c.max_parallelism = want_int(t, "max-parallelism")?.unwrap_or(0) as usize;
-        c.binary = want_str(t, "binary")?.unwrap_or_default();
-        c.apparmor_profile = want_str(t, "apparmor-profile")?.unwrap_or_default();
-        if let Some(n) = want_str(t, "networkMode")? {
-            c.network_mode = network_mode(&n)?;
-        }
-        if let Some(p) = want_str(t, "cniConfigPath")? {
-            c.cni_config_path = PathBuf::from(p);
-        }
-        if let Some(p) = want_str(t, "cniBinaryPath")? {
-            c.cni_binary_dir = PathBuf::from(p);
-        }
-        c.proxy_snapshotter_path = want_str(t, "proxySnapshotterPath")?
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
-        c.validate()?;
+        c.validate()
+            .map_err(|e| ParseError::at(at.clone().key("noProcessSandbox"), e))?;
         Ok(c)
     }
 
-    /// Applies flags given on the command line (see [`OciWorkerFlags`]).
-    pub fn apply(&mut self, f: &OciWorkerFlags) -> Result<(), String> {
-        if let Some(e) = &f.enabled {
-            self.enabled = match e.as_str() {
-                "true" => Some(true),
-                "false" => Some(false),
-                "auto" => None,
-                other => {
-                    return Err(format!(
-                        "--oci-worker {other:?}: expected true, false or auto"
-                    ))
-                }
-            };
-        }
-        self.labels.extend(parse_labels(&f.labels)?);
-        if let Some(s) = &f.snapshotter {
-            self.snapshotter =
-                snapshotter_name(s).map_err(|e| format!("--oci-worker-snapshotter: {e}"))?;
-        }
-        if let Some(p) = &f.proxy_snapshotter_path {
-            self.proxy_snapshotter_path = Some(p.clone());
-        }
-        if !f.platforms.is_empty() {
-            self.platforms =
-                platforms(&f.platforms).map_err(|e| format!("--oci-worker-platform: {e}"))?;
-        }
-        if let Some(n) = &f.net {
-            self.network_mode = network_mode(n).map_err(|e| format!("--oci-worker-net: {e}"))?;
-        }
-        if let Some(p) = &f.cni_config_path {
-            self.cni_config_path = p.clone();
-        }
-        if let Some(p) = &f.cni_binary_dir {
-            self.cni_binary_dir = p.clone();
-        }
-        if let Some(b) = &f.binary {
-            self.binary = b.clone();
-        }
-        if let Some(a) = &f.apparmor_profile {
-            self.apparmor_profile = a.clone();
-        }
-        if let Some(r) = f.rootless {
-            self.rootless = r;
-        }
-        if let Some(n) = f.no_process_sandbox {
-            self.no_process_sandbox = n;
-        }
-        if let Some(g) = f.gc {
-            self.gc = g;
-        }
-        if let Some(mb) = f.gc_keep_storage_mb {
-            self.gc_keep_storage = mb.saturating_mul(1_000_000);
-        }
-        if let Some(n) = f.max_parallelism {
-            self.max_parallelism = n;
-        }
-        self.validate()
+    /// buildkitd keys present that stargaze reads and does not act on.
+    pub(crate) fn unused_keys(&self) -> Vec<&'static str> {
+        [
+            ("stargzSnapshotter", &self.stargz_snapshotter),
+            ("userRemapUnsupported", &self.user_remap_unsupported),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k)
+        .collect()
+    }
+}
+
+impl OciWorkerConfig {
+    /// Parses the body of a `[worker.oci]` section on its own (keys in errors are relative).
+    pub fn parse_section(text: &str) -> Result<Self, ParseError> {
+        from_toml::<RawOci>(text)?.resolve(&KeyPath::of(&[]))
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks settings that only make sense together.
+    pub(crate) fn validate(&self) -> Result<(), SandboxWithoutRootless> {
         if self.no_process_sandbox && !self.rootless {
-            return Err(
-                "can't enable noProcessSandbox without rootless (and without a process sandbox, \
-                 build steps can see and signal processes outside them)"
-                    .into(),
-            );
+            return Err(SandboxWithoutRootless);
         }
         Ok(())
     }
@@ -346,160 +223,26 @@ impl OciWorkerConfig {
     }
 }
 
-impl GcPolicy {
-    fn from_toml(i: usize, t: &toml::Table) -> Result<Self, String> {
-        const KNOWN: [&str; 4] = ["all", "keepBytes", "keepDuration", "filters"];
-        if let Some(k) = t.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(format!("unknown key worker.oci.gcpolicy[{i}].{k}"));
-        }
-        let int = |k: &str| -> Result<i64, String> {
-            t.get(k)
-                .map(|v| {
-                    v.as_integer().filter(|n| *n >= 0).ok_or(format!(
-                        "worker.oci.gcpolicy[{i}].{k} must be a non-negative integer"
-                    ))
-                })
-                .transpose()
-                .map(|v| v.unwrap_or(0))
-        };
-        let filters = match t.get("filters") {
-            None => Vec::new(),
-            Some(v) => v
-                .as_array()
-                .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect())
-                .ok_or(format!(
-                    "worker.oci.gcpolicy[{i}].filters must be a list of strings"
-                ))?,
-        };
-        Ok(GcPolicy {
-            all: t
-                .get("all")
-                .map(|v| {
-                    v.as_bool().ok_or(format!(
-                        "worker.oci.gcpolicy[{i}].all must be true or false"
-                    ))
-                })
-                .transpose()?
-                .unwrap_or(false),
-            keep_bytes: int("keepBytes")?,
-            keep_duration: Duration::from_secs(int("keepDuration")? as u64),
-            filters,
-        })
-    }
-}
-
-/// buildkitd's default policy for keep-storage `keep` bytes: cheap caches (local sources,
-/// cache mounts, git checkouts) beyond 512 MB unused for 48 h; anything unused for 60 days
-/// beyond `keep`; unshared records beyond `keep`; everything beyond `keep`.
-pub fn default_gc_policy(keep: i64) -> Vec<GcPolicy> {
-    vec![
-        GcPolicy {
-            all: false,
-            keep_bytes: 512_000_000,
-            keep_duration: Duration::from_secs(48 * 3600),
-            filters: vec![
-                "type==source.local".into(),
-                "type==exec.cachemount".into(),
-                "type==source.git.checkout".into(),
-            ],
-        },
-        GcPolicy {
-            all: false,
-            keep_bytes: keep,
-            keep_duration: Duration::from_secs(60 * 24 * 3600),
-            filters: Vec::new(),
-        },
-        GcPolicy {
-            all: false,
-            keep_bytes: keep,
-            keep_duration: Duration::ZERO,
-            filters: Vec::new(),
-        },
-        GcPolicy {
-            all: true,
-            keep_bytes: keep,
-            keep_duration: Duration::ZERO,
-            filters: Vec::new(),
-        },
-    ]
-}
-
-/// buildkitd's default keep-storage for the disk under `root`: 10% of its size, counted in
-/// whole GiB plus one, expressed in decimal GB; 2 GB when the disk cannot be asked.
-pub fn default_gc_cap(root: &Path) -> i64 {
-    let Ok(c) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else {
-        return 2_000_000_000;
-    };
-    // SAFETY: statfs fills the zeroed struct for a valid NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return 2_000_000_000;
-    }
-    let size = (st.f_bsize as u64).saturating_mul(st.f_blocks);
-    gc_cap_for_disk(size)
-}
-
-/// The rounding of [`default_gc_cap`] for a disk of `size` bytes.
-pub fn gc_cap_for_disk(size: u64) -> i64 {
-    let tenth = size / 10;
-    ((tenth >> 30) as i64 + 1).saturating_mul(1_000_000_000)
-}
-
-/// Flags given on the command line (`None`/empty: not given, the file's value stands).
-#[derive(Debug, Clone, Default)]
-pub struct OciWorkerFlags {
-    /// `--oci-worker` true|false|auto.
-    pub enabled: Option<String>,
-    /// `--oci-worker-labels k=v` (repeatable; merged into the file's).
-    pub labels: Vec<String>,
-    /// `--oci-worker-snapshotter`.
-    pub snapshotter: Option<String>,
-    /// `--oci-worker-proxy-snapshotter-path`.
-    pub proxy_snapshotter_path: Option<PathBuf>,
-    /// `--oci-worker-platform` (repeatable; replaces the file's list).
-    pub platforms: Vec<String>,
-    /// `--oci-worker-net`.
-    pub net: Option<String>,
-    /// `--oci-cni-config-path`.
-    pub cni_config_path: Option<PathBuf>,
-    /// `--oci-cni-binary-dir`.
-    pub cni_binary_dir: Option<PathBuf>,
-    /// `--oci-worker-binary`.
-    pub binary: Option<String>,
-    /// `--oci-worker-apparmor-profile`.
-    pub apparmor_profile: Option<String>,
-    /// `--oci-worker-rootless`.
-    pub rootless: Option<bool>,
-    /// `--oci-worker-no-process-sandbox`.
-    pub no_process_sandbox: Option<bool>,
-    /// `--oci-worker-gc`.
-    pub gc: Option<bool>,
-    /// `--oci-worker-gc-keepstorage` in MB.
-    pub gc_keep_storage_mb: Option<i64>,
-    /// `--oci-max-parallelism`.
-    pub max_parallelism: Option<usize>,
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::gc::gc_cap_for_disk;
     use super::*;
-
-    fn parse(text: &str) -> Result<OciWorkerConfig, String> {
-        let t: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-        OciWorkerConfig::from_toml(&t)
-    }
+    use std::time::Duration;
 
     #[test]
-    fn file_then_flags() {
-        let mut c = parse(
+    fn file_keys() {
+        let c = OciWorkerConfig::parse_section(
             r#"
 enabled = true
 snapshotter = "stargz"
 platforms = ["linux/amd64", "linux/arm64/v8"]
 networkMode = "cni"
 cniConfigPath = "/etc/file/cni.json"
+cniBinaryPath = "/usr/lib/cni"
+proxySnapshotterPath = ""
 max-parallelism = 4
 gckeepstorage = 9000
+stargzSnapshotter = { cache = true }
 [labels]
 team = "infra"
 [[gcpolicy]]
@@ -509,32 +252,28 @@ filters = ["type==source.local", "type==exec.cachemount"]
 "#,
         )
         .unwrap();
-        assert_eq!(c.snapshotter, "stargz");
+        assert_eq!(c.enabled, Some(true));
+        assert_eq!(c.snapshotter, Backend::Stargz);
         assert_eq!(c.platforms.len(), 2);
-        assert_eq!(c.gc_policy[0].keep_duration, Duration::from_secs(3600));
-        c.apply(&OciWorkerFlags {
-            labels: vec!["zone=a".into(), "team=build".into()],
-            cni_config_path: Some("/flag/cni.json".into()),
-            gc_keep_storage_mb: Some(5),
-            ..Default::default()
-        })
-        .unwrap();
-        // The flag lands in the config (the reference erases it).
-        assert_eq!(c.cni_config_path, PathBuf::from("/flag/cni.json"));
-        assert_eq!(c.labels["team"], "build");
-        assert_eq!(c.labels["zone"], "a");
-        assert_eq!(c.gc_keep_storage, 5_000_000);
-        // Unset flags leave the file alone.
-        assert_eq!(c.snapshotter, "stargz");
+        assert_eq!(c.network_mode, NetworkKind::Cni);
+        assert_eq!(c.cni_config_path, PathBuf::from("/etc/file/cni.json"));
+        assert_eq!(c.cni_binary_dir, PathBuf::from("/usr/lib/cni"));
+        assert_eq!(c.proxy_snapshotter_path, None);
         assert_eq!(c.max_parallelism, 4);
-        assert_eq!(c.network_mode, "cni");
+        assert_eq!(c.gc_keep_storage, 9000);
+        assert_eq!(c.labels["team"], "infra");
+        assert_eq!(c.gc_policy[0].keep_bytes, 1000);
+        assert_eq!(c.gc_policy[0].keep_duration, Duration::from_secs(3600));
+        assert_eq!(c.gc_policy[0].filters.len(), 2);
+        assert_eq!(c.gc_rules(Path::new("/")), c.gc_policy);
     }
 
     #[test]
     fn defaults_and_gc() {
         let c = OciWorkerConfig::default();
-        assert_eq!(c.snapshotter, "auto");
-        assert_eq!(c.network_mode, "auto");
+        assert_eq!(c, OciWorkerConfig::parse_section("").unwrap());
+        assert_eq!(c.snapshotter, Backend::Auto);
+        assert_eq!(c.network_mode, NetworkKind::Auto);
         assert_eq!(c.cni_config_path, PathBuf::from("/etc/buildkit/cni.json"));
         let rules = c.gc_rules(Path::new("/"));
         assert_eq!(rules.len(), 4);
@@ -554,50 +293,40 @@ filters = ["type==source.local", "type==exec.cachemount"]
     }
 
     #[test]
-    fn bad_values_are_errors_naming_them() {
-        for (text, word) in [
-            ("snapshotter = \"overlay\"", "overlayfs"),
-            ("platforms = [\"linux/\"]", "invalid platform"),
-            ("networkMode = \"bridge2\"", "network mode"),
-            ("noProcessSandbox = true", "rootless"),
-            ("max-parallelism = -1", "max-parallelism"),
-            ("gc = \"yes\"", "gc"),
-            ("[[gcpolicy]]\nkeepBytes = \"1GB\"", "keepBytes"),
-            ("[[gcpolicy]]\nbogus = 1", "bogus"),
-            ("colour = 1", "colour"),
-            ("labels = 3", "labels"),
+    fn bad_values_are_errors_naming_key_and_problem() {
+        for (text, want) in [
+            (
+                "snapshotter = \"overlay\"",
+                "snapshotter: unknown snapshotter name \"overlay\" (choose one of auto, \
+                 overlayfs, native, fuse-overlayfs, stargz)",
+            ),
+            (
+                "platforms = [\"linux/\"]",
+                "platforms: invalid platform \"linux/\"",
+            ),
+            (
+                "networkMode = \"bridge2\"",
+                "networkMode: unknown network mode \"bridge2\"",
+            ),
+            ("noProcessSandbox = true", "noProcessSandbox: can't enable"),
+            ("max-parallelism = -1", "max-parallelism: invalid value"),
+            ("gc = \"yes\"", "gc: invalid type: string \"yes\""),
+            (
+                "[[gcpolicy]]\nkeepBytes = \"1GB\"",
+                "[gcpolicy[0]] keepBytes: invalid type",
+            ),
+            (
+                "[[gcpolicy]]\nbogus = 1",
+                "[gcpolicy[0]] bogus: unknown field `bogus`",
+            ),
+            ("colour = 1", "colour: unknown field `colour`"),
+            ("labels = 3", "labels: invalid type"),
+            ("[labels]\nteam = 1", "[labels] team: invalid type"),
         ] {
-            let e = parse(text).unwrap_err();
-            assert!(e.contains(word), "{text:?}: {e}");
-        }
-        let mut c = OciWorkerConfig::default();
-        for f in [
-            OciWorkerFlags {
-                labels: vec!["novalue".into()],
-                ..Default::default()
-            },
-            OciWorkerFlags {
-                labels: vec!["=v".into()],
-                ..Default::default()
-            },
-            OciWorkerFlags {
-                snapshotter: Some("zfs".into()),
-                ..Default::default()
-            },
-            OciWorkerFlags {
-                enabled: Some("maybe".into()),
-                ..Default::default()
-            },
-            OciWorkerFlags {
-                platforms: vec!["not a platform".into()],
-                ..Default::default()
-            },
-            OciWorkerFlags {
-                no_process_sandbox: Some(true),
-                ..Default::default()
-            },
-        ] {
-            assert!(c.apply(&f).is_err(), "{f:?} accepted");
+            let e = OciWorkerConfig::parse_section(text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{text:?}: {e}");
         }
     }
 }

@@ -3,6 +3,8 @@
 //! `insecure` (TLS without verification), `ca` and `keypair` are refused until TLS options
 //! land, rather than silently ignored.
 
+use super::error::{KeyError, ParseError};
+use super::keypath::KeyPath;
 use serde::Deserialize;
 
 /// One `[registry."host"]` table.
@@ -24,27 +26,32 @@ pub struct RegistryEntry {
 }
 
 impl RegistryEntry {
-    pub(crate) fn from_value(host: &str, v: &toml::Value) -> Result<Self, String> {
-        let e: RegistryEntry = v
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("registry {host:?}: {}", e.message()))?;
-        if e.insecure == Some(true) || e.ca.is_some() || e.keypair.is_some() {
-            return Err(format!(
-                "registry {host:?}: insecure/ca/keypair (TLS settings) are not supported yet; use http = true for plain HTTP"
+    /// Refuses TLS settings (not supported yet) and mirrors that are not `host[:port]`; `at`
+    /// is the entry's key path.
+    pub(crate) fn check(&self, at: &KeyPath) -> Result<(), ParseError> {
+        if self.insecure == Some(true) || self.ca.is_some() || self.keypair.is_some() {
+            let key = match (self.insecure, &self.ca) {
+                (Some(true), _) => "insecure",
+                (_, Some(_)) => "ca",
+                _ => "keypair",
+            };
+            return Err(ParseError::at(
+                at.clone().key(key),
+                KeyError::TlsNotSupported,
             ));
         }
-        for m in &e.mirrors {
+        for (i, m) in self.mirrors.iter().enumerate() {
             let ok = !m.is_empty()
                 && !m.contains("://")
                 && !m.contains('@')
                 && m.trim_end_matches('/').split('/').count() == 1;
             if !ok {
-                return Err(format!(
-                    "registry {host:?}: mirror {m:?} must be host[:port] (no scheme or path)"
+                return Err(ParseError::at(
+                    at.clone().key("mirrors").index(i),
+                    KeyError::MirrorForm(m.clone()),
                 ));
             }
         }
-        Ok(e)
+        Ok(())
     }
 }

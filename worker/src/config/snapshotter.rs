@@ -5,6 +5,8 @@
 //! key, so a typo does not pass silently. stargaze's own keys: `cache_dir`, `cache_mib`,
 //! `memory_mib`, `background_mib_per_sec`.
 
+use super::error::{from_toml, KeyError, ParseError};
+use super::keypath::KeyPath;
 use super::ConfigError;
 use serde::Deserialize;
 use stargaze_fs::remote::HostsConfig;
@@ -12,8 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A value that is accepted and not used.
-type Unused = Option<toml::Value>;
+use super::oci_worker::Unused;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,8 +175,9 @@ impl SnapshotterConfig {
     }
 
     /// Parses config text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: Raw = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let raw: Raw = from_toml(text)?;
+        let key = |k: &[&str]| KeyPath::of(k);
         let mut c = SnapshotterConfig {
             prefetch: !raw.noprefetch.unwrap_or(false),
             background_fetch: !raw.no_background_fetch.unwrap_or(false),
@@ -187,12 +189,18 @@ impl SnapshotterConfig {
         };
         if let Some(n) = raw.max_concurrency {
             if !(1..=1024).contains(&n) {
-                return Err(format!("max_concurrency = {n}: expected 1..=1024"));
+                let e = KeyError::OutOfRange {
+                    value: n,
+                    min: 1,
+                    max: 1024,
+                };
+                return Err(ParseError::at(key(&["max_concurrency"]), e));
             }
             c.max_per_host = Some(n as usize);
         }
         if let Some(0) = raw.background_mib_per_sec {
-            return Err("background_mib_per_sec = 0: use no_background_fetch".into());
+            let e = KeyError::Zero("use no_background_fetch");
+            return Err(ParseError::at(key(&["background_mib_per_sec"]), e));
         }
         c.metrics_address = match (raw.no_prometheus.unwrap_or(false), raw.metrics_address) {
             (true, _) | (_, None) => None,
@@ -256,17 +264,21 @@ impl SnapshotterConfig {
                 b.min_wait_msec.map(Duration::from_millis),
                 b.max_wait_msec.map(Duration::from_millis),
             );
-            if let (Some(lo), Some(hi)) = c.backoff {
-                if lo > hi {
-                    return Err(format!(
-                        "[blob] min_wait_msec ({}) above max_wait_msec ({})",
-                        lo.as_millis(),
-                        hi.as_millis()
-                    ));
+            if let (Some(low), Some(high)) = (b.min_wait_msec, b.max_wait_msec) {
+                if low > high {
+                    let e = KeyError::Inverted {
+                        low,
+                        high_key: "max_wait_msec",
+                        high,
+                    };
+                    return Err(ParseError::at(key(&["blob", "min_wait_msec"]), e));
                 }
             }
             c.request_timeout = match b.fetching_timeout_sec {
-                Some(0) => return Err("[blob] fetching_timeout_sec = 0".into()),
+                Some(0) => {
+                    let e = KeyError::Zero("requests would time out at once");
+                    return Err(ParseError::at(key(&["blob", "fetching_timeout_sec"]), e));
+                }
                 s => s.map(Duration::from_secs),
             };
             for (name, v) in [
@@ -296,15 +308,20 @@ impl SnapshotterConfig {
         }
         if let Some(r) = raw.resolver {
             for (host, h) in r.host {
-                for m in h.mirrors {
+                for (i, m) in h.mirrors.into_iter().enumerate() {
                     let insecure = m.insecure.unwrap_or(false);
                     let url = if m.host.contains("://") {
                         m.host.clone()
                     } else {
                         format!("{}://{}", if insecure { "http" } else { "https" }, m.host)
                     };
-                    c.hosts.add_mirror(&host, &url).map_err(|e| {
-                        format!("[resolver.host.{host:?}] mirror {:?}: {e}", m.host)
+                    c.hosts.add_mirror(&host, &url).map_err(|reason| {
+                        let e = KeyError::Mirror {
+                            mirror: m.host.clone(),
+                            reason: reason.to_string(),
+                        };
+                        let at = key(&["resolver", "host", &host, "mirrors"]).index(i);
+                        ParseError::at(at.key("host"), e)
                     })?;
                     if insecure {
                         let bare = m.host.split("://").last().unwrap_or(&m.host).to_string();
@@ -365,21 +382,34 @@ mirrors = [{host = "127.0.0.1:5000", insecure = true}]
 
     #[test]
     fn bad_configs_name_the_problem() {
-        for (text, word) in [
-            ("nopreftch = true", "nopreftch"),
-            ("noprefetch = \"yes\"", "noprefetch"),
-            ("max_concurrency = 0", "max_concurrency"),
+        for (text, want) in [
+            ("nopreftch = true", "nopreftch: unknown field `nopreftch`"),
+            ("noprefetch = \"yes\"", "noprefetch: invalid type"),
+            (
+                "max_concurrency = 0",
+                "max_concurrency: 0: expected 1..=1024",
+            ),
+            (
+                "background_mib_per_sec = 0",
+                "background_mib_per_sec: 0: use no_background_fetch",
+            ),
             (
                 "[blob]\nmin_wait_msec = 5\nmax_wait_msec = 1",
-                "min_wait_msec",
+                "[blob] min_wait_msec: 5 above max_wait_msec (1)",
             ),
-            ("[blob]\nfetching_timeout_sec = 0", "fetching_timeout_sec"),
-            ("[resolver.host.\"x\"]\nmirrors = [{host = \"\"}]", "mirror"),
-            ("[fuse]\nbogus = 1", "bogus"),
+            (
+                "[blob]\nfetching_timeout_sec = 0",
+                "[blob] fetching_timeout_sec: 0:",
+            ),
+            (
+                "[resolver.host.\"x\"]\nmirrors = [{host = \"\"}]",
+                "[resolver.host.x.mirrors[0]] host: mirror \"\":",
+            ),
+            ("[fuse]\nbogus = 1", "[fuse] bogus: unknown field `bogus`"),
             ("[[", "TOML parse error"),
         ] {
-            let e = SnapshotterConfig::parse(text).unwrap_err();
-            assert!(e.contains(word), "{text:?}: {e}");
+            let e = SnapshotterConfig::parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}: {e}");
         }
     }
 }

@@ -12,16 +12,16 @@
 mod options;
 mod process;
 
-pub use options::{Backend, DaemonOptions, DEFAULT_CONFIG};
+pub use options::{DaemonOptions, DEFAULT_CONFIG};
 pub use process::{runtime, tune_allocator};
 
 use crate::config::{ConfigError, SnapshotterConfig};
 use crate::peer::{PeerError, PeerPolicy};
 use crate::registry_client::RegistrySetupError;
-use crate::snapshot::open::{open_local, open_stargz, LocalDriver};
+use crate::snapshot::open::{open_local, open_stargz};
 use crate::snapshot::stargz::holder::Holder;
 use crate::snapshot::stargz::Stargz;
-use crate::snapshot::{SnapshotError, Snapshotter};
+use crate::snapshot::{Backend, SnapshotError, Snapshotter};
 use stargaze_fs::cache::{DiskCache, DiskCacheError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -236,14 +236,7 @@ impl Prepared {
                 .map_err(snapshotter_err)?;
                 (s.clone(), Some(s))
             }
-            (Backend::Local(driver), _) => {
-                (open_local(driver, &root).map_err(snapshotter_err)?, None)
-            }
-            (Backend::Auto, _) => {
-                let (driver, why) = LocalDriver::probe(&root).map_err(snapshotter_err)?;
-                tracing::info!(snapshotter = driver.name(), %why, "snapshotter");
-                (open_local(driver, &root).map_err(snapshotter_err)?, None)
-            }
+            (local, _) => (open_local(local, &root).map_err(snapshotter_err)?, None),
         };
         Ok(SnapshotterDaemon {
             opts,

@@ -5,8 +5,8 @@
 
 use crate::config::SnapshotterConfig;
 use crate::registry_client::RegistryOverrides;
-use crate::snapshot::open::LocalDriver;
 use crate::snapshot::stargz::lazy::LazyOptions;
+use crate::snapshot::Backend;
 use stargaze_fs::fuse::FsOptions;
 use stargaze_fs::layer::BackgroundOptions;
 use stargaze_fs::remote::ClientOptions;
@@ -15,17 +15,6 @@ use std::path::{Path, PathBuf};
 
 /// The config file read when none is named and it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/stargaze/snapshotter.toml";
-
-/// Which snapshotter backs the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// overlayfs with lazily mounted eStargz layers (containerd's remote-snapshot flow).
-    Stargz,
-    /// A local driver.
-    Local(LocalDriver),
-    /// overlayfs, else fuse-overlayfs, else native, by a probe mount.
-    Auto,
-}
 
 /// What the daemon is started with (flags; `None` and `false` defer to the config file).
 #[derive(Debug, Clone)]

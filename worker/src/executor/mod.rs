@@ -7,11 +7,13 @@
 
 pub mod cni;
 pub mod netfiles;
+mod network;
 pub mod rootpath;
 mod runc;
 pub mod spec;
 pub mod user;
 
+pub use network::{NetworkKind, UnknownNetworkKind};
 pub use runc::Stream;
 pub use spec::Network;
 

@@ -228,12 +228,9 @@ impl Ctx {
                         let bad = |e: InstructionError| e.at(st.from.line);
                         let p = expand(p, self.req.dockerfile.escape, &self.global_lookup())
                             .map_err(|e| bad(e.into()))?;
-                        let platform = Platform::parse(&p).map_err(|e| {
-                            bad(InstructionError::FromPlatform {
-                                reason: e.to_string(),
-                                platform: p,
-                            })
-                        })?;
+                        let platform = p
+                            .parse::<Platform>()
+                            .map_err(|e| bad(InstructionError::FromPlatform(e)))?;
                         Some(platform)
                     }
                     None => None,

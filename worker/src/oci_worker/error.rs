@@ -1,7 +1,7 @@
 //! Why the OCI worker could not be opened (or described): one variant per step of
 //! [`super::OciWorker::open`], each naming the file, socket or setting involved.
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, FlagError};
 use crate::executor::cni::CniError;
 use crate::executor::ExecError;
 use crate::identity::IdentityError;
@@ -18,11 +18,8 @@ pub enum OpenError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The flags do not apply over the config file.
-    #[error("worker flags: {reason}")]
-    Flags {
-        /// What is wrong.
-        reason: String,
-    },
+    #[error("worker flags: {0}")]
+    Flags(#[from] FlagError),
     /// The proxy snapshotter socket does not exist.
     #[error("--oci-worker-proxy-snapshotter-path {}: no such socket", .0.display())]
     NoProxySocket(PathBuf),
@@ -44,9 +41,6 @@ pub enum OpenError {
         /// The names looked for.
         tried: String,
     },
-    /// The snapshotter name is not one the worker knows.
-    #[error("unknown snapshotter {0:?}")]
-    UnknownSnapshotter(String),
     /// A directory could not be made.
     #[error("creating {path}: {source}")]
     Dir {

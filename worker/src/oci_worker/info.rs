@@ -5,7 +5,9 @@
 use super::resolve::{network_choice, runtime_binary, runtime_names, snapshotter_choice};
 use super::{OpenError, WorkerSettings};
 use crate::config::GcPolicy;
+use crate::executor::NetworkKind;
 use crate::identity::{labels, state_dir, worker_id};
+use crate::snapshot::Backend;
 use stargaze_fs::remote::Platform;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,14 +30,14 @@ pub struct WorkerInfo {
     pub id: String,
     /// Whether it runs.
     pub enabled: Enabled,
-    /// Snapshotter name in use.
-    pub snapshotter: String,
+    /// Snapshotter in use (`auto` resolved).
+    pub snapshotter: Backend,
     /// Why that one.
     pub why: String,
     /// The proxy snapshotter socket, if any.
     pub proxy: Option<PathBuf>,
-    /// Network mode in use.
-    pub network: String,
+    /// Network mode in use (`auto` resolved).
+    pub network: NetworkKind,
     /// CNI config file.
     pub cni_config_path: PathBuf,
     /// CNI plugin directory.
@@ -54,13 +56,9 @@ impl WorkerInfo {
     /// Resolves `settings` for the worker at `root` (created, with its state directory and ID).
     pub fn resolve(root: &Path, settings: &WorkerSettings) -> Result<WorkerInfo, OpenError> {
         let cfg = &settings.oci;
-        stargaze_fs::sys::private_dir(root).map_err(|source| OpenError::Dir {
-            path: root.to_path_buf(),
-            source,
-        })?;
         let (snapshotter, why) = snapshotter_choice(cfg, root)?;
         let network = network_choice(cfg);
-        let id = worker_id(&state_dir(root, &snapshotter)?)?;
+        let id = worker_id(&state_dir(root, snapshotter)?)?;
         let enabled = match (cfg.enabled, runtime_binary(cfg)) {
             (Some(false), _) => Enabled::Disabled,
             (_, Some(b)) => Enabled::Runtime(b),
@@ -85,7 +83,7 @@ impl WorkerInfo {
         Ok(WorkerInfo {
             id,
             enabled,
-            labels: labels(cfg, &snapshotter, &network),
+            labels: labels(cfg, snapshotter, network),
             snapshotter,
             why,
             proxy: cfg.proxy_snapshotter_path.clone(),

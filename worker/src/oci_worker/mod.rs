@@ -25,16 +25,16 @@ pub use settings::WorkerSettings;
 
 use crate::config::{GcPolicy, OciWorkerConfig};
 use crate::executor::cni::CniConfig;
-use crate::executor::{Executor, ExecutorOptions, NetworkMode};
+use crate::executor::{Executor, ExecutorOptions, NetworkKind, NetworkMode};
 use crate::frontend::cache::StepCache;
 use crate::frontend::Worker;
 use crate::gc::PruneReport;
 use crate::grpc::proxy::ProxySnapshotter;
 use crate::identity::{state_dir, worker_id};
-use crate::snapshot::open::{open_local, open_stargz, LocalDriver};
+use crate::snapshot::open::{open_local, open_stargz};
 use crate::snapshot::stargz::lazy::LazyOptions;
 use crate::snapshot::stargz::Stargz;
-use crate::snapshot::{SnapshotError, Snapshotter};
+use crate::snapshot::{Backend, SnapshotError, Snapshotter};
 use stargaze_fs::cache::DiskCache;
 use stargaze_fs::image::OciLayout;
 use stargaze_fs::remote::RegistryClient;
@@ -64,7 +64,7 @@ pub struct OciWorker {
     worker: Arc<Worker>,
     cfg: OciWorkerConfig,
     root: PathBuf,
-    snapshotter: String,
+    snapshotter: Backend,
     state: PathBuf,
     stargz: Option<Arc<Stargz>>,
     _lock: StateLock,
@@ -102,19 +102,19 @@ impl OciWorker {
         let binary = runtime_binary(cfg).ok_or_else(|| OpenError::NoRuntime {
             tried: resolve::runtime_names(cfg),
         })?;
-        dir(root)?;
         let (name, why) = snapshotter_choice(cfg, root)?;
         tracing::info!(snapshotter = %name, %why, "snapshotter");
-        let state = state_dir(root, &name)?;
+        let state = state_dir(root, name)?;
         let id = worker_id(&state)?;
         tracing::debug!(worker = %id, "worker ID");
         let held = StateLock::take(&state, lock)?;
         let client = Arc::new(settings.registry_client()?);
-        let (snapshotter, stargz) = open_snapshotter(cfg, &name, &state, client.clone(), rt)?;
-        let network = match network_choice(cfg).as_str() {
-            "host" => NetworkMode::Host,
-            "none" => NetworkMode::None,
-            _ => NetworkMode::Cni(CniConfig::load(&cfg.cni_config_path, &cfg.cni_binary_dir)?),
+        let (snapshotter, stargz) = open_snapshotter(cfg, name, &state, client.clone(), rt)?;
+        let network = match network_choice(cfg) {
+            NetworkKind::Host | NetworkKind::Auto => NetworkMode::Host,
+            NetworkKind::Cni => {
+                NetworkMode::Cni(CniConfig::load(&cfg.cni_config_path, &cfg.cni_binary_dir)?)
+            }
         };
         let executor = Executor::new(ExecutorOptions {
             binary,
@@ -177,9 +177,9 @@ impl OciWorker {
         &self.worker.client
     }
 
-    /// The snapshotter name in use (`auto` resolved).
-    pub fn snapshotter_name(&self) -> &str {
-        &self.snapshotter
+    /// The snapshotter in use (`auto` resolved).
+    pub fn snapshotter(&self) -> Backend {
+        self.snapshotter
     }
 
     /// `ROOT/runc-<snapshotter>`.
@@ -258,14 +258,14 @@ type Opened = (Arc<dyn Snapshotter>, Option<Arc<Stargz>>);
 /// The snapshotter `name` under `state/snapshots`, or the proxy socket `cfg` names.
 fn open_snapshotter(
     cfg: &OciWorkerConfig,
-    name: &str,
+    name: Backend,
     state: &Path,
     client: Arc<RegistryClient>,
     rt: &tokio::runtime::Handle,
 ) -> Result<Opened, OpenError> {
     if let Some(sock) = &cfg.proxy_snapshotter_path {
         let proxy = rt
-            .block_on(ProxySnapshotter::connect(sock, name, rt.clone()))
+            .block_on(ProxySnapshotter::connect(sock, name.as_str(), rt.clone()))
             .map_err(|source| OpenError::Proxy {
                 path: sock.clone(),
                 source,
@@ -277,8 +277,8 @@ fn open_snapshotter(
         path: snaps.clone(),
         source,
     };
-    let local = match name {
-        "stargz" => {
+    match name {
+        Backend::Stargz => {
             dir(&snaps)?;
             let chunks = state.join("chunks");
             let disk = DiskCache::open(&chunks, CHUNK_CACHE_BYTES).map_err(|source| {
@@ -294,13 +294,8 @@ fn open_snapshotter(
             };
             let s = open_stargz(&snaps, client, disk, MEMORY_CACHE_MIB, lazy, rt, None)
                 .map_err(snapshotter_err)?;
-            return Ok((s.clone(), Some(s)));
+            Ok((s.clone(), Some(s)))
         }
-        "overlayfs" => LocalDriver::Overlayfs,
-        "fuse-overlayfs" => LocalDriver::FuseOverlayfs,
-        "native" => LocalDriver::Native,
-        other => return Err(OpenError::UnknownSnapshotter(other.to_string())),
-    };
-    dir(&snaps)?;
-    Ok((open_local(local, &snaps).map_err(snapshotter_err)?, None))
+        local => Ok((open_local(local, &snaps).map_err(snapshotter_err)?, None)),
+    }
 }

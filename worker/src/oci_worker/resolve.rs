@@ -5,35 +5,26 @@
 
 use super::OpenError;
 use crate::config::OciWorkerConfig;
-use crate::snapshot::open::LocalDriver;
+use crate::executor::NetworkKind;
+use crate::snapshot::Backend;
 use std::path::{Path, PathBuf};
 
-/// The snapshotter `cfg` names, with `auto` resolved by probing `root`, and why.
+/// The snapshotter `cfg` names, with `auto` resolved by a probe mount in `root` (created),
+/// and why.
 pub fn snapshotter_choice(
     cfg: &OciWorkerConfig,
     root: &Path,
-) -> Result<(String, String), OpenError> {
-    match cfg.snapshotter.as_str() {
-        "auto" => {
-            let (driver, why) =
-                LocalDriver::probe(root).map_err(|source| OpenError::Snapshotter {
-                    path: root.to_path_buf(),
-                    source,
-                })?;
-            Ok((driver.name().to_string(), why))
-        }
-        s => Ok((s.to_string(), "configured".to_string())),
-    }
+) -> Result<(Backend, String), OpenError> {
+    stargaze_fs::sys::private_dir(root).map_err(|source| OpenError::Dir {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    Ok(cfg.snapshotter.resolve(root))
 }
 
-/// The network mode `cfg` resolves to: `host`, `none` or `cni`.
-pub fn network_choice(cfg: &OciWorkerConfig) -> String {
-    match cfg.network_mode.as_str() {
-        _ if cfg.rootless => "host".to_string(),
-        "auto" if cfg.cni_config_path.is_file() => "cni".to_string(),
-        "auto" => "host".to_string(),
-        m => m.to_string(),
-    }
+/// The network mode `cfg` resolves to: `host` or `cni` (see [`NetworkKind::resolve`]).
+pub fn network_choice(cfg: &OciWorkerConfig) -> NetworkKind {
+    cfg.network_mode.resolve(cfg.rootless, &cfg.cni_config_path)
 }
 
 /// The runtime binary names looked for, for messages.
@@ -69,24 +60,6 @@ pub fn runtime_binary(cfg: &OciWorkerConfig) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn network_modes_resolve_as_buildkitd_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = OciWorkerConfig {
-            cni_config_path: dir.path().join("absent.json"),
-            ..OciWorkerConfig::default()
-        };
-        assert_eq!(network_choice(&cfg), "host");
-        std::fs::write(dir.path().join("cni.json"), b"{}").unwrap();
-        cfg.cni_config_path = dir.path().join("cni.json");
-        assert_eq!(network_choice(&cfg), "cni");
-        cfg.rootless = true;
-        assert_eq!(network_choice(&cfg), "host");
-        cfg.rootless = false;
-        cfg.network_mode = "host".into();
-        assert_eq!(network_choice(&cfg), "host");
-    }
 
     #[test]
     fn a_configured_runtime_path_must_be_a_file() {

@@ -30,8 +30,7 @@ impl WorkerSettings {
     ) -> Result<WorkerSettings, OpenError> {
         let file = load_config(config)?;
         let mut oci = file.oci_worker.clone();
-        oci.apply(flags)
-            .map_err(|reason| OpenError::Flags { reason })?;
+        oci.apply(flags)?;
         if let Some(p) = &oci.proxy_snapshotter_path {
             if !p.exists() {
                 return Err(OpenError::NoProxySocket(p.clone()));

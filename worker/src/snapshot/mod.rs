@@ -8,6 +8,7 @@
 //! key like `default/3/extract-1 sha256:…` (containerd's own form) or one holding `..` can never
 //! reach the file system.
 
+mod backend;
 pub mod filter;
 mod local;
 pub mod mounts;
@@ -19,6 +20,7 @@ pub mod stargz;
 pub mod store;
 mod usage;
 
+pub use backend::{Backend, UnknownBackend};
 pub use local::{Driver, LocalSnapshotter};
 
 use std::collections::BTreeMap;

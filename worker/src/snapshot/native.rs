@@ -35,7 +35,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 
 impl Driver for Native {
     fn name(&self) -> &str {
-        "native"
+        super::Backend::Native.as_str()
     }
 
     fn create(&self, dir: &Path, parents: &[PathBuf], _kind: Kind) -> Result<()> {

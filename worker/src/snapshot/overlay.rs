@@ -5,7 +5,7 @@
 //! backends differ only in who mounts: the kernel, or the `fuse-overlayfs` program where the
 //! kernel's overlay is not allowed (rootless, some nested containers).
 
-use super::{io, Driver, Kind, Mount, Result};
+use super::{io, Backend, Driver, Kind, Mount, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,16 @@ pub enum Flavor {
     Kernel,
     /// The fuse-overlayfs program.
     Fuse,
+}
+
+impl Flavor {
+    /// The backend this flavour is.
+    pub fn backend(self) -> Backend {
+        match self {
+            Flavor::Kernel => Backend::Overlayfs,
+            Flavor::Fuse => Backend::FuseOverlayfs,
+        }
+    }
 }
 
 /// Overlay snapshots.
@@ -65,10 +75,7 @@ impl Overlay {
 
 impl Driver for Overlay {
     fn name(&self) -> &str {
-        match self.flavor {
-            Flavor::Kernel => "overlayfs",
-            Flavor::Fuse => "fuse-overlayfs",
-        }
+        self.flavor.backend().as_str()
     }
 
     fn create(&self, dir: &Path, parents: &[PathBuf], kind: Kind) -> Result<()> {

@@ -245,7 +245,7 @@ impl Default for LazyOverlay {
 
 impl Driver for LazyOverlay {
     fn name(&self) -> &str {
-        "stargz"
+        crate::snapshot::Backend::Stargz.as_str()
     }
 
     fn create(&self, dir: &Path, parents: &[PathBuf], kind: Kind) -> Result<()> {

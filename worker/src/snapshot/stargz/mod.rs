@@ -299,7 +299,7 @@ impl Stargz {
 
 impl Snapshotter for Stargz {
     fn name(&self) -> &str {
-        "stargz"
+        crate::snapshot::Backend::Stargz.as_str()
     }
 
     fn stat(&self, key: &str) -> Result<Info> {
