@@ -10,6 +10,7 @@ pub mod gc;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
+mod names;
 pub mod oci_worker;
 pub mod peer;
 pub mod registry_client;

@@ -118,6 +118,16 @@ pub enum KeyError {
     },
 }
 
+impl KeyError {
+    /// A mirror the host settings refused, for `reason`.
+    pub(crate) fn mirror(mirror: &str, reason: impl std::fmt::Display) -> KeyError {
+        KeyError::Mirror {
+            mirror: mirror.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Deserializes `text` into `T`; a refused key is named by its path.
 pub(crate) fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
     toml::from_str(text).map_err(|e| match KeyPath::of_error(text, &e) {

@@ -21,7 +21,7 @@ pub use registry::RegistryEntry;
 pub use snapshotter::SnapshotterConfig;
 
 use error::from_toml;
-use oci_worker::{RawOci, Unused};
+use oci_worker::{note_unused, RawOci, Unused};
 use serde::Deserialize;
 use stargaze_fs::remote::HostsConfig;
 use std::collections::BTreeMap;
@@ -117,26 +117,23 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let raw: Raw = from_toml(text)?;
         let mut cfg = Config::default();
-        for (name, v) in [
-            ("debug", &raw.debug),
-            ("dns", &raw.dns),
-            ("grpc", &raw.grpc),
-            ("root", &raw.root),
-            ("trace", &raw.trace),
-            ("worker.containerd", &raw.worker.containerd),
-        ] {
-            if v.is_some() {
-                cfg.not_yet_used.push(name.to_string());
-            }
-        }
+        note_unused(
+            &[
+                ("debug", &raw.debug),
+                ("dns", &raw.dns),
+                ("grpc", &raw.grpc),
+                ("root", &raw.root),
+                ("trace", &raw.trace),
+                ("worker.containerd", &raw.worker.containerd),
+            ],
+            &mut cfg.not_yet_used,
+        );
         for (host, entry) in &raw.registry {
             entry.check(&KeyPath::of(&["registry", host]))?;
         }
         cfg.registry = raw.registry;
         if let Some(oci) = raw.worker.oci {
-            for k in oci.unused_keys() {
-                cfg.not_yet_used.push(format!("worker.oci.{k}"));
-            }
+            oci.note_unused("worker.oci", &mut cfg.not_yet_used);
             cfg.oci_worker = oci.resolve(&KeyPath::of(&["worker", "oci"]))?;
         }
         // The mirrors must make valid client settings: say so now, naming the key.
@@ -162,10 +159,7 @@ impl Config {
                     .map_err(|reason| {
                         ParseError::at(
                             KeyPath::of(&["registry", host, "mirrors"]).index(i),
-                            KeyError::Mirror {
-                                mirror: m.clone(),
-                                reason: reason.to_string(),
-                            },
+                            KeyError::mirror(m, reason),
                         )
                     })?;
             }

@@ -18,6 +18,15 @@ use std::str::FromStr;
 /// A value that is accepted and not used.
 pub(crate) type Unused = Option<toml::Value>;
 
+/// Adds to `out` the name of each accepted-and-unused key that is present.
+pub(crate) fn note_unused(keys: &[(&str, &Unused)], out: &mut Vec<String>) {
+    out.extend(
+        keys.iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k.to_string()),
+    );
+}
+
 /// `[worker.oci]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,16 +187,22 @@ impl RawOci {
         Ok(c)
     }
 
-    /// buildkitd keys present that stargaze reads and does not act on.
-    pub(crate) fn unused_keys(&self) -> Vec<&'static str> {
-        [
-            ("stargzSnapshotter", &self.stargz_snapshotter),
-            ("userRemapUnsupported", &self.user_remap_unsupported),
-        ]
-        .into_iter()
-        .filter(|(_, v)| v.is_some())
-        .map(|(k, _)| k)
-        .collect()
+    /// Adds to `out` the buildkitd keys present that stargaze reads and does not act on,
+    /// named under `section`.
+    pub(crate) fn note_unused(&self, section: &str, out: &mut Vec<String>) {
+        note_unused(
+            &[
+                (
+                    &format!("{section}.stargzSnapshotter"),
+                    &self.stargz_snapshotter,
+                ),
+                (
+                    &format!("{section}.userRemapUnsupported"),
+                    &self.user_remap_unsupported,
+                ),
+            ],
+            out,
+        );
     }
 }
 

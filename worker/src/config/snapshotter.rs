@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::oci_worker::Unused;
+use super::oci_worker::{note_unused, Unused};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,12 +162,6 @@ impl Default for SnapshotterConfig {
     }
 }
 
-fn unused(name: &str, v: &Unused, out: &mut Vec<String>) {
-    if v.is_some() {
-        out.push(name.to_string());
-    }
-}
-
 impl SnapshotterConfig {
     /// Loads `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -223,41 +217,39 @@ impl SnapshotterConfig {
                         "[{name}] enable_keychain: not supported; credentials come from sessions and the docker config"
                     ));
                 }
-                unused(
-                    &format!("{name}.kubeconfig_path"),
-                    &k.kubeconfig_path,
-                    &mut c.not_used,
-                );
-                unused(
-                    &format!("{name}.image_service_path"),
-                    &k.image_service_path,
+                note_unused(
+                    &[
+                        (&format!("{name}.kubeconfig_path"), &k.kubeconfig_path),
+                        (&format!("{name}.image_service_path"), &k.image_service_path),
+                    ],
                     &mut c.not_used,
                 );
             }
         }
-        for (name, v) in [
-            ("http_cache_type", &raw.http_cache_type),
-            ("filesystem_cache_type", &raw.filesystem_cache_type),
-            ("resolve_result_entry", &raw.resolve_result_entry),
-            (
-                "resolve_result_entry_ttl_sec",
-                &raw.resolve_result_entry_ttl_sec,
-            ),
-            ("prefetch_size", &raw.prefetch_size),
-            ("prefetch_timeout_sec", &raw.prefetch_timeout_sec),
-            ("debug", &raw.debug),
-            ("debug_address", &raw.debug_address),
-            ("mount_timeout_sec", &raw.mount_timeout_sec),
-            (
-                "fuse_metrics_emit_wait_duration_sec",
-                &raw.fuse_metrics_emit_wait_duration_sec,
-            ),
-            ("directory_cache", &raw.directory_cache),
-            ("background_fetch", &raw.background_fetch),
-            ("snapshotter", &raw.snapshotter),
-        ] {
-            unused(name, v, &mut c.not_used);
-        }
+        note_unused(
+            &[
+                ("http_cache_type", &raw.http_cache_type),
+                ("filesystem_cache_type", &raw.filesystem_cache_type),
+                ("resolve_result_entry", &raw.resolve_result_entry),
+                (
+                    "resolve_result_entry_ttl_sec",
+                    &raw.resolve_result_entry_ttl_sec,
+                ),
+                ("prefetch_size", &raw.prefetch_size),
+                ("prefetch_timeout_sec", &raw.prefetch_timeout_sec),
+                ("debug", &raw.debug),
+                ("debug_address", &raw.debug_address),
+                ("mount_timeout_sec", &raw.mount_timeout_sec),
+                (
+                    "fuse_metrics_emit_wait_duration_sec",
+                    &raw.fuse_metrics_emit_wait_duration_sec,
+                ),
+                ("directory_cache", &raw.directory_cache),
+                ("background_fetch", &raw.background_fetch),
+                ("snapshotter", &raw.snapshotter),
+            ],
+            &mut c.not_used,
+        );
         if let Some(b) = raw.blob {
             c.attempts = b.max_retries.map(|r| r.saturating_add(1).min(100));
             c.backoff = (
@@ -281,30 +273,32 @@ impl SnapshotterConfig {
                 }
                 s => s.map(Duration::from_secs),
             };
-            for (name, v) in [
-                ("blob.valid_interval", &b.valid_interval),
-                ("blob.check_always", &b.check_always),
-                ("blob.chunk_size", &b.chunk_size),
-                ("blob.prefetch_chunk_size", &b.prefetch_chunk_size),
-                ("blob.force_single_range_mode", &b.force_single_range_mode),
-                (
-                    "blob.max_span_verification_sec",
-                    &b.max_span_verification_sec,
-                ),
-            ] {
-                unused(name, v, &mut c.not_used);
-            }
+            note_unused(
+                &[
+                    ("blob.valid_interval", &b.valid_interval),
+                    ("blob.check_always", &b.check_always),
+                    ("blob.chunk_size", &b.chunk_size),
+                    ("blob.prefetch_chunk_size", &b.prefetch_chunk_size),
+                    ("blob.force_single_range_mode", &b.force_single_range_mode),
+                    (
+                        "blob.max_span_verification_sec",
+                        &b.max_span_verification_sec,
+                    ),
+                ],
+                &mut c.not_used,
+            );
         }
         if let Some(f) = raw.fuse {
             c.passthrough = f.passthrough;
-            for (name, v) in [
-                ("fuse.attr_timeout", &f.attr_timeout),
-                ("fuse.entry_timeout", &f.entry_timeout),
-                ("fuse.merge_buffer_size", &f.merge_buffer_size),
-                ("fuse.passthrough_mode", &f.passthrough_mode),
-            ] {
-                unused(name, v, &mut c.not_used);
-            }
+            note_unused(
+                &[
+                    ("fuse.attr_timeout", &f.attr_timeout),
+                    ("fuse.entry_timeout", &f.entry_timeout),
+                    ("fuse.merge_buffer_size", &f.merge_buffer_size),
+                    ("fuse.passthrough_mode", &f.passthrough_mode),
+                ],
+                &mut c.not_used,
+            );
         }
         if let Some(r) = raw.resolver {
             for (host, h) in r.host {
@@ -316,20 +310,18 @@ impl SnapshotterConfig {
                         format!("{}://{}", if insecure { "http" } else { "https" }, m.host)
                     };
                     c.hosts.add_mirror(&host, &url).map_err(|reason| {
-                        let e = KeyError::Mirror {
-                            mirror: m.host.clone(),
-                            reason: reason.to_string(),
-                        };
                         let at = key(&["resolver", "host", &host, "mirrors"]).index(i);
-                        ParseError::at(at.key("host"), e)
+                        ParseError::at(at.key("host"), KeyError::mirror(&m.host, reason))
                     })?;
                     if insecure {
                         let bare = m.host.split("://").last().unwrap_or(&m.host).to_string();
                         c.hosts.set_insecure(&bare);
                     }
-                    unused(
-                        &format!("resolver.host.{host}.mirrors.request_timeout_sec"),
-                        &m.request_timeout_sec,
+                    note_unused(
+                        &[(
+                            &format!("resolver.host.{host}.mirrors.request_timeout_sec"),
+                            &m.request_timeout_sec,
+                        )],
                         &mut c.not_used,
                     );
                 }

@@ -3,6 +3,7 @@
 //! [`NetworkKind::resolve`] says what `auto` means on this host; the executor's
 //! [`super::NetworkMode`] is the resolved mode with its CNI config loaded.
 
+use crate::names::{self, Names};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -44,7 +45,7 @@ impl NetworkKind {
 
     /// The accepted names, comma-separated.
     pub fn names() -> String {
-        NetworkKind::ALL.map(NetworkKind::as_str).join(", ")
+        names::list::<NetworkKind>()
     }
 
     /// The mode in force: `host` when `rootless` (steps cannot make network namespaces of
@@ -69,19 +70,23 @@ impl FromStr for NetworkKind {
     type Err = UnknownNetworkKind;
 
     fn from_str(s: &str) -> Result<Self, UnknownNetworkKind> {
-        NetworkKind::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| UnknownNetworkKind {
-                name: s.to_string(),
-            })
+        names::lookup(s).ok_or_else(|| UnknownNetworkKind {
+            name: s.to_string(),
+        })
     }
 }
 
 impl<'de> serde::Deserialize<'de> for NetworkKind {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        names::deserialize(d)
+    }
+}
+
+impl Names for NetworkKind {
+    const ALL: &'static [Self] = &NetworkKind::ALL;
+
+    fn name(self) -> &'static str {
+        self.as_str()
     }
 }
 

@@ -5,6 +5,7 @@
 //! `probe.rs`.
 
 use super::probe::{choose, Choice};
+use crate::names::{self, Names};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -58,7 +59,7 @@ impl Backend {
 
     /// The accepted names, comma-separated.
     pub fn names() -> String {
-        Backend::ALL.map(Backend::as_str).join(", ")
+        names::list::<Backend>()
     }
 
     /// This backend with `auto` resolved by probing `root` (which must exist), and why.
@@ -90,19 +91,23 @@ impl FromStr for Backend {
         if s.is_empty() {
             return Ok(Backend::Auto);
         }
-        Backend::ALL
-            .into_iter()
-            .find(|b| b.as_str() == s)
-            .ok_or_else(|| UnknownBackend {
-                name: s.to_string(),
-            })
+        names::lookup(s).ok_or_else(|| UnknownBackend {
+            name: s.to_string(),
+        })
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Backend {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        names::deserialize(d)
+    }
+}
+
+impl Names for Backend {
+    const ALL: &'static [Self] = &Backend::ALL;
+
+    fn name(self) -> &'static str {
+        self.as_str()
     }
 }
 
