@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod daemon;
 pub mod executor;
 pub mod frontend;
 pub mod gc;
@@ -10,7 +11,9 @@ pub mod grpc;
 pub mod identity;
 pub mod metrics;
 mod names;
+pub mod oci_worker;
 pub mod peer;
+pub mod registry_client;
 pub mod snapshot;
 
 /// The crate version, for `stargaze version` and worker labels.

@@ -4,19 +4,18 @@
 //! when it is on, and a summary of what ran, what came from the cache and how the base
 //! layers arrived (lazily mounted, pulled, present) with the bytes fetched lazily.
 
-use super::oci_worker;
-use super::worker::{resolve, OciWorkerArgs};
+use super::oci_worker::OciWorkerArgs;
 use anyhow::Context;
 use clap::Args;
-use stargaze_fs::remote::{ClientOptions, Platform};
+use stargaze_fs::remote::Platform;
 use stargaze_worker::frontend::dockerfile::{self, MAX_DOCKERFILE};
 use stargaze_worker::frontend::export::{export, parse_destination};
 use stargaze_worker::frontend::progress::Progress;
 use stargaze_worker::frontend::{build, BuildRequest};
+use stargaze_worker::oci_worker::{LockMode, OciWorker};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// `stargaze build …`
@@ -86,8 +85,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         .tag
         .as_deref()
         .map(|t| parse_destination(t, a.push))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+        .transpose()?;
     anyhow::ensure!(!a.push || dest.is_some(), "--push needs -t HOST/REPO[:TAG]");
     anyhow::ensure!(
         a.context.is_dir(),
@@ -107,24 +105,13 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {} (must be UTF-8 text)", file.display()))?;
     let df = dockerfile::parse(&text).with_context(|| file.display().to_string())?;
     let platform = match &a.platform {
-        Some(p) => Platform::parse(p)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("--platform {p}"))?,
+        Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
         None => Platform::host(),
     };
     let args = build_args(&a.build_args)?;
-    let cfg = resolve(a.config.as_deref(), &a.oci)?;
-    let registry = super::remote::RegistryFlags {
-        config: a.config.clone(),
-        hosts: a.hosts.clone(),
-    };
-    let client = Arc::new(
-        registry
-            .client()
-            .or_else(|_| a.hosts.client(ClientOptions::default()))?,
-    );
+    let settings = a.oci.settings(a.config.as_deref(), &a.hosts.overrides())?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let opened = oci_worker::open(&a.root, cfg, client.clone(), &rt, false)?;
+    let opened = OciWorker::open(&a.root, &settings, LockMode::Shared, rt.handle())?;
     let progress = Progress::new(Box::new(std::io::stdout()));
     let req = BuildRequest {
         dockerfile: df,
@@ -135,9 +122,9 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         estargz: a.estargz,
         no_cache: a.no_cache,
     };
-    let worker = opened.worker.clone();
+    let worker = opened.worker().clone();
     // Ctrl-C or SIGTERM: running steps are killed and cleaned up, then the build fails.
-    let cancel = opened.cancel.clone();
+    let cancel = opened.canceller();
     rt.spawn(async move {
         super::registry::wait_for_signal().await;
         eprintln!("stargaze build: interrupted; stopping running steps");
@@ -155,50 +142,35 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
     };
     if let Some(d) = &dest {
         rt.block_on(export(
-            &client,
-            &opened.worker.content,
+            opened.client(),
+            &opened.worker().content,
             &out.image,
             d,
             &progress,
         ))?;
     }
-    let rules = opened.cfg.gc_rules(&a.root);
-    if !rules.is_empty() {
-        let w = &opened.worker;
-        match stargaze_worker::gc::prune(
-            w.snapshotter.as_ref(),
-            &w.cache,
-            &w.content,
-            &rules,
-            false,
-        ) {
-            Ok(r) if !r.removed.is_empty() || r.blobs > 0 => println!(
+    if let Some(r) = opened.collect_after_build() {
+        if !r.removed.is_empty() || r.blobs > 0 {
+            println!(
                 "GC: removed {} snapshots, {} layer blobs, freed {:.1} MB",
                 r.removed.len(),
                 r.blobs,
                 r.freed as f64 / 1e6
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "GC after the build failed"),
+            );
         }
     }
     let s = out.stats;
     println!(
         "built in {:.2} s with the {} snapshotter: {} steps run, {} cached; base layers: {} mounted lazily, {} pulled, {} present",
         started.elapsed().as_secs_f64(),
-        opened.snapshotter,
+        opened.snapshotter(),
         s.executed,
         s.cached,
         s.lazy_layers,
         s.pulled_layers,
         s.present_layers
     );
-    if let Some(sg) = &opened.stargz {
-        let (mut fetched, mut size) = (0u64, 0u64);
-        for l in sg.layers() {
-            fetched += l.counters().bytes_fetched;
-            size += l.size();
-        }
+    if let Some((fetched, size)) = opened.lazy_fetched() {
         println!(
             "lazy base layers: fetched {fetched} of {size} bytes ({:.1}%)",
             if size == 0 {

@@ -1,13 +1,11 @@
-//! Registry flags shared by the subcommands that talk to registries, and the client they
-//! build: docker config credentials as the fallback, insecure hosts and mirrors from flags.
+//! Registry flags shared by the subcommands that talk to registries; the client they describe
+//! is assembled by `stargaze_worker::registry_client` (docker config credentials as the
+//! fallback, insecure hosts and mirrors from the flags over the config file's).
 
-use anyhow::Context;
 use clap::Args;
-use stargaze_fs::remote::auth::{CredentialProvider, DockerConfig};
-use stargaze_fs::remote::{ClientOptions, RegistryClient};
-use stargaze_worker::config::Config;
+use stargaze_fs::remote::RegistryClient;
+use stargaze_worker::registry_client::{registry_client, RegistryOverrides};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// `--config`, `--insecure-registry`, `--mirror`, `--docker-config`.
 #[derive(Args, Clone, Default)]
@@ -40,40 +38,22 @@ pub struct HostFlags {
 }
 
 impl HostFlags {
-    /// Builds a client from `opts` (hosts from a config file already in) plus the flags.
-    pub fn client(&self, mut opts: ClientOptions) -> anyhow::Result<RegistryClient> {
-        for h in &self.insecure {
-            opts.hosts.set_insecure(h);
+    /// The flags as the library's registry overrides.
+    pub fn overrides(&self) -> RegistryOverrides {
+        RegistryOverrides {
+            insecure: self.insecure.clone(),
+            mirrors: self.mirrors.clone(),
+            docker_config: self.docker_config.clone(),
         }
-        for m in &self.mirrors {
-            let (reg, url) = m
-                .split_once('=')
-                .with_context(|| format!("--mirror {m:?}: expected REGISTRY=MIRROR"))?;
-            opts.hosts
-                .add_mirror(reg, url)
-                .with_context(|| format!("--mirror {m:?}"))?;
-        }
-        let cfg = match &self.docker_config {
-            Some(p) => DockerConfig::load(p)?,
-            None => DockerConfig::load_default()?,
-        };
-        opts.fallback = vec![Arc::new(cfg) as Arc<dyn CredentialProvider>];
-        Ok(RegistryClient::new(opts)?)
     }
 }
 
 impl RegistryFlags {
     /// Builds a client from the config file and the flags.
     pub fn client(&self) -> anyhow::Result<RegistryClient> {
-        let mut opts = ClientOptions::default();
-        let cfg = match &self.config {
-            Some(p) => Config::load(p)?,
-            None => Config::load_default()?,
-        };
-        if !cfg.not_yet_used.is_empty() {
-            tracing::info!(sections = ?cfg.not_yet_used, "config sections not used by this command");
-        }
-        opts.hosts = cfg.hosts().context("config")?;
-        self.hosts.client(opts)
+        Ok(registry_client(
+            self.config.as_deref(),
+            &self.hosts.overrides(),
+        )?)
     }
 }

@@ -3,14 +3,12 @@
 //! resolved worker: ID, whether it runs and with which runtime, snapshotter, network,
 //! platforms, labels and GC policy.
 
+use super::oci_worker::OciWorkerArgs;
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use stargaze_fs::remote::Platform;
-use stargaze_worker::config::{Config, OciWorkerConfig, OciWorkerFlags};
-use stargaze_worker::executor::NetworkKind;
-use stargaze_worker::identity::{labels, state_dir, worker_id};
-use stargaze_worker::snapshot::Backend;
-use std::path::{Path, PathBuf};
+use stargaze_worker::oci_worker::{Enabled, LockMode, OciWorker, PruneScope, WorkerInfo};
+use stargaze_worker::registry_client::RegistryOverrides;
+use std::path::PathBuf;
 
 /// `stargaze worker …`
 #[derive(Args)]
@@ -58,79 +56,6 @@ struct InfoArgs {
     oci: OciWorkerArgs,
 }
 
-/// buildkitd's OCI worker flags; each given flag overrides the config file.
-#[derive(Args, Clone, Default)]
-pub struct OciWorkerArgs {
-    /// Enable the OCI worker: true, false or auto (when a runtime binary exists).
-    #[arg(long = "oci-worker", value_name = "true|false|auto")]
-    enabled: Option<String>,
-    /// Worker label KEY=VALUE (repeatable).
-    #[arg(long = "oci-worker-labels", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
-    /// Snapshotter: auto, overlayfs, fuse-overlayfs, native, stargz.
-    #[arg(long = "oci-worker-snapshotter")]
-    snapshotter: Option<Backend>,
-    /// A containerd snapshots gRPC socket to use as the snapshotter.
-    #[arg(long = "oci-worker-proxy-snapshotter-path")]
-    proxy_snapshotter_path: Option<PathBuf>,
-    /// Platform to build for, OS/ARCH[/VARIANT] (repeatable).
-    #[arg(long = "oci-worker-platform")]
-    platforms: Vec<String>,
-    /// Network mode: auto, host, cni.
-    #[arg(long = "oci-worker-net")]
-    net: Option<NetworkKind>,
-    /// CNI config file.
-    #[arg(long = "oci-cni-config-path")]
-    cni_config_path: Option<PathBuf>,
-    /// CNI plugin directory.
-    #[arg(long = "oci-cni-binary-dir")]
-    cni_binary_dir: Option<PathBuf>,
-    /// OCI runtime binary (default: buildkit-runc, then runc).
-    #[arg(long = "oci-worker-binary")]
-    binary: Option<String>,
-    /// AppArmor profile for build steps.
-    #[arg(long = "oci-worker-apparmor-profile")]
-    apparmor_profile: Option<String>,
-    /// Rootless mode.
-    #[arg(long = "oci-worker-rootless", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    rootless: Option<bool>,
-    /// Steps without their own PID namespace (rootless only).
-    #[arg(long = "oci-worker-no-process-sandbox", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    no_process_sandbox: Option<bool>,
-    /// Garbage collection [default: true].
-    #[arg(long = "oci-worker-gc", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    gc: Option<bool>,
-    /// GC keep-storage in MB [default: 10% of the disk, rounded up to whole GB].
-    #[arg(long = "oci-worker-gc-keepstorage", value_name = "MB")]
-    gc_keep_storage_mb: Option<i64>,
-    /// Steps run at once (0: unbounded).
-    #[arg(long = "oci-max-parallelism")]
-    max_parallelism: Option<usize>,
-}
-
-impl OciWorkerArgs {
-    /// As the library's flag set.
-    pub fn flags(&self) -> OciWorkerFlags {
-        OciWorkerFlags {
-            enabled: self.enabled.clone(),
-            labels: self.labels.clone(),
-            snapshotter: self.snapshotter,
-            proxy_snapshotter_path: self.proxy_snapshotter_path.clone(),
-            platforms: self.platforms.clone(),
-            net: self.net,
-            cni_config_path: self.cni_config_path.clone(),
-            cni_binary_dir: self.cni_binary_dir.clone(),
-            binary: self.binary.clone(),
-            apparmor_profile: self.apparmor_profile.clone(),
-            rootless: self.rootless,
-            no_process_sandbox: self.no_process_sandbox,
-            gc: self.gc,
-            gc_keep_storage_mb: self.gc_keep_storage_mb,
-            max_parallelism: self.max_parallelism,
-        }
-    }
-}
-
 /// Runs the subcommand.
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     match a.command {
@@ -139,87 +64,40 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The config file's `[worker.oci]` with the flags applied.
-pub fn resolve(config: Option<&Path>, oci: &OciWorkerArgs) -> anyhow::Result<OciWorkerConfig> {
-    let file = match config {
-        Some(p) => Config::load(p)?,
-        None => Config::load_default()?,
-    };
-    let mut cfg = file.oci_worker;
-    cfg.apply(&oci.flags()).context("worker flags")?;
-    if let Some(p) = &cfg.proxy_snapshotter_path {
-        anyhow::ensure!(
-            p.exists(),
-            "--oci-worker-proxy-snapshotter-path {}: no such socket",
-            p.display()
-        );
-    }
-    Ok(cfg)
-}
-
-/// The runtime binary the worker would run: the configured one, else buildkit-runc, else runc.
-pub fn runtime_binary(cfg: &OciWorkerConfig) -> Option<PathBuf> {
-    let names: Vec<&str> = if cfg.binary.is_empty() {
-        vec!["buildkit-runc", "runc"]
-    } else {
-        vec![cfg.binary.as_str()]
-    };
-    names.into_iter().find_map(|n| {
-        let p = Path::new(n);
-        if p.components().count() > 1 {
-            return p.is_file().then(|| p.to_path_buf());
-        }
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join(n))
-                .find(|c| c.is_file())
-        })
-    })
-}
-
 fn info(a: InfoArgs) -> anyhow::Result<()> {
-    let cfg = resolve(a.config.as_deref(), &a.oci)?;
-    stargaze_fs::sys::private_dir(&a.root)
-        .with_context(|| format!("creating {}", a.root.display()))?;
-    let (snapshotter, why) = super::oci_worker::snapshotter_name(&cfg, &a.root);
-    let network = super::oci_worker::network_name(&cfg);
-    let dir = state_dir(&a.root, snapshotter)?;
-    let id = worker_id(&dir)?;
-    let binary = runtime_binary(&cfg);
-    let enabled = match (cfg.enabled, &binary) {
-        (Some(false), _) => "no (disabled)".to_string(),
-        (_, Some(b)) => format!("yes ({})", b.display()),
-        (Some(true), None) => anyhow::bail!(
-            "the OCI worker is enabled but no runtime binary was found ({})",
-            if cfg.binary.is_empty() {
-                "buildkit-runc, runc"
-            } else {
-                &cfg.binary
-            }
-        ),
-        (None, None) => {
-            tracing::warn!(
-                "skipping the OCI worker: no runtime binary (buildkit-runc, runc) found"
-            );
-            "no (auto: no runtime binary found)".to_string()
-        }
-    };
-    let platforms = if cfg.platforms.is_empty() {
-        vec![Platform::host()]
-    } else {
-        cfg.platforms.clone()
+    let settings = a
+        .oci
+        .settings(a.config.as_deref(), &RegistryOverrides::default())?;
+    let WorkerInfo {
+        id,
+        enabled,
+        snapshotter,
+        why,
+        proxy,
+        network,
+        cni_config_path,
+        cni_binary_dir,
+        platforms,
+        max_parallelism,
+        labels,
+        gc_rules: rules,
+    } = WorkerInfo::resolve(&a.root, &settings)?;
+    let enabled = match enabled {
+        Enabled::Disabled => "no (disabled)".to_string(),
+        Enabled::Runtime(b) => format!("yes ({})", b.display()),
+        Enabled::NoRuntime => "no (auto: no runtime binary found)".to_string(),
     };
     println!("ID:          {id}");
     println!("enabled:     {enabled}");
     println!("snapshotter: {snapshotter} ({why})");
-    if let Some(p) = &cfg.proxy_snapshotter_path {
+    if let Some(p) = &proxy {
         println!("proxy:       {}", p.display());
     }
     println!("network:     {network}");
     println!(
         "cni:         config {}, plugins {}",
-        cfg.cni_config_path.display(),
-        cfg.cni_binary_dir.display()
+        cni_config_path.display(),
+        cni_binary_dir.display()
     );
     println!(
         "platforms:   {}",
@@ -231,17 +109,16 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
     );
     println!(
         "parallelism: {}",
-        if cfg.max_parallelism == 0 {
+        if max_parallelism == 0 {
             "unbounded".to_string()
         } else {
-            cfg.max_parallelism.to_string()
+            max_parallelism.to_string()
         }
     );
     println!("labels:");
-    for (k, v) in labels(&cfg, snapshotter, network) {
+    for (k, v) in labels {
         println!("  {k}={v}");
     }
-    let rules = cfg.gc_rules(&a.root);
     if rules.is_empty() {
         println!("GC policy:   off");
     } else {
@@ -269,31 +146,24 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
 }
 
 fn prune(a: PruneArgs) -> anyhow::Result<()> {
-    let mut cfg = resolve(a.config.as_deref(), &a.oci)?;
-    let rules = match a.keep_storage_mb {
-        Some(mb) => {
-            anyhow::ensure!(mb >= 0, "--keep-storage {mb}: must not be negative");
-            vec![stargaze_worker::config::GcPolicy {
-                all: true,
-                keep_bytes: mb.saturating_mul(1_000_000).max(1),
-                keep_duration: std::time::Duration::ZERO,
-                filters: Vec::new(),
-            }]
-        }
-        None => {
-            // On demand, the policy applies even when automatic GC is off.
-            cfg.gc = true;
-            cfg.gc_rules(&a.root)
-        }
+    let keep_mb = a
+        .keep_storage_mb
+        .map(|mb| {
+            u64::try_from(mb)
+                .map_err(|_| anyhow::anyhow!("--keep-storage {mb}: must not be negative"))
+        })
+        .transpose()?;
+    let scope = match (a.all, keep_mb) {
+        (true, _) => PruneScope::Everything,
+        (false, Some(mb)) => PruneScope::KeepBytes(mb.saturating_mul(1_000_000)),
+        (false, None) => PruneScope::Policy,
     };
-    let client = std::sync::Arc::new(
-        super::remote::HostFlags::default().client(stargaze_fs::remote::ClientOptions::default())?,
-    );
+    let settings = a
+        .oci
+        .settings(a.config.as_deref(), &RegistryOverrides::default())?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let opened = super::oci_worker::open(&a.root, cfg, client, &rt, true)?;
-    let w = &opened.worker;
-    let r = stargaze_worker::gc::prune(w.snapshotter.as_ref(), &w.cache, &w.content, &rules, a.all)
-        .context("pruning")?;
+    let opened = OciWorker::open(&a.root, &settings, LockMode::Exclusive, rt.handle())?;
+    let r = opened.prune(scope).context("pruning")?;
     for (name, size) in &r.removed {
         println!("removed {name} ({:.1} MB)", *size as f64 / 1e6);
     }
@@ -304,8 +174,8 @@ fn prune(a: PruneArgs) -> anyhow::Result<()> {
         r.blobs,
         r.freed as f64 / 1e6,
         r.remaining as f64 / 1e6,
-        opened.snapshotter,
-        opened.state.display()
+        opened.snapshotter(),
+        opened.state_dir().display()
     );
     Ok(())
 }

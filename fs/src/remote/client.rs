@@ -1002,7 +1002,7 @@ async fn check_status(reply: Reply, what: &str) -> Result<Reply, RemoteError> {
 }
 
 /// Checks `bytes START-END/TOTAL` against the range asked for; returns TOTAL.
-pub fn parse_content_range(v: &str, start: u64, end: u64) -> Result<u64, String> {
+pub(crate) fn parse_content_range(v: &str, start: u64, end: u64) -> Result<u64, String> {
     let rest = v.trim().strip_prefix("bytes ").ok_or("not a bytes range")?;
     let (range, total) = rest.split_once('/').ok_or("no total")?;
     let (a, b) = range.split_once('-').ok_or("no range")?;

@@ -14,8 +14,7 @@ mod reference;
 mod retry;
 
 pub use client::{
-    flatten_error, parse_content_range, read_limited, ClientOptions, RangeReply, Referrer,
-    RegistryClient, Reply,
+    flatten_error, read_limited, ClientOptions, RangeReply, Referrer, RegistryClient, Reply,
 };
 pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport, ImageLocation, Quiet};
 pub use error::RemoteError;

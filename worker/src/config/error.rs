@@ -5,6 +5,7 @@
 
 use super::keypath::KeyPath;
 use serde::de::DeserializeOwned;
+use stargaze_fs::remote::MirrorError;
 use std::path::PathBuf;
 
 /// Why a config file was refused.
@@ -88,7 +89,7 @@ pub enum KeyError {
         /// The mirror as written.
         mirror: String,
         /// The host settings' reason.
-        reason: String,
+        reason: MirrorError,
     },
     /// A number outside its range.
     #[error("{value}: expected {min}..={max}")]
@@ -117,10 +118,10 @@ pub enum KeyError {
 
 impl KeyError {
     /// A mirror the host settings refused, for `reason`.
-    pub(crate) fn mirror(mirror: &str, reason: impl std::fmt::Display) -> KeyError {
+    pub(crate) fn mirror(mirror: &str, reason: MirrorError) -> KeyError {
         KeyError::Mirror {
             mirror: mirror.to_string(),
-            reason: reason.to_string(),
+            reason,
         }
     }
 }

@@ -9,7 +9,7 @@ use super::image_config::ImageConfig;
 use super::words::{expand, key_values, process, raw_tokens, WordError};
 use crate::frontend::copy::CopyError;
 use oci_spec::image::History;
-use stargaze_fs::remote::{Platform, ReferenceError};
+use stargaze_fs::remote::{PlatformError, ReferenceError};
 
 /// Variable values an instruction expands (`$name`, `${name}`).
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -38,10 +38,14 @@ pub enum InstructionError {
         #[source]
         source: ReferenceError,
     },
-    /// `FROM --platform=` names no platform (the value as expanded, and why, are in the
-    /// platform parser's error).
-    #[error("FROM --platform: {0}")]
-    FromPlatform(<Platform as std::str::FromStr>::Err),
+    /// `FROM --platform=` names no platform.
+    #[error("FROM --platform={value}: {reason}")]
+    FromPlatform {
+        /// The value as expanded.
+        value: String,
+        /// Why it is not a platform.
+        reason: PlatformError,
+    },
     /// COPY or ADD without a source or a destination.
     #[error("{0} needs at least one source and a destination")]
     CopyArgs(String),
@@ -269,6 +273,7 @@ pub fn history(cfg: &mut ImageConfig, created_by: &str, empty: bool, created: St
 mod tests {
     use super::*;
     use crate::frontend::dockerfile::parse;
+    use stargaze_fs::remote::Platform;
     use std::collections::HashMap;
 
     /// The steps of a one-stage Dockerfile with `body` after `FROM scratch`.

@@ -228,9 +228,9 @@ impl Ctx {
                         let bad = |e: InstructionError| e.at(st.from.line);
                         let p = expand(p, self.req.dockerfile.escape, &self.global_lookup())
                             .map_err(|e| bad(e.into()))?;
-                        let platform = p
-                            .parse::<Platform>()
-                            .map_err(|e| bad(InstructionError::FromPlatform(e)))?;
+                        let platform = p.parse::<Platform>().map_err(|reason| {
+                            bad(InstructionError::FromPlatform { value: p, reason })
+                        })?;
                         Some(platform)
                     }
                     None => None,

@@ -13,6 +13,7 @@ pub mod filter;
 mod local;
 pub mod mounts;
 pub mod native;
+pub mod open;
 pub mod overlay;
 pub mod probe;
 pub mod stargz;
