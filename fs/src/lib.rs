@@ -1,8 +1,12 @@
 //! stargaze-fs: everything between an OCI layer blob and the bytes a process reads.
 //!
-//! The crate is layered the way data flows (see DESIGN.md): [`format`] understands eStargz and
-//! zstd:chunked blobs (footer → TOC → index → verified chunks) and writes them; [`image`] reads,
-//! writes and converts OCI image layouts. Later layers (remote, cache, fuse) build on these.
+//! The modules follow the way data flows (docs/ARCHITECTURE.md draws it): [`oci`] is the
+//! shared OCI vocabulary (media types, annotations, name rules); [`format`] understands
+//! eStargz and zstd:chunked blobs (footer → TOC → index → verified chunks) and writes them;
+//! [`remote`] is the registry client; [`fetcher`] turns chunk reads into verified Range
+//! requests through [`cache`]; [`layer`] is one lazily read layer, served by [`fuse`] and
+//! composed into an image rootfs by [`mount`]; [`image`] reads, writes and converts OCI image
+//! layouts; [`registry`] is the built-in registry server.
 #![warn(missing_docs)]
 
 pub mod cache;

@@ -1,5 +1,10 @@
 //! stargaze-worker: snapshotters, the containerd snapshots service and the BuildKit-style OCI
-//! worker. It builds on `stargaze-fs`; the pieces arrive with their issues (04 and 05).
+//! worker, built on `stargaze-fs`. [`snapshot`] holds the snapshotters and their contract;
+//! [`grpc`] serves them to containerd, assembled with its FUSE holder by [`daemon`];
+//! [`oci_worker`] opens the worker (config, snapshotter choice, runtime, lock, GC) that
+//! [`frontend`] runs Dockerfile builds on, each step through [`executor`]; [`config`] reads
+//! the config files, [`registry_client`] builds the registry client from them.
+//! docs/ARCHITECTURE.md draws the flows.
 #![warn(missing_docs)]
 
 pub mod config;

@@ -3,7 +3,8 @@
 //! A layer blob is a valid `tar.gz` (or `tar.zst`) whose compression frames start at file
 //! boundaries, plus a table of contents (TOC) and a footer that points at it. Reading goes
 //! footer → TOC → [`Index`] → verified chunk; writing goes tar → frames + TOC + footer.
-//! FORMAT.md in the shared docs holds the byte-level facts this module implements.
+//! `footer` and `toc` hold the byte-level layout (footer forms, TOC JSON, chunk and
+//! whiteout entries) with the facts they implement in their docs.
 
 mod compression;
 mod error;

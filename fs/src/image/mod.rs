@@ -1,5 +1,6 @@
 //! OCI images on disk: the image layout (`oci:DIR[:TAG]`) and whole-image conversion to
-//! eStargz. Registries come later through the same descriptors.
+//! eStargz. Registries speak the same descriptors (`crate::remote` copies images between
+//! layouts and registries).
 
 mod build;
 mod convert;

@@ -1,5 +1,6 @@
 //! The runc executor: runs one build step as an OCI container over a snapshot's mounts,
-//! the way BuildKit's OCI worker does (WORKER.md §4). A step gets a bundle under the
+//! the way BuildKit's OCI worker does (a bundle per step, runc in the foreground, host or
+//! CNI networking). A step gets a bundle under the
 //! executor directory, its rootfs mounted from the snapshotter, a spec from [`spec`], and
 //! runs in the foreground of the configured runtime binary with its output streamed line by
 //! line; cancellation or a timeout kills it through the runtime, and the rootfs and bundle
