@@ -6,7 +6,7 @@
 use crate::progress::{bytes, Progress};
 use anyhow::Context;
 use clap::Args;
-use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::cache::ChunkCache;
 use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::format::verify::verify_layer;
 use stargaze_fs::format::{FileBlob, LayerReader, OpenOptions, WriterOptions};
@@ -146,10 +146,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     println!("[5/5] mounting it lazily (FUSE per layer + overlayfs) and using the rootfs");
     let rootfs = work.join("rootfs");
-    let cache = Arc::new(ChunkCache::new(
-        Some(MemoryCache::new(64 << 20)),
-        Some(DiskCache::open(&work.join("cache"), 1 << 30)?),
-    ));
+    let cache = Arc::new(ChunkCache::tiered(&work.join("cache"), 1 << 30, 64 << 20)?);
     let mopts = MountOptions {
         platform: Platform::host(),
         writable: false,

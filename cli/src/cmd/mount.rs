@@ -12,11 +12,14 @@ use super::remote::RegistryFlags;
 use crate::progress::bytes;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use stargaze_fs::cache::{ChunkCache, DiskCache, MemoryCache};
+use stargaze_fs::cache::ChunkCache;
 use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::fuse::{AccessRecorder, FsOptions, OpaqueXattr};
 use stargaze_fs::layer::BackgroundOptions;
-use stargaze_fs::mount::{mount_image, LayerMode, LayerStats, MountOptions};
+use stargaze_fs::mount::{
+    mount_image, pid_alive, stop_server, LayerMode, LayerStats, MountOptions, MountRecord,
+    MountState, StatsFile,
+};
 use stargaze_fs::remote::{Platform, Reference};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,64 +103,18 @@ pub struct StatsArgs {
     json: bool,
 }
 
-/// The runtime directory holding mount states (and FUSE holder sockets whose snapshotter
-/// root is too long to hold them).
-pub(crate) fn run_dir() -> PathBuf {
-    std::env::var_os("STARGAZE_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/stargaze"))
-}
-
-/// The state directory of the mount at `target` (already canonical).
-fn state_dir(target: &Path) -> PathBuf {
-    let key = stargaze_fs::Digest::of(target.as_os_str().as_encoded_bytes()).hex();
-    run_dir().join("mounts").join(&key[..16])
-}
-
-/// Creates the run dir, its `mounts/` and the mount's `state` dir, each private (0700):
-/// they hold the layer mount points, whose FUSE file systems other users could otherwise
-/// walk into.
-fn private_state_dir(state: &Path) -> anyhow::Result<()> {
-    let run = run_dir();
-    for d in [run.as_path(), &run.join("mounts"), state] {
-        stargaze_fs::sys::private_dir(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    Ok(())
-}
-
 fn canonical_target(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     dir.canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))
 }
 
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    target: PathBuf,
-    reference: String,
-    manifest: String,
-    pid: i32,
-    layers: Vec<PathBuf>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StatsFile {
-    reference: String,
-    elapsed_secs: f64,
-    layers: Vec<serde_json::Value>,
-}
-
 /// Runs `mount`.
 pub fn mount(a: MountArgs) -> anyhow::Result<()> {
     preflight()?;
     let target = canonical_target(&a.dir)?;
-    let state = state_dir(&target);
-    if let Ok(s) = read_state(&state) {
+    let state = MountState::for_target(&target);
+    if let Ok(s) = state.record() {
         if pid_alive(s.pid) {
             bail!(
                 "{} is already mounted by stargaze (pid {})",
@@ -165,7 +122,7 @@ pub fn mount(a: MountArgs) -> anyhow::Result<()> {
                 s.pid
             );
         }
-        cleanup(&state, Some(&s), &target);
+        state.clean_up(Some(&s), &target);
     }
     if a.foreground {
         return serve(a, &target, &state);
@@ -183,10 +140,10 @@ fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_server(a: &MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
+fn spawn_server(a: &MountArgs, target: &Path, state: &MountState) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    private_state_dir(state)?;
-    let log_path = state.join("log");
+    state.create_private()?;
+    let log_path = state.log_path();
     let log = std::fs::File::create(&log_path).context("creating the mount log")?;
     let exe = std::env::current_exe().context("locating the stargaze binary")?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -205,9 +162,8 @@ fn spawn_server(a: &MountArgs, target: &Path, state: &Path) -> anyhow::Result<()
     }
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting the mount server")?;
-    let ready = state.join("ready");
     loop {
-        if ready.exists() {
+        if state.is_ready() {
             println!(
                 "mounted {} at {} in {:.2}s (server pid {}; log {})",
                 a.reference,
@@ -222,48 +178,27 @@ fn spawn_server(a: &MountArgs, target: &Path, state: &Path) -> anyhow::Result<()
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            let _ = std::fs::remove_dir_all(state);
+            let _ = std::fs::remove_dir_all(state.dir());
             bail!("the mount server exited ({status}):\n{}", tail.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-fn read_state(state: &Path) -> anyhow::Result<State> {
-    let data = std::fs::read(state.join("state.json"))?;
-    Ok(serde_json::from_slice(&data)?)
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(tmp, path)
-}
-
-fn stats_json(reference: &str, start: Instant, stats: &[LayerStats]) -> Vec<u8> {
-    let s = StatsFile {
-        reference: reference.to_string(),
-        elapsed_secs: start.elapsed().as_secs_f64(),
-        layers: stats
-            .iter()
-            .map(|l| serde_json::to_value(l).unwrap_or_default())
-            .collect(),
-    };
-    serde_json::to_vec_pretty(&s).unwrap_or_default()
-}
-
-fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
+fn serve(a: MountArgs, target: &Path, state: &MountState) -> anyhow::Result<()> {
     let start = Instant::now();
-    private_state_dir(state)?;
+    state.create_private()?;
     let reference = Reference::parse(a.reference.trim_start_matches("docker://"))
         .with_context(|| format!("image reference {:?}", a.reference))?;
     let client = Arc::new(a.registry.client()?);
-    let disk = DiskCache::open(&a.cache_dir, a.cache_mib << 20)
-        .with_context(|| format!("chunk cache {}", a.cache_dir.display()))?;
-    let cache = Arc::new(ChunkCache::new(
-        Some(MemoryCache::new(a.memory_mib << 20)),
-        Some(disk),
-    ));
+    let cache = Arc::new(
+        ChunkCache::tiered(
+            &a.cache_dir,
+            a.cache_mib.saturating_mul(1 << 20),
+            a.memory_mib.saturating_mul(1 << 20),
+        )
+        .with_context(|| format!("chunk cache {}", a.cache_dir.display()))?,
+    );
     let recorder = match &a.record_access {
         Some(p) => {
             Some(Arc::new(AccessRecorder::open(p).with_context(|| {
@@ -275,7 +210,7 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
     let opts = MountOptions {
         platform: a.platform.clone().unwrap_or_else(Platform::host),
         writable: a.writable,
-        state_dir: state.to_path_buf(),
+        state_dir: state.dir().to_path_buf(),
         cache,
         sessions: Vec::new(),
         fetch: FetchOptions {
@@ -310,7 +245,7 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
             _ = term.recv() => bail!("interrupted while mounting"),
             _ = int.recv() => bail!("interrupted while mounting"),
         };
-        let st = State {
+        let st = MountRecord {
             target: target.to_path_buf(),
             reference: reference.to_string(),
             manifest: image.manifest.clone(),
@@ -324,9 +259,9 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
                 })
                 .collect(),
         };
-        write_atomic(&state.join("state.json"), &serde_json::to_vec_pretty(&st)?)?;
-        write_atomic(&state.join("stats.json"), &stats_json(&st.reference, start, &image.stats()))?;
-        std::fs::write(state.join("ready"), b"ok")?;
+        state.write_record(&st)?;
+        state.write_stats(&StatsFile::of(&st.reference, start, &image.stats()))?;
+        state.mark_ready()?;
         let lazy = image.stats().iter().filter(|l| l.mode == LayerMode::Lazy).count();
         println!(
             "mounted {reference} ({}) at {}: {} layers ({lazy} lazy) in {:.2}s",
@@ -339,28 +274,21 @@ fn serve(a: MountArgs, target: &Path, state: &Path) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let _ = write_atomic(&state.join("stats.json"), &stats_json(&st.reference, start, &image.stats()));
+                    let _ = state.write_stats(&StatsFile::of(&st.reference, start, &image.stats()));
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
         }
         let stats = image.stats();
-        let _ = write_atomic(&state.join("stats.json"), &stats_json(&st.reference, start, &stats));
+        let _ = state.write_stats(&StatsFile::of(&st.reference, start, &stats));
         image.unmount()?;
         print_stats(&stats);
         println!("unmounted {}", target.display());
         Ok::<(), anyhow::Error>(())
     })?;
     // Keep stats.json for a last `umount` report; the rest of the state goes.
-    for sub in ["l", "upper", "work", "empty", "state.json", "ready"] {
-        let p = state.join(sub);
-        let _ = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-    }
+    state.remove_served_parts();
     Ok(())
 }
 
@@ -418,73 +346,35 @@ fn n_of(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
 
-/// Detaches whatever a dead or hung server left behind.
-fn cleanup(state: &Path, st: Option<&State>, target: &Path) {
-    if stargaze_fs::sys::is_mount_point(target) {
-        let _ = stargaze_fs::sys::unmount(target, true);
-    }
-    let mut layer_dirs: Vec<PathBuf> = st.map(|s| s.layers.clone()).unwrap_or_default();
-    if let Ok(rd) = std::fs::read_dir(state.join("l")) {
-        layer_dirs.extend(rd.flatten().map(|e| e.path()));
-    }
-    for d in layer_dirs {
-        if stargaze_fs::sys::is_mount_point(&d) {
-            let _ = stargaze_fs::sys::unmount(&d, true);
-        }
-    }
-    let _ = std::fs::remove_dir_all(state);
-}
-
 /// Runs `umount`.
 pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
     let target = a
         .dir
         .canonicalize()
         .with_context(|| format!("resolving {}", a.dir.display()))?;
-    let state = state_dir(&target);
-    let st = read_state(&state).ok();
+    let state = MountState::for_target(&target);
+    let st = state.record().ok();
     let Some(st) = st else {
         if state.exists() || stargaze_fs::sys::is_mount_point(&target) {
-            cleanup(&state, None, &target);
+            state.clean_up(None, &target);
             println!("cleaned up a stale mount at {}", target.display());
             return Ok(());
         }
         bail!("{} is not mounted by stargaze", target.display());
     };
-    if pid_alive(st.pid) {
-        // SAFETY: SIGTERM to the server PID recorded in our own state file.
-        unsafe {
-            libc::kill(st.pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while pid_alive(st.pid) && Instant::now() < deadline {
-            // Reap it if it is our child (it is not, normally; harmless otherwise).
-            // SAFETY: waitpid with WNOHANG on a specific pid.
-            unsafe {
-                libc::waitpid(st.pid, std::ptr::null_mut(), libc::WNOHANG);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if pid_alive(st.pid) {
-            eprintln!(
-                "stargaze: the mount server (pid {}) did not stop; killing it",
-                st.pid
-            );
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(st.pid, libc::SIGKILL);
-            }
+    if stop_server(st.pid, Duration::from_secs(20)) {
+        eprintln!(
+            "stargaze: the mount server (pid {}) did not stop; killed it",
+            st.pid
+        );
+    }
+    if let Ok(s) = state.stats() {
+        println!("{STATS_HEADER}");
+        for l in &s.layers {
+            println!("{}", stats_line(l));
         }
     }
-    if let Ok(data) = std::fs::read(state.join("stats.json")) {
-        if let Ok(s) = serde_json::from_slice::<StatsFile>(&data) {
-            println!("{STATS_HEADER}");
-            for l in &s.layers {
-                println!("{}", stats_line(l));
-            }
-        }
-    }
-    cleanup(&state, Some(&st), &target);
+    state.clean_up(Some(&st), &target);
     println!("unmounted {}", target.display());
     Ok(())
 }
@@ -495,8 +385,9 @@ pub fn stats(a: StatsArgs) -> anyhow::Result<()> {
         .dir
         .canonicalize()
         .with_context(|| format!("resolving {}", a.dir.display()))?;
-    let state = state_dir(&target);
-    let data = std::fs::read(state.join("stats.json"))
+    let state = MountState::for_target(&target);
+    let data = state
+        .stats_raw()
         .with_context(|| format!("{} is not mounted by stargaze", target.display()))?;
     if a.json {
         println!("{}", String::from_utf8_lossy(&data));

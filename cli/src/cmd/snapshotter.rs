@@ -94,7 +94,7 @@ impl ServeArgs {
             background_mib_per_sec: self.background_mib_per_sec,
             no_passthrough: self.no_passthrough,
             registry: self.hosts.overrides(),
-            run_dir: super::mount::run_dir(),
+            run_dir: stargaze_fs::mount::run_dir(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub use whole_file::{whole_file_key, Piece};
 
 use crate::digest::Digest;
 use bytes::Bytes;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Chunk bytes known to hash to their digest.
@@ -97,6 +98,15 @@ impl ChunkCache {
             disk,
             counters: CacheCounters::default(),
         }
+    }
+
+    /// The usual two tiers: the disk store at `dir` capped at `disk_bytes`, and a memory LRU
+    /// of `memory_bytes` for chunks the disk store could not take.
+    pub fn tiered(dir: &Path, disk_bytes: u64, memory_bytes: u64) -> Result<Self, DiskCacheError> {
+        Ok(ChunkCache::new(
+            Some(MemoryCache::new(memory_bytes)),
+            Some(DiskCache::open(dir, disk_bytes)?),
+        ))
     }
 
     /// Looks `digest` up: memory, then disk.

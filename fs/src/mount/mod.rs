@@ -5,6 +5,7 @@
 //! overlay first, then each layer.
 
 mod fallback;
+mod run_state;
 
 use crate::cache::ChunkCache;
 use crate::fetcher::{CounterSnapshot, FetchOptions};
@@ -15,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use fallback::{pull_and_unpack, pull_and_unpack_with};
+pub use run_state::{
+    pid_alive, run_dir, stop_server, MountRecord, MountState, RunStateError, StatsFile,
+};
 
 /// Why a mount failed.
 #[derive(Debug, thiserror::Error)]
