@@ -2,7 +2,8 @@
 # Installs what the test suite needs on a fresh Debian 12 machine (idempotent; root only).
 # Nothing is downloaded except Debian packages and crates through their normal clients.
 set -euo pipefail
-PKGS=(skopeo umoci containerd runc containernetworking-plugins rootlesskit uidmap sudo stargz-snapshotter busybox-static zstd attr fuse3 fuse-overlayfs docker-registry openssl golang-go golang-github-containerd-stargz-snapshotter-dev python3-grpcio)
+# debootstrap, fio and iproute2 are for the WAN benches (suite/benches: the debian image, random reads, the emulated link).
+PKGS=(skopeo umoci containerd runc containernetworking-plugins rootlesskit uidmap sudo stargz-snapshotter busybox-static zstd attr fuse3 fuse-overlayfs docker-registry openssl golang-go golang-github-containerd-stargz-snapshotter-dev python3-grpcio debootstrap fio iproute2)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
