@@ -46,6 +46,10 @@ pub enum InstructionError {
         /// Why it is not a platform.
         reason: PlatformError,
     },
+    /// A FROM among a stage's instructions (the parser starts a stage at each FROM; a
+    /// stage from anywhere else is refused, never a panic).
+    #[error("FROM must start a stage, not be one of its steps")]
+    FromInStage,
     /// COPY or ADD without a source or a destination.
     #[error("{0} needs at least one source and a destination")]
     CopyArgs(String),

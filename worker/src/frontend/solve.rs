@@ -261,7 +261,7 @@ impl Ctx {
     ) -> Result<(), BuildError> {
         let bad = |e: InstructionError| e.at(ins.line);
         match ins.keyword {
-            Keyword::From => unreachable!("FROM starts a stage"),
+            Keyword::From => Err(bad(InstructionError::FromInStage)),
             Keyword::Arg => self.arg(state, ins).map_err(bad),
             Keyword::Run => self.run(state, ins, title).await,
             Keyword::Copy | Keyword::Add => self.copy(state, stage, ins, title).await,
