@@ -469,6 +469,11 @@ impl Drop for ReferenceStargz {
 /// --estargz --oci` in a private containerd) and exports the result as an OCI layout in
 /// `work/ref`; returns that directory.
 pub fn reference_convert(layout: &Path, work: &Path) -> PathBuf {
+    reference_convert_tag(layout, "sample", work)
+}
+
+/// As [`reference_convert`], for the layout's tag `tag`; the result is tagged `esgz`.
+pub fn reference_convert_tag(layout: &Path, tag: &str, work: &Path) -> PathBuf {
     let ctd = Containerd::start();
     ctd.import_layout(layout, "stargaze.test/sample");
     run(ctd.cmd("ctr-remote").args([
@@ -476,7 +481,7 @@ pub fn reference_convert(layout: &Path, work: &Path) -> PathBuf {
         "convert",
         "--estargz",
         "--oci",
-        "stargaze.test/sample:sample",
+        &format!("stargaze.test/sample:{tag}"),
         "stargaze.test/sample:esgz",
     ]));
     let exported = work.join("ref.tar");

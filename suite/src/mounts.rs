@@ -138,6 +138,15 @@ pub fn detach_under(root: &Path) {
     }
 }
 
+/// Detaches every mount at or under its path when dropped (even while panicking).
+pub struct DetachOnDrop(pub PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        detach_under(&self.0);
+    }
+}
+
 /// FUSE mounts under `root` now.
 pub fn fuse_mounts_under(root: &Path) -> usize {
     let root = root.to_string_lossy().into_owned();

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,8 @@ impl Drop for Netns {
 pub struct DelayProxy {
     /// Where clients in the namespace connect.
     pub addr: SocketAddr,
+    /// Bytes forwarded from the registry to clients so far (all connections).
+    pub bytes_down: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -93,17 +95,20 @@ impl DelayProxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let bytes_down = Arc::new(AtomicU64::new(0));
+        let down = bytes_down.clone();
         // Accepting and connecting happen on host-namespace threads.
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
+                        let down = down.clone();
                         std::thread::spawn(move || {
                             if let Ok(server) = TcpStream::connect(upstream) {
                                 let _ = client.set_nodelay(true);
                                 let _ = server.set_nodelay(true);
-                                pipe(&client, &server, delay);
+                                pipe(&client, &server, delay, &down);
                             }
                         });
                     }
@@ -111,7 +116,11 @@ impl DelayProxy {
                 }
             }
         });
-        DelayProxy { addr, stop }
+        DelayProxy {
+            addr,
+            bytes_down,
+            stop,
+        }
     }
 }
 
@@ -121,20 +130,21 @@ impl Drop for DelayProxy {
     }
 }
 
-/// Both directions, each delayed.
-fn pipe(a: &TcpStream, b: &TcpStream, delay: Duration) {
+/// Both directions, each delayed; `down` counts the bytes from `b` (the registry) to `a`.
+fn pipe(a: &TcpStream, b: &TcpStream, delay: Duration, down: &Arc<AtomicU64>) {
     let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
         return;
     };
     let (Ok(a3), Ok(b3)) = (a.try_clone(), b.try_clone()) else {
         return;
     };
-    let t = std::thread::spawn(move || one_way(a2, b2, delay));
-    one_way(b3, a3, delay);
+    let up = Arc::new(AtomicU64::new(0));
+    let t = std::thread::spawn(move || one_way(a2, b2, delay, &up));
+    one_way(b3, a3, delay, down);
     let _ = t.join();
 }
 
-fn one_way(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+fn one_way(mut from: TcpStream, mut to: TcpStream, delay: Duration, count: &AtomicU64) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = std::thread::spawn(move || {
         for (due, data) in rx {
@@ -153,6 +163,7 @@ fn one_way(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
                 if tx
                     .send((Instant::now() + delay, buf[..n].to_vec()))
                     .is_err()

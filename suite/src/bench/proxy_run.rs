@@ -1,9 +1,27 @@
 //! One lazy pull and run through containerd with a proxy snapshotter (ours or the reference),
-//! timed and measured: what the cold-start bench's way (b) and the snapshotter bench repeat.
+//! timed and measured: what the cold-start bench's way (b), the snapshotter bench and the
+//! HelloBench suite's modes (b) and (c) repeat.
 
-use super::{first_output, pss_mb, resident_union_mb, rss_mb, Wan, CMD};
+use super::{first_output_with, pss_mb, resident_union_mb, rss_mb, Wan, CMD};
 use crate::{run, Containerd};
 use std::time::{Duration, Instant};
+
+/// What one lazy pull + run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct LazyRun {
+    /// Seconds until `rpull` returned.
+    pub pulled: f64,
+    /// Seconds until the first output byte.
+    pub first: f64,
+    /// Bytes the registry sent from the start until the first output byte.
+    pub bytes_at_first: u64,
+    /// Daemon RSS MB after the run.
+    pub rss: f64,
+    /// Resident MB of the daemon and its helpers (each page once).
+    pub resident: f64,
+    /// PSS MB of the daemon and its helpers.
+    pub pss: f64,
+}
 
 /// One lazy pull + run through containerd with the proxy snapshotter started by `daemon`;
 /// returns (rpull seconds, seconds to first output, daemon RSS MB after the run, resident MB
@@ -15,13 +33,29 @@ pub fn through_containerd(
     pid: &dyn Fn(&dyn std::any::Any) -> u32,
     helpers: &dyn Fn(&dyn std::any::Any) -> Vec<u32>,
 ) -> (f64, f64, f64, f64, f64) {
+    let r = lazy_run(w, &w.esgz, &CMD, id, daemon, pid, helpers);
+    (r.pulled, r.first, r.rss, r.resident, r.pss)
+}
+
+/// One lazy pull of `image` + `ctr run … cmd` through containerd with the proxy snapshotter
+/// started by `daemon`, from a fresh containerd and daemon.
+pub fn lazy_run(
+    w: &Wan,
+    image: &str,
+    cmd: &[&str],
+    id: &str,
+    daemon: &dyn Fn(&Containerd) -> Box<dyn std::any::Any>,
+    pid: &dyn Fn(&dyn std::any::Any) -> u32,
+    helpers: &dyn Fn(&dyn std::any::Any) -> Vec<u32>,
+) -> LazyRun {
     let ctd = Containerd::start_in(Some(&w.ns.path()));
     let d = daemon(&ctd);
     let start = Instant::now();
+    let bytes0 = w.bytes_down();
     let mut pull = w.ns.cmd("ctr-remote");
     pull.arg("--address")
         .arg(&ctd.socket)
-        .args(["image", "rpull", "--plain-http", &w.esgz]);
+        .args(["image", "rpull", "--plain-http", image]);
     run(&mut pull);
     let pulled = start.elapsed().as_secs_f64();
     if std::env::var_os("SNAPSHOTTER_RSS_DETAIL").is_some() {
@@ -30,9 +64,12 @@ pub fn through_containerd(
     let mut r = w.ns.cmd("ctr");
     r.arg("--address")
         .arg(&ctd.socket)
-        .args(["run", "--rm", "--snapshotter=stargz", &w.esgz, id])
-        .args(CMD);
-    let first = first_output(start, &mut r);
+        .args(["run", "--rm", "--snapshotter=stargz", image, id])
+        .args(cmd);
+    let mut bytes_at_first = 0;
+    let first = first_output_with(start, &mut r, &mut || {
+        bytes_at_first = w.bytes_down() - bytes0;
+    });
     let rss = rss_mb(pid(&*d));
     let others = helpers(&*d);
     let group: Vec<u32> = std::iter::once(pid(&*d))
@@ -77,5 +114,12 @@ pub fn through_containerd(
     }
     drop(d);
     drop(ctd);
-    (pulled, first, rss, all, pss)
+    LazyRun {
+        pulled,
+        first,
+        bytes_at_first,
+        rss,
+        resident: all,
+        pss,
+    }
 }
