@@ -11,8 +11,8 @@
 //! (b) the reference `containerd-stargz-grpc` as containerd's proxy snapshotter
 //!     (`ctr-remote image rpull` + `ctr run --snapshotter=stargz`);
 //! (c) `stargaze snapshotter serve` in the same place;
-//! (d) `stargaze mount` (`--writable` where the workload writes) + chroot with /proc, /dev and
-//!     /dev/shm mounted as a container has them.
+//! (d) `stargaze mount` (`--writable` where the workload writes) + chroot with /proc and a
+//!     container-like /dev (tmpfs with runc's nodes, /dev/shm) mounted inside.
 //! The figure is the time to the first byte of stdout. Bytes are counted at the proxy for every
 //! mode, up to the first output byte. One more (d) run without background fetch, recording
 //! the files opened, gives the chunks read (`chunk_bytes_read` from `stargaze stats` when the
@@ -33,7 +33,7 @@ use stargaze_suite::bench::{
     first_output, first_output_with, lazy_run, serve, stats_json, wan_prerequisites,
     workload_images, Wan, Workload, WorkloadImages, DELAY, RUNS, WORKLOADS,
 };
-use stargaze_suite::mounts::detach_under;
+use stargaze_suite::mounts::{container_dev, detach_under};
 use stargaze_suite::servers::StargazeSnapshotter;
 use stargaze_suite::{
     have, median, reference_stargz_grpc, run, stargaze_bin, Containerd, ReferenceStargz,
@@ -170,6 +170,8 @@ fn mount_chroot(
     extra: &[String],
     want_stats: bool,
 ) -> (Sample, serde_json::Value) {
+    // Never remove through a mount an earlier run left behind.
+    detach_under(dir);
     let _ = std::fs::remove_dir_all(dir);
     let mnt = dir.join("rootfs");
     let run_dir = dir.join("run");
@@ -194,12 +196,7 @@ fn mount_chroot(
     run(Command::new("mount")
         .args(["-t", "proc", "proc"])
         .arg(mnt.join("proc")));
-    run(Command::new("mount")
-        .args(["--bind", "/dev"])
-        .arg(mnt.join("dev")));
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "shm"])
-        .arg(mnt.join("dev/shm")));
+    container_dev(&mnt.join("dev"));
     let mut c = w.ns.cmd("chroot");
     c.arg(&mnt).args(wl.cmd);
     image_env(&mut c);
@@ -511,6 +508,8 @@ fn hellobench() {
         table(rate, &rows, rtt);
         tables.push((rate, rows, rtt));
     }
+    // Nothing of the runs stays mounted when the work dir goes.
+    detach_under(work.path());
     if tables.len() > 1 {
         println!("\nhellobench: all tables again:");
         for (rate, rows, rtt) in &tables {

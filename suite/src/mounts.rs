@@ -138,6 +138,53 @@ pub fn detach_under(root: &Path) {
     }
 }
 
+/// Mounts a container-like `/dev` at `dev` (a directory inside a root about to be chrooted):
+/// a private tmpfs with the device nodes runc creates (null, zero, full, random, urandom,
+/// tty), the `fd`/`stdin`/`stdout`/`stderr` links and a tmpfs `shm`. Never a bind of the
+/// host's `/dev`, so a recursive removal that meets it cannot reach the host's nodes.
+pub fn container_dev(dev: &Path) {
+    crate::run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=755,size=65536k", "tmpfs"])
+            .arg(dev),
+    );
+    for (name, minor) in [
+        ("null", 3),
+        ("zero", 5),
+        ("full", 7),
+        ("random", 8),
+        ("urandom", 9),
+    ] {
+        crate::run(
+            Command::new("mknod")
+                .args(["-m", "666"])
+                .arg(dev.join(name))
+                .args(["c", "1", &minor.to_string()]),
+        );
+    }
+    crate::run(
+        Command::new("mknod")
+            .args(["-m", "666"])
+            .arg(dev.join("tty"))
+            .args(["c", "5", "0"]),
+    );
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, dev.join(name));
+    }
+    let shm = dev.join("shm");
+    let _ = std::fs::create_dir(&shm);
+    crate::run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=1777,size=65536k", "shm"])
+            .arg(&shm),
+    );
+}
+
 /// Detaches every mount at or under its path when dropped (even while panicking).
 pub struct DetachOnDrop(pub PathBuf);
 

@@ -250,6 +250,8 @@ fn build_stage(s: &Stage) {
         "hellobench: apt-get install {} (once)",
         s.packages.join(" ")
     );
+    // Never remove through a mount an earlier, interrupted build left behind.
+    crate::mounts::detach_under(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     for d in ["upper", "work", "merged"] {
         std::fs::create_dir_all(dir.join(d)).expect("stage dir");
@@ -268,9 +270,7 @@ fn build_stage(s: &Stage) {
     run(Command::new("mount")
         .args(["-t", "proc", "proc"])
         .arg(merged.join("proc")));
-    run(Command::new("mount")
-        .args(["--bind", "/dev"])
-        .arg(merged.join("dev")));
+    crate::mounts::container_dev(&merged.join("dev"));
     std::fs::write(merged.join("tmp/hb-setup.sh"), s.setup).expect("setup script");
     run(Command::new("chroot")
         .arg(&merged)
@@ -389,6 +389,7 @@ pub fn workload_images(w: &Workload) -> WorkloadImages {
         build_stage(s);
     }
     let base = base();
+    crate::mounts::detach_under(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("image dir");
     let mut tars = Vec::new();
