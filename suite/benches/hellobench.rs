@@ -386,10 +386,15 @@ fn measure(
                 }
             })
         });
+    let layers = stats["layers"].as_array().cloned().unwrap_or_default();
+    let sum = |k: &str| -> u64 { layers.iter().map(|l| l[k].as_u64().unwrap_or(0)).sum() };
     println!(
-        "{label} needed-only (d) run: {:.2} s, {:.1} MB fetched; {} files opened; chunks read {}",
+        "{label} needed-only (d) run: {:.2} s, {:.1} MB through the link, stats: {} requests, {:.1} MB fetched, {:.1} MB served; {} files opened; chunks read {}",
         s.t,
         mb(s.bytes),
+        sum("requests"),
+        mb(sum("bytes_fetched")),
+        mb(sum("bytes_served")),
         opened.len(),
         row.chunks
             .map_or("n/a".into(), |(b, how)| format!("{:.1} MB ({how})", mb(b)))
