@@ -169,13 +169,14 @@ impl RemoteLayer {
     /// chunk; the file written.
     pub fn save_recording(&self) -> Option<std::path::PathBuf> {
         let store = self.profile.setup.get()?.store.as_ref()?;
-        let chunks = self.profile.recorder.close()?;
+        let (chunks, bytes) = self.profile.recorder.close()?;
         if chunks.is_empty() {
             return None;
         }
         let part = LayerProfile {
             layer: self.digest(),
             toc: self.toc_digest(),
+            bytes,
             chunks,
         };
         match store.save(&part) {

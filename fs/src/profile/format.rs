@@ -3,7 +3,7 @@
 //! ```json
 //! {"mediaType": "application/vnd.stargaze.prefetch-profile.v1+json",
 //!  "layers": [{"layer": "sha256:…", "toc": "sha256:…",
-//!              "chunks": [[blob_offset, inner_offset, ms], …]}]}
+//!              "bytes": 123456, "chunks": [[blob_offset, inner_offset, ms], …]}]}
 //! ```
 //!
 //! One part per layer, keyed by the layer's blob digest and its TOC digest; each chunk entry
@@ -49,6 +49,9 @@ pub struct LayerProfile {
     pub layer: Digest,
     /// Its TOC's digest.
     pub toc: Digest,
+    /// Compressed bytes of those chunks when recorded (for people; nothing relies on it).
+    #[serde(default)]
+    pub bytes: u64,
     /// Chunks in the order they were first read.
     #[serde(deserialize_with = "bounded::<_, _, MAX_ENTRIES>")]
     pub chunks: Vec<Entry>,
@@ -209,6 +212,7 @@ mod tests {
         LayerProfile {
             layer: d(L),
             toc: d(T),
+            bytes: 0,
             chunks: entries.iter().map(|&(o, i)| Entry(o, i, 0)).collect(),
         }
     }

@@ -19,6 +19,8 @@ pub struct Recorder {
 struct State {
     seen: HashSet<(u64, u64)>,
     order: Vec<Entry>,
+    /// Compressed bytes of the chunks in `order`.
+    order_bytes: u64,
     /// Whether new chunks still join `order`.
     open: bool,
     /// Milliseconds (after open) of the last chunk that joined `order`.
@@ -40,6 +42,7 @@ impl Default for Recorder {
             state: Mutex::new(State {
                 seen: HashSet::new(),
                 order: Vec::new(),
+                order_bytes: 0,
                 open: true,
                 last_ms: 0,
             }),
@@ -60,10 +63,12 @@ impl Recorder {
             if !s.seen.insert((c.blob_offset, c.inner_offset)) {
                 continue;
             }
+            let bytes = c.blob_end.saturating_sub(c.blob_offset);
             t.chunks += 1;
-            t.bytes += c.blob_end.saturating_sub(c.blob_offset);
+            t.bytes += bytes;
             if s.open && s.order.len() < MAX_ENTRIES {
                 s.order.push(Entry::of(c, ms));
+                s.order_bytes += bytes;
                 s.last_ms = ms;
             }
         }
@@ -81,14 +86,15 @@ impl Recorder {
         (s.order.len(), s.last_ms)
     }
 
-    /// Closes the record (nothing joins it any more) and returns it, if it was open.
-    pub fn close(&self) -> Option<Vec<Entry>> {
+    /// Closes the record (nothing joins it any more) and returns it with its chunks'
+    /// compressed bytes, if it was open.
+    pub fn close(&self) -> Option<(Vec<Entry>, u64)> {
         let mut s = self.lock();
         if !s.open {
             return None;
         }
         s.open = false;
-        Some(std::mem::take(&mut s.order))
+        Some((std::mem::take(&mut s.order), s.order_bytes))
     }
 }
 
@@ -133,7 +139,7 @@ mod tests {
         assert_eq!(r.progress(), (3, 9));
         assert_eq!(
             r.close().unwrap(),
-            [Entry(10, 0, 5), Entry(0, 0, 5), Entry(0, 2, 9)]
+            (vec![Entry(10, 0, 5), Entry(0, 0, 5), Entry(0, 2, 9)], 9)
         );
         assert!(r.close().is_none());
         // Closed: still counted, no longer recorded.
@@ -146,6 +152,6 @@ mod tests {
         let r = Recorder::default();
         let many: Vec<Chunk> = (0..MAX_ENTRIES as u64 + 10).map(|i| c(i * 8, 0)).collect();
         assert_eq!(r.touch(&many, 1).chunks, many.len() as u64);
-        assert_eq!(r.close().unwrap().len(), MAX_ENTRIES);
+        assert_eq!(r.close().unwrap().0.len(), MAX_ENTRIES);
     }
 }

@@ -133,6 +133,7 @@ mod tests {
         LayerProfile {
             layer: Digest::of(b"layer"),
             toc: Digest::of(b"toc"),
+            bytes: 6,
             chunks: vec![Entry(5, 0, 1), Entry(0, 0, 2)],
         }
     }
