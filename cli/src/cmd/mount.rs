@@ -83,9 +83,10 @@ pub struct MountArgs {
     /// Which xattr marks opaque directories.
     #[arg(long, value_enum, default_value = "trusted")]
     opaque_xattr: OpaqueFlag,
-    /// Learned prefetch profiles: where this machine records them and looks first.
-    #[arg(long, default_value = stargaze_fs::profile::DEFAULT_DIR)]
-    profile_dir: PathBuf,
+    /// Learned prefetch profiles: where this machine records them and looks first
+    /// (default: CACHE_DIR/profiles).
+    #[arg(long)]
+    profile_dir: Option<PathBuf>,
     /// Neither record nor replay prefetch profiles.
     #[arg(long)]
     no_profile: bool,
@@ -242,7 +243,11 @@ fn serve(a: MountArgs, target: &Path, state: &MountState) -> anyhow::Result<()> 
             ..BackgroundOptions::default()
         }),
         profile: (!a.no_profile).then(|| ProfileOptions {
-            store: ProfileStore::new(&a.profile_dir),
+            store: ProfileStore::new(
+                a.profile_dir
+                    .clone()
+                    .unwrap_or_else(|| a.cache_dir.join("profiles")),
+            ),
             lookup: !a.no_profile_lookup,
         }),
     };

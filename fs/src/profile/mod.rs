@@ -31,9 +31,10 @@ pub use store::ProfileStore;
 use crate::digest::Digest;
 use crate::remote::RemoteError;
 
-/// Where `mount` and the snapshotter keep this machine's profiles unless told otherwise
-/// (beside the chunk cache, not in it: wiping the cache keeps what was learned).
-pub const DEFAULT_DIR: &str = "/var/lib/stargaze/profiles";
+/// Where `mount` keeps this machine's profiles unless told otherwise: `profiles/` in its
+/// default chunk cache dir (`mount` and the snapshotter use `CACHE_DIR/profiles`), so a
+/// private or wiped cache dir has private or no profiles too.
+pub const DEFAULT_DIR: &str = "/var/lib/stargaze/cache/profiles";
 
 /// Why a profile was refused or could not be read, written or exchanged.
 #[derive(Debug, thiserror::Error)]

@@ -159,10 +159,11 @@ impl DaemonOptions {
                 },
             ),
             profile: cfg.profile.then(|| ProfileOptions {
+                // Beside the chunks by default: wiping the cache dir wipes what was learned.
                 store: ProfileStore::new(
                     cfg.profile_dir
                         .clone()
-                        .unwrap_or_else(|| stargaze_fs::profile::DEFAULT_DIR.into()),
+                        .unwrap_or_else(|| self.caches(cfg).dir.join("profiles")),
                 ),
                 lookup: cfg.profile_lookup,
             }),
