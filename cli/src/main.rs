@@ -40,6 +40,8 @@ enum Command {
     Umount(cmd::mount::UmountArgs),
     /// Per-layer figures of a mounted rootfs: bytes fetched, requests, cache, prefetch.
     Stats(cmd::mount::StatsArgs),
+    /// Learned prefetch profiles of an image: push, pull, show, rm.
+    Profile(cmd::profile::ProfileArgs),
     /// The built-in OCI registry (`registry serve --root DIR`).
     Registry(cmd::registry::RegistryArgs),
     /// containerd's snapshots service (`snapshotter serve --address SOCK --root DIR`).
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::mount(a),
         Command::Umount(a) => cmd::mount::umount(a),
         Command::Stats(a) => cmd::mount::stats(a),
+        Command::Profile(a) => cmd::profile::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,7 @@ pub mod image;
 pub mod layer;
 pub mod mount;
 pub mod oci;
+pub mod profile;
 pub mod registry;
 pub mod remote;
 pub mod small_file;

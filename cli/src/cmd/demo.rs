@@ -157,6 +157,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         fs: FsOptions::default(),
         prefetch: false,
         background: None,
+        profile: None,
     };
     let reference = Reference::parse(&image)?;
     let t = std::time::Instant::now();

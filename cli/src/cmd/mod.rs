@@ -8,6 +8,7 @@ pub mod extract;
 pub mod inspect;
 pub mod mount;
 pub mod oci_worker;
+pub mod profile;
 pub mod registry;
 pub mod registry_gc;
 pub mod remote;

@@ -18,8 +18,9 @@ use stargaze_fs::fuse::{AccessRecorder, FsOptions, OpaqueXattr};
 use stargaze_fs::layer::BackgroundOptions;
 use stargaze_fs::mount::{
     mount_image, pid_alive, stop_server, LayerMode, LayerStats, MountOptions, MountRecord,
-    MountState, StatsFile,
+    MountState, ProfileOptions, StatsFile,
 };
+use stargaze_fs::profile::ProfileStore;
 use stargaze_fs::remote::{Platform, Reference};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,6 +83,16 @@ pub struct MountArgs {
     /// Which xattr marks opaque directories.
     #[arg(long, value_enum, default_value = "trusted")]
     opaque_xattr: OpaqueFlag,
+    /// Learned prefetch profiles: where this machine records them and looks first
+    /// (default: CACHE_DIR/profiles).
+    #[arg(long)]
+    profile_dir: Option<PathBuf>,
+    /// Neither record nor replay prefetch profiles.
+    #[arg(long)]
+    no_profile: bool,
+    /// Do not look for a prefetch profile in the registry (local profiles still apply).
+    #[arg(long)]
+    no_profile_lookup: bool,
     #[command(flatten)]
     registry: RegistryFlags,
 }
@@ -230,6 +241,14 @@ fn serve(a: MountArgs, target: &Path, state: &MountState) -> anyhow::Result<()> 
         background: (!a.no_background_fetch).then_some(BackgroundOptions {
             rate: a.background_mib_per_sec.max(1) << 20,
             ..BackgroundOptions::default()
+        }),
+        profile: (!a.no_profile).then(|| ProfileOptions {
+            store: ProfileStore::new(
+                a.profile_dir
+                    .clone()
+                    .unwrap_or_else(|| a.cache_dir.join("profiles")),
+            ),
+            lookup: !a.no_profile_lookup,
         }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,6 @@
 //! What the fetcher counts per layer (requests, bytes, cache hits, verification failures,
-//! shared waits, whole-blob answers, request latency), read by the layer, the mount's stats
-//! and the worker's metrics.
+//! shared waits, whole-blob answers, distinct chunks read and their bytes, request latency),
+//! read by the layer, the mount's stats and the worker's metrics.
 
 use super::latency::LatencyHistogram;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +24,10 @@ pub struct LayerCounters {
     pub shared_waits: AtomicU64,
     /// Range requests answered with the whole blob (the server ignored `Range`).
     pub whole_blob_answers: AtomicU64,
+    /// Distinct chunks on-demand reads touched (counted by the layer's read path).
+    pub chunks_read: AtomicU64,
+    /// Their compressed bytes: what the workload needed of the blob.
+    pub chunk_bytes_read: AtomicU64,
     /// Latency of chunk range requests.
     pub latency: LatencyHistogram,
 }
@@ -47,6 +51,10 @@ pub struct CounterSnapshot {
     pub shared_waits: u64,
     /// Range requests answered with the whole blob.
     pub whole_blob_answers: u64,
+    /// Distinct chunks read on demand.
+    pub chunks_read: u64,
+    /// Their compressed bytes.
+    pub chunk_bytes_read: u64,
 }
 
 impl LayerCounters {
@@ -62,6 +70,8 @@ impl LayerCounters {
             verify_failures: g(&self.verify_failures),
             shared_waits: g(&self.shared_waits),
             whole_blob_answers: g(&self.whole_blob_answers),
+            chunks_read: g(&self.chunks_read),
+            chunk_bytes_read: g(&self.chunk_bytes_read),
         }
     }
 }

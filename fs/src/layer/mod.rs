@@ -5,11 +5,13 @@
 
 mod elf;
 mod local;
+mod profile_replay;
 mod readahead;
 mod resolve;
 mod speculate;
 
 pub use local::LOCAL_FILE_MIN;
+pub use profile_replay::{QUIET as PROFILE_QUIET, RECORD_FOR as PROFILE_RECORD_FOR};
 
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
@@ -132,6 +134,8 @@ pub struct RemoteLayer {
     opened: std::time::Instant,
     last_foreground_ms: AtomicU64,
     prefetch: Mutex<PrefetchState>,
+    /// The learned prefetch profile: recording and replay.
+    profile: profile_replay::ProfileState,
 }
 
 /// Where a layer's prefetch stands.
@@ -140,6 +144,11 @@ pub struct RemoteLayer {
 pub enum PrefetchState {
     /// Not started.
     Idle,
+    /// Fetching the chunks of a prefetch profile, in recorded order.
+    Profile {
+        /// Chunks the profile names.
+        chunks: usize,
+    },
     /// Fetching the files before the prefetch landmark.
     Landmark,
     /// Fetching the rest of the layer in the background.
@@ -265,6 +274,7 @@ impl RemoteLayer {
             opened: std::time::Instant::now(),
             last_foreground_ms: AtomicU64::new(0),
             prefetch: Mutex::new(PrefetchState::Idle),
+            profile: Default::default(),
         }))
     }
 
@@ -333,6 +343,7 @@ impl RemoteLayer {
             });
         };
         let chunks = &n.chunks[first..=last];
+        self.note_read(chunks);
         self.foreground.fetch_add(1, Ordering::SeqCst);
         let _done = Finally(|| {
             let now = self.opened.elapsed().as_millis() as u64;

@@ -11,6 +11,7 @@ use crate::cache::ChunkCache;
 use crate::fetcher::{CounterSnapshot, FetchOptions};
 use crate::fuse::{mount_layer, FsOptions, LayerFs, OpenCounters, OpenSnapshot};
 use crate::layer::{BackgroundOptions, LayerError, PrefetchState, RemoteLayer};
+use crate::profile::{Profile, ProfileStore};
 use crate::remote::{Platform, Reference, RegistryClient, RemoteError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +72,17 @@ pub struct MountOptions {
     pub prefetch: bool,
     /// Then fetch the rest in the background.
     pub background: Option<BackgroundOptions>,
+    /// Learned prefetch profiles (none: no recording, no replay).
+    pub profile: Option<ProfileOptions>,
+}
+
+/// Where prefetch profiles come from and go.
+#[derive(Clone)]
+pub struct ProfileOptions {
+    /// Profiles recorded on this machine (read first, and where recordings are saved).
+    pub store: ProfileStore,
+    /// Whether a layer without a local profile looks in the registry (one request).
+    pub lookup: bool,
 }
 
 /// One layer of a mounted image.
@@ -206,19 +218,39 @@ pub async fn mount_image(
             opts.fetch,
         )
     });
-    let opened = futures_util::future::join_all(opens).await;
+    // The registry's profile is looked for alongside, when some layer has no local one.
+    let lookup = async {
+        match &opts.profile {
+            Some(p) if p.lookup => {
+                let missing = manifest.layers.iter().any(|d| {
+                    d.digest()
+                        .map_or(true, |d| p.store.for_layer(&d).is_empty())
+                });
+                if missing {
+                    registry_profile(&client, reference, &manifest.digest, &opts.sessions).await
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    };
+    let (opened, found) = tokio::join!(futures_util::future::join_all(opens), lookup);
     for (i, (desc, res)) in manifest.layers.iter().zip(opened).enumerate() {
         let dir = opts.state_dir.join("l").join(i.to_string());
         crate::sys::private_dir(&dir).map_err(sys("layer dir", &dir))?;
         match res {
             Ok(layer) => {
+                if let Some(p) = &opts.profile {
+                    layer.use_profile(Some(p.store.clone()), found.as_ref());
+                }
                 let fs = LayerFs::new(layer.clone(), rt.clone(), opts.fs.clone());
                 let opens = fs.counters();
                 let session = mount_layer(fs, &dir).map_err(sys("FUSE mount", &dir))?;
-                if opts.prefetch {
-                    let (l, bg) = (layer.clone(), opts.background);
-                    image.prefetch_tasks.push(tokio::spawn(l.run_prefetch(bg)));
-                }
+                let (l, bg) = (layer.clone(), opts.background);
+                image
+                    .prefetch_tasks
+                    .push(tokio::spawn(l.run_mounted(opts.prefetch, bg)));
                 image.layers.push(MountedLayer::Lazy {
                     layer,
                     dir,
@@ -240,6 +272,23 @@ pub async fn mount_image(
     }
     image.compose(opts)?;
     Ok(image)
+}
+
+/// The registry's prefetch profile for image manifest `subject`, if it has one; any failure
+/// is a warning (a profile never makes a mount fail).
+async fn registry_profile(
+    client: &RegistryClient,
+    reference: &Reference,
+    subject: &crate::digest::Digest,
+    sessions: &[String],
+) -> Option<Profile> {
+    match crate::profile::lookup(client, reference, subject, sessions).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(image = %reference, error = %e, "no prefetch profile from the registry");
+            None
+        }
+    }
 }
 
 impl MountedImage {
@@ -338,6 +387,11 @@ impl MountedImage {
     fn teardown(&mut self) -> Result<(), MountError> {
         for t in self.prefetch_tasks.drain(..) {
             t.abort();
+        }
+        for l in &self.layers {
+            if let MountedLayer::Lazy { layer, .. } = l {
+                layer.save_recording();
+            }
         }
         let mut first_err = None;
         if self.overlay {

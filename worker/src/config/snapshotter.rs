@@ -42,6 +42,7 @@ struct Raw {
     fuse_metrics_emit_wait_duration_sec: Unused,
     blob: Option<Blob>,
     fuse: Option<Fuse>,
+    profile: Option<ProfileSection>,
     directory_cache: Unused,
     background_fetch: Unused,
     snapshotter: Unused,
@@ -63,6 +64,15 @@ struct Blob {
     prefetch_chunk_size: Unused,
     force_single_range_mode: Unused,
     max_span_verification_sec: Unused,
+}
+
+/// `[profile]`: stargaze's learned prefetch profiles.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileSection {
+    enabled: Option<bool>,
+    lookup: Option<bool>,
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +144,12 @@ pub struct SnapshotterConfig {
     pub request_timeout: Option<Duration>,
     /// Mirrors and insecure hosts (`[resolver.host."H"] mirrors`).
     pub hosts: HostsConfig,
+    /// Record and replay learned prefetch profiles (`[profile] enabled`).
+    pub profile: bool,
+    /// Look for an image's profile in its registry on a cold start (`[profile] lookup`).
+    pub profile_lookup: bool,
+    /// Where this machine's profiles are (`[profile] dir`).
+    pub profile_dir: Option<PathBuf>,
     /// Keys read but not acted on, for an info line.
     pub not_used: Vec<String>,
     /// Keys whose wish stargaze does not follow, with why, for warnings.
@@ -156,6 +172,9 @@ impl Default for SnapshotterConfig {
             backoff: (None, None),
             request_timeout: None,
             hosts: HostsConfig::default(),
+            profile: true,
+            profile_lookup: true,
+            profile_dir: None,
             not_used: Vec::new(),
             refused: Vec::new(),
         }
@@ -288,6 +307,11 @@ impl SnapshotterConfig {
                 &mut c.not_used,
             );
         }
+        if let Some(p) = raw.profile {
+            c.profile = p.enabled.unwrap_or(true);
+            c.profile_lookup = p.lookup.unwrap_or(true);
+            c.profile_dir = p.dir;
+        }
         if let Some(f) = raw.fuse {
             c.passthrough = f.passthrough;
             note_unused(
@@ -370,6 +394,18 @@ mirrors = [{host = "127.0.0.1:5000", insecure = true}]
         assert!(c.not_used.contains(&"http_cache_type".to_string()));
         assert!(c.not_used.contains(&"blob.chunk_size".to_string()));
         assert_eq!(c.refused.len(), 1);
+    }
+
+    #[test]
+    fn profile_section() {
+        let d = SnapshotterConfig::parse("").unwrap();
+        assert!(d.profile && d.profile_lookup && d.profile_dir.is_none());
+        let c = SnapshotterConfig::parse("[profile]\nlookup = false\ndir = \"/p\"").unwrap();
+        assert!(c.profile && !c.profile_lookup);
+        assert_eq!(c.profile_dir.as_deref(), Some(Path::new("/p")));
+        let off = SnapshotterConfig::parse("[profile]\nenabled = false").unwrap();
+        assert!(!off.profile);
+        assert!(SnapshotterConfig::parse("[profile]\nlookups = false").is_err());
     }
 
     #[test]

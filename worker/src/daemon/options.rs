@@ -5,10 +5,11 @@
 
 use crate::config::SnapshotterConfig;
 use crate::registry_client::RegistryOverrides;
-use crate::snapshot::stargz::lazy::LazyOptions;
+use crate::snapshot::stargz::lazy::{LazyOptions, ProfileOptions};
 use crate::snapshot::Backend;
 use stargaze_fs::fuse::FsOptions;
 use stargaze_fs::layer::BackgroundOptions;
+use stargaze_fs::profile::ProfileStore;
 use stargaze_fs::remote::ClientOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -157,6 +158,15 @@ impl DaemonOptions {
                     ..BackgroundOptions::default()
                 },
             ),
+            profile: cfg.profile.then(|| ProfileOptions {
+                // Beside the chunks by default: wiping the cache dir wipes what was learned.
+                store: ProfileStore::new(
+                    cfg.profile_dir
+                        .clone()
+                        .unwrap_or_else(|| self.caches(cfg).dir.join("profiles")),
+                ),
+                lookup: cfg.profile_lookup,
+            }),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::snapshot::{io, Driver, Kind, Mount, Result, SnapshotError};
 use stargaze_fs::fuse::resume::{mount_with_fd, resume, KernelInit};
 use stargaze_fs::fuse::{mount_layer, FsOptions, LayerFs};
 use stargaze_fs::layer::{BackgroundOptions, RemoteLayer};
+pub use stargaze_fs::mount::ProfileOptions;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub struct LazyOptions {
     pub prefetch: bool,
     /// Then the rest in the background.
     pub background: Option<BackgroundOptions>,
+    /// Learned prefetch profiles (none: no recording, no replay).
+    pub profile: Option<ProfileOptions>,
 }
 
 impl Default for LazyOptions {
@@ -39,6 +42,7 @@ impl Default for LazyOptions {
             fs: FsOptions::default(),
             prefetch: true,
             background: Some(BackgroundOptions::default()),
+            profile: None,
         }
     }
 }
@@ -88,7 +92,8 @@ impl LazyOverlay {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Mounts `layer` at `dir/fs`, serving reads on `rt`, and starts its prefetch.
+    /// Mounts `layer` at `dir/fs`, serving reads on `rt`, and starts its prefetch (a profile
+    /// replay first, when the caller gave the layer one with `use_profile`).
     pub fn mount(
         &self,
         dir: &Path,
@@ -118,9 +123,7 @@ impl LazyOverlay {
                 session
             }
         };
-        let prefetch = opts
-            .prefetch
-            .then(|| rt.spawn(layer.clone().run_prefetch(opts.background)));
+        let prefetch = Some(rt.spawn(layer.clone().run_mounted(opts.prefetch, opts.background)));
         self.table().insert(
             dir.to_path_buf(),
             LazyMount {
@@ -264,6 +267,7 @@ impl Driver for LazyOverlay {
         }
         let gone = self.table().remove(dir);
         if let Some(m) = gone {
+            m.layer.save_recording();
             if let Some(p) = m.prefetch {
                 p.abort();
             }

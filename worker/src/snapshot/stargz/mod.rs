@@ -12,6 +12,7 @@
 pub mod holder;
 pub mod labels;
 pub mod lazy;
+pub mod profiles;
 
 use self::labels::{RemoteLayerRef, REMOTE, TOC_DIGEST};
 use self::lazy::{LazyOptions, LazyOverlay};
@@ -66,6 +67,7 @@ pub struct Stargz {
     source: RemoteSource,
     rt: tokio::runtime::Handle,
     counters: Arc<StargzCounters>,
+    profiles: profiles::ImageProfiles,
 }
 
 fn unavailable(what: impl std::fmt::Display) -> SnapshotError {
@@ -97,6 +99,7 @@ impl Stargz {
             source,
             rt,
             counters: Arc::new(StargzCounters::default()),
+            profiles: profiles::ImageProfiles::default(),
         };
         for (name, _, dir) in s.local.with_label(REMOTE)? {
             if let Err(e) = s.remount(&name, &dir) {
@@ -197,15 +200,35 @@ impl Stargz {
                     platform: None,
                     urls: None,
                 };
-                RemoteLayer::open(
+                let open = RemoteLayer::open(
                     src.client.clone(),
                     &layer.reference,
                     &desc,
                     src.cache.clone(),
                     layer.sessions.clone(),
                     src.fetch,
-                )
-                .await
+                );
+                // The image's registry profile is looked up alongside (once per image),
+                // unless this layer has a local one.
+                let profile = src.lazy.profile.as_ref();
+                let wanted =
+                    profile.filter(|p| p.lookup && p.store.for_layer(&layer.digest).is_empty());
+                let from_registry = async {
+                    match wanted {
+                        Some(_) => {
+                            self.profiles
+                                .get(&src.client, &layer.reference, &layer.sessions)
+                                .await
+                        }
+                        None => None,
+                    }
+                };
+                let (opened, found) = tokio::join!(open, from_registry);
+                let opened = opened?;
+                if let Some(p) = profile {
+                    opened.use_profile(Some(p.store.clone()), found.as_deref());
+                }
+                Ok(opened)
             })
             .map_err(Box::new)
     }
