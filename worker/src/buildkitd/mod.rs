@@ -15,6 +15,7 @@
 //! the worker's facts to messages, `proto` is the generated code.
 
 mod address;
+pub mod client;
 mod control;
 pub mod proto;
 mod wire;
