@@ -93,8 +93,20 @@ impl Buildkitd {
         let root = dir.path().join("root");
         before(&root);
         let socket = dir.path().join("buildkitd.sock");
+        let args = sandbox_args(&root, &socket, extra);
+        Self::spawn(dir, root, socket, &args)
+    }
+
+    /// Starts `buildkitd ARGS` in `dir`, expecting it to keep state in `root` and serve
+    /// `socket` (where the arguments or its config file say).
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        socket: PathBuf,
+        args: &[String],
+    ) -> Buildkitd {
         let log = dir.path().join("buildkitd.log");
-        let child = command(dir.path(), &sandbox_args(&root, &socket, extra))
+        let child = command(dir.path(), args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(

@@ -314,6 +314,57 @@ fn gc_policy_and_group_socket() {
 }
 
 #[test]
+fn the_config_file_gives_root_addresses_and_group() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("from-config");
+    let socket = dir.path().join("cfg.sock");
+    let cfg = dir.path().join("buildkitd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "root = \"{}\"\n[grpc]\naddress = [\"unix://{}\"]\ngid = 54322\n[worker.oci]\nsnapshotter = \"native\"\n",
+            root.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "--oci-worker=true",
+        "--containerd-worker=false",
+        "--oci-worker-gc=false",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut d = Buildkitd::spawn(dir, root.clone(), socket.clone(), &args);
+    assert_eq!(std::fs::metadata(&socket).unwrap().gid(), 54322);
+    assert!(root.join("runc-native/workerid").exists(), "{}", d.log());
+    let addr = d.addr();
+    rt().block_on(async {
+        let mut c = connect(&addr).await.unwrap();
+        let w = c
+            .list_workers(control::ListWorkersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .record;
+        assert_eq!(
+            w[0].labels
+                .get(&format!("{LABEL}snapshotter"))
+                .map(String::as_str),
+            Some("native")
+        );
+    });
+    assert!(d.terminate().success());
+    assert!(!socket.exists());
+}
+
+#[test]
 fn refused_flags_say_why() {
     if !prerequisites() {
         return;

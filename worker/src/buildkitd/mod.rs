@@ -156,7 +156,8 @@ fn group_id(group: &str) -> Result<u32, BuildkitdError> {
 
 impl Buildkitd {
     /// The first step: flags checked and the config file read (`--config`, else the default
-    /// file when it exists), with the `--oci-worker-*` flags over its `[worker.oci]`.
+    /// file when it exists): flags over the file's `root`, `[grpc] address` and `gid`, and
+    /// the `--oci-worker-*` flags over its `[worker.oci]`.
     pub fn prepare(opts: BuildkitdOptions) -> Result<Prepared, BuildkitdError> {
         match opts.containerd_worker.as_deref() {
             None | Some("false") | Some("auto") => {}
@@ -164,19 +165,6 @@ impl Buildkitd {
         }
         let userns = in_user_namespace();
         let rootless = rootless_defaults();
-        let addrs = if opts.addrs.is_empty() {
-            vec![default_address(rootless)]
-        } else {
-            opts.addrs.clone()
-        };
-        let mut sockets = Vec::new();
-        for a in &addrs {
-            let p = address::parse(a, &opts.tls)?;
-            crate::peer::check_path(&p)?;
-            sockets.push(p);
-        }
-        let group = opts.group.as_deref().map(group_id).transpose()?;
-        let root = opts.root.clone().unwrap_or_else(|| default_root(rootless));
         let file = match &opts.config {
             Some(p) => Config::load(p)?,
             None => {
@@ -191,6 +179,29 @@ impl Buildkitd {
         if !file.not_yet_used.is_empty() {
             tracing::info!(sections = ?file.not_yet_used, "config sections not used by stargaze yet");
         }
+        // Flags, then the file's `[grpc]` and `root`, then the defaults.
+        let addrs = if !opts.addrs.is_empty() {
+            opts.addrs.clone()
+        } else if !file.daemon.addresses.is_empty() {
+            file.daemon.addresses.clone()
+        } else {
+            vec![default_address(rootless)]
+        };
+        let mut sockets = Vec::new();
+        for a in &addrs {
+            let p = address::parse(a, &opts.tls)?;
+            crate::peer::check_path(&p)?;
+            sockets.push(p);
+        }
+        let group = match opts.group.as_deref() {
+            Some(g) => Some(group_id(g)?),
+            None => file.daemon.gid,
+        };
+        let root = opts
+            .root
+            .clone()
+            .or_else(|| file.daemon.root.clone())
+            .unwrap_or_else(|| default_root(rootless));
         let mut flags = opts.oci.clone();
         // buildkitd's --rootless (default: on in a user namespace) is the worker's rootless mode.
         if flags.rootless.is_none() && opts.rootless.unwrap_or(userns) {
