@@ -3,7 +3,7 @@
 //! generated from the same protocol definitions: ListWorkers (labels, platforms, GC
 //! policy), Info, DiskUsage and Prune over records laid out in the worker's snapshotter,
 //! filters, bad requests answered InvalidArgument while the daemon keeps serving, the RPCs
-//! not served yet answering Unimplemented, the socket's mode and group, refused flags, and a
+//! not served yet answering Unimplemented, a session without its headers refused, the socket's mode and group, refused flags, and a
 //! SIGTERM that leaves no socket, lock or mount behind. Needs root and runc.
 
 use stargaze_suite::buildkit_client::{
@@ -198,11 +198,12 @@ fn sandbox_daemon_serves_the_control_api_and_stops_cleanly() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
+        // A session without its ID header is refused.
         let e = c
             .session(tokio_stream_once(control::BytesMessage { data: vec![] }))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
         // Prune: a record others stand on stays; a leaf goes; then everything.
         let prune = |filter: Vec<String>| {

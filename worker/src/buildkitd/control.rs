@@ -1,7 +1,8 @@
 //! `moby.buildkit.v1.Control` over the OCI worker. Served now: `ListWorkers` (the one worker
 //! with its labels, platforms and GC rules), `Info`, `DiskUsage` and `Prune` (over the
-//! worker's build records and its GC, a stream of the records removed). `Solve`, `Status`
-//! and `Session` answer `Unimplemented` until builds are driven through the daemon. Bad
+//! worker's build records and its GC, a stream of the records removed), `Session` (the
+//! client's session attached, `super::session`). `Solve` and `Status` answer
+//! `Unimplemented` until builds are driven through the daemon. Bad
 //! requests (filters, negative bounds) are `InvalidArgument`; the daemon keeps serving.
 
 use super::proto::control::control_server::Control;
@@ -11,6 +12,7 @@ use super::proto::control::{
     StatusRequest, StatusResponse, UsageRecord,
 };
 use super::proto::types;
+use super::session::Sessions;
 use super::wire::{usage_record, version, WorkerFields};
 use crate::config::GcPolicy;
 use crate::filters::Filters;
@@ -31,6 +33,8 @@ pub struct ControlService {
     record: types::WorkerRecord,
     /// One prune at a time.
     pruning: Arc<tokio::sync::Mutex<()>>,
+    /// The attached client sessions.
+    sessions: Sessions,
 }
 
 impl ControlService {
@@ -40,7 +44,13 @@ impl ControlService {
             worker,
             record,
             pruning: Arc::new(tokio::sync::Mutex::new(())),
+            sessions: Sessions::default(),
         }
+    }
+
+    /// The attached client sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 }
 
@@ -145,9 +155,10 @@ impl Control for ControlService {
 
     async fn session(
         &self,
-        _req: Request<Streaming<BytesMessage>>,
+        req: Request<Streaming<BytesMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        Err(unimplemented("Session"))
+        let answer = self.sessions.attach(req)?;
+        Ok(Response::new(Box::pin(answer.into_inner())))
     }
 
     async fn list_workers(

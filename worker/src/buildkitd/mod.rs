@@ -11,13 +11,14 @@
 //! 0770 with that group when one is given. Every connection is also checked against the
 //! same rule by its peer credentials (`crate::peer`).
 //!
-//! `address` parses addresses and knows the defaults, `control` is the service, `wire` maps
+//! `address` parses addresses and knows the defaults, `control` is the service, `session` the clients' sessions, `wire` maps
 //! the worker's facts to messages, `proto` is the generated code.
 
 mod address;
 pub mod client;
 mod control;
 pub mod proto;
+pub mod session;
 mod wire;
 
 pub use address::{

@@ -1,7 +1,8 @@
 //! The generated code of BuildKit's control API (`proto/buildkit/`, see build.rs), in the
 //! module layout of its protobuf packages so the generated cross-package paths resolve:
 //! `pb` (LLB: platforms, definitions), `moby::buildkit::v1` (the `Control` service) and
-//! `moby::buildkit::v1::types` (worker records). Clients (tests, later `stargaze build
+//! `moby::buildkit::v1::types` (worker records), `moby::filesync::v1` and `fsutil::types`
+//! (a session's file transfer). Clients (tests, later `stargaze build
 //! --addr`) use the same code.
 
 /// `pb`: BuildKit's LLB messages.
@@ -24,7 +25,24 @@ pub mod moby {
             }
         }
     }
+    /// `moby.filesync.v1`: the session's file transfer.
+    pub mod filesync {
+        /// `moby.filesync.v1`
+        pub mod v1 {
+            tonic::include_proto!("moby.filesync.v1");
+        }
+    }
+}
+
+/// `fsutil.*`: fsutil's stats and packets.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod fsutil {
+    /// `fsutil.types`
+    pub mod types {
+        tonic::include_proto!("fsutil.types");
+    }
 }
 
 pub use moby::buildkit::v1 as control;
 pub use moby::buildkit::v1::types;
+pub use moby::filesync::v1 as filesync;
