@@ -1,14 +1,26 @@
-//! Generates the containerd snapshots gRPC service from `proto/` with tonic 0.14. The
-//! `containerd-snapshots` crate would pin tonic 0.9 / prost 0.11 next to the current stack;
-//! generating our own server stubs keeps one tonic. protox compiles the protos in Rust, so
-//! no `protoc` has to be installed.
+//! Generates the gRPC code from `proto/` with tonic 0.14: containerd's snapshots service
+//! (`proto/*.proto`), and BuildKit's control API (`proto/buildkit/`, laid out as BuildKit
+//! imports its files), with its session's FileSync and fsutil's packets. The `containerd-snapshots` crate would pin tonic 0.9 / prost 0.11 next
+//! to the current stack; generating our own stubs keeps one tonic. protox compiles the
+//! protos in Rust (well-known types included), so no `protoc` has to be installed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["snapshots.proto"], ["proto"])?;
+    let snapshots = protox::compile(["snapshots.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .compile_fds(snapshots)?;
+    let buildkit = protox::compile(
+        [
+            "api/services/control/control.proto",
+            "session/filesync/filesync.proto",
+        ],
+        ["proto/buildkit"],
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(buildkit)?;
     Ok(())
 }

@@ -50,21 +50,80 @@ enum Command {
     Worker(cmd::worker::WorkerArgs),
     /// Build a Dockerfile on the OCI worker and export the image.
     Build(cmd::build::BuildArgs),
+    /// BuildKit's daemon with the OCI worker, for buildctl (buildkitd's flags; also the
+    /// binary invoked as `buildkitd`).
+    Buildkitd(cmd::buildkitd::BuildkitdArgs),
     /// Run the main job on an embedded sample image, offline.
     Demo(cmd::demo::DemoArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+/// The binary invoked as `buildkitd` (a symlink): buildkitd's command line.
+#[derive(Parser)]
+#[command(
+    name = "buildkitd",
+    version,
+    about = "BuildKit's daemon with stargaze's OCI worker"
+)]
+struct BuildkitdCli {
+    #[command(flatten)]
+    args: cmd::buildkitd::BuildkitdArgs,
+}
+
+fn init_logging(log: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(log).unwrap_or_else(|e| {
         // Logging is not up yet: say it on stderr rather than drop the setting silently.
-        eprintln!("stargaze: --log {:?}: {e}; logging at warn", cli.log);
+        eprintln!("stargaze: --log {log:?}: {e}; logging at warn");
         tracing_subscriber::EnvFilter::new("warn")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stargaze: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether the binary was invoked under the name `buildkitd`.
+fn invoked_as_buildkitd() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n == "buildkitd")
+        })
+        .unwrap_or(false)
+}
+
+fn main() -> ExitCode {
+    if invoked_as_buildkitd() {
+        let cli = BuildkitdCli::parse();
+        // buildkitd logs at info, at debug with --debug; STARGAZE_LOG still wins.
+        let log = std::env::var("STARGAZE_LOG").unwrap_or_else(|_| {
+            if cli.args.debug == Some(true) {
+                "debug"
+            } else {
+                "info"
+            }
+            .to_string()
+        });
+        init_logging(&log);
+        return exit(cmd::buildkitd::run(cli.args));
+    }
+    let cli = Cli::parse();
+    let log = match &cli.command {
+        Command::Buildkitd(a) if a.debug == Some(true) => "debug".to_string(),
+        _ => cli.log.clone(),
+    };
+    init_logging(&log);
     let result = match cli.command {
         Command::Toc(a) => cmd::inspect::toc(a),
         Command::Ls(a) => cmd::inspect::ls(a),
@@ -77,17 +136,12 @@ fn main() -> ExitCode {
         Command::Snapshotter(a) => cmd::snapshotter::run(a),
         Command::Worker(a) => cmd::worker::run(a),
         Command::Build(a) => cmd::build::run(a),
+        Command::Buildkitd(a) => cmd::buildkitd::run(a),
         Command::Copy(a) => cmd::copy::run(a),
         Command::Mount(a) => cmd::mount::mount(a),
         Command::Umount(a) => cmd::mount::umount(a),
         Command::Stats(a) => cmd::mount::stats(a),
         Command::Profile(a) => cmd::profile::run(a),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("stargaze: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(result)
 }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod blobs;
+pub mod buildkit_client;
 pub mod busybox;
 pub mod fault_proxy;
 pub mod http;

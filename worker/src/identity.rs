@@ -1,7 +1,8 @@
 //! The OCI worker's identity and labels, as buildkitd keeps them: a state directory per
 //! (root, snapshotter) — `ROOT/runc-<snapshotter>` — holding a `workerid` file with a random
 //! 25-character base-36 ID written once (mode 0400), and the `org.mobyproject.buildkit.worker.*`
-//! labels (executor, snapshotter, hostname, process mode, network) with the user's labels
+//! labels (executor, snapshotter, hostname, process mode, network, SELinux, AppArmor profile)
+//! with the user's labels
 //! merged over them.
 
 use crate::config::OciWorkerConfig;
@@ -123,6 +124,8 @@ pub fn labels(
         },
     );
     put("network", network.as_str());
+    // Build steps get no SELinux labels here (buildkitd's `--oci-worker-selinux` off).
+    put("selinux.enabled", "false");
     if !cfg.apparmor_profile.is_empty() {
         put("apparmor.profile", &cfg.apparmor_profile);
     }

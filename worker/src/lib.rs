@@ -7,9 +7,11 @@
 //! docs/ARCHITECTURE.md draws the flows.
 #![warn(missing_docs)]
 
+pub mod buildkitd;
 pub mod config;
 pub mod daemon;
 pub mod executor;
+pub mod filters;
 pub mod frontend;
 pub mod gc;
 pub mod grpc;
@@ -18,6 +20,7 @@ pub mod metrics;
 mod names;
 pub mod oci_worker;
 pub mod peer;
+pub mod records;
 pub mod registry_client;
 pub mod snapshot;
 

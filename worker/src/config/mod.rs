@@ -66,9 +66,31 @@ struct Raw {
     worker: RawWorker,
     debug: Unused,
     dns: Unused,
-    grpc: Unused,
-    root: Unused,
+    grpc: Option<RawGrpc>,
+    root: Option<PathBuf>,
     trace: Unused,
+}
+
+/// `[grpc]`: the addresses and socket group `stargaze buildkitd` reads; buildkitd's other keys
+/// (`debugAddress`, `uid`, `tls`, …) are accepted and named as not used yet.
+#[derive(Debug, Default, Deserialize)]
+struct RawGrpc {
+    #[serde(default)]
+    address: Vec<String>,
+    gid: Option<u32>,
+    #[serde(flatten)]
+    other: BTreeMap<String, toml::Value>,
+}
+
+/// buildkitd's own top-level keys, for `stargaze buildkitd` (its flags win over them).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// `root`.
+    pub root: Option<PathBuf>,
+    /// `[grpc] address`.
+    pub addresses: Vec<String>,
+    /// `[grpc] gid`: the sockets' group.
+    pub gid: Option<u32>,
 }
 
 /// `[worker.*]`.
@@ -88,6 +110,8 @@ pub struct Config {
     pub not_yet_used: Vec<String>,
     /// `[worker.oci]`.
     pub oci_worker: OciWorkerConfig,
+    /// `root` and `[grpc]`.
+    pub daemon: DaemonConfig,
 }
 
 impl Config {
@@ -121,13 +145,19 @@ impl Config {
             &[
                 ("debug", &raw.debug),
                 ("dns", &raw.dns),
-                ("grpc", &raw.grpc),
-                ("root", &raw.root),
                 ("trace", &raw.trace),
                 ("worker.containerd", &raw.worker.containerd),
             ],
             &mut cfg.not_yet_used,
         );
+        if let Some(g) = raw.grpc {
+            cfg.not_yet_used
+                .extend(g.other.keys().map(|k| format!("grpc.{k}")));
+            cfg.daemon.addresses = g.address;
+            cfg.daemon.gid = g.gid;
+        }
+        cfg.daemon.root = raw.root;
+        cfg.not_yet_used.sort();
         for (host, entry) in &raw.registry {
             entry.check(&KeyPath::of(&["registry", host]))?;
         }
@@ -209,6 +239,8 @@ root = "/var/lib/buildkit"
 trace = false
 [grpc]
   address = ["unix:///run/buildkit/buildkitd.sock"]
+  gid = 998
+  debugAddress = "0.0.0.0:6060"
 [dns]
   nameservers = ["1.1.1.1"]
 [worker.oci]
@@ -222,13 +254,24 @@ trace = false
             c.not_yet_used,
             vec![
                 "dns",
-                "grpc",
-                "root",
+                "grpc.debugAddress",
                 "trace",
                 "worker.containerd",
                 "worker.oci.userRemapUnsupported"
             ]
         );
+        assert_eq!(c.daemon.root, Some(PathBuf::from("/var/lib/buildkit")));
+        assert_eq!(
+            c.daemon.addresses,
+            vec!["unix:///run/buildkit/buildkitd.sock"]
+        );
+        assert_eq!(c.daemon.gid, Some(998));
+        let e = Config::parse("root = 3").unwrap_err().to_string();
+        assert!(e.contains("root"), "{e}");
+        let e = Config::parse("[grpc]\ngid = \"wheel\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gid"), "{e}");
     }
 
     #[test]

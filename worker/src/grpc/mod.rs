@@ -7,6 +7,7 @@
 
 mod authority;
 mod client;
+pub(crate) mod incoming;
 pub mod proxy;
 mod service;
 

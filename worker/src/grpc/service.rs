@@ -4,7 +4,6 @@
 //! remote snapshotter tells containerd a layer is ready), failed precondition, invalid
 //! argument, unavailable.
 
-use super::authority::AuthorityFix;
 use super::pb;
 use super::pb::snapshots_server::{Snapshots, SnapshotsServer};
 use crate::peer::PeerPolicy;
@@ -264,15 +263,7 @@ pub async fn serve(
             source: std::io::Error::other(e.to_string()),
         });
     }
-    let socket = address.to_path_buf();
-    let incoming = tokio_stream::StreamExt::filter(
-        tokio_stream::wrappers::UnixListenerStream::new(listener),
-        move |c| match c {
-            Ok(stream) => peers.admits(stream, &socket),
-            Err(_) => true,
-        },
-    );
-    let incoming = tokio_stream::StreamExt::map(incoming, |c| c.map(AuthorityFix::new));
+    let incoming = super::incoming::admitted(listener, address.to_path_buf(), peers);
     let result = tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(SnapshotService::new(snapshotter)))
         .serve_with_incoming_shutdown(incoming, shutdown)

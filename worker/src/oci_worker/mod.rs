@@ -31,6 +31,7 @@ use crate::frontend::Worker;
 use crate::gc::PruneReport;
 use crate::grpc::proxy::ProxySnapshotter;
 use crate::identity::{state_dir, worker_id};
+use crate::records::UsageInfo;
 use crate::snapshot::open::{open_local, open_stargz};
 use crate::snapshot::stargz::lazy::LazyOptions;
 use crate::snapshot::stargz::Stargz;
@@ -60,6 +61,7 @@ pub enum PruneScope {
 /// An open worker. Dropping it unmounts the stargz snapshotter's lazy layers and releases
 /// the state directory.
 pub struct OciWorker {
+    id: String,
     cancel: tokio::sync::watch::Sender<bool>,
     worker: Arc<Worker>,
     cfg: OciWorkerConfig,
@@ -150,6 +152,7 @@ impl OciWorker {
             rt: rt.clone(),
         });
         Ok(OciWorker {
+            id,
             cancel,
             worker,
             cfg: cfg.clone(),
@@ -159,6 +162,11 @@ impl OciWorker {
             stargz,
             _lock: held,
         })
+    }
+
+    /// The worker ID (kept in the state directory).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// What builds run on.
@@ -234,6 +242,26 @@ impl OciWorker {
                 self.prune_rules(&cfg.gc_rules(&self.root), false)
             }
         }
+    }
+
+    /// GC by one rule given by a caller (a client's prune request), returning what went.
+    pub fn prune_rule(&self, rule: &GcPolicy) -> Result<PruneReport, SnapshotError> {
+        self.prune_rules(std::slice::from_ref(rule), false)
+    }
+
+    /// Every build record, for disk-usage listings.
+    pub fn usage(&self) -> Result<Vec<UsageInfo>, SnapshotError> {
+        crate::records::usage(self.worker.snapshotter.as_ref(), &self.worker.cache)
+    }
+
+    /// The GC rules in force (none with GC off).
+    pub fn gc_rules(&self) -> Vec<GcPolicy> {
+        self.cfg.gc_rules(&self.root)
+    }
+
+    /// The settings' `[worker.oci]` in force.
+    pub fn config(&self) -> &OciWorkerConfig {
+        &self.cfg
     }
 
     fn prune_rules(

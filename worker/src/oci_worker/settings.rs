@@ -4,7 +4,7 @@
 //! so a bad file or flag stops a command before it mounts or forks anything.
 
 use super::OpenError;
-use crate::config::{OciWorkerConfig, OciWorkerFlags};
+use crate::config::{Config, OciWorkerConfig, OciWorkerFlags};
 use crate::registry_client::{config_hosts, load_config, RegistryOverrides, RegistrySetupError};
 use stargaze_fs::remote::{ClientOptions, HostsConfig, RegistryClient};
 use std::path::Path;
@@ -28,7 +28,15 @@ impl WorkerSettings {
         flags: &OciWorkerFlags,
         registry: &RegistryOverrides,
     ) -> Result<WorkerSettings, OpenError> {
-        let file = load_config(config)?;
+        Self::from_config(&load_config(config)?, flags, registry)
+    }
+
+    /// Applies `flags` and `registry` over an already read config file.
+    pub fn from_config(
+        file: &Config,
+        flags: &OciWorkerFlags,
+        registry: &RegistryOverrides,
+    ) -> Result<WorkerSettings, OpenError> {
         let mut oci = file.oci_worker.clone();
         oci.apply(flags)?;
         if let Some(p) = &oci.proxy_snapshotter_path {
@@ -36,7 +44,7 @@ impl WorkerSettings {
                 return Err(OpenError::NoProxySocket(p.clone()));
             }
         }
-        let mut hosts = config_hosts(&file)?;
+        let mut hosts = config_hosts(file)?;
         registry.apply_hosts(&mut hosts)?;
         Ok(WorkerSettings {
             oci,

@@ -1,0 +1,361 @@
+//! `stargaze buildkitd`: BuildKit's daemon for the OCI worker, reachable by `buildctl` and
+//! the tools built on BuildKit's client. Started in three steps: [`Buildkitd::prepare`]
+//! checks the flags (addresses, `--containerd-worker`, `--group`) and reads the config file
+//! before anything is created; [`Prepared::open`] opens the worker under the root (its state
+//! held exclusively, as buildkitd holds its root); [`Buildkitd::serve`] serves the control
+//! API on every address until its shutdown future resolves, then removes the sockets.
+//! Dropping the daemon closes the worker (lazy mounts unmounted, lock released).
+//!
+//! Sockets are made as buildkitd makes them: mode 0660, owned by the daemon's user and by
+//! `--group` (else the daemon's own group); a missing parent directory is created 0700, or
+//! 0770 with that group when one is given. Every connection is also checked against the
+//! same rule by its peer credentials (`crate::peer`).
+//!
+//! `address` parses addresses and knows the defaults, `control` is the service, `session` the clients' sessions, `wire` maps
+//! the worker's facts to messages, `proto` is the generated code.
+
+mod address;
+pub mod client;
+mod control;
+pub mod proto;
+pub mod session;
+mod wire;
+
+pub use address::{
+    default_address, default_config, default_root, in_user_namespace, rootless_defaults,
+    AddressError, TlsFiles,
+};
+pub use control::ControlService;
+
+use crate::config::{Config, ConfigError, OciWorkerFlags};
+use crate::executor::NetworkKind;
+use crate::identity::labels;
+use crate::oci_worker::{network_choice, LockMode, OciWorker, OpenError, WorkerSettings};
+use crate::peer::{PeerError, PeerPolicy};
+use crate::registry_client::RegistryOverrides;
+use proto::control::control_server::ControlServer;
+use proto::types;
+use stargaze_fs::remote::Platform;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// buildkitd's flags, as given (`None`: not given, the default applies).
+#[derive(Debug, Clone, Default)]
+pub struct BuildkitdOptions {
+    /// `--addr` (repeatable).
+    pub addrs: Vec<String>,
+    /// `--root`.
+    pub root: Option<PathBuf>,
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--group`: a group name or numeric ID.
+    pub group: Option<String>,
+    /// `--containerd-worker` true|false|auto.
+    pub containerd_worker: Option<String>,
+    /// `--rootless`.
+    pub rootless: Option<bool>,
+    /// `--tlscert`, `--tlskey`, `--tlscacert`.
+    pub tls: TlsFiles,
+    /// The `--oci-worker-*` flags.
+    pub oci: OciWorkerFlags,
+}
+
+/// Why the daemon could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildkitdError {
+    /// A bad `--addr`.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// `--containerd-worker` asks for a worker stargaze does not have.
+    #[error("--containerd-worker={0}: stargaze buildkitd has only the OCI worker; use --containerd-worker=false")]
+    ContainerdWorker(String),
+    /// `--group` names no group.
+    #[error("--group {group}: {reason}")]
+    Group {
+        /// As given.
+        group: String,
+        /// Why.
+        reason: String,
+    },
+    /// The config file could not be read or parsed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The worker could not be opened.
+    #[error(transparent)]
+    Worker(Box<OpenError>),
+    /// The root or a socket directory could not be made, or a socket bound.
+    #[error("{what} {}: {source}", .path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A socket path cannot work, or could not be secured.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// Serving failed.
+    #[error("serving the control API: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+impl From<OpenError> for BuildkitdError {
+    fn from(e: OpenError) -> Self {
+        BuildkitdError::Worker(Box::new(e))
+    }
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BuildkitdError + 'a {
+    move |source| BuildkitdError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Checked flags and the config read; nothing created yet.
+#[derive(Debug)]
+pub struct Prepared {
+    sockets: Vec<PathBuf>,
+    root: PathBuf,
+    group: Option<u32>,
+    settings: WorkerSettings,
+}
+
+/// The daemon with its worker open.
+pub struct Buildkitd {
+    worker: Arc<OciWorker>,
+    record: types::WorkerRecord,
+    sockets: Vec<PathBuf>,
+    root: PathBuf,
+    group: Option<u32>,
+}
+
+/// A group name or numeric ID as a group ID.
+fn group_id(group: &str) -> Result<u32, BuildkitdError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(BuildkitdError::Group {
+            group: group.to_string(),
+            reason: "no such group".into(),
+        }),
+        Err(e) => Err(BuildkitdError::Group {
+            group: group.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+impl Buildkitd {
+    /// The first step: flags checked and the config file read (`--config`, else the default
+    /// file when it exists): flags over the file's `root`, `[grpc] address` and `gid`, and
+    /// the `--oci-worker-*` flags over its `[worker.oci]`.
+    pub fn prepare(opts: BuildkitdOptions) -> Result<Prepared, BuildkitdError> {
+        match opts.containerd_worker.as_deref() {
+            None | Some("false") | Some("auto") => {}
+            Some(other) => return Err(BuildkitdError::ContainerdWorker(other.to_string())),
+        }
+        let userns = in_user_namespace();
+        let rootless = rootless_defaults();
+        let file = match &opts.config {
+            Some(p) => Config::load(p)?,
+            None => {
+                let p = default_config(rootless);
+                if p.exists() {
+                    Config::load(&p)?
+                } else {
+                    Config::default()
+                }
+            }
+        };
+        if !file.not_yet_used.is_empty() {
+            tracing::info!(sections = ?file.not_yet_used, "config sections not used by stargaze yet");
+        }
+        // Flags, then the file's `[grpc]` and `root`, then the defaults.
+        let addrs = if !opts.addrs.is_empty() {
+            opts.addrs.clone()
+        } else if !file.daemon.addresses.is_empty() {
+            file.daemon.addresses.clone()
+        } else {
+            vec![default_address(rootless)]
+        };
+        let mut sockets = Vec::new();
+        for a in &addrs {
+            let p = address::parse(a, &opts.tls)?;
+            crate::peer::check_path(&p)?;
+            sockets.push(p);
+        }
+        let group = match opts.group.as_deref() {
+            Some(g) => Some(group_id(g)?),
+            None => file.daemon.gid,
+        };
+        let root = opts
+            .root
+            .clone()
+            .or_else(|| file.daemon.root.clone())
+            .unwrap_or_else(|| default_root(rootless));
+        let mut flags = opts.oci.clone();
+        // buildkitd's --rootless (default: on in a user namespace) is the worker's rootless mode.
+        if flags.rootless.is_none() && opts.rootless.unwrap_or(userns) {
+            flags.rootless = Some(true);
+        }
+        let settings = WorkerSettings::from_config(&file, &flags, &RegistryOverrides::default())?;
+        Ok(Prepared {
+            sockets,
+            root,
+            group,
+            settings,
+        })
+    }
+
+    /// The unix sockets served.
+    pub fn sockets(&self) -> &[PathBuf] {
+        &self.sockets
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The worker as `ListWorkers` reports it.
+    pub fn record(&self) -> &types::WorkerRecord {
+        &self.record
+    }
+
+    /// Binds every socket, then serves the control API until `shutdown` resolves; the
+    /// sockets are removed afterwards (also when binding one of them failed).
+    pub async fn serve(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), BuildkitdError> {
+        let policy = PeerPolicy {
+            // SAFETY: getgid has no preconditions.
+            group: Some(self.group.unwrap_or_else(|| unsafe { libc::getgid() })),
+        };
+        let mut bound = Vec::new();
+        let mut incoming = Vec::new();
+        for path in &self.sockets {
+            match bind(path, self.group, policy) {
+                Ok(l) => {
+                    bound.push(path.clone());
+                    incoming.push(Box::pin(crate::grpc::incoming::admitted(
+                        l,
+                        path.clone(),
+                        policy,
+                    )));
+                }
+                Err(e) => {
+                    remove_sockets(&bound);
+                    return Err(e);
+                }
+            }
+            tracing::info!(socket = %path.display(), "serving the control API");
+        }
+        let service = ControlService::new(self.worker.clone(), self.record.clone());
+        let served = tonic::transport::Server::builder()
+            .add_service(ControlServer::new(service))
+            .serve_with_incoming_shutdown(futures_util::stream::select_all(incoming), shutdown)
+            .await;
+        remove_sockets(&bound);
+        served.map_err(BuildkitdError::Serve)
+    }
+}
+
+fn remove_sockets(paths: &[PathBuf]) {
+    for p in paths {
+        if let Err(e) = std::fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(socket = %p.display(), error = %e, "removing the socket");
+            }
+        }
+    }
+}
+
+/// Binds the socket at `path` as buildkitd does (see the module doc).
+fn bind(
+    path: &Path,
+    group: Option<u32>,
+    policy: PeerPolicy,
+) -> Result<tokio::net::UnixListener, BuildkitdError> {
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+        stargaze_fs::sys::private_dir(dir).map_err(io_err("creating", dir))?;
+        if let Some(gid) = group {
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::chown(dir, None, Some(gid)).map_err(io_err("chown", dir))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770))
+                .map_err(io_err("chmod", dir))?;
+        }
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("removing the stale socket", path)(e)),
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(io_err("listening on", path))?;
+    if let Err(e) = policy.secure(path) {
+        let _ = std::fs::remove_file(path);
+        return Err(e.into());
+    }
+    Ok(l)
+}
+
+impl Prepared {
+    /// The root directory the daemon will use.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The second step: the root created (0700) and the worker opened in it, its steps and
+    /// lazy reads served on `rt` (not to be called from inside it).
+    pub fn open(self, rt: &tokio::runtime::Handle) -> Result<Buildkitd, BuildkitdError> {
+        let Prepared {
+            sockets,
+            root,
+            group,
+            settings,
+        } = self;
+        stargaze_fs::sys::private_dir(&root).map_err(io_err("creating", &root))?;
+        let worker = OciWorker::open(&root, &settings, LockMode::Exclusive, rt)?;
+        let record = worker_record(&worker);
+        tracing::info!(worker = %record.id, snapshotter = %worker.snapshotter(), "worker open");
+        Ok(Buildkitd {
+            worker: Arc::new(worker),
+            record,
+            sockets,
+            root,
+            group,
+        })
+    }
+}
+
+/// The worker as clients see it.
+fn worker_record(w: &OciWorker) -> types::WorkerRecord {
+    let cfg = w.config();
+    let network = match network_choice(cfg) {
+        // The worker runs steps on the host network when auto finds no CNI.
+        NetworkKind::Auto => NetworkKind::Host,
+        n => n,
+    };
+    let platforms = if cfg.platforms.is_empty() {
+        vec![Platform::host()]
+    } else {
+        cfg.platforms.clone()
+    };
+    types::WorkerRecord {
+        id: w.id().to_string(),
+        labels: labels(cfg, w.snapshotter(), network).into_iter().collect(),
+        platforms: platforms.iter().map(wire::platform).collect(),
+        gc_policy: w.gc_rules().iter().map(wire::gc_policy).collect(),
+        buildkit_version: Some(wire::version()),
+    }
+}

@@ -1,0 +1,48 @@
+//! The generated code of BuildKit's control API (`proto/buildkit/`, see build.rs), in the
+//! module layout of its protobuf packages so the generated cross-package paths resolve:
+//! `pb` (LLB: platforms, definitions), `moby::buildkit::v1` (the `Control` service) and
+//! `moby::buildkit::v1::types` (worker records), `moby::filesync::v1` and `fsutil::types`
+//! (a session's file transfer). Clients (tests, later `stargaze build
+//! --addr`) use the same code.
+
+/// `pb`: BuildKit's LLB messages.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("pb");
+}
+
+/// `moby.*`
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod moby {
+    /// `moby.buildkit.*`
+    pub mod buildkit {
+        /// `moby.buildkit.v1`: the control API.
+        pub mod v1 {
+            tonic::include_proto!("moby.buildkit.v1");
+            /// `moby.buildkit.v1.types`: worker records.
+            pub mod types {
+                tonic::include_proto!("moby.buildkit.v1.types");
+            }
+        }
+    }
+    /// `moby.filesync.v1`: the session's file transfer.
+    pub mod filesync {
+        /// `moby.filesync.v1`
+        pub mod v1 {
+            tonic::include_proto!("moby.filesync.v1");
+        }
+    }
+}
+
+/// `fsutil.*`: fsutil's stats and packets.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod fsutil {
+    /// `fsutil.types`
+    pub mod types {
+        tonic::include_proto!("fsutil.types");
+    }
+}
+
+pub use moby::buildkit::v1 as control;
+pub use moby::buildkit::v1::types;
+pub use moby::filesync::v1 as filesync;

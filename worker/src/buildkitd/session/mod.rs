@@ -1,0 +1,18 @@
+//! Client sessions of `stargaze buildkitd`: a client attaches its session with
+//! `Control.Session`, whose stream of `BytesMessage` carries a second HTTP/2 connection on
+//! which the client is the gRPC server and the daemon the client (docs/BUILDKIT_PROTOCOL.md
+//! §4). `headers` reads and bounds the session's metadata, `bridge` turns the message
+//! stream into a byte stream and a tonic channel over it, `registry` keeps the live sessions
+//! by ID, and `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
+//! target directory.
+
+mod bridge;
+pub mod filesync;
+mod headers;
+mod registry;
+#[cfg(test)]
+mod tests;
+
+pub use bridge::{bridge, channel_over, Bridged};
+pub use headers::{HeaderError, SessionHeaders, SessionLimits};
+pub use registry::{Session, Sessions};
