@@ -7,7 +7,6 @@ mod continuation;
 mod elf;
 mod ldcache;
 mod local;
-mod paths;
 mod readahead;
 mod resolve;
 mod speculate;
@@ -125,8 +124,6 @@ pub struct RemoteLayer {
     speculative: Arc<tokio::sync::Semaphore>,
     /// Binaries whose loader dependencies were already looked at.
     elf_seen: Mutex<std::collections::HashSet<NodeId>>,
-    /// Programs whose named files were already looked for.
-    scanned: Mutex<std::collections::HashSet<NodeId>>,
     /// Per file, the window of the last continuation past a miss.
     streams: continuation::Streams,
     /// Directories whose small files were already fetched on a guess.
@@ -264,7 +261,6 @@ impl RemoteLayer {
             merge_gap: fetch.merge_gap,
             elf_seen: Mutex::new(Default::default()),
             dirs_seen: Mutex::new(Default::default()),
-            scanned: Mutex::new(Default::default()),
             streams: Default::default(),
             speculative: Arc::new(tokio::sync::Semaphore::new(SPECULATIVE_TASKS)),
             foreground: AtomicUsize::new(0),

@@ -1,27 +1,19 @@
-//! Fetches made on a guess, before a read asks: the rest of a file once part of it missed,
-//! a binary's loader dependencies, and the other small files of a directory. Each runs in
-//! the background, at most `SPECULATIVE_TASKS` per layer at once; beyond that a guess is
+//! Fetches made on a guess, before a read asks: more of a program or library once part of
+//! it missed (how much: `continuation.rs`), a binary's loader dependencies, and the other
+//! small files of a directory.
+//! Every guess follows from the data (ELF structure, the layer's own `ld.so.cache`, the TOC,
+//! the reads seen), never from the name of a file, program or library. Each runs in the
+//! background, at most `SPECULATIVE_TASKS` per layer at once; beyond that a guess is
 //! dropped, never queued.
 
-use super::{continuation, elf, ldcache, paths, RemoteLayer};
+use super::{continuation, elf, ldcache, RemoteLayer};
 use crate::format::{Chunk, NodeId, NodeKind};
 use std::sync::Arc;
 
 /// Whether the small files a program names in its bytes are fetched once it has arrived.
-fn named_files() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("STARGAZE_EXP_NO_NAMED").is_none())
-}
-/// Largest file fetched because a program names it.
-const NAMED_FILE_MAX: u64 = 64 << 10;
-/// Compressed bytes of named files fetched per program at most.
-const NAMED_BUDGET: u64 = 256 << 10;
-/// Paths taken from one program at most.
-const NAMED_PATHS_MAX: usize = 256;
-
 impl RemoteLayer {
     /// When a binary's first chunk arrives, its interpreter, `/etc/ld.so.cache` and its
-    /// `DT_NEEDED` libraries (looked up where the loader looks) are fetched in one go, in the
+    /// `DT_NEEDED` libraries (see [`Self::find_library`]) are fetched in one go, in the
     /// background: the loader will open them next, one after another. A large binary keeps
     /// its dynamic section past the first chunk; the chunk holding it is fetched (the
     /// rest-of-file fetch usually has it on the way already) and parsed then.
@@ -36,11 +28,11 @@ impl RemoteLayer {
             return;
         };
         let Some((off, len)) = deps.dynamic_missing else {
-            self.fetch_loader_deps(node, &deps);
+            self.fetch_loader_deps(node, &deps, true);
             return;
         };
         // The interpreter and ld.so.cache need no more of the binary: start them now.
-        self.fetch_loader_deps(node, &deps);
+        self.fetch_loader_deps(node, &deps, true);
         let n = self.index().node(node);
         let (Some(a), Some(b)) = (n.chunk_at(off), n.chunk_at(off + len.max(1) - 1)) else {
             return;
@@ -68,22 +60,25 @@ impl RemoteLayer {
                     .zip(&data)
                     .map(|(c, d)| (c.file_offset, &d[..])),
             );
-            if let Some(mut deps) = elf::dependencies_in(elf::Pieces(&pieces)) {
-                // The interpreter went out already.
-                deps.interp = None;
-                layer.fetch_loader_deps(node, &deps);
+            if let Some(deps) = elf::dependencies_in(elf::Pieces(&pieces)) {
+                // The interpreter went out already (it still says where libraries are).
+                layer.fetch_loader_deps(node, &deps, false);
             }
         });
     }
 
     /// Fetches (in the background) the interpreter, ld.so.cache and needed libraries of
-    /// `deps` (of the binary `node`) that are in this layer: small ones whole, of large ones
+    /// `deps` (of the binary `node`; the interpreter only `with_interp`) that are in this layer: small ones whole, of large ones
     /// the head, then the ranges its program headers say the loader touches (see
-    /// `continuation.rs`). Once they have arrived, the small files they name are fetched too
-    /// ([`Self::fetch_named_files`]).
-    fn fetch_loader_deps(self: &Arc<Self>, node: NodeId, deps: &elf::Dependencies) {
+    /// `continuation.rs`).
+    fn fetch_loader_deps(
+        self: &Arc<Self>,
+        node: NodeId,
+        deps: &elf::Dependencies,
+        with_interp: bool,
+    ) {
         let mut paths: Vec<String> = Vec::new();
-        if let Some(i) = &deps.interp {
+        if let Some(i) = deps.interp.as_ref().filter(|_| with_interp) {
             paths.push(i.clone());
             paths.push("/etc/ld.so.cache".into());
         }
@@ -116,14 +111,11 @@ impl RemoteLayer {
         chunks.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
         let layer = self.clone();
         self.speculate_then("(loader dependencies)".into(), chunks, move || {
-            // The large libraries' heads are here: their loader ranges next, and the files
-            // the small ones name.
-            let mut next = Vec::new();
-            for id in large {
-                next.extend(layer.loader_range_chunks(id));
-            }
-            next.extend(layer.named_file_chunks(&whole));
-            next
+            // The large libraries' heads are here: their loader ranges next.
+            large
+                .into_iter()
+                .flat_map(|id| layer.loader_range_chunks(id))
+                .collect()
         });
     }
 
@@ -193,42 +185,6 @@ impl RemoteLayer {
             .collect()
     }
 
-    /// The not yet cached chunks of the small regular files that the cached programs and
-    /// libraries `nodes` name by absolute path in their bytes ([`paths::absolute_paths`]),
-    /// each program looked at once, up to [`NAMED_FILE_MAX`] bytes a file and
-    /// [`NAMED_BUDGET`] compressed bytes per program.
-    fn named_file_chunks(&self, nodes: &[NodeId]) -> Vec<Chunk> {
-        let mut out = Vec::new();
-        if !named_files() {
-            return out;
-        }
-        for &id in nodes {
-            if !self.scanned.lock().is_ok_and(|mut s| s.insert(id)) {
-                continue;
-            }
-            let path = self.index().path(id);
-            let Some(data) = self.cached_file(&path) else {
-                continue;
-            };
-            let mut total = 0u64;
-            for p in paths::absolute_paths(&data, NAMED_PATHS_MAX) {
-                let Some(f) = self.resolve(p) else { continue };
-                let n = self.index().node(f);
-                if n.kind != NodeKind::Reg || n.size > NAMED_FILE_MAX || f == id {
-                    continue;
-                }
-                for c in n.chunks.iter().filter(|c| !self.fetcher.is_cached(c)) {
-                    total += c.blob_end - c.blob_offset;
-                    if total > NAMED_BUDGET {
-                        break;
-                    }
-                    out.push(c.clone());
-                }
-            }
-        }
-        out
-    }
-
     /// Once part of a program or library (executable, or ELF by its head) had to come from
     /// the network, more of it is fetched alongside, in its own request (see
     /// `continuation.rs`): a small one whole, so the next miss in the same file overlaps the
@@ -271,17 +227,21 @@ impl RemoteLayer {
         if !elf::is_elf(head) {
             return;
         }
-        let chunks: Vec<Chunk> =
-            if continuation::total_compressed(&n.chunks) <= continuation::WHOLE_MAX {
-                n.chunks
-                    .iter()
-                    .skip(1)
-                    .filter(|c| !self.fetcher.is_cached(c))
-                    .cloned()
-                    .collect()
-            } else {
-                self.loader_range_chunks(node)
-            };
+        let small = continuation::total_compressed(&n.chunks) <= continuation::WHOLE_MAX;
+        if small && n.mode & 0o111 != 0 {
+            // An executable's rest went out with the miss on its head already.
+            return;
+        }
+        let chunks: Vec<Chunk> = if small {
+            n.chunks
+                .iter()
+                .skip(1)
+                .filter(|c| !self.fetcher.is_cached(c))
+                .cloned()
+                .collect()
+        } else {
+            self.loader_range_chunks(node)
+        };
         if !chunks.is_empty() {
             self.speculate(self.index().path(node), chunks);
         }
