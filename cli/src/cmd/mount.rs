@@ -109,9 +109,16 @@ pub struct UmountArgs {
 pub struct StatsArgs {
     /// A rootfs mounted by `stargaze mount`.
     dir: PathBuf,
-    /// Print the JSON as stored.
+    /// Print the JSON as stored (each layer's misses and requests under `timeline`); with
+    /// `--timeline`, the bucketed view as JSON.
     #[arg(long)]
     json: bool,
+    /// Show misses, requests, bytes in flight and link idle time per time bucket.
+    #[arg(long)]
+    timeline: bool,
+    /// Bucket width for `--timeline`, milliseconds (default: the run cut into 40).
+    #[arg(long, value_name = "MS")]
+    bucket_ms: Option<f64>,
 }
 
 fn canonical_target(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -365,6 +372,55 @@ fn n_of(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
 
+/// `stats --timeline`: every layer's events in one view, a line per bucket, then where the
+/// time misses waited went.
+fn print_timeline(s: &StatsFile, width_ms: f64, json: bool) -> anyhow::Result<()> {
+    use stargaze_fs::fetcher::{view, TimelineSnapshot};
+    let mut events = Vec::new();
+    let mut dropped = 0;
+    for l in &s.layers {
+        let t: TimelineSnapshot = serde_json::from_value(l["timeline"].clone()).unwrap_or_default();
+        dropped += t.dropped;
+        events.extend(t.events);
+    }
+    let v = view(&events, width_ms);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:>9} {:>7} {:>6} {:>6} {:>9} {:>8} {:>9}",
+        "t (ms)", "misses", "reqs", "guess", "MB/s", "wait ms", "idle ms"
+    );
+    for b in &v.buckets {
+        println!(
+            "{:>9.0} {:>7.2} {:>6.2} {:>6.2} {:>9.2} {:>8.1} {:>9.1}",
+            b.start_ms,
+            b.misses,
+            b.requests,
+            b.speculative,
+            b.bytes / 1e6 / (v.width_ms / 1e3),
+            b.wait_ms,
+            b.idle_wait_ms
+        );
+    }
+    println!(
+        "reads waited {:.0} ms in all: {:.0} ms with the link idle (latency-bound), {:.0} ms \
+         with bytes arriving; the link carried bytes for {:.0} ms; {} events{}",
+        v.wait_ms,
+        v.idle_wait_ms,
+        v.wait_ms - v.idle_wait_ms,
+        v.busy_ms,
+        events.len(),
+        if dropped > 0 {
+            format!(" ({dropped} more not kept)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
 /// Runs `umount`.
 pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
     let target = a
@@ -408,11 +464,14 @@ pub fn stats(a: StatsArgs) -> anyhow::Result<()> {
     let data = state
         .stats_raw()
         .with_context(|| format!("{} is not mounted by stargaze", target.display()))?;
-    if a.json {
+    if a.json && !a.timeline {
         println!("{}", String::from_utf8_lossy(&data));
         return Ok(());
     }
     let s: StatsFile = serde_json::from_slice(&data).context("reading stats.json")?;
+    if a.timeline {
+        return print_timeline(&s, a.bucket_ms.unwrap_or(0.0), a.json);
+    }
     println!(
         "{} at {} ({:.0}s mounted)",
         s.reference,

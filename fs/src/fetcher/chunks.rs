@@ -3,6 +3,7 @@
 //! over) and read-ahead chunks that ride along with a fetch made anyway. What is missing is
 //! handed to `region` (see region.rs in this folder).
 
+use super::timeline::{now_ms, EventKind, Timeline};
 use super::{FetchError, FetchOptions, LayerCounters, RemoteBlob};
 use crate::cache::ChunkCache;
 use crate::format::{Chunk, Compression};
@@ -22,6 +23,7 @@ pub struct Fetcher {
     pub(super) cache: Arc<ChunkCache>,
     pub(super) opts: FetchOptions,
     pub(super) counters: Arc<LayerCounters>,
+    pub(super) timeline: Timeline,
     inflight: Mutex<HashMap<Key, watch::Receiver<Outcome>>>,
 }
 
@@ -58,6 +60,7 @@ impl Fetcher {
             cache,
             opts,
             counters: Arc::new(LayerCounters::default()),
+            timeline: Timeline::default(),
             inflight: Mutex::new(HashMap::new()),
         }
     }
@@ -65,6 +68,11 @@ impl Fetcher {
     /// The layer's counters.
     pub fn counters(&self) -> &Arc<LayerCounters> {
         &self.counters
+    }
+
+    /// The layer's timeline of misses and requests.
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
     }
 
     /// The chunk cache it fills.
@@ -92,7 +100,7 @@ impl Fetcher {
 
     /// Verified bytes of `chunks` (of file `file`, for messages), in order.
     pub async fn chunks(&self, file: &str, chunks: &[Chunk]) -> Result<Vec<Bytes>, FetchError> {
-        self.chunks_inner(file, chunks, chunks.len()).await
+        self.chunks_with_readahead(file, chunks, &[]).await
     }
 
     /// Fetches what of `chunks` is not cached yet, for later (prefetch, background fetch,
@@ -106,7 +114,9 @@ impl Fetcher {
         if todo.is_empty() {
             return Ok(());
         }
-        self.chunks_inner(file, &todo, todo.len()).await.map(|_| ())
+        self.chunks_inner(file, &todo, todo.len(), true)
+            .await
+            .map(|_| ())
     }
 
     /// Bytes `range` of chunk `c` when they can be had without the whole chunk: a zero
@@ -137,20 +147,36 @@ impl Fetcher {
         chunks: &[Chunk],
         extra: &[Chunk],
     ) -> Result<Vec<Bytes>, FetchError> {
-        if extra.is_empty() || chunks.iter().all(|c| self.is_cached(c)) {
-            return self.chunks(file, chunks).await;
+        let missing: u64 = chunks
+            .iter()
+            .filter(|c| !self.is_cached(c))
+            .map(|c| c.blob_end - c.blob_offset)
+            .sum();
+        if missing == 0 {
+            return self.chunks_inner(file, chunks, chunks.len(), false).await;
         }
-        let mut combined = chunks.to_vec();
-        combined.extend(extra.iter().filter(|c| !self.is_cached(c)).cloned());
-        self.chunks_inner(file, &combined, chunks.len()).await
+        let start = now_ms();
+        let r = if extra.is_empty() {
+            self.chunks_inner(file, chunks, chunks.len(), false).await
+        } else {
+            let mut combined = chunks.to_vec();
+            combined.extend(extra.iter().filter(|c| !self.is_cached(c)).cloned());
+            self.chunks_inner(file, &combined, chunks.len(), false)
+                .await
+        };
+        self.timeline
+            .record(EventKind::Miss, file, start, None, missing);
+        r
     }
 
-    /// `chunks[..required]` must be delivered; the rest are read-ahead.
+    /// `chunks[..required]` must be delivered; the rest are read-ahead. `speculative`: no
+    /// read waits for it (for the timeline).
     async fn chunks_inner(
         &self,
         file: &str,
         chunks: &[Chunk],
         required: usize,
+        speculative: bool,
     ) -> Result<Vec<Bytes>, FetchError> {
         let mut out: Vec<Option<Bytes>> = vec![None; chunks.len()];
         for (i, c) in chunks.iter().enumerate() {
@@ -201,7 +227,7 @@ impl Fetcher {
                 };
                 let mine: Vec<(usize, &Chunk)> =
                     lead.iter().map(|(i, _)| (*i, &chunks[*i])).collect();
-                let results = self.fetch(file, &mine).await;
+                let results = self.fetch(file, &mine, speculative).await;
                 let mut first_err = None;
                 for ((i, tx), r) in lead.into_iter().zip(results) {
                     match r {

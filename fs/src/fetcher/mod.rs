@@ -14,7 +14,8 @@
 //! Its parts: `chunks` (the read API, single flight, read-ahead), `plan` (which chunks share
 //! a Range request), `region` (streaming a region and decoding its frames as they arrive),
 //! `window` (the bytes a streamed region still holds), `blob` (the remote blob and its size
-//! check), `counters` and `latency` (what the layer reports). It imports the registry client
+//! check), `counters` and `latency` (what the layer reports), `timeline` (misses and
+//! requests in time, and the bucketed view `stats --timeline` prints). It imports the registry client
 //! and the cache; neither imports it.
 
 mod blob;
@@ -23,12 +24,14 @@ mod counters;
 mod latency;
 mod plan;
 mod region;
+mod timeline;
 mod window;
 
 pub use blob::RemoteBlob;
 pub use chunks::Fetcher;
 pub use counters::{CounterSnapshot, LayerCounters};
 pub use latency::{LatencyHistogram, LatencySnapshot, BUCKETS};
+pub use timeline::{view, Bucket, Event, EventKind, Timeline, TimelineSnapshot, View};
 
 use crate::format::FormatError;
 use crate::remote::RemoteError;

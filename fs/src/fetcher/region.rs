@@ -7,6 +7,7 @@
 use super::blob::size_mismatch;
 use super::chunks::Fetcher;
 use super::plan::plan;
+use super::timeline::{now_ms, EventKind};
 use super::window::FrameWindow;
 use super::FetchError;
 use crate::cache::VerifiedChunk;
@@ -22,6 +23,7 @@ impl Fetcher {
         &self,
         file: &str,
         mine: &[(usize, &Chunk)],
+        speculative: bool,
     ) -> Vec<Result<Bytes, FetchError>> {
         // A server that sends whole blobs for ranges sends every byte before a region too:
         // one request for all of them costs no more than the one for the farthest.
@@ -34,7 +36,7 @@ impl Fetcher {
         let regions = plan(&chunks, merge_gap, max_request);
         let futs = regions
             .iter()
-            .map(|g| self.fetch_region(file, g.start, g.end, &g.members, mine));
+            .map(|g| self.fetch_region(file, g, mine, speculative));
         let done = futures_util::future::join_all(futs).await;
         let mut results: Vec<Option<Result<Bytes, FetchError>>> =
             (0..mine.len()).map(|_| None).collect();
@@ -52,14 +54,25 @@ impl Fetcher {
     async fn fetch_region(
         &self,
         file: &str,
-        start: u64,
-        end: u64,
-        members: &[usize],
+        region: &super::plan::Region,
         mine: &[(usize, &Chunk)],
+        speculative: bool,
     ) -> Vec<(usize, Result<Bytes, FetchError>)> {
+        let (start, end, members) = (region.start, region.end, &region.members[..]);
         let began = std::time::Instant::now();
-        let streamed = self.stream_region(file, start, end, members, mine).await;
+        let began_ms = now_ms();
+        let mut wire = WireTally::default();
+        let streamed = self
+            .stream_region(file, start, end, members, mine, &mut wire)
+            .await;
         self.counters.latency.observe(began.elapsed());
+        let kind = if speculative {
+            EventKind::Speculative
+        } else {
+            EventKind::Request
+        };
+        self.timeline
+            .record(kind, file, began_ms, wire.first_byte_ms, wire.bytes);
         tracing::debug!(
             layer = %self.blob.digest,
             file,
@@ -122,6 +135,7 @@ impl Fetcher {
         end: u64,
         members: &[usize],
         mine: &[(usize, &Chunk)],
+        tally: &mut WireTally,
     ) -> Result<Vec<(usize, DecodeHandle)>, RemoteError> {
         let mut window = FrameWindow::new(start);
         let mut next = 0usize;
@@ -141,6 +155,10 @@ impl Fetcher {
                 self.counters
                     .bytes_fetched
                     .fetch_add(wire - counted, Ordering::Relaxed);
+                tally.bytes += wire - counted;
+                if wire > counted && tally.first_byte_ms.is_none() {
+                    tally.first_byte_ms = Some(now_ms());
+                }
                 counted = wire;
                 match got {
                     Ok(Some(bytes)) => {
@@ -242,6 +260,13 @@ impl Fetcher {
         let handle = self.start_decode(file, c, frame);
         self.finish_decode(c, handle).await
     }
+}
+
+/// What a region's requests brought, for the timeline.
+#[derive(Default)]
+struct WireTally {
+    first_byte_ms: Option<f64>,
+    bytes: u64,
 }
 
 type DecodeHandle = tokio::task::JoinHandle<Result<Vec<u8>, FormatError>>;

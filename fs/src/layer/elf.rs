@@ -1,17 +1,27 @@
 //! Just enough ELF to know what the dynamic loader will read next: the interpreter
-//! (`PT_INTERP`) and the `DT_NEEDED` libraries of a 64-bit little-endian executable or library.
-//! The layer prefetches them as soon as a binary's first chunk arrives, so a program's start
-//! costs one round trip for its libraries instead of one per library. Input is untrusted:
-//! every offset is bounds-checked and counts are capped; malformed files yield nothing.
+//! (`PT_INTERP`), the `DT_NEEDED` libraries and the `DT_RUNPATH`/`DT_RPATH` directories of a
+//! 64-bit little-endian executable or library, and the file ranges the loader maps and
+//! touches at once ([`loader_ranges`]). The layer prefetches the libraries as soon as a
+//! binary's first chunk arrives, so a program's start costs one round trip for its libraries
+//! instead of one per library, and fetches a large file's loader ranges instead of all of it.
+//! Input is untrusted: every offset is bounds-checked and counts are capped; malformed files
+//! yield nothing.
 
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
 const DT_NEEDED: u64 = 1;
 const DT_STRTAB: u64 = 5;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
+const PF_X: u32 = 1;
+const PF_W: u32 = 2;
 const MAX_PHDRS: usize = 256;
 const MAX_DYN: usize = 4096;
 const MAX_NAME: usize = 256;
+/// Longest `DT_RUNPATH`/`DT_RPATH` string read, and directories kept from it.
+const MAX_RUNPATH: usize = 1024;
+const MAX_RUNPATH_DIRS: usize = 16;
 
 /// Pieces of a file at hand, each at its file offset (e.g. the first chunk and the chunk
 /// holding the dynamic section of a large binary).
@@ -49,8 +59,12 @@ impl<'a> Pieces<'a> {
     }
 
     fn c_string(&self, o: usize) -> Option<String> {
+        self.c_string_max(o, MAX_NAME)
+    }
+
+    fn c_string_max(&self, o: usize, max: usize) -> Option<String> {
         let rest = self.tail(o)?;
-        let end = rest.iter().take(MAX_NAME).position(|&b| b == 0)?;
+        let end = rest.iter().take(max).position(|&b| b == 0)?;
         let s = std::str::from_utf8(&rest[..end]).ok()?;
         (!s.is_empty()).then(|| s.to_string())
     }
@@ -63,6 +77,9 @@ pub struct Dependencies {
     pub interp: Option<String>,
     /// `DT_NEEDED` names, e.g. `libc.so.6`.
     pub needed: Vec<String>,
+    /// Directories of `DT_RUNPATH` (or `DT_RPATH` when there is none), as written
+    /// (`$ORIGIN` unexpanded).
+    pub runpath: Vec<String>,
     /// File range of the dynamic section when it was not among the pieces (large binaries
     /// keep it past the first chunk): fetch it and parse again for the needed libraries.
     pub dynamic_missing: Option<(u64, u64)>,
@@ -117,6 +134,7 @@ pub fn dependencies_in(d: Pieces<'_>) -> Option<Dependencies> {
         }
         let mut needed = Vec::new();
         let mut strtab = None;
+        let (mut runpath, mut rpath) = (None, None);
         for i in 0..n {
             let e = at.checked_add(i * 16)?;
             let (Some(tag), Some(val)) = (d.u64_at(e), d.u64_at(e + 8)) else {
@@ -126,6 +144,8 @@ pub fn dependencies_in(d: Pieces<'_>) -> Option<Dependencies> {
                 0 => break,
                 DT_NEEDED => needed.push(val),
                 DT_STRTAB => strtab = to_offset(val),
+                DT_RUNPATH => runpath = Some(val),
+                DT_RPATH => rpath = Some(val),
                 _ => {}
             }
         }
@@ -135,9 +155,65 @@ pub fn dependencies_in(d: Pieces<'_>) -> Option<Dependencies> {
                 .filter_map(|v| d.c_string(st.checked_add(usize::try_from(v).ok()?)?))
                 .filter(|n| !n.contains('/'))
                 .collect();
+            if let Some(v) = runpath.or(rpath) {
+                let path = usize::try_from(v)
+                    .ok()
+                    .and_then(|v| st.checked_add(v))
+                    .and_then(|o| d.c_string_max(o, MAX_RUNPATH));
+                out.runpath = path
+                    .iter()
+                    .flat_map(|p| p.split(':'))
+                    .filter(|p| !p.is_empty())
+                    .take(MAX_RUNPATH_DIRS)
+                    .map(str::to_string)
+                    .collect();
+            }
         }
     }
     Some(out)
+}
+
+/// The file ranges (offset, length) of a 64-bit LE ELF that the dynamic loader maps and
+/// touches at once, from the program headers in `head`: the loadable segments that are
+/// neither executable nor after the first executable one (the ELF and program headers, the
+/// symbol, string, hash, version and relocation tables), every writable loadable segment
+/// (the loader relocates it) and the dynamic section. Code and the read-only data after it
+/// are left out: they are touched page by page as the program runs. `None` if `head` is not
+/// such an ELF or its program headers are not all in it.
+pub fn loader_ranges(head: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let d = Pieces(&[(0, head)]);
+    if d.get(0, 4)? != b"\x7fELF" || d.get(4, 2)? != [2, 1] {
+        return None;
+    }
+    let phoff = usize::try_from(d.u64_at(0x20)?).ok()?;
+    let phentsize = d.u16_at(0x36)? as usize;
+    let phnum = (d.u16_at(0x38)? as usize).min(MAX_PHDRS);
+    if phentsize < 56 {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut code_seen = false;
+    for i in 0..phnum {
+        let p = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        let (ty, flags, off, filesz) = (
+            d.u32_at(p)?,
+            d.u32_at(p + 4)?,
+            d.u64_at(p + 8)?,
+            d.u64_at(p + 32)?,
+        );
+        match ty {
+            PT_LOAD if flags & PF_X != 0 => code_seen = true,
+            PT_LOAD if flags & PF_W != 0 || !code_seen => out.push((off, filesz)),
+            PT_DYNAMIC => out.push((off, filesz)),
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// Whether `head` starts like an ELF file.
+pub fn is_elf(head: &[u8]) -> bool {
+    head.starts_with(b"\x7fELF")
 }
 
 #[cfg(test)]
@@ -191,7 +267,23 @@ mod tests {
     }
 
     #[test]
+    fn loader_ranges_of_a_host_binary_leave_the_code_out() {
+        let Ok(data) = std::fs::read("/bin/ls") else {
+            return;
+        };
+        let ranges = loader_ranges(&data).expect("ls is ELF");
+        assert!(!ranges.is_empty());
+        // The headers are in the first range; the ranges together are less than the file.
+        assert_eq!(ranges[0].0, 0);
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        assert!(total < data.len() as u64, "{ranges:?}");
+        // Program headers cut off: nothing.
+        assert_eq!(loader_ranges(&data[..80]), None);
+    }
+
+    #[test]
     fn hostile_input_yields_nothing_or_little() {
+        assert_eq!(loader_ranges(b"not elf"), None);
         assert_eq!(dependencies(b"not elf"), None);
         let mut d = vec![0u8; 64];
         d[..4].copy_from_slice(b"\x7fELF");
@@ -201,15 +293,18 @@ mod tests {
         d[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         d[0x38..0x3a].copy_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(dependencies(&d), None);
+        assert_eq!(loader_ranges(&d), None);
         if let Ok(data) = std::fs::read("/bin/ls") {
             for cut in [10, 100, 1000, 5000, data.len() / 2] {
                 let _ = dependencies(&data[..cut.min(data.len())]);
+                let _ = loader_ranges(&data[..cut.min(data.len())]);
             }
             let mut bad = data.clone();
             for i in (0..bad.len().min(4096)).step_by(7) {
                 bad[i] ^= 0x5a;
             }
             let _ = dependencies(&bad);
+            let _ = loader_ranges(&bad);
         }
     }
 }

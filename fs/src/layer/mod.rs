@@ -3,7 +3,9 @@
 //! chunk by chunk through the fetcher (cache → merged Range GETs → verify). The FUSE
 //! filesystem of a later layer of the stack sits on [`RemoteLayer::read`].
 
+mod continuation;
 mod elf;
+mod ldcache;
 mod local;
 mod profile_replay;
 mod readahead;
@@ -124,8 +126,8 @@ pub struct RemoteLayer {
     speculative: Arc<tokio::sync::Semaphore>,
     /// Binaries whose loader dependencies were already looked at.
     elf_seen: Mutex<std::collections::HashSet<NodeId>>,
-    /// glibc's data files were already fetched on a guess.
-    glibc_seen: std::sync::atomic::AtomicBool,
+    /// Per file, the window of the last continuation past a miss.
+    streams: continuation::Streams,
     /// Directories whose small files were already fetched on a guess.
     dirs_seen: Mutex<std::collections::HashSet<NodeId>>,
     /// On-demand reads in progress (background fetching yields to them).
@@ -268,7 +270,7 @@ impl RemoteLayer {
             merge_gap: fetch.merge_gap,
             elf_seen: Mutex::new(Default::default()),
             dirs_seen: Mutex::new(Default::default()),
-            glibc_seen: Default::default(),
+            streams: Default::default(),
             speculative: Arc::new(tokio::sync::Semaphore::new(SPECULATIVE_TASKS)),
             foreground: AtomicUsize::new(0),
             opened: std::time::Instant::now(),
@@ -310,6 +312,11 @@ impl RemoteLayer {
     /// Latency of this layer's chunk range requests.
     pub fn latency(&self) -> crate::fetcher::LatencySnapshot {
         self.fetcher.counters().latency.snapshot()
+    }
+
+    /// This layer's misses and requests in time.
+    pub fn timeline(&self) -> crate::fetcher::TimelineSnapshot {
+        self.fetcher.timeline().snapshot()
     }
 
     /// Whether every chunk of regular file `node` is in a cache (no I/O).
@@ -368,7 +375,7 @@ impl RemoteLayer {
         }
         let extra = self.readahead_after(chunks.last().map_or(0, |c| c.blob_end));
         if !chunks.iter().all(|c| self.fetcher.is_cached(c)) {
-            self.continue_file(node, last + 1);
+            self.continue_file(node, first, last);
             self.prefetch_siblings(node);
         }
         let path = self.index().path(node);

@@ -1,16 +1,19 @@
-//! Fetches made on a guess, before a read asks: the rest of a file once part of it missed,
-//! a binary's loader dependencies, and the other small files of a directory. Each runs in
-//! the background, at most `SPECULATIVE_TASKS` per layer at once; beyond that a guess is
+//! Fetches made on a guess, before a read asks: more of a program or library once part of
+//! it missed (how much: `continuation.rs`), a binary's loader dependencies, and the other
+//! small files of a directory.
+//! Every guess follows from the data (ELF structure, the layer's own `ld.so.cache`, the TOC,
+//! the reads seen), never from the name of a file, program or library. Each runs in the
+//! background, at most `SPECULATIVE_TASKS` per layer at once; beyond that a guess is
 //! dropped, never queued.
 
-use super::{elf, RemoteLayer};
-use crate::format::{Chunk, Node, NodeId, NodeKind};
-use std::sync::atomic::Ordering;
+use super::{continuation, elf, ldcache, RemoteLayer};
+use crate::format::{Chunk, NodeId, NodeKind};
 use std::sync::Arc;
 
+/// Whether the small files a program names in its bytes are fetched once it has arrived.
 impl RemoteLayer {
     /// When a binary's first chunk arrives, its interpreter, `/etc/ld.so.cache` and its
-    /// `DT_NEEDED` libraries (looked up where the loader looks) are fetched in one go, in the
+    /// `DT_NEEDED` libraries (see [`Self::find_library`]) are fetched in one go, in the
     /// background: the loader will open them next, one after another. A large binary keeps
     /// its dynamic section past the first chunk; the chunk holding it is fetched (the
     /// rest-of-file fetch usually has it on the way already) and parsed then.
@@ -20,15 +23,16 @@ impl RemoteLayer {
                 return;
             }
         }
+        self.continue_after_head(node, &head);
         let Some(deps) = elf::dependencies(&head) else {
             return;
         };
         let Some((off, len)) = deps.dynamic_missing else {
-            self.fetch_loader_deps(&deps);
+            self.fetch_loader_deps(node, &deps, true);
             return;
         };
         // The interpreter and ld.so.cache need no more of the binary: start them now.
-        self.fetch_loader_deps(&deps);
+        self.fetch_loader_deps(node, &deps, true);
         let n = self.index().node(node);
         let (Some(a), Some(b)) = (n.chunk_at(off), n.chunk_at(off + len.max(1) - 1)) else {
             return;
@@ -36,11 +40,13 @@ impl RemoteLayer {
         let chunks = n.chunks[a..=b].to_vec();
         let layer = self.clone();
         tokio::spawn(async move {
-            let data = match layer
-                .fetcher
-                .chunks(&layer.index().path(node), &chunks)
-                .await
-            {
+            let path = layer.index().path(node);
+            // Fetched as a guess (no read waits for it), then read from the cache.
+            let data = match layer.fetcher.fetch_ahead(&path, &chunks).await {
+                Ok(()) => layer.fetcher.chunks(&path, &chunks).await,
+                Err(e) => Err(e),
+            };
+            let data = match data {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::debug!(error = %e, "dynamic section fetch failed");
@@ -54,102 +60,158 @@ impl RemoteLayer {
                     .zip(&data)
                     .map(|(c, d)| (c.file_offset, &d[..])),
             );
-            if let Some(mut deps) = elf::dependencies_in(elf::Pieces(&pieces)) {
-                // The interpreter went out already.
-                deps.interp = None;
-                layer.fetch_loader_deps(&deps);
+            if let Some(deps) = elf::dependencies_in(elf::Pieces(&pieces)) {
+                // The interpreter went out already (it still says where libraries are).
+                layer.fetch_loader_deps(node, &deps, false);
             }
         });
     }
 
     /// Fetches (in the background) the interpreter, ld.so.cache and needed libraries of
-    /// `deps` that are in this layer.
-    fn fetch_loader_deps(&self, deps: &elf::Dependencies) {
+    /// `deps` (of the binary `node`; the interpreter only `with_interp`) that are in this layer: small ones whole, of large ones
+    /// the head, then the ranges its program headers say the loader touches (see
+    /// `continuation.rs`).
+    fn fetch_loader_deps(
+        self: &Arc<Self>,
+        node: NodeId,
+        deps: &elf::Dependencies,
+        with_interp: bool,
+    ) {
         let mut paths: Vec<String> = Vec::new();
-        if let Some(i) = &deps.interp {
+        if let Some(i) = deps.interp.as_ref().filter(|_| with_interp) {
             paths.push(i.clone());
             paths.push("/etc/ld.so.cache".into());
         }
-        const DIRS: [&str; 8] = [
-            "lib/x86_64-linux-gnu",
-            "usr/lib/x86_64-linux-gnu",
-            "lib/aarch64-linux-gnu",
-            "usr/lib/aarch64-linux-gnu",
-            "lib64",
-            "usr/lib64",
-            "lib",
-            "usr/lib",
-        ];
         for lib in &deps.needed {
-            if let Some(p) = DIRS
-                .iter()
-                .map(|d| format!("{d}/{lib}"))
-                .find(|p| self.resolve(p).is_some())
-            {
+            if let Some(p) = self.find_library(node, deps, lib) {
                 paths.push(p);
             }
         }
-        // glibc's own data files that programs read right after the loader is done: the
-        // time zone (`/etc/localtime`, for localtime/tzset), the C.UTF-8 character table
-        // (setlocale with LANG=C.UTF-8, the usual container locale) and the iconv module
-        // cache. Small (tens of KB compressed), fetched once per layer.
-        if deps.needed.iter().any(|l| l == "libc.so.6")
-            && !self.glibc_seen.swap(true, Ordering::Relaxed)
-        {
-            paths.push("etc/localtime".into());
-            for locale in ["C.utf8", "C.UTF-8"] {
-                paths.push(format!("usr/lib/locale/{locale}/LC_CTYPE"));
-            }
-            for d in DIRS {
-                paths.push(format!("{d}/gconv/gconv-modules.cache"));
-            }
-        }
-        const BUDGET: u64 = 64 << 20;
-        let mut total = 0;
         let mut chunks: Vec<Chunk> = Vec::new();
-        let mut seen_nodes = std::collections::HashSet::new();
+        let (mut whole, mut large) = (Vec::new(), Vec::new());
         for p in &paths {
             let Some(id) = self.resolve(p) else { continue };
             let n = self.index().node(id);
-            if n.kind != NodeKind::Reg || !seen_nodes.insert(id) || total + n.size > BUDGET {
+            if n.kind != NodeKind::Reg || whole.contains(&id) || large.contains(&id) {
                 continue;
             }
-            total += n.size;
-            chunks.extend(
-                n.chunks
-                    .iter()
-                    .filter(|c| !self.fetcher.is_cached(c))
-                    .cloned(),
-            );
+            let take = if continuation::total_compressed(&n.chunks) <= continuation::WHOLE_MAX {
+                whole.push(id);
+                &n.chunks[..]
+            } else {
+                large.push(id);
+                &n.chunks[..n.chunks.len().min(1)]
+            };
+            chunks.extend(take.iter().filter(|c| !self.fetcher.is_cached(c)).cloned());
         }
-        if chunks.is_empty() {
+        if chunks.is_empty() && large.is_empty() {
             return;
         }
         chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
         chunks.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
-        self.speculate("(loader dependencies)".into(), chunks);
+        let layer = self.clone();
+        self.speculate_then("(loader dependencies)".into(), chunks, move || {
+            // The large libraries' heads are here: their loader ranges next.
+            large
+                .into_iter()
+                .flat_map(|id| layer.loader_range_chunks(id))
+                .collect()
+        });
     }
 
-    /// Once part of a program or library had to come from the network, the rest of it (up
-    /// to 64 MiB) is fetched alongside, in its own request: those are read whole, so the
-    /// next miss in the same file overlaps the current one instead of following it. A later
-    /// read of those chunks waits for that fetch (single flight) rather than repeating it.
-    /// Other files (data, archives) are read as far as their readers go: a build step that
-    /// reads the head of a large file must not pull all of it.
-    pub(super) fn continue_file(&self, node: NodeId, from: usize) {
-        const BUDGET: u64 = 64 << 20;
+    /// Where the loader would find `lib` needed by `node`: the binary's `DT_RUNPATH` (or
+    /// `DT_RPATH`) directories, `$ORIGIN` being the binary's own directory; then the
+    /// layer's `/etc/ld.so.cache` when it is cached already; then the directory the
+    /// interpreter really lives in (symlinks followed), where the system's libraries are.
+    /// All from the image's own data; `None` when none of them has it.
+    fn find_library(&self, node: NodeId, deps: &elf::Dependencies, lib: &str) -> Option<String> {
+        let index = self.index();
+        let own_dir = index.path(index.node(node).parent);
+        let is_file = |p: &str| {
+            self.resolve(p)
+                .is_some_and(|id| index.node(id).kind == NodeKind::Reg)
+        };
+        for dir in &deps.runpath {
+            let dir = dir
+                .replace("${ORIGIN}", &own_dir)
+                .replace("$ORIGIN", &own_dir);
+            let p = format!("{dir}/{lib}");
+            if is_file(&p) {
+                return Some(p);
+            }
+        }
+        if let Some(cache) = self.cached_file("/etc/ld.so.cache") {
+            if let Some(p) = ldcache::lookup(&cache, lib).find(|p| is_file(p)) {
+                return Some(p.to_string());
+            }
+        }
+        let interp = deps.interp.as_deref().and_then(|i| self.resolve(i))?;
+        let p = format!("{}/{lib}", index.path(index.node(interp).parent));
+        is_file(&p).then_some(p)
+    }
+
+    /// The whole of a small regular file at `path` when every chunk is in a cache (no
+    /// network); `None` otherwise or past [`continuation::WHOLE_MAX`] bytes.
+    fn cached_file(&self, path: &str) -> Option<Vec<u8>> {
+        let n = self.index().node(self.resolve(path)?);
+        if n.kind != NodeKind::Reg || n.size > continuation::WHOLE_MAX {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n.size as usize);
+        for c in n.chunks.iter() {
+            out.extend_from_slice(&self.fetcher.cached_range(c, 0..c.size as usize)?);
+        }
+        Some(out)
+    }
+
+    /// The chunks of `node` holding what its program headers say the loader maps and touches
+    /// at once (see [`elf::loader_ranges`]), when its head is cached; not yet cached ones only.
+    fn loader_range_chunks(&self, node: NodeId) -> Vec<Chunk> {
         let n = self.index().node(node);
-        if !is_program_or_library(n, self.index().name(node)) {
+        let Some(head) = n
+            .chunks
+            .first()
+            .and_then(|c| self.fetcher.cached_range(c, 0..c.size as usize))
+        else {
+            return Vec::new();
+        };
+        let Some(ranges) = elf::loader_ranges(&head) else {
+            return Vec::new();
+        };
+        continuation::chunks_of_ranges(&n.chunks, &ranges, continuation::SEGMENTS_MAX)
+            .into_iter()
+            .map(|i| n.chunks[i].clone())
+            .filter(|c| !self.fetcher.is_cached(c))
+            .collect()
+    }
+
+    /// Once part of a program or library (executable, or ELF by its head) had to come from
+    /// the network, more of it is fetched alongside, in its own request (see
+    /// `continuation.rs`): a small one whole, so the next miss in the same file overlaps the
+    /// current one instead of following it; of a large one a window past the miss that grows
+    /// while the misses follow each other. A later read of those chunks waits for that fetch
+    /// (single flight) rather than repeating it. Other files (data, archives) are read as far
+    /// as their readers go: a build step that reads the head of a large file must not pull all
+    /// of it.
+    pub(super) fn continue_file(&self, node: NodeId, first: usize, last: usize) {
+        let n = self.index().node(node);
+        let elf_head = || {
+            n.chunks
+                .first()
+                .and_then(|c| self.fetcher.cached_range(c, 0..c.size.min(4) as usize))
+                .is_some_and(|h| elf::is_elf(&h))
+        };
+        if n.mode & 0o111 == 0 && !elf_head() {
             return;
         }
-        let mut total = 0;
-        let rest: Vec<Chunk> = n.chunks[from.min(n.chunks.len())..]
+        let range = if continuation::total_compressed(&n.chunks) <= continuation::WHOLE_MAX {
+            last.saturating_add(1).min(n.chunks.len())..n.chunks.len()
+        } else {
+            self.streams.after_miss(node, &n.chunks, first, last)
+        };
+        let rest: Vec<Chunk> = n.chunks[range]
             .iter()
             .filter(|c| !self.fetcher.is_cached(c))
-            .take_while(|c| {
-                total += c.size;
-                total <= BUDGET
-            })
             .cloned()
             .collect();
         if rest.is_empty() {
@@ -158,11 +220,47 @@ impl RemoteLayer {
         self.speculate(self.index().path(node), rest);
     }
 
+    /// After the head of ELF file `node` arrived for a read: a small file's rest, a large
+    /// one's loader ranges, on a guess (once per file: called with the loader dependencies).
+    fn continue_after_head(&self, node: NodeId, head: &[u8]) {
+        let n = self.index().node(node);
+        if !elf::is_elf(head) {
+            return;
+        }
+        let small = continuation::total_compressed(&n.chunks) <= continuation::WHOLE_MAX;
+        if small && n.mode & 0o111 != 0 {
+            // An executable's rest went out with the miss on its head already.
+            return;
+        }
+        let chunks: Vec<Chunk> = if small {
+            n.chunks
+                .iter()
+                .skip(1)
+                .filter(|c| !self.fetcher.is_cached(c))
+                .cloned()
+                .collect()
+        } else {
+            self.loader_range_chunks(node)
+        };
+        if !chunks.is_empty() {
+            self.speculate(self.index().path(node), chunks);
+        }
+    }
+
     /// Fetches `chunks` in the background for a read that has not come yet. At most
     /// `SPECULATIVE_TASKS` run at once (each may hold up to 64 MiB while it decodes); beyond
     /// that the guess is dropped, never queued, so a program opening many large files cannot
     /// make speculation grow without bound.
     fn speculate(&self, label: String, chunks: Vec<Chunk>) -> bool {
+        self.speculate_then(label, chunks, Vec::new)
+    }
+
+    /// Like [`Self::speculate`], and once `chunks` are in, fetches what `then` says (with
+    /// the same permit: a guess that follows from the first one's bytes).
+    fn speculate_then<F>(&self, label: String, chunks: Vec<Chunk>, then: F) -> bool
+    where
+        F: FnOnce() -> Vec<Chunk> + Send + 'static,
+    {
         if !self.fetcher.honours_ranges() {
             // Each request to such a server streams the blob from its start: a guess would
             // cost the whole prefix again.
@@ -177,6 +275,16 @@ impl RemoteLayer {
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = fetcher.fetch_ahead(&label, &chunks).await {
+                tracing::debug!(file = %label, error = %e, "speculative fetch failed");
+                return;
+            }
+            let mut next = then();
+            if next.is_empty() {
+                return;
+            }
+            next.sort_by_key(|c| (c.blob_offset, c.inner_offset));
+            next.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
+            if let Err(e) = fetcher.fetch_ahead(&label, &next).await {
                 tracing::debug!(file = %label, error = %e, "speculative fetch failed");
             }
         });
@@ -232,10 +340,4 @@ impl RemoteLayer {
             mark();
         }
     }
-}
-
-/// Whether `n`, named `name`, looks like something loaded whole: executable, or a shared
-/// object by name.
-fn is_program_or_library(n: &Node, name: &str) -> bool {
-    n.mode & 0o111 != 0 || name.ends_with(".so") || name.contains(".so.")
 }

@@ -168,6 +168,8 @@ pub struct LayerStats {
     /// Opens through FUSE reads and through passthrough.
     #[serde(flatten)]
     pub opens: OpenSnapshot,
+    /// Misses and requests in time (`stats --timeline`).
+    pub timeline: crate::fetcher::TimelineSnapshot,
 }
 
 /// A mounted image rootfs.
@@ -361,6 +363,7 @@ impl MountedImage {
                         counters: c,
                         prefetch: layer.prefetch_state(),
                         opens: opens.snapshot(),
+                        timeline: layer.timeline(),
                     }
                 }
                 MountedLayer::Unpacked { digest, size, .. } => LayerStats {
@@ -374,6 +377,7 @@ impl MountedImage {
                     },
                     prefetch: PrefetchState::Done,
                     opens: OpenSnapshot::default(),
+                    timeline: Default::default(),
                 },
             })
             .collect()
