@@ -4,8 +4,8 @@
 //! the registry's) is replayed at mount before the landmark and background prefetch.
 //!
 //! When a recording is saved: after [`QUIET`] without a new chunk once reads began, or
-//! [`RECORD_FOR`] after the layer was opened, or when the layer is let go (unmount), which
-//! comes first. One recording per layer and process: later reads are counted, not recorded.
+//! [`RECORD_FOR`] after the first read, or when the layer is let go (unmount), which comes
+//! first (a layer mounted long before its container starts records that start). One recording per layer and process: later reads are counted, not recorded.
 //!
 //! A layer started with a profile that fits it does not record (the good profile is kept;
 //! remove it with `stargaze profile rm` to learn again); one whose profile does not fit is
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 /// Quiet time after the last newly read chunk that ends a recording.
 pub const QUIET: Duration = Duration::from_secs(2);
-/// Longest recording, from the layer's open.
+/// Longest recording, from the first read.
 pub const RECORD_FOR: Duration = Duration::from_secs(60);
 /// Replay batches in flight at once.
 const REPLAY_CONCURRENCY: usize = 3;
@@ -144,8 +144,8 @@ impl RemoteLayer {
         n
     }
 
-    /// Saves the recording when reads have been quiet for [`QUIET`] (once there were any)
-    /// or [`RECORD_FOR`] has passed.
+    /// Saves the recording when reads have been quiet for [`QUIET`] or [`RECORD_FOR`] has
+    /// passed since the first, once there were any.
     async fn watch_recording(&self) {
         if self.profile.setup.get().is_none_or(|s| s.store.is_none()) {
             return;
@@ -155,10 +155,11 @@ impl RemoteLayer {
             if !self.profile.recorder.is_open() {
                 return;
             }
-            let (n, last) = self.profile.recorder.progress();
+            let (n, first, last) = self.profile.recorder.progress();
             let now = self.opened.elapsed();
             let quiet = now.saturating_sub(Duration::from_millis(last));
-            if (n > 0 && quiet >= QUIET) || now >= RECORD_FOR {
+            let recording = now.saturating_sub(Duration::from_millis(first));
+            if n > 0 && (quiet >= QUIET || recording >= RECORD_FOR) {
                 self.save_recording();
                 return;
             }

@@ -23,7 +23,8 @@ struct State {
     order_bytes: u64,
     /// Whether new chunks still join `order`.
     open: bool,
-    /// Milliseconds (after open) of the last chunk that joined `order`.
+    /// Milliseconds (after open) of the first and the last chunk that joined `order`.
+    first_ms: u64,
     last_ms: u64,
 }
 
@@ -44,6 +45,7 @@ impl Default for Recorder {
                 order: Vec::new(),
                 order_bytes: 0,
                 open: true,
+                first_ms: 0,
                 last_ms: 0,
             }),
         }
@@ -67,6 +69,9 @@ impl Recorder {
             t.chunks += 1;
             t.bytes += bytes;
             if s.open && s.order.len() < MAX_ENTRIES {
+                if s.order.is_empty() {
+                    s.first_ms = ms;
+                }
                 s.order.push(Entry::of(c, ms));
                 s.order_bytes += bytes;
                 s.last_ms = ms;
@@ -80,10 +85,10 @@ impl Recorder {
         self.lock().open
     }
 
-    /// Chunks recorded so far, and the time of the last one (ms after open).
-    pub fn progress(&self) -> (usize, u64) {
+    /// Chunks recorded so far, and the times of the first and the last (ms after open).
+    pub fn progress(&self) -> (usize, u64, u64) {
         let s = self.lock();
-        (s.order.len(), s.last_ms)
+        (s.order.len(), s.first_ms, s.last_ms)
     }
 
     /// Closes the record (nothing joins it any more) and returns it with its chunks'
@@ -136,7 +141,7 @@ mod tests {
             ..c(50, 0)
         };
         assert_eq!(r.touch(&[zero], 10), Touched::default());
-        assert_eq!(r.progress(), (3, 9));
+        assert_eq!(r.progress(), (3, 5, 9));
         assert_eq!(
             r.close().unwrap(),
             (vec![Entry(10, 0, 5), Entry(0, 0, 5), Entry(0, 2, 9)], 9)
