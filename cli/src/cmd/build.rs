@@ -121,6 +121,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         platform,
         estargz: a.estargz,
         no_cache: a.no_cache,
+        sessions: Vec::new(),
     };
     let worker = opened.worker().clone();
     // Ctrl-C or SIGTERM: running steps are killed and cleaned up, then the build fails.

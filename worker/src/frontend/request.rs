@@ -56,6 +56,9 @@ pub struct BuildRequest {
     pub estargz: bool,
     /// Ignore the step cache.
     pub no_cache: bool,
+    /// Session IDs asked, in order, for registry credentials by every registry access of the
+    /// build (empty: the worker's own configuration only).
+    pub sessions: Vec<String>,
 }
 
 /// A layer of a stage's image: its descriptor and where its blob is.
