@@ -283,3 +283,143 @@ fn a_registry_without_the_referrers_api_shares_profiles_through_the_fallback_tag
     let registry = DockerRegistry::start(RegistryAuth::None);
     learn_replay_share(registry.addr, tmp.path(), &oci, false);
 }
+
+/// The sample image with busybox, 1 MiB chunks, pushed to `registry` as `repo:v1`.
+fn push_with_busybox(dir: &Path, registry: SocketAddr, repo: &str) {
+    use stargaze_fs::format::WriterOptions;
+    use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
+    use stargaze_fs::image::{convert_image, ImageConvertOptions, OciLayout};
+    let oci = dir.join("oci");
+    let opts = SampleOptions {
+        small_files: 40,
+        large_files: vec![3 << 20],
+        ..SampleOptions::default()
+    };
+    build_sample_image(&oci, "sample", &opts).unwrap();
+    let layout = OciLayout::open(&oci).unwrap();
+    let writer = WriterOptions {
+        chunk_size: 1 << 20,
+        ..WriterOptions::default()
+    };
+    convert_image(
+        &layout,
+        Some("sample"),
+        &layout,
+        Some("esgz"),
+        &ImageConvertOptions { writer },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    push(&oci, registry, repo);
+}
+
+/// Waits (up to 10 s) for one layer profile under `dir`.
+fn wait_for_profile(dir: &Path) -> Profile {
+    for _ in 0..100 {
+        if std::fs::read_dir(dir).is_ok_and(|d| d.count() == 1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    local_profile(dir)
+}
+
+#[test]
+fn the_snapshotter_records_a_profile_and_a_fresh_node_replays_it_from_the_registry() {
+    use stargaze_suite::servers::StargazeSnapshotter;
+    use stargaze_suite::{run, Containerd};
+    if !(ready()
+        && require(
+            have("containerd") && have("ctr") && have("ctr-remote") && have("runc"),
+            "containerd, ctr, ctr-remote, runc",
+        )
+        && require(Path::new("/bin/busybox").is_file(), "busybox-static"))
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = BackgroundRegistry::start(
+        RegistryOptions::new(tmp.path().join("registry")),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    push_with_busybox(tmp.path(), registry.addr(), "learn/snap");
+    let proxy = FaultProxy::start(registry.addr());
+    let image = format!("{}/learn/snap:v1", proxy.addr());
+    let profiles = tmp.path().join("profiles");
+    let pdir = profiles.to_str().unwrap().to_string();
+    let quiet = ["--no-prefetch", "--no-background-fetch", "--no-passthrough"];
+
+    // 1. A node without profiles: the container's reads are recorded.
+    let ctd = Containerd::start();
+    let mut flags = quiet.to_vec();
+    flags.extend(["--no-profile-lookup", "--profile-dir", &pdir]);
+    let snap = StargazeSnapshotter::start(&ctd, &flags);
+    run(ctd
+        .cmd("ctr-remote")
+        .args(["image", "rpull", "--plain-http", &image]));
+    let metadata: HashSet<(u64, u64)> = blob_ranges(&proxy.seen(), "").into_iter().collect();
+    assert!(!metadata.is_empty(), "the mount read footer and TOC");
+    run(ctd.cmd("ctr").args([
+        "run",
+        "--rm",
+        "--snapshotter=stargz",
+        &image,
+        "learn1",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "dd if=/usr/lib/libsample0.so bs=4096 skip=600 count=1 of=/dev/null && \
+         head -c 100 /usr/share/doc/pkg-0001/file-3.txt >/dev/null",
+    ]));
+    let recorded = wait_for_profile(&profiles);
+    drop(snap);
+    drop(ctd);
+    assert_eq!(recorded.media_type, PROFILE_MEDIA_TYPE);
+    assert!(
+        recorded.layers[0].chunks.len() >= 2,
+        "busybox and the files' chunks were recorded: {:?}",
+        recorded.layers[0].chunks
+    );
+    let push = std::process::Command::new(stargaze_bin())
+        .args(["profile", "push", &image, "--profile-dir", &pdir])
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "profile push: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    // 2. Another node, nothing learned locally: the pull finds the profile in the registry
+    //    and fetches the recorded chunks before the container starts.
+    proxy.reset_log();
+    let ctd = Containerd::start();
+    let fresh = tmp.path().join("fresh-profiles");
+    let mut flags = quiet.to_vec();
+    flags.extend(["--profile-dir", fresh.to_str().unwrap()]);
+    let snap = StargazeSnapshotter::start(&ctd, &flags);
+    run(ctd
+        .cmd("ctr-remote")
+        .args(["image", "rpull", "--plain-http", &image]));
+    let log = proxy.seen();
+    assert!(
+        log.iter().any(|s| s.target.contains("/referrers/")),
+        "the referrers API was asked: {log:?}\n{}",
+        snap.log()
+    );
+    assert_replayed(&proxy, &metadata, &recorded);
+    let out = run(ctd.cmd("ctr").args([
+        "run",
+        "--rm",
+        "--snapshotter=stargz",
+        &image,
+        "learn2",
+        "/bin/busybox",
+        "head",
+        "-c",
+        "5",
+        "/usr/share/doc/pkg-0001/file-3.txt",
+    ]));
+    assert!(!out.is_empty(), "the container read the file");
+}

@@ -66,6 +66,17 @@ struct ServeArgs {
     /// Read fully fetched files through FUSE even where the kernel has passthrough.
     #[arg(long)]
     no_passthrough: bool,
+    /// Neither record nor replay learned prefetch profiles (config: `[profile] enabled`).
+    #[arg(long)]
+    no_profile: bool,
+    /// Do not look for an image's prefetch profile in its registry on a cold start (local
+    /// profiles still apply; config: `[profile] lookup`).
+    #[arg(long)]
+    no_profile_lookup: bool,
+    /// Where this machine records learned prefetch profiles and looks first (config:
+    /// `[profile] dir`) [default: CACHE_DIR/profiles].
+    #[arg(long)]
+    profile_dir: Option<PathBuf>,
     #[command(flatten)]
     hosts: super::remote::HostFlags,
 }
@@ -93,6 +104,9 @@ impl ServeArgs {
             no_background_fetch: self.no_background_fetch,
             background_mib_per_sec: self.background_mib_per_sec,
             no_passthrough: self.no_passthrough,
+            no_profile: self.no_profile,
+            no_profile_lookup: self.no_profile_lookup,
+            profile_dir: self.profile_dir,
             registry: self.hosts.overrides(),
             run_dir: stargaze_fs::mount::run_dir(),
         }

@@ -46,6 +46,12 @@ pub struct DaemonOptions {
     pub background_mib_per_sec: Option<u64>,
     /// Read fully fetched files through FUSE even where the kernel has passthrough.
     pub no_passthrough: bool,
+    /// Neither record nor replay learned prefetch profiles (else `[profile] enabled`).
+    pub no_profile: bool,
+    /// Do not look for an image's profile in its registry (else `[profile] lookup`).
+    pub no_profile_lookup: bool,
+    /// Where this machine's profiles are [default: `[profile] dir`, else CACHE_DIR/profiles].
+    pub profile_dir: Option<PathBuf>,
     /// Registry overrides (plain-HTTP hosts, mirrors, docker config).
     pub registry: RegistryOverrides,
     /// Runtime directory for FUSE holder sockets whose root is too long to hold them.
@@ -158,14 +164,15 @@ impl DaemonOptions {
                     ..BackgroundOptions::default()
                 },
             ),
-            profile: cfg.profile.then(|| ProfileOptions {
+            profile: (!self.no_profile && cfg.profile).then(|| ProfileOptions {
                 // Beside the chunks by default: wiping the cache dir wipes what was learned.
                 store: ProfileStore::new(
-                    cfg.profile_dir
+                    self.profile_dir
                         .clone()
+                        .or_else(|| cfg.profile_dir.clone())
                         .unwrap_or_else(|| self.caches(cfg).dir.join("profiles")),
                 ),
-                lookup: cfg.profile_lookup,
+                lookup: !self.no_profile_lookup && cfg.profile_lookup,
             }),
         }
     }
