@@ -12,18 +12,19 @@
 pub mod holder;
 pub mod labels;
 pub mod lazy;
+pub mod open;
 pub mod profiles;
 
 use self::labels::{RemoteLayerRef, REMOTE, TOC_DIGEST};
 use self::lazy::{LazyOptions, LazyOverlay};
+use self::open::Opener;
 use super::{
     Driver, Info, Labels, LocalSnapshotter, Mount, Result, SnapshotError, Snapshotter, Usage,
 };
 use stargaze_fs::cache::ChunkCache;
 use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::layer::{LayerError, RemoteLayer};
-use stargaze_fs::oci::TOC_DIGEST_ANNOTATION;
-use stargaze_fs::remote::{Descriptor, RegistryClient};
+use stargaze_fs::remote::RegistryClient;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,10 +65,9 @@ pub struct RemoteSource {
 /// The stargz snapshotter.
 pub struct Stargz {
     local: LocalSnapshotter<LazyOverlay>,
-    source: RemoteSource,
+    opener: Arc<Opener>,
     rt: tokio::runtime::Handle,
     counters: Arc<StargzCounters>,
-    profiles: profiles::ImageProfiles,
 }
 
 fn unavailable(what: impl std::fmt::Display) -> SnapshotError {
@@ -96,10 +96,9 @@ impl Stargz {
         };
         let s = Stargz {
             local: LocalSnapshotter::open(root, driver)?,
-            source,
+            opener: Opener::new(source),
             rt,
             counters: Arc::new(StargzCounters::default()),
-            profiles: profiles::ImageProfiles::default(),
         };
         for (name, _, dir) in s.local.with_label(REMOTE)? {
             if let Err(e) = s.remount(&name, &dir) {
@@ -171,66 +170,12 @@ impl Stargz {
         self.local.driver().shutdown()
     }
 
-    /// Opens `layer` from its registry: size by HEAD, then footer and TOC.
+    /// Opens `layer` from its registry (`open::Opener::open`).
     fn open_layer(
         &self,
         layer: &RemoteLayerRef,
     ) -> std::result::Result<Arc<RemoteLayer>, Box<LayerError>> {
-        let src = &self.source;
-        self.rt
-            .block_on(async {
-                let size = src
-                    .client
-                    .blob_size(&layer.reference, &layer.digest, &layer.sessions)
-                    .await?
-                    .ok_or_else(|| {
-                        LayerError::Internal(format!(
-                            "blob {} not in {}",
-                            layer.digest, layer.reference
-                        ))
-                    })?;
-                let desc = Descriptor {
-                    media_type: String::new(),
-                    digest: layer.digest.to_string(),
-                    size,
-                    annotations: layer
-                        .toc_digest
-                        .as_ref()
-                        .map(|t| [(TOC_DIGEST_ANNOTATION.to_string(), t.clone())].into()),
-                    platform: None,
-                    urls: None,
-                };
-                let open = RemoteLayer::open(
-                    src.client.clone(),
-                    &layer.reference,
-                    &desc,
-                    src.cache.clone(),
-                    layer.sessions.clone(),
-                    src.fetch,
-                );
-                // The image's registry profile is looked up alongside (once per image),
-                // unless this layer has a local one.
-                let profile = src.lazy.profile.as_ref();
-                let wanted =
-                    profile.filter(|p| p.lookup && p.store.for_layer(&layer.digest).is_empty());
-                let from_registry = async {
-                    match wanted {
-                        Some(_) => {
-                            self.profiles
-                                .get(&src.client, &layer.reference, &layer.sessions)
-                                .await
-                        }
-                        None => None,
-                    }
-                };
-                let (opened, found) = tokio::join!(open, from_registry);
-                let opened = opened?;
-                if let Some(p) = profile {
-                    opened.use_profile(Some(p.store.clone()), found.as_deref());
-                }
-                Ok(opened)
-            })
-            .map_err(Box::new)
+        self.rt.block_on(self.opener.open(layer)).map_err(Box::new)
     }
 
     /// Mounts remote snapshot `name` (stored at `dir`) again.
@@ -245,7 +190,7 @@ impl Stargz {
         if self
             .local
             .driver()
-            .resume(dir, opened.clone(), &self.rt, &self.source.lazy)?
+            .resume(dir, opened.clone(), &self.rt, &self.opener.source.lazy)?
         {
             self.counters.remounts.fetch_add(1, Ordering::Relaxed);
             tracing::info!(snapshot = %name, layer = %layer.digest, "remote snapshot resumed on its kept FUSE connection");
@@ -254,7 +199,7 @@ impl Stargz {
         self.local.driver().release(dir);
         self.local
             .driver()
-            .mount(dir, opened, &self.rt, &self.source.lazy)?;
+            .mount(dir, opened, &self.rt, &self.opener.source.lazy)?;
         self.counters.remounts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %name, layer = %layer.digest, "remote snapshot remounted");
         Ok(())
@@ -298,13 +243,20 @@ impl Stargz {
         if !parent.is_empty() {
             self.ensure_chain(parent)?;
         }
-        let opened = self.open_layer(layer).map_err(|e| {
-            if e.wants_whole_pull() {
-                SnapshotError::FailedPrecondition(format!("not mounted lazily: {e}"))
-            } else {
-                unavailable(e)
-            }
-        })?;
+        // The image's other layers start opening now; their Prepares follow this one.
+        let present = self.layers().iter().map(|l| l.digest()).collect();
+        self.opener.open_ahead(&self.rt, layer, labels, &present);
+        let opened = self
+            .rt
+            .block_on(self.opener.take_or_open(layer))
+            .map_err(Box::new)
+            .map_err(|e| {
+                if e.wants_whole_pull() {
+                    SnapshotError::FailedPrecondition(format!("not mounted lazily: {e}"))
+                } else {
+                    unavailable(e)
+                }
+            })?;
         let mut stored = labels::stored(labels);
         if let Some(t) = &layer.toc_digest {
             stored.insert(TOC_DIGEST.into(), t.clone());
@@ -312,7 +264,7 @@ impl Stargz {
         let driver = self.local.driver();
         self.local
             .create_committed(target, parent, stored, &|dir, _| {
-                driver.mount(dir, opened.clone(), &self.rt, &self.source.lazy)
+                driver.mount(dir, opened.clone(), &self.rt, &self.opener.source.lazy)
             })?;
         self.counters.lazy_mounts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %target, layer = %layer.digest, size = opened.size(), "layer mounted lazily");
