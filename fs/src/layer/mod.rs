@@ -24,7 +24,7 @@ use crate::format::{
 };
 use crate::oci::{TOC_DIGEST_ANNOTATION, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS};
 use crate::remote::RangeAnswer;
-use crate::remote::{Descriptor, Reference, RegistryClient, RemoteError};
+use crate::remote::{Descriptor, RangeReply, Reference, RegistryClient, RemoteError};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -180,6 +180,44 @@ impl RemoteLayer {
         sessions: Vec<String>,
         fetch: FetchOptions,
     ) -> Result<Arc<Self>, LayerError> {
+        Self::open_with_tail(client, reference, desc, cache, sessions, fetch, None).await
+    }
+
+    /// Like [`Self::open`] for a layer whose size is not known (`desc.size` is ignored): the
+    /// tail is asked for as a suffix range, whose answer gives the size too; a registry that
+    /// does not answer it plainly is asked for the size (HEAD) first.
+    pub async fn open_unsized(
+        client: Arc<RegistryClient>,
+        reference: &Reference,
+        desc: &Descriptor,
+        cache: Arc<ChunkCache>,
+        sessions: Vec<String>,
+        fetch: FetchOptions,
+    ) -> Result<Arc<Self>, LayerError> {
+        let digest = desc.digest()?;
+        let mut desc = desc.clone();
+        let tail = client
+            .blob_tail(reference, &digest, FIRST_TAIL, &sessions)
+            .await?;
+        desc.size = match &tail {
+            Some(t) => t.total,
+            None => client
+                .blob_size(reference, &digest, &sessions)
+                .await?
+                .ok_or_else(|| LayerError::Internal(format!("blob {digest} not in {reference}")))?,
+        };
+        Self::open_with_tail(client, reference, &desc, cache, sessions, fetch, tail).await
+    }
+
+    async fn open_with_tail(
+        client: Arc<RegistryClient>,
+        reference: &Reference,
+        desc: &Descriptor,
+        cache: Arc<ChunkCache>,
+        sessions: Vec<String>,
+        fetch: FetchOptions,
+        tail: Option<RangeReply>,
+    ) -> Result<Arc<Self>, LayerError> {
         let digest = desc.digest()?;
         let blob = RemoteBlob {
             client,
@@ -220,7 +258,10 @@ impl RemoteLayer {
             return Err(fmt_err(FormatError::Truncated("empty layer blob".into())));
         }
         let tail_len = size.min(FIRST_TAIL);
-        let tail = blob.range(size - tail_len, tail_len).await?;
+        let tail = match tail {
+            Some(t) if t.data.len() as u64 == tail_len => t,
+            _ => blob.range(size - tail_len, tail_len).await?,
+        };
         let mut wire = tail.wire_bytes;
         let mut whole = u64::from(tail.answer == RangeAnswer::Whole);
         let mut data = tail.data.to_vec();

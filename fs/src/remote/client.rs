@@ -12,6 +12,7 @@
 
 mod redirect;
 mod referrers;
+mod tail;
 pub use referrers::Referrer;
 
 use super::auth::{Authenticator, CredentialProvider, Scope, SessionManager};

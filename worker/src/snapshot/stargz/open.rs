@@ -159,8 +159,8 @@ impl Opener {
         .clone()
     }
 
-    /// Opens `layer` from its registry: size by HEAD (unless `size` is known), then footer
-    /// and TOC; the image's registry profile is looked up alongside (once per image) unless
+    /// Opens `layer` from its registry: footer and TOC (with the size, unless known, from
+    /// the same suffix range request); the image's registry profile is looked up alongside (once per image) unless
     /// the layer has a local one.
     pub async fn open(&self, layer: &RemoteLayerRef) -> Result<Arc<RemoteLayer>, LayerError> {
         self.open_sized(layer, None).await
@@ -172,23 +172,10 @@ impl Opener {
         size: Option<u64>,
     ) -> Result<Arc<RemoteLayer>, LayerError> {
         let src = &self.source;
-        let size = match size {
-            Some(s) => s,
-            None => src
-                .client
-                .blob_size(&layer.reference, &layer.digest, &layer.sessions)
-                .await?
-                .ok_or_else(|| {
-                    LayerError::Internal(format!(
-                        "blob {} not in {}",
-                        layer.digest, layer.reference
-                    ))
-                })?,
-        };
         let desc = Descriptor {
             media_type: String::new(),
             digest: layer.digest.to_string(),
-            size,
+            size: size.unwrap_or(0),
             annotations: layer
                 .toc_digest
                 .as_ref()
@@ -196,14 +183,31 @@ impl Opener {
             platform: None,
             urls: None,
         };
-        let open = RemoteLayer::open(
+        let (client, cache, sessions) = (
             src.client.clone(),
-            &layer.reference,
-            &desc,
             src.cache.clone(),
             layer.sessions.clone(),
-            src.fetch,
         );
+        let open = async {
+            match size {
+                Some(_) => {
+                    RemoteLayer::open(client, &layer.reference, &desc, cache, sessions, src.fetch)
+                        .await
+                }
+                // No HEAD first: the tail's suffix range tells the size.
+                None => {
+                    RemoteLayer::open_unsized(
+                        client,
+                        &layer.reference,
+                        &desc,
+                        cache,
+                        sessions,
+                        src.fetch,
+                    )
+                    .await
+                }
+            }
+        };
         let profile = src.lazy.profile.as_ref();
         let wanted = profile.filter(|p| p.lookup && p.store.for_layer(&layer.digest).is_empty());
         let from_registry = async {
