@@ -385,3 +385,106 @@ fn loader_dependencies_and_small_directories_arrive_unasked_and_nothing_by_name(
         }
     });
 }
+
+/// An image whose `usr/share/big/` holds 64 files of incompressible bytes, `f00` 8 KiB up to
+/// `f63` 260 KiB (4 KiB more each): 8.3 MB in all, far over the small-directory budget.
+fn big_dir_image(dir: &Path) -> std::path::PathBuf {
+    let oci = dir.join("oci");
+    let layout = format!("{}", oci.display());
+    run(Command::new("umoci").args(["init", "--layout", &layout]));
+    run(Command::new("umoci").args(["new", "--image", &format!("{layout}:plain")]));
+    let bundle = dir.join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &format!("{layout}:plain")])
+        .arg(&bundle));
+    let big = bundle.join("rootfs/usr/share/big");
+    std::fs::create_dir_all(&big).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    // Written largest first, so blob order is not size order.
+    for i in (0..64u64).rev() {
+        let mut data = Vec::new();
+        while data.len() < ((8 + 4 * i) << 10) as usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(big.join(format!("f{i:02}")), &data).unwrap();
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &format!("{layout}:plain")])
+        .arg(&bundle));
+    let l = OciLayout::open(&oci).unwrap();
+    convert_image(
+        &l,
+        Some("plain"),
+        &l,
+        Some("esgz"),
+        &ImageConvertOptions {
+            writer: WriterOptions::default(),
+        },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    oci
+}
+
+#[test]
+fn a_large_directory_is_fetched_only_as_misses_repeat_there_smallest_files_first() {
+    if !require(have("umoci"), "umoci") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let oci = big_dir_image(tmp.path());
+    let registry = BackgroundRegistry::start(
+        RegistryOptions::new(tmp.path().join("reg")),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cache = Arc::new(ChunkCache::new(Some(MemoryCache::new(64 << 20)), None));
+        let layer = open_pushed(&registry, &oci, cache).await;
+        let id = |i: u32| layer.resolve(&format!("usr/share/big/f{i:02}")).unwrap();
+        let cached = |layer: &RemoteLayer| -> Vec<u32> {
+            (0..64).filter(|&i| layer.is_cached(id(i))).collect()
+        };
+        // A first miss there: that file only.
+        layer.read_path("usr/share/big/f40").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            cached(&layer),
+            vec![40],
+            "one miss in a large directory guesses nothing"
+        );
+        // A second miss: the smallest files follow, up to about 1 MiB, not the directory.
+        layer.read_path("usr/share/big/f50").await.unwrap();
+        let small: Vec<&str> = [
+            "usr/share/big/f00",
+            "usr/share/big/f01",
+            "usr/share/big/f10",
+        ]
+        .into_iter()
+        .collect();
+        wait_cached(&layer, &small).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after_two = cached(&layer);
+        assert!(
+            !after_two.contains(&63) && after_two.len() < 40,
+            "a bounded step, smallest first: {after_two:?}"
+        );
+        // More misses there: the steps grow until the directory is in.
+        for f in [60, 61, 62, 63, 59] {
+            layer
+                .read_path(&format!("usr/share/big/f{f:02}"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let later = cached(&layer);
+        assert!(
+            later.len() > after_two.len() + 10,
+            "{after_two:?} then {later:?}"
+        );
+    });
+}

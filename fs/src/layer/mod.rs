@@ -3,6 +3,7 @@
 //! chunk by chunk through the fetcher (cache → merged Range GETs → verify). The FUSE
 //! filesystem of a later layer of the stack sits on [`RemoteLayer::read`].
 
+mod activity;
 mod continuation;
 mod elf;
 mod ldcache;
@@ -26,7 +27,7 @@ use crate::oci::{TOC_DIGEST_ANNOTATION, ZSTD_CHUNKED_CHECKSUM_ANNOTATIONS};
 use crate::remote::RangeAnswer;
 use crate::remote::{Descriptor, RangeReply, Reference, RegistryClient, RemoteError};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -128,13 +129,10 @@ pub struct RemoteLayer {
     elf_seen: Mutex<std::collections::HashSet<NodeId>>,
     /// Per file, the window of the last continuation past a miss.
     streams: continuation::Streams,
-    /// Directories whose small files were already fetched on a guess.
-    dirs_seen: Mutex<std::collections::HashSet<NodeId>>,
-    /// On-demand reads in progress (background fetching yields to them).
-    foreground: AtomicUsize,
-    /// When the layer was opened, and milliseconds after it of the last on-demand read.
+    /// Per directory, how many misses there led to a guess at its files (`u32::MAX`: done).
+    dirs_seen: Mutex<std::collections::HashMap<NodeId, u32>>,
+    /// When the layer was opened.
     opened: std::time::Instant,
-    last_foreground_ms: AtomicU64,
     prefetch: Mutex<PrefetchState>,
     /// The learned prefetch profile: recording and replay.
     profile: profile_replay::ProfileState,
@@ -313,9 +311,7 @@ impl RemoteLayer {
             dirs_seen: Mutex::new(Default::default()),
             streams: Default::default(),
             speculative: Arc::new(tokio::sync::Semaphore::new(SPECULATIVE_TASKS)),
-            foreground: AtomicUsize::new(0),
             opened: std::time::Instant::now(),
-            last_foreground_ms: AtomicU64::new(0),
             prefetch: Mutex::new(PrefetchState::Idle),
             profile: Default::default(),
         }))
@@ -392,12 +388,7 @@ impl RemoteLayer {
         };
         let chunks = &n.chunks[first..=last];
         self.note_read(chunks);
-        self.foreground.fetch_add(1, Ordering::SeqCst);
-        let _done = Finally(|| {
-            let now = self.opened.elapsed().as_millis() as u64;
-            self.last_foreground_ms.fetch_max(now, Ordering::SeqCst);
-            self.foreground.fetch_sub(1, Ordering::SeqCst);
-        });
+        let _on_demand = activity::on_demand();
         // Cached ranges are read as they are, not as whole chunks; a file's head goes the
         // whole-chunk way once, so a binary's loader dependencies are looked at.
         let head_unseen = first == 0
@@ -500,15 +491,6 @@ impl RemoteLayer {
     }
 }
 
-/// Runs a closure when dropped.
-struct Finally<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for Finally<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
-
 /// How the background fetch behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct BackgroundOptions {
@@ -596,11 +578,8 @@ impl RemoteLayer {
         self.set_state(PrefetchState::Background { done, total });
         while i < chunks.len() {
             loop {
-                let now = self.opened.elapsed().as_millis() as u64;
-                let quiet = now.saturating_sub(self.last_foreground_ms.load(Ordering::SeqCst));
-                if self.foreground.load(Ordering::SeqCst) == 0
-                    && quiet >= opts.idle.as_millis() as u64
-                {
+                // Any layer's on-demand reads hold it back: they share the link.
+                if activity::quiet_for().is_some_and(|q| q >= opts.idle) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

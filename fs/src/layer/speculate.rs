@@ -291,53 +291,96 @@ impl RemoteLayer {
         true
     }
 
-    /// After a miss in a directory whose files are small and few, the other files of that
-    /// directory are fetched too, once: a program that reads one file of such a directory
-    /// (a package's modules, a locale, a config dir) usually reads more, one round trip
-    /// each, and the archive keeps a directory's files together, so this is one request.
-    /// Skipped when the directory holds more than `SIBLINGS_MAX_ENTRIES` entries or its
-    /// other files come to more than `SIBLINGS_BUDGET` compressed bytes.
+    /// After a miss in a directory, its other files are fetched on a guess: a program that
+    /// reads one file of a directory (a package's modules, a locale, a config dir) usually
+    /// reads more, one round trip each, and the archive keeps a directory's files together.
+    /// At the first miss, only a small directory is taken — all of it, when its other files
+    /// come to at most `SIBLINGS_BUDGET` compressed bytes. A larger directory is taken only
+    /// when the reads keep missing in it: at each further miss there, its smallest files not
+    /// yet fetched (the most files, so the most round trips, per byte), up to a budget that
+    /// doubles with every miss (1, 2, 4, then 8 MiB a step), until the directory is in.
+    /// Directories of more than `SIBLINGS_MAX_ENTRIES` entries are left alone.
     pub(super) fn prefetch_siblings(&self, node: NodeId) {
         const SIBLINGS_BUDGET: u64 = 512 << 10;
-        const SIBLINGS_MAX_ENTRIES: usize = 1024;
+        const SIBLINGS_MAX_STEP: u64 = 8 << 20;
+        const SIBLINGS_MAX_ENTRIES: usize = 4096;
+        /// The directory is in (or left alone): no more guesses there.
+        const DONE: u32 = u32::MAX;
         let index = self.index();
         let dir = index.node(node).parent;
-        if self.dirs_seen.lock().is_ok_and(|seen| seen.contains(&dir)) {
+        let misses = self
+            .dirs_seen
+            .lock()
+            .map_or(DONE, |seen| seen.get(&dir).copied().unwrap_or(0));
+        if misses == DONE {
             return;
         }
-        let mark = || {
+        let set = |v: u32| {
             if let Ok(mut seen) = self.dirs_seen.lock() {
-                seen.insert(dir);
+                seen.insert(dir, v);
             }
         };
         let children = index.children(dir);
         if children.len() > SIBLINGS_MAX_ENTRIES {
-            return mark();
+            return set(DONE);
         }
-        let mut total = 0u64;
-        let mut chunks: Vec<Chunk> = Vec::new();
+        // Per other file, its chunks not cached yet and their compressed bytes.
+        let mut files: Vec<(u64, Vec<Chunk>)> = Vec::new();
         for (_, id) in children {
             let n = index.node(id);
             if id == node || n.kind != NodeKind::Reg {
                 continue;
             }
-            for c in n.chunks.iter().filter(|c| !self.fetcher.is_cached(c)) {
-                total += c.blob_end - c.blob_offset;
-                if total > SIBLINGS_BUDGET {
-                    return mark();
-                }
-                chunks.push(c.clone());
+            let wanted: Vec<Chunk> = n
+                .chunks
+                .iter()
+                .filter(|c| !self.fetcher.is_cached(c))
+                .cloned()
+                .collect();
+            if !wanted.is_empty() {
+                let bytes = wanted.iter().map(|c| c.blob_end - c.blob_offset).sum();
+                files.push((bytes, wanted));
             }
         }
+        if files.is_empty() {
+            return set(DONE);
+        }
+        let total: u64 = files.iter().map(|f| f.0).sum();
+        let budget = if misses == 0 {
+            SIBLINGS_BUDGET
+        } else {
+            (SIBLINGS_BUDGET << misses.min(4)).min(SIBLINGS_MAX_STEP)
+        };
+        if misses == 0 && total > budget {
+            // A large directory: wait for a second miss there before guessing.
+            return set(1);
+        }
+        files.sort_by_key(|(bytes, chunks)| (*bytes, chunks[0].blob_offset));
+        let mut taken = 0u64;
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut all = true;
+        for (bytes, c) in files {
+            if taken + bytes > budget {
+                all = false;
+                break;
+            }
+            taken += bytes;
+            chunks.extend(c);
+        }
         if chunks.is_empty() {
-            return mark();
+            // Every file left is bigger than this step: the next miss has a larger one.
+            return set(misses.saturating_add(1).min(DONE - 1));
         }
         chunks.sort_by_key(|c| (c.blob_offset, c.inner_offset));
         chunks.dedup_by_key(|c| (c.blob_offset, c.inner_offset));
         let label = format!("(siblings in {})", index.path(dir));
         // A guess dropped because enough are running is tried again at the next miss here.
         if self.speculate(label, chunks) {
-            mark();
+            set(if all {
+                DONE
+            } else {
+                misses.saturating_add(1).min(DONE - 1)
+            });
         }
     }
 }
