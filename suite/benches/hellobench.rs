@@ -202,14 +202,57 @@ fn mount_chroot(
     image_env(&mut c);
     let mut bytes = 0;
     let t = first_output_with(start, &mut c, &mut || bytes = w.bytes_down() - bytes0);
-    let stats = if want_stats {
+    let keep = std::env::var_os("HELLOBENCH_STATS_DIR").map(PathBuf::from);
+    let stats = if want_stats || keep.is_some() {
         std::thread::sleep(Duration::from_millis(1200)); // one stats.json refresh
-        stats_json(&run_dir, &mnt)
+        let stats = stats_json(&run_dir, &mnt);
+        if let Some(keep) = keep {
+            save_stats(&keep, dir, &run_dir, &mnt, &stats);
+        }
+        stats
     } else {
         serde_json::Value::Null
     };
     drop(guard);
+    // Each run has its own dir; its cache (whole layers after background fetch) goes now.
+    detach_under(dir);
+    let _ = std::fs::remove_dir_all(dir);
     (Sample { t, bytes }, stats)
+}
+
+/// With `HELLOBENCH_STATS_DIR`, each (d) run's `stats --json` and `stats --timeline` are kept
+/// there as `NAME.json` / `NAME.timeline.txt`, NAME being the run's work dir name (workload,
+/// converter, rate and run): what the diagnosis of a slow workload reads afterwards.
+fn save_stats(keep: &Path, dir: &Path, run_dir: &Path, mnt: &Path, stats: &serde_json::Value) {
+    let name = dir
+        .file_name()
+        .map_or("run".into(), |n| n.to_string_lossy().into_owned());
+    let _ = std::fs::create_dir_all(keep);
+    let _ = std::fs::write(
+        keep.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(stats).unwrap_or_default(),
+    );
+    if let Ok(out) = Command::new(stargaze_bin())
+        .env("STARGAZE_RUN_DIR", run_dir)
+        .args(["stats", "--timeline"])
+        .arg(mnt)
+        .output()
+    {
+        let _ = std::fs::write(keep.join(format!("{name}.timeline.txt")), out.stdout);
+    }
+}
+
+/// Runs one mode's measurement; a failure (a panic: the command failed, a mount did not come
+/// up) is printed and leaves that mode's cells empty instead of ending the whole matrix. The
+/// guards inside (mounts, daemons) are dropped while unwinding, so nothing stays behind.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            println!("{what} FAILED (the panic message is on stderr)");
+            None
+        }
+    }
 }
 
 fn mb(b: u64) -> f64 {
@@ -240,6 +283,7 @@ fn measure(
     };
     let image = format!("{}/{repo}:{tag}", w.host);
     let label = format!("hellobench: {} Mbit/s {} {conv}", w.rate_mbit, wl.name);
+    let tagname = format!("{}mbit-{}-{conv}", w.rate_mbit, wl.name);
     let mut row = Row {
         layers: layer_count(layout, tag),
         ..Row::default()
@@ -252,7 +296,11 @@ fn measure(
         let mut v = Vec::new();
         let mut warm = Vec::new();
         for i in 0..runs {
-            let (s, wt) = full_pull(w, &image, wl, &format!("hb-full{i}"));
+            let Some((s, wt)) = guarded(&format!("{label} (a) run {}", i + 1), || {
+                full_pull(w, &image, wl, &format!("hb-full{i}"))
+            }) else {
+                continue;
+            };
             println!(
                 "{label} (a) run {}/{runs}: {:.2} s, {:.1} MB; warm run {wt:.2} s",
                 i + 1,
@@ -263,28 +311,32 @@ fn measure(
             warm.push(wt);
         }
         row.a = summarize(&v);
-        row.warm = Some(median(warm));
+        row.warm = (!warm.is_empty()).then(|| median(warm));
     }
     if has("b") && ctd_tools {
         if let Some(bin) = reference_stargz_grpc() {
             let mut v = Vec::new();
             for i in 0..runs {
-                let r = lazy_run(
-                    w,
-                    &image,
-                    wl.cmd,
-                    &format!("hb-ref{i}"),
-                    &|ctd| {
-                        Box::new(ReferenceStargz::start_in(
-                            &bin,
-                            ctd,
-                            &w.host,
-                            Some(&ns_path),
-                        ))
-                    },
-                    &|d| d.downcast_ref::<ReferenceStargz>().map_or(0, |r| r.pid()),
-                    &|_| Vec::new(),
-                );
+                let Some(r) = guarded(&format!("{label} (b) run {}", i + 1), || {
+                    lazy_run(
+                        w,
+                        &image,
+                        wl.cmd,
+                        &format!("hb-ref{i}"),
+                        &|ctd| {
+                            Box::new(ReferenceStargz::start_in(
+                                &bin,
+                                ctd,
+                                &w.host,
+                                Some(&ns_path),
+                            ))
+                        },
+                        &|d| d.downcast_ref::<ReferenceStargz>().map_or(0, |r| r.pid()),
+                        &|_| Vec::new(),
+                    )
+                }) else {
+                    continue;
+                };
                 println!(
                     "{label} (b) run {}/{runs}: {:.2} s (rpull {:.2} s), {:.1} MB",
                     i + 1,
@@ -309,23 +361,27 @@ fn measure(
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let mut v = Vec::new();
         for i in 0..runs {
-            let r = lazy_run(
-                w,
-                &image,
-                wl.cmd,
-                &format!("hb-sg{i}"),
-                &|ctd| Box::new(StargazeSnapshotter::start_in(ctd, &extra, Some(&ns_path))),
-                &|d| {
-                    d.downcast_ref::<StargazeSnapshotter>()
-                        .map_or(0, |s| s.pid())
-                },
-                &|d| {
-                    d.downcast_ref::<StargazeSnapshotter>()
-                        .and_then(|s| s.holder_pid())
-                        .into_iter()
-                        .collect()
-                },
-            );
+            let Some(r) = guarded(&format!("{label} (c) run {}", i + 1), || {
+                lazy_run(
+                    w,
+                    &image,
+                    wl.cmd,
+                    &format!("hb-sg{i}"),
+                    &|ctd| Box::new(StargazeSnapshotter::start_in(ctd, &extra, Some(&ns_path))),
+                    &|d| {
+                        d.downcast_ref::<StargazeSnapshotter>()
+                            .map_or(0, |s| s.pid())
+                    },
+                    &|d| {
+                        d.downcast_ref::<StargazeSnapshotter>()
+                            .and_then(|s| s.holder_pid())
+                            .into_iter()
+                            .collect()
+                    },
+                )
+            }) else {
+                continue;
+            };
             println!(
                 "{label} (c) run {}/{runs}: {:.2} s (rpull {:.2} s), {:.1} MB",
                 i + 1,
@@ -347,7 +403,18 @@ fn measure(
         let extra = words("HELLOBENCH_FLAGS");
         let mut v = Vec::new();
         for i in 0..runs {
-            let (s, _) = mount_chroot(w, &image, wl, &work.join(format!("d{i}")), &extra, false);
+            let Some((s, _)) = guarded(&format!("{label} (d) run {}", i + 1), || {
+                mount_chroot(
+                    w,
+                    &image,
+                    wl,
+                    &work.join(format!("{tagname}-d{i}")),
+                    &extra,
+                    false,
+                )
+            }) else {
+                continue;
+            };
             println!(
                 "{label} (d) run {}/{runs}: {:.2} s, {:.1} MB",
                 i + 1,
@@ -365,7 +432,18 @@ fn measure(
     extra.push("--no-background-fetch".into());
     extra.push("--record-access".into());
     extra.push(record.display().to_string());
-    let (s, stats) = mount_chroot(w, &image, wl, &work.join("needed"), &extra, true);
+    let Some((s, stats)) = guarded(&format!("{label} needed-only (d) run"), || {
+        mount_chroot(
+            w,
+            &image,
+            wl,
+            &work.join(format!("{tagname}-needed")),
+            &extra,
+            true,
+        )
+    }) else {
+        return row;
+    };
     row.needed = Some(s.bytes);
     let opened: Vec<String> = std::fs::read_to_string(&record)
         .unwrap_or_default()
