@@ -14,8 +14,9 @@
 //! (d) `stargaze mount` (`--writable` where the workload writes) + chroot with /proc and a
 //!     container-like /dev (tmpfs with runc's nodes, /dev/shm) mounted inside.
 //! The figure is the time to the first byte of stdout. Bytes are counted at the proxy for every
-//! mode, up to the first output byte. One more (d) run without background fetch, recording
-//! the files opened, gives the chunks read (`chunk_bytes_read` from `stargaze stats` when the
+//! mode, up to the first output byte. One more (d) run without background fetch and without
+//! FUSE passthrough (the daemon never sees a passthrough file's reads), recording the files
+//! opened, gives the chunks read (`chunk_bytes_read` from `stargaze stats` when the
 //! binary reports it, else an upper bound: the smaller of the TOC's chunks of the opened
 //! files, whole, and the bytes that run fetched) and so the physical limit
 //! (`suite/src/bench/limit.rs`). Prints a line per run and ends with a markdown table.
@@ -24,7 +25,8 @@
 //! cargo bench --bench hellobench`. Environment: `HELLOBENCH_RATES=10,100,1000` (Mbit/s,
 //! default 100; 20 ms each way always), `HELLOBENCH_WORKLOADS=python,gcc,…`,
 //! `HELLOBENCH_CONVERTERS=ref,ours`, `HELLOBENCH_MODES=a,b,c,d`, `HELLOBENCH_RUNS=N` (default
-//! 3), `HELLOBENCH_FLAGS` (extra `stargaze mount` flags), `HELLOBENCH_SNAPSHOTTER_FLAGS`.
+//! 3), `HELLOBENCH_FLAGS` (extra `stargaze mount` flags), `HELLOBENCH_SNAPSHOTTER_FLAGS`,
+//! `HELLOBENCH_STATS_DIR` (keeps each (d) run's stats, timeline and server log there).
 
 use stargaze_suite::bench::limit::{
     chunk_bytes_from_stats, chunk_bytes_of_files, layer_count, physical_limit,
@@ -161,7 +163,7 @@ impl Drop for ChrootMount {
 }
 
 /// (d): `stargaze mount` + chroot; returns the sample and, after a stats refresh when
-/// `want_stats`, the mount's `stats --json`.
+/// `want_stats`, the mount's `stats --json`, and the seconds `stargaze mount` took.
 fn mount_chroot(
     w: &Wan,
     image: &str,
@@ -169,7 +171,7 @@ fn mount_chroot(
     dir: &Path,
     extra: &[String],
     want_stats: bool,
-) -> (Sample, serde_json::Value) {
+) -> (Sample, serde_json::Value, f64) {
     // Never remove through a mount an earlier run left behind.
     detach_under(dir);
     let _ = std::fs::remove_dir_all(dir);
@@ -189,6 +191,7 @@ fn mount_chroot(
         mount.arg("--writable");
     }
     run(&mut mount);
+    let mounted = start.elapsed().as_secs_f64();
     let guard = ChrootMount {
         mnt: mnt.clone(),
         run_dir: run_dir.clone(),
@@ -217,11 +220,11 @@ fn mount_chroot(
     // Each run has its own dir; its cache (whole layers after background fetch) goes now.
     detach_under(dir);
     let _ = std::fs::remove_dir_all(dir);
-    (Sample { t, bytes }, stats)
+    (Sample { t, bytes }, stats, mounted)
 }
 
-/// With `HELLOBENCH_STATS_DIR`, each (d) run's `stats --json` and `stats --timeline` are kept
-/// there as `NAME.json` / `NAME.timeline.txt`, NAME being the run's work dir name (workload,
+/// With `HELLOBENCH_STATS_DIR`, each (d) run's `stats --json`, `stats --timeline` and server
+/// log are kept there as `NAME.json` / `NAME.timeline.txt` / `NAME.log`, NAME being the run's work dir name (workload,
 /// converter, rate and run): what the diagnosis of a slow workload reads afterwards.
 fn save_stats(keep: &Path, dir: &Path, run_dir: &Path, mnt: &Path, stats: &serde_json::Value) {
     let name = dir
@@ -239,6 +242,14 @@ fn save_stats(keep: &Path, dir: &Path, run_dir: &Path, mnt: &Path, stats: &serde
         .output()
     {
         let _ = std::fs::write(keep.join(format!("{name}.timeline.txt")), out.stdout);
+    }
+    // The server's log (one line per range request with `--log stargaze_fs=debug`).
+    for e in std::fs::read_dir(run_dir.join("mounts"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::copy(e.path().join("log"), keep.join(format!("{name}.log")));
     }
 }
 
@@ -403,7 +414,7 @@ fn measure(
         let extra = words("HELLOBENCH_FLAGS");
         let mut v = Vec::new();
         for i in 0..runs {
-            let Some((s, _)) = guarded(&format!("{label} (d) run {}", i + 1), || {
+            let Some((s, _, mounted)) = guarded(&format!("{label} (d) run {}", i + 1), || {
                 mount_chroot(
                     w,
                     &image,
@@ -416,7 +427,7 @@ fn measure(
                 continue;
             };
             println!(
-                "{label} (d) run {}/{runs}: {:.2} s, {:.1} MB",
+                "{label} (d) run {}/{runs}: {:.2} s (mount {mounted:.2} s), {:.1} MB",
                 i + 1,
                 s.t,
                 mb(s.bytes)
@@ -430,9 +441,12 @@ fn measure(
     let _ = std::fs::remove_file(&record);
     let mut extra = words("HELLOBENCH_FLAGS");
     extra.push("--no-background-fetch".into());
+    // A file opened by passthrough is read by the kernel from the local copy, unseen by the
+    // daemon, so its chunks would be missing from `chunk_bytes_read`.
+    extra.push("--no-passthrough".into());
     extra.push("--record-access".into());
     extra.push(record.display().to_string());
-    let Some((s, stats)) = guarded(&format!("{label} needed-only (d) run"), || {
+    let Some((s, stats, _)) = guarded(&format!("{label} needed-only (d) run"), || {
         mount_chroot(
             w,
             &image,
