@@ -24,7 +24,8 @@
 //! Run (root): `cargo build --release -p stargaze && scripts/build-reference.sh &&
 //! cargo bench --bench hellobench`. Environment: `HELLOBENCH_RATES=10,100,1000` (Mbit/s,
 //! default 100; 20 ms each way always), `HELLOBENCH_WORKLOADS=python,gcc,…`,
-//! `HELLOBENCH_CONVERTERS=ref,ours`, `HELLOBENCH_MODES=a,b,c,d`, `HELLOBENCH_RUNS=N` (default
+//! `HELLOBENCH_CONVERTERS=ref,ours`, `HELLOBENCH_MODES=a,b,c,d` (a list with none of them,
+//! e.g. `n`, runs only the chunks-read run), `HELLOBENCH_RUNS=N` (default
 //! 3), `HELLOBENCH_FLAGS` (extra `stargaze mount` flags), `HELLOBENCH_SNAPSHOTTER_FLAGS`,
 //! `HELLOBENCH_STATS_DIR` (keeps each (d) run's stats, timeline and server log there).
 
