@@ -14,8 +14,9 @@
 //! (d) `stargaze mount` (`--writable` where the workload writes) + chroot with /proc and a
 //!     container-like /dev (tmpfs with runc's nodes, /dev/shm) mounted inside.
 //! The figure is the time to the first byte of stdout. Bytes are counted at the proxy for every
-//! mode, up to the first output byte. One more (d) run without background fetch, recording
-//! the files opened, gives the chunks read (`chunk_bytes_read` from `stargaze stats` when the
+//! mode, up to the first output byte. One more (d) run without background fetch and without
+//! FUSE passthrough (the daemon never sees a passthrough file's reads), recording the files
+//! opened, gives the chunks read (`chunk_bytes_read` from `stargaze stats` when the
 //! binary reports it, else an upper bound: the smaller of the TOC's chunks of the opened
 //! files, whole, and the bytes that run fetched) and so the physical limit
 //! (`suite/src/bench/limit.rs`). Prints a line per run and ends with a markdown table.
@@ -23,8 +24,10 @@
 //! Run (root): `cargo build --release -p stargaze && scripts/build-reference.sh &&
 //! cargo bench --bench hellobench`. Environment: `HELLOBENCH_RATES=10,100,1000` (Mbit/s,
 //! default 100; 20 ms each way always), `HELLOBENCH_WORKLOADS=python,gcc,…`,
-//! `HELLOBENCH_CONVERTERS=ref,ours`, `HELLOBENCH_MODES=a,b,c,d`, `HELLOBENCH_RUNS=N` (default
-//! 3), `HELLOBENCH_FLAGS` (extra `stargaze mount` flags), `HELLOBENCH_SNAPSHOTTER_FLAGS`.
+//! `HELLOBENCH_CONVERTERS=ref,ours`, `HELLOBENCH_MODES=a,b,c,d` (a list with none of them,
+//! e.g. `n`, runs only the chunks-read run), `HELLOBENCH_RUNS=N` (default
+//! 3), `HELLOBENCH_FLAGS` (extra `stargaze mount` flags), `HELLOBENCH_SNAPSHOTTER_FLAGS`,
+//! `HELLOBENCH_STATS_DIR` (keeps each (d) run's stats, timeline and server log there).
 
 use stargaze_suite::bench::limit::{
     chunk_bytes_from_stats, chunk_bytes_of_files, layer_count, physical_limit,
@@ -161,7 +164,7 @@ impl Drop for ChrootMount {
 }
 
 /// (d): `stargaze mount` + chroot; returns the sample and, after a stats refresh when
-/// `want_stats`, the mount's `stats --json`.
+/// `want_stats`, the mount's `stats --json`, and the seconds `stargaze mount` took.
 fn mount_chroot(
     w: &Wan,
     image: &str,
@@ -169,7 +172,7 @@ fn mount_chroot(
     dir: &Path,
     extra: &[String],
     want_stats: bool,
-) -> (Sample, serde_json::Value) {
+) -> (Sample, serde_json::Value, f64) {
     // Never remove through a mount an earlier run left behind.
     detach_under(dir);
     let _ = std::fs::remove_dir_all(dir);
@@ -189,6 +192,7 @@ fn mount_chroot(
         mount.arg("--writable");
     }
     run(&mut mount);
+    let mounted = start.elapsed().as_secs_f64();
     let guard = ChrootMount {
         mnt: mnt.clone(),
         run_dir: run_dir.clone(),
@@ -202,14 +206,65 @@ fn mount_chroot(
     image_env(&mut c);
     let mut bytes = 0;
     let t = first_output_with(start, &mut c, &mut || bytes = w.bytes_down() - bytes0);
-    let stats = if want_stats {
+    let keep = std::env::var_os("HELLOBENCH_STATS_DIR").map(PathBuf::from);
+    let stats = if want_stats || keep.is_some() {
         std::thread::sleep(Duration::from_millis(1200)); // one stats.json refresh
-        stats_json(&run_dir, &mnt)
+        let stats = stats_json(&run_dir, &mnt);
+        if let Some(keep) = keep {
+            save_stats(&keep, dir, &run_dir, &mnt, &stats);
+        }
+        stats
     } else {
         serde_json::Value::Null
     };
     drop(guard);
-    (Sample { t, bytes }, stats)
+    // Each run has its own dir; its cache (whole layers after background fetch) goes now.
+    detach_under(dir);
+    let _ = std::fs::remove_dir_all(dir);
+    (Sample { t, bytes }, stats, mounted)
+}
+
+/// With `HELLOBENCH_STATS_DIR`, each (d) run's `stats --json`, `stats --timeline` and server
+/// log are kept there as `NAME.json` / `NAME.timeline.txt` / `NAME.log`, NAME being the run's work dir name (workload,
+/// converter, rate and run): what the diagnosis of a slow workload reads afterwards.
+fn save_stats(keep: &Path, dir: &Path, run_dir: &Path, mnt: &Path, stats: &serde_json::Value) {
+    let name = dir
+        .file_name()
+        .map_or("run".into(), |n| n.to_string_lossy().into_owned());
+    let _ = std::fs::create_dir_all(keep);
+    let _ = std::fs::write(
+        keep.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(stats).unwrap_or_default(),
+    );
+    if let Ok(out) = Command::new(stargaze_bin())
+        .env("STARGAZE_RUN_DIR", run_dir)
+        .args(["stats", "--timeline"])
+        .arg(mnt)
+        .output()
+    {
+        let _ = std::fs::write(keep.join(format!("{name}.timeline.txt")), out.stdout);
+    }
+    // The server's log (one line per range request with `--log stargaze_fs=debug`).
+    for e in std::fs::read_dir(run_dir.join("mounts"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::copy(e.path().join("log"), keep.join(format!("{name}.log")));
+    }
+}
+
+/// Runs one mode's measurement; a failure (a panic: the command failed, a mount did not come
+/// up) is printed and leaves that mode's cells empty instead of ending the whole matrix. The
+/// guards inside (mounts, daemons) are dropped while unwinding, so nothing stays behind.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            println!("{what} FAILED (the panic message is on stderr)");
+            None
+        }
+    }
 }
 
 fn mb(b: u64) -> f64 {
@@ -240,6 +295,7 @@ fn measure(
     };
     let image = format!("{}/{repo}:{tag}", w.host);
     let label = format!("hellobench: {} Mbit/s {} {conv}", w.rate_mbit, wl.name);
+    let tagname = format!("{}mbit-{}-{conv}", w.rate_mbit, wl.name);
     let mut row = Row {
         layers: layer_count(layout, tag),
         ..Row::default()
@@ -252,7 +308,11 @@ fn measure(
         let mut v = Vec::new();
         let mut warm = Vec::new();
         for i in 0..runs {
-            let (s, wt) = full_pull(w, &image, wl, &format!("hb-full{i}"));
+            let Some((s, wt)) = guarded(&format!("{label} (a) run {}", i + 1), || {
+                full_pull(w, &image, wl, &format!("hb-full{i}"))
+            }) else {
+                continue;
+            };
             println!(
                 "{label} (a) run {}/{runs}: {:.2} s, {:.1} MB; warm run {wt:.2} s",
                 i + 1,
@@ -263,28 +323,32 @@ fn measure(
             warm.push(wt);
         }
         row.a = summarize(&v);
-        row.warm = Some(median(warm));
+        row.warm = (!warm.is_empty()).then(|| median(warm));
     }
     if has("b") && ctd_tools {
         if let Some(bin) = reference_stargz_grpc() {
             let mut v = Vec::new();
             for i in 0..runs {
-                let r = lazy_run(
-                    w,
-                    &image,
-                    wl.cmd,
-                    &format!("hb-ref{i}"),
-                    &|ctd| {
-                        Box::new(ReferenceStargz::start_in(
-                            &bin,
-                            ctd,
-                            &w.host,
-                            Some(&ns_path),
-                        ))
-                    },
-                    &|d| d.downcast_ref::<ReferenceStargz>().map_or(0, |r| r.pid()),
-                    &|_| Vec::new(),
-                );
+                let Some(r) = guarded(&format!("{label} (b) run {}", i + 1), || {
+                    lazy_run(
+                        w,
+                        &image,
+                        wl.cmd,
+                        &format!("hb-ref{i}"),
+                        &|ctd| {
+                            Box::new(ReferenceStargz::start_in(
+                                &bin,
+                                ctd,
+                                &w.host,
+                                Some(&ns_path),
+                            ))
+                        },
+                        &|d| d.downcast_ref::<ReferenceStargz>().map_or(0, |r| r.pid()),
+                        &|_| Vec::new(),
+                    )
+                }) else {
+                    continue;
+                };
                 println!(
                     "{label} (b) run {}/{runs}: {:.2} s (rpull {:.2} s), {:.1} MB",
                     i + 1,
@@ -309,23 +373,27 @@ fn measure(
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let mut v = Vec::new();
         for i in 0..runs {
-            let r = lazy_run(
-                w,
-                &image,
-                wl.cmd,
-                &format!("hb-sg{i}"),
-                &|ctd| Box::new(StargazeSnapshotter::start_in(ctd, &extra, Some(&ns_path))),
-                &|d| {
-                    d.downcast_ref::<StargazeSnapshotter>()
-                        .map_or(0, |s| s.pid())
-                },
-                &|d| {
-                    d.downcast_ref::<StargazeSnapshotter>()
-                        .and_then(|s| s.holder_pid())
-                        .into_iter()
-                        .collect()
-                },
-            );
+            let Some(r) = guarded(&format!("{label} (c) run {}", i + 1), || {
+                lazy_run(
+                    w,
+                    &image,
+                    wl.cmd,
+                    &format!("hb-sg{i}"),
+                    &|ctd| Box::new(StargazeSnapshotter::start_in(ctd, &extra, Some(&ns_path))),
+                    &|d| {
+                        d.downcast_ref::<StargazeSnapshotter>()
+                            .map_or(0, |s| s.pid())
+                    },
+                    &|d| {
+                        d.downcast_ref::<StargazeSnapshotter>()
+                            .and_then(|s| s.holder_pid())
+                            .into_iter()
+                            .collect()
+                    },
+                )
+            }) else {
+                continue;
+            };
             println!(
                 "{label} (c) run {}/{runs}: {:.2} s (rpull {:.2} s), {:.1} MB",
                 i + 1,
@@ -347,9 +415,20 @@ fn measure(
         let extra = words("HELLOBENCH_FLAGS");
         let mut v = Vec::new();
         for i in 0..runs {
-            let (s, _) = mount_chroot(w, &image, wl, &work.join(format!("d{i}")), &extra, false);
+            let Some((s, _, mounted)) = guarded(&format!("{label} (d) run {}", i + 1), || {
+                mount_chroot(
+                    w,
+                    &image,
+                    wl,
+                    &work.join(format!("{tagname}-d{i}")),
+                    &extra,
+                    false,
+                )
+            }) else {
+                continue;
+            };
             println!(
-                "{label} (d) run {}/{runs}: {:.2} s, {:.1} MB",
+                "{label} (d) run {}/{runs}: {:.2} s (mount {mounted:.2} s), {:.1} MB",
                 i + 1,
                 s.t,
                 mb(s.bytes)
@@ -363,9 +442,23 @@ fn measure(
     let _ = std::fs::remove_file(&record);
     let mut extra = words("HELLOBENCH_FLAGS");
     extra.push("--no-background-fetch".into());
+    // A file opened by passthrough is read by the kernel from the local copy, unseen by the
+    // daemon, so its chunks would be missing from `chunk_bytes_read`.
+    extra.push("--no-passthrough".into());
     extra.push("--record-access".into());
     extra.push(record.display().to_string());
-    let (s, stats) = mount_chroot(w, &image, wl, &work.join("needed"), &extra, true);
+    let Some((s, stats, _)) = guarded(&format!("{label} needed-only (d) run"), || {
+        mount_chroot(
+            w,
+            &image,
+            wl,
+            &work.join(format!("{tagname}-needed")),
+            &extra,
+            true,
+        )
+    }) else {
+        return row;
+    };
     row.needed = Some(s.bytes);
     let opened: Vec<String> = std::fs::read_to_string(&record)
         .unwrap_or_default()

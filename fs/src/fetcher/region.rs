@@ -104,7 +104,7 @@ impl Fetcher {
         let mut out = Vec::with_capacity(members.len());
         for (k, handle) in decodes {
             let c = mine[k].1;
-            let mut r = self.finish_decode(c, handle).await;
+            let mut r = self.finish_decode(handle).await;
             if let Err(FetchError::Verify(e)) = &r {
                 self.counters
                     .verify_failures
@@ -223,22 +223,27 @@ impl Fetcher {
         Ok(stream)
     }
 
+    /// Decodes and verifies one chunk on the blocking pool and caches it there too: the disk
+    /// tier writes and fsyncs a file per chunk (milliseconds each on a busy disk), which must
+    /// not stall an async thread, nor be paid one chunk after another once a region of many
+    /// small files has arrived.
     fn start_decode(&self, file: &str, c: &Chunk, frame: Bytes) -> DecodeHandle {
         let (comp, file_s, chunk) = (self.compression, file.to_string(), c.clone());
-        tokio::task::spawn_blocking(move || decode_chunk(comp, &file_s, &chunk, &frame))
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || {
+            let data: Bytes = decode_chunk(comp, &file_s, &chunk, &frame)?.into();
+            if let Some(d) = chunk.digest {
+                cache.put(&VerifiedChunk::already_verified(d, data.clone()));
+            }
+            Ok(data)
+        })
     }
 
-    async fn finish_decode(&self, c: &Chunk, handle: DecodeHandle) -> Result<Bytes, FetchError> {
-        let decoded = handle
+    async fn finish_decode(&self, handle: DecodeHandle) -> Result<Bytes, FetchError> {
+        handle
             .await
             .map_err(|e| FetchError::Internal(e.to_string()))?
-            .map_err(FetchError::Verify)?;
-        let data: Bytes = decoded.into();
-        if let Some(d) = c.digest {
-            self.cache
-                .put(&VerifiedChunk::already_verified(d, data.clone()));
-        }
-        Ok(data)
+            .map_err(FetchError::Verify)
     }
 
     async fn get(&self, offset: u64, len: u64) -> Result<bytes::Bytes, RemoteError> {
@@ -258,7 +263,7 @@ impl Fetcher {
     /// Decompresses and verifies one chunk off the async threads, then caches it.
     async fn decode(&self, file: &str, c: &Chunk, frame: Bytes) -> Result<Bytes, FetchError> {
         let handle = self.start_decode(file, c, frame);
-        self.finish_decode(c, handle).await
+        self.finish_decode(handle).await
     }
 }
 
@@ -269,4 +274,4 @@ struct WireTally {
     bytes: u64,
 }
 
-type DecodeHandle = tokio::task::JoinHandle<Result<Vec<u8>, FormatError>>;
+type DecodeHandle = tokio::task::JoinHandle<Result<Bytes, FormatError>>;
