@@ -296,13 +296,16 @@ impl RemoteLayer {
     /// reads more, one round trip each, and the archive keeps a directory's files together.
     /// At the first miss, only a small directory is taken — all of it, when its other files
     /// come to at most `SIBLINGS_BUDGET` compressed bytes. A larger directory is taken only
-    /// when the reads keep missing in it: at each further miss there, its smallest files not
-    /// yet fetched (the most files, so the most round trips, per byte), up to a budget that
-    /// doubles with every miss (1, 2, 4, then 8 MiB a step), until the directory is in.
+    /// when the reads keep missing on small files in it (at most `SMALL_FILE` compressed
+    /// bytes: files whose fetch costs a round trip, not link time): at each further such
+    /// miss, its small files not yet fetched, smallest first (the most round trips saved per
+    /// byte), up to a budget that doubles with every miss (1, 2, then 4 MiB a step), until
+    /// they are in. Misses on larger files (a library directory's libraries) grow nothing.
     /// Directories of more than `SIBLINGS_MAX_ENTRIES` entries are left alone.
     pub(super) fn prefetch_siblings(&self, node: NodeId) {
         const SIBLINGS_BUDGET: u64 = 512 << 10;
-        const SIBLINGS_MAX_STEP: u64 = 8 << 20;
+        const SIBLINGS_MAX_STEP: u64 = 4 << 20;
+        const SMALL_FILE: u64 = 64 << 10;
         const SIBLINGS_MAX_ENTRIES: usize = 4096;
         /// The directory is in (or left alone): no more guesses there.
         const DONE: u32 = u32::MAX;
@@ -354,6 +357,18 @@ impl RemoteLayer {
         if misses == 0 && total > budget {
             // A large directory: wait for a second miss there before guessing.
             return set(1);
+        }
+        if misses > 0 {
+            let missed: u64 = index
+                .node(node)
+                .chunks
+                .iter()
+                .map(|c| c.blob_end - c.blob_offset)
+                .sum();
+            if missed > SMALL_FILE {
+                return;
+            }
+            files.retain(|(bytes, _)| *bytes <= SMALL_FILE);
         }
         files.sort_by_key(|(bytes, chunks)| (*bytes, chunks[0].blob_offset));
         let mut taken = 0u64;
