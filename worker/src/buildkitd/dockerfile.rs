@@ -184,8 +184,10 @@ async fn fetch(
     opts: DiffCopyOptions,
     progress: &Arc<Progress>,
     title: &str,
+    task: &str,
 ) -> Result<std::path::PathBuf, Status> {
     let v = progress.vertex(title);
+    let started = std::time::SystemTime::now();
     let target = tmp.join(sub);
     if let Err(e) = std::fs::create_dir(&target) {
         v.error(&e);
@@ -196,10 +198,8 @@ async fn fetch(
     }
     match receive(session.channel(), &opts, &target, &ReceiveLimits::default()).await {
         Ok(got) => {
-            v.log(&format!(
-                "transferred {} files, {} bytes",
-                got.files, got.bytes
-            ));
+            tracing::debug!(dir = %opts.dir_name, files = got.files, bytes = got.bytes, "received");
+            v.task(task, i64::try_from(got.bytes).unwrap_or(i64::MAX), started);
             v.done();
             Ok(target)
         }
@@ -259,6 +259,7 @@ pub async fn run(
         },
         progress,
         &format!("[internal] load build definition from {}", attrs.filename),
+        "transferring dockerfile",
     )
     .await?;
     let text =
@@ -280,6 +281,7 @@ pub async fn run(
         },
         progress,
         "[internal] load .dockerignore",
+        "transferring context",
     )
     .await?;
     let excludes = read_bounded(&ign_dir.join(".dockerignore"), MAX_DOCKERIGNORE)?
@@ -297,6 +299,7 @@ pub async fn run(
         },
         progress,
         "[internal] load build context",
+        "transferring context",
     )
     .await?;
     let req = BuildRequest {

@@ -5,7 +5,7 @@
 //! at most [`MAX_JOBS`] at once, [`MAX_LOG_BYTES`] of logs kept per job (later output is
 //! dropped with one note), ended jobs forgotten after [`KEEP_ENDED`].
 
-use super::proto::control::{StatusResponse, Vertex, VertexLog};
+use super::proto::control::{StatusResponse, Vertex, VertexLog, VertexStatus};
 use crate::frontend::progress::{Event, EventSink};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -116,6 +116,25 @@ impl EventSink for Job {
                     completed: v.completed.map(timestamp),
                     error: v.error.unwrap_or_default(),
                     ..Vertex::default()
+                }],
+                ..StatusResponse::default()
+            }),
+            Event::Status {
+                vertex,
+                id,
+                current,
+                started,
+                completed,
+            } => self.push(StatusResponse {
+                statuses: vec![VertexStatus {
+                    id: id.clone(),
+                    vertex,
+                    name: id,
+                    current,
+                    total: current,
+                    timestamp: Some(timestamp(completed)),
+                    started: Some(timestamp(started)),
+                    completed: Some(timestamp(completed)),
                 }],
                 ..StatusResponse::default()
             }),

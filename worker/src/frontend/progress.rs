@@ -50,6 +50,19 @@ pub enum Event {
         /// When.
         at: SystemTime,
     },
+    /// A task inside a vertex (a transfer) finished: its name and amount.
+    Status {
+        /// The vertex's digest.
+        vertex: String,
+        /// The task's name (`transferring context`).
+        id: String,
+        /// Its amount (bytes).
+        current: i64,
+        /// When it started.
+        started: SystemTime,
+        /// When it ended.
+        completed: SystemTime,
+    },
 }
 
 /// Receives structured progress.
@@ -176,6 +189,23 @@ impl Vertex {
     /// A line of information (stdout).
     pub fn log(&self, text: &str) {
         self.output(1, text);
+    }
+
+    /// A finished task of this vertex named `id` (a transfer of `current` bytes since
+    /// `started`): a status for the events, an information line for the plain text.
+    pub fn task(&self, id: &str, current: i64, started: SystemTime) {
+        self.progress.write(&format!(
+            "#{} {:.3} {id}: {current} bytes done",
+            self.n,
+            self.started.elapsed().as_secs_f64()
+        ));
+        self.progress.emit(Event::Status {
+            vertex: self.state.digest.clone(),
+            id: id.to_string(),
+            current,
+            started,
+            completed: SystemTime::now(),
+        });
     }
 
     fn end(&self, cached: bool, error: Option<String>) {

@@ -1,6 +1,6 @@
 //! `StatusResponse` increments merged by vertex digest and printed as buildctl's
 //! `--progress=plain` prints them: `#N name` when a vertex first appears, its log lines as
-//! `#N 0.123 text`, then `#N CACHED`, `#N ERROR: …` or `#N DONE 0.3s`.
+//! `#N 0.123 text`, finished tasks (transfers) as `#N transferring context 123 done`, then `#N CACHED`, `#N ERROR: …` or `#N DONE 0.3s`.
 
 use crate::buildkitd::proto::control::{StatusResponse, Vertex};
 use std::collections::HashMap;
@@ -76,6 +76,11 @@ impl Plain {
                     format!("#{n} DONE {:.1}s", took.max(0.0))
                 };
                 let _ = writeln!(self.out, "{line}");
+            }
+        }
+        for st in &r.statuses {
+            if let (Some(i), true) = (self.index(&st.vertex), st.completed.is_some()) {
+                let _ = writeln!(self.out, "#{} {} {} done", i + 1, st.id, st.current);
             }
         }
         for l in &r.logs {
