@@ -2,8 +2,8 @@
 //! symlink on PATH, the sandbox's flags), driven through the control API with the client
 //! generated from the same protocol definitions: ListWorkers (labels, platforms, GC
 //! policy), Info, DiskUsage and Prune over records laid out in the worker's snapshotter,
-//! filters, bad requests answered InvalidArgument while the daemon keeps serving, the RPCs
-//! not served yet answering Unimplemented, a session without its headers refused, the socket's mode and group, refused flags, and a
+//! filters, bad requests answered InvalidArgument while the daemon keeps serving, a Solve
+//! without a ref and the Status of an unknown build refused, a session without its headers refused, the socket's mode and group, refused flags, and a
 //! SIGTERM that leaves no socket, lock or mount behind. Needs root and runc.
 
 use stargaze_suite::buildkit_client::{
@@ -190,14 +190,14 @@ fn sandbox_daemon_serves_the_control_api_and_stops_cleanly() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
-        // Not served yet: Unimplemented.
+        // A Solve without a ref, and the status of a build that never starts.
         let e = c.solve(control::SolveRequest::default()).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let e = c
             .status(control::StatusRequest { r#ref: "x".into() })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert_eq!(e.code(), tonic::Code::NotFound);
         // A session without its ID header is refused.
         let e = c
             .session(tokio_stream_once(control::BytesMessage { data: vec![] }))

@@ -1,10 +1,12 @@
 //! `moby.buildkit.v1.Control` over the OCI worker. Served now: `ListWorkers` (the one worker
 //! with its labels, platforms and GC rules), `Info`, `DiskUsage` and `Prune` (over the
 //! worker's build records and its GC, a stream of the records removed), `Session` (the
-//! client's session attached, `super::session`). `Solve` and `Status` answer
-//! `Unimplemented` until builds are driven through the daemon. Bad
-//! requests (filters, negative bounds) are `InvalidArgument`; the daemon keeps serving.
+//! client's session attached, `super::session`), `Solve` (`super::solver`, with the gateway
+//! of `super::gateway`) and `Status` (the build's progress from `super::jobs`, waited for up
+//! to 6 s, ending when the build does). Bad requests (filters, negative bounds, frontends,
+//! attributes, exporters) are `InvalidArgument`; the daemon keeps serving.
 
+use super::gateway::GatewayService;
 use super::proto::control::control_server::Control;
 use super::proto::control::{
     BytesMessage, DiskUsageRequest, DiskUsageResponse, InfoRequest, InfoResponse,
@@ -13,6 +15,7 @@ use super::proto::control::{
 };
 use super::proto::types;
 use super::session::Sessions;
+use super::solver::Solver;
 use super::wire::{usage_record, version, WorkerFields};
 use crate::config::GcPolicy;
 use crate::filters::Filters;
@@ -35,17 +38,31 @@ pub struct ControlService {
     pruning: Arc<tokio::sync::Mutex<()>>,
     /// The attached client sessions.
     sessions: Sessions,
+    /// Builds, shared with the gateway.
+    solver: Arc<Solver>,
 }
 
 impl ControlService {
     /// Serves `worker`, described to clients by `record`.
     pub fn new(worker: Arc<OciWorker>, record: types::WorkerRecord) -> Self {
+        let sessions = Sessions::default();
+        let solver = Arc::new(Solver::new(
+            worker.clone(),
+            record.clone(),
+            sessions.clone(),
+        ));
         ControlService {
             worker,
             record,
             pruning: Arc::new(tokio::sync::Mutex::new(())),
-            sessions: Sessions::default(),
+            sessions,
+            solver,
         }
+    }
+
+    /// The gateway (`LLBBridge`) of the builds this service solves.
+    pub fn gateway(&self) -> GatewayService {
+        GatewayService(self.solver.clone())
     }
 
     /// The attached client sessions.
@@ -63,12 +80,6 @@ fn status(e: SnapshotError) -> Status {
         SnapshotError::InvalidArgument(m) => Status::invalid_argument(m),
         e => Status::internal(e.to_string()),
     }
-}
-
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not implemented by stargaze buildkitd yet (workers, info, du and prune are)"
-    ))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -138,17 +149,25 @@ impl Control for ControlService {
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))
     }
 
-    async fn solve(&self, _req: Request<SolveRequest>) -> Result<Response<SolveResponse>, Status> {
-        Err(unimplemented("Solve"))
+    async fn solve(&self, req: Request<SolveRequest>) -> Result<Response<SolveResponse>, Status> {
+        let r = self.solver.solve(req.into_inner()).await;
+        if let Err(e) = &r {
+            tracing::info!(code = ?e.code(), error = %e.message(), "solve failed");
+        }
+        r.map(Response::new)
     }
 
     type StatusStream = Answers<StatusResponse>;
 
     async fn status(
         &self,
-        _req: Request<StatusRequest>,
+        req: Request<StatusRequest>,
     ) -> Result<Response<Self::StatusStream>, Status> {
-        Err(unimplemented("Status"))
+        let id = req.into_inner().r#ref;
+        match self.solver.jobs.wait(&id).await {
+            Some(job) => Ok(Response::new(job.stream())),
+            None => Err(Status::not_found(format!("no build {id:.64}"))),
+        }
     }
 
     type SessionStream = Answers<BytesMessage>;

@@ -11,14 +11,20 @@
 //! 0770 with that group when one is given. Every connection is also checked against the
 //! same rule by its peer credentials (`crate::peer`).
 //!
-//! `address` parses addresses and knows the defaults, `control` is the service, `session` the clients' sessions, `wire` maps
-//! the worker's facts to messages, `proto` is the generated code.
+//! `address` parses addresses and knows the defaults, `control` is the service, `solver`,
+//! `gateway`, `dockerfile`, `exporter` and `jobs` run builds for it, `session` the clients'
+//! sessions, `wire` maps the worker's facts to messages, `proto` is the generated code.
 
 mod address;
 pub mod client;
 mod control;
+pub mod dockerfile;
+pub mod exporter;
+pub mod gateway;
+pub mod jobs;
 pub mod proto;
 pub mod session;
+pub mod solver;
 mod wire;
 
 pub use address::{
@@ -262,8 +268,12 @@ impl Buildkitd {
             tracing::info!(socket = %path.display(), "serving the control API");
         }
         let service = ControlService::new(self.worker.clone(), self.record.clone());
+        let gateway = service.gateway();
         let served = tonic::transport::Server::builder()
             .add_service(ControlServer::new(service))
+            .add_service(proto::gateway::llb_bridge_server::LlbBridgeServer::new(
+                gateway,
+            ))
             .serve_with_incoming_shutdown(futures_util::stream::select_all(incoming), shutdown)
             .await;
         remove_sockets(&bound);

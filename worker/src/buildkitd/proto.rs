@@ -2,7 +2,8 @@
 //! module layout of its protobuf packages so the generated cross-package paths resolve:
 //! `pb` (LLB: platforms, definitions), `moby::buildkit::v1` (the `Control` service) and
 //! `moby::buildkit::v1::types` (worker records), `moby::filesync::v1` and `fsutil::types`
-//! (a session's file transfer). Clients (tests, later `stargaze build
+//! (a session's file transfer), `moby::buildkit::v1::frontend` (the gateway) with
+//! `apicaps` and `google::rpc`. Clients (tests, later `stargaze build
 //! --addr`) use the same code.
 
 /// `pb`: BuildKit's LLB messages.
@@ -23,6 +24,14 @@ pub mod moby {
             pub mod types {
                 tonic::include_proto!("moby.buildkit.v1.types");
             }
+            /// `moby.buildkit.v1.apicaps`: capability records.
+            pub mod apicaps {
+                tonic::include_proto!("moby.buildkit.v1.apicaps");
+            }
+            /// `moby.buildkit.v1.frontend`: the gateway (`LLBBridge`).
+            pub mod frontend {
+                tonic::include_proto!("moby.buildkit.v1.frontend");
+            }
         }
     }
     /// `moby.filesync.v1`: the session's file transfer.
@@ -31,6 +40,15 @@ pub mod moby {
         pub mod v1 {
             tonic::include_proto!("moby.filesync.v1");
         }
+    }
+}
+
+/// `google.rpc`: gRPC's error model.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod google {
+    /// `google.rpc`
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
     }
 }
 
@@ -44,5 +62,6 @@ pub mod fsutil {
 }
 
 pub use moby::buildkit::v1 as control;
+pub use moby::buildkit::v1::frontend as gateway;
 pub use moby::buildkit::v1::types;
 pub use moby::filesync::v1 as filesync;

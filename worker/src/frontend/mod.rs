@@ -19,7 +19,7 @@ pub mod diff;
 pub mod dockerfile;
 pub mod export;
 mod from;
-mod guards;
+pub(crate) mod guards;
 pub mod image_config;
 pub mod instructions;
 pub mod layer;

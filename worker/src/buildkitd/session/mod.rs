@@ -14,5 +14,7 @@ mod registry;
 mod tests;
 
 pub use bridge::{bridge, channel_over, Bridged};
-pub use headers::{HeaderError, SessionHeaders, SessionLimits};
+pub use headers::{
+    HeaderError, SessionHeaders, SessionLimits, GRPC_METHOD, NAME, SHARED_KEY, UUID,
+};
 pub use registry::{Session, Sessions};

@@ -1,15 +1,14 @@
 //! Sessions end to end in one process: a Control service whose `Session` is the registry's,
-//! served on a unix socket; a client that attaches a session over a real `Control.Session`
-//! call and serves, on the session's connection, a FileSync sender written here as fsutil's
+//! served on a unix socket; the client's session (`crate::buildkitd::client::session`)
+//! attached over a real `Control.Session` call, serving on the session's connection, a FileSync sender written here as fsutil's
 //! sender behaves (honest, or hostile in one way each); the daemon side receives into a
 //! temporary directory.
 
 use super::filesync::{receive, DiffCopyOptions, FileSyncError, ReceiveLimits};
-use super::headers::{GRPC_METHOD, NAME, SHARED_KEY, UUID};
-use super::{bridge, Sessions};
+use super::Sessions;
 use crate::buildkitd::proto::control::control_server::{Control, ControlServer};
 use crate::buildkitd::proto::control::*;
-use crate::buildkitd::proto::filesync::file_sync_server::{FileSync, FileSyncServer};
+use crate::buildkitd::proto::filesync::file_sync_server::FileSync;
 use crate::buildkitd::proto::fsutil::types::{packet::PacketType, Packet, Stat};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -196,48 +195,14 @@ async fn daemon(tmp: &Path) -> (Sessions, String) {
     (sessions, sock.display().to_string())
 }
 
-/// Attaches session `id` serving `sender`; returns the task holding the client side.
+/// Attaches session `id` serving `sender` (the client's session, held while it lives).
 async fn attach(
     addr: &str,
     id: &str,
     sender: Sender,
-) -> Result<tokio::task::JoinHandle<()>, Status> {
-    let mut c = crate::buildkitd::client::connect(addr).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(8);
-    let mut req = Request::new(ReceiverStream::new(rx));
-    let md = req.metadata_mut();
-    md.insert(UUID, id.parse().unwrap());
-    md.insert(NAME, "wt".parse().unwrap());
-    md.insert(SHARED_KEY, "key".parse().unwrap());
-    md.append(
-        GRPC_METHOD,
-        "/moby.filesync.v1.FileSync/DiffCopy".parse().unwrap(),
-    );
-    md.append(GRPC_METHOD, "/grpc.health.v1.Health/Check".parse().unwrap());
-    let inbound = c.session(req).await?.into_inner();
-    let mut bridged = bridge(inbound, || {});
-    let io = bridged.io;
-    Ok(tokio::spawn(async move {
-        // The control connection stays open as long as the session.
-        let _control = c;
-        let forward = async {
-            while let Some(Ok(m)) = bridged.outbound.next().await {
-                if tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-        };
-        let serve = tonic::transport::Server::builder()
-            .add_service(FileSyncServer::new(sender))
-            // The one connection; a listener that then stays open (the server would stop).
-            .serve_with_incoming(
-                tokio_stream::once(Ok::<_, std::io::Error>(io)).chain(tokio_stream::pending()),
-            );
-        tokio::select! {
-            () = forward => {}
-            _ = serve => {}
-        }
-    }))
+) -> Result<crate::buildkitd::client::session::ClientSession, Status> {
+    let c = crate::buildkitd::client::connect(addr).await.unwrap();
+    crate::buildkitd::client::session::attach(&c, id, sender).await
 }
 
 async fn session(sessions: &Sessions, id: &str) -> std::sync::Arc<super::Session> {
@@ -277,7 +242,7 @@ async fn transfer(
     std::fs::create_dir_all(&target).unwrap();
     std::fs::create_dir(tmp.path().join("outside")).unwrap();
     let got = receive(s.channel(), &opts(), &target, &limits).await;
-    client.abort();
+    drop(client);
     assert_eq!(
         std::fs::read_dir(tmp.path().join("outside"))
             .unwrap()
@@ -440,15 +405,15 @@ async fn sessions_are_checked_and_removed_when_they_end() {
     };
     let client = attach(&addr, "s2", sender.clone()).await.unwrap();
     let s = session(&sessions, "s2").await;
-    assert_eq!(s.headers.name, "wt");
-    assert_eq!(s.headers.shared_key, "key");
-    assert_eq!(s.methods().len(), 2);
+    assert_eq!(s.headers.name, "stargaze");
+    assert_eq!(s.headers.shared_key, "s2");
+    assert_eq!(s.methods(), ["/moby.filesync.v1.FileSync/DiffCopy"]);
     drop(s);
     // The same ID again: refused while the first is attached.
     let e = attach(&addr, "s2", sender).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
     // The client goes away: the session is removed.
-    client.abort();
+    drop(client);
     for _ in 0..500 {
         if sessions.get("s2").is_none() {
             return;

@@ -1,0 +1,35 @@
+//! A client of a BuildKit control API on a unix socket (`unix://PATH` or a bare path), from
+//! the same protocol definitions as the daemon, behaving as buildctl v0.11 does: what the
+//! tests drive the daemon with. `session` attaches a client session serving the client's
+//! services on the session's connection, `local` is its FileSync sender of local
+//! directories, `build` runs a build the buildctl way (session, Status, Solve through the
+//! gateway's Ping/Solve/Return) and `plain` prints its progress as `--progress=plain` does.
+
+pub mod build;
+pub mod local;
+pub mod plain;
+pub mod session;
+
+use super::proto::control::control_client::ControlClient;
+use std::path::{Path, PathBuf};
+use tonic::transport::{Channel, Endpoint};
+
+/// A channel to the daemon at `addr` (fails at once if nothing listens there).
+pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let path: PathBuf = Path::new(addr.strip_prefix("unix://").unwrap_or(addr)).to_path_buf();
+    // The URI is required by the API and unused: every connection goes to the socket.
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+}
+
+/// Connects to the control API at `addr` (fails at once if nothing listens there).
+pub async fn connect(addr: &str) -> Result<ControlClient<Channel>, tonic::transport::Error> {
+    Ok(ControlClient::new(channel(addr).await?))
+}

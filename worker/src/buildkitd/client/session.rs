@@ -1,0 +1,77 @@
+//! The client's half of a session (docs/BUILDKIT_PROTOCOL.md §4): `Control.Session` called
+//! with the session headers, its stream bridged to a byte stream on which the client serves
+//! its services (here a FileSync) as the gRPC server of the session's one connection.
+
+use crate::buildkitd::proto::control::control_client::ControlClient;
+use crate::buildkitd::proto::control::BytesMessage;
+use crate::buildkitd::proto::filesync::file_sync_server::{FileSync, FileSyncServer};
+use crate::buildkitd::session::{bridge, GRPC_METHOD, NAME, SHARED_KEY, UUID};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// The FileSync method a session serving local directories lists.
+pub const DIFF_COPY: &str = "/moby.filesync.v1.FileSync/DiffCopy";
+
+/// An attached session; dropping it ends the session.
+#[derive(Debug)]
+pub struct ClientSession {
+    /// Its ID (what a Solve names).
+    pub id: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ClientSession {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Attaches the session `id` to the daemon of `control`, serving `files` on it.
+pub async fn attach<F: FileSync>(
+    control: &ControlClient<Channel>,
+    id: &str,
+    files: F,
+) -> Result<ClientSession, Status> {
+    let mut c = control.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(8);
+    let mut req = Request::new(ReceiverStream::new(rx));
+    let md = req.metadata_mut();
+    let value = |s: &str| {
+        s.parse()
+            .map_err(|_| Status::invalid_argument(format!("{s:?} is not a metadata value")))
+    };
+    md.insert(UUID, value(id)?);
+    md.insert(NAME, value("stargaze")?);
+    md.insert(SHARED_KEY, value(id)?);
+    md.append(GRPC_METHOD, value(DIFF_COPY)?);
+    let inbound = c.session(req).await?.into_inner();
+    let mut bridged = bridge(inbound, || {});
+    let io = bridged.io;
+    let task = tokio::spawn(async move {
+        // The control connection stays open as long as the session.
+        let _control = c;
+        let forward = async {
+            while let Some(Ok(m)) = bridged.outbound.next().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let serve = tonic::transport::Server::builder()
+            .add_service(FileSyncServer::new(files))
+            // The one connection; a listener that then stays open (the server would stop).
+            .serve_with_incoming(
+                tokio_stream::once(Ok::<_, std::io::Error>(io)).chain(tokio_stream::pending()),
+            );
+        tokio::select! {
+            () = forward => {}
+            _ = serve => {}
+        }
+    });
+    Ok(ClientSession {
+        id: id.to_string(),
+        task,
+    })
+}
