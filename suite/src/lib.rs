@@ -350,16 +350,26 @@ impl Drop for Containerd {
 /// Builds a small sample image in `dir` (tag `sample`) and its eStargz conversion (tag
 /// `esgz`, 1 MiB chunks so large files have several); returns the layout directory.
 pub fn sample_estargz(dir: &Path, small_files: usize) -> PathBuf {
+    sample_estargz_with(
+        dir,
+        &stargaze_fs::image::sample::SampleOptions {
+            small_files,
+            large_files: vec![3 << 20, 600_000],
+            busybox: None,
+        },
+    )
+}
+
+/// Like [`sample_estargz`], with the sample's contents as `opts` says.
+pub fn sample_estargz_with(
+    dir: &Path,
+    opts: &stargaze_fs::image::sample::SampleOptions,
+) -> PathBuf {
     use stargaze_fs::format::WriterOptions;
-    use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
+    use stargaze_fs::image::sample::build_sample_image;
     use stargaze_fs::image::{convert_image, ImageConvertOptions, OciLayout};
     let oci = dir.join("oci");
-    let opts = SampleOptions {
-        small_files,
-        large_files: vec![3 << 20, 600_000],
-        busybox: None,
-    };
-    build_sample_image(&oci, "sample", &opts).expect("sample image");
+    build_sample_image(&oci, "sample", opts).expect("sample image");
     let layout = OciLayout::open(&oci).expect("layout");
     let writer = WriterOptions {
         chunk_size: 1 << 20,

@@ -12,7 +12,7 @@ use stargaze_fs::remote::{ClientOptions, Reference, RegistryClient};
 use stargaze_suite::fault_proxy::{FaultProxy, Seen};
 use stargaze_suite::mounts::Mounted;
 use stargaze_suite::servers::{DockerRegistry, RegistryAuth};
-use stargaze_suite::{have, is_root, require, sample_estargz, stargaze_bin};
+use stargaze_suite::{have, is_root, require, sample_estargz, sample_estargz_with, stargaze_bin};
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -286,31 +286,12 @@ fn a_registry_without_the_referrers_api_shares_profiles_through_the_fallback_tag
 
 /// The sample image with busybox, 1 MiB chunks, pushed to `registry` as `repo:v1`.
 fn push_with_busybox(dir: &Path, registry: SocketAddr, repo: &str) {
-    use stargaze_fs::format::WriterOptions;
-    use stargaze_fs::image::sample::{build_sample_image, SampleOptions};
-    use stargaze_fs::image::{convert_image, ImageConvertOptions, OciLayout};
-    let oci = dir.join("oci");
-    let opts = SampleOptions {
+    let opts = stargaze_fs::image::sample::SampleOptions {
         small_files: 40,
         large_files: vec![3 << 20],
-        ..SampleOptions::default()
+        ..Default::default()
     };
-    build_sample_image(&oci, "sample", &opts).unwrap();
-    let layout = OciLayout::open(&oci).unwrap();
-    let writer = WriterOptions {
-        chunk_size: 1 << 20,
-        ..WriterOptions::default()
-    };
-    convert_image(
-        &layout,
-        Some("sample"),
-        &layout,
-        Some("esgz"),
-        &ImageConvertOptions { writer },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    push(&oci, registry, repo);
+    push(&sample_estargz_with(dir, &opts), registry, repo);
 }
 
 /// Waits (up to 10 s) for one layer profile under `dir`.

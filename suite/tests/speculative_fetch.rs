@@ -128,10 +128,9 @@ fn elf_headers(loads: &[(u32, u64, u64)]) -> Vec<u8> {
     h
 }
 
-/// A rootfs holding one large executable ELF file, `usr/lib/big.so` (12 MiB of
-/// incompressible bytes: 1 MiB of headers and tables, 8 MiB of code, 1 MiB of writable data,
-/// 2 MiB after it), as an eStargz image with 1 MiB chunks.
-fn big_elf_image(dir: &Path) -> std::path::PathBuf {
+/// An OCI layout with one layer: umoci's empty image, `fill` writing its root file system,
+/// converted to eStargz (tag `esgz`) with `chunk_size` chunks.
+fn umoci_image(dir: &Path, chunk_size: u64, fill: impl FnOnce(&Path)) -> std::path::PathBuf {
     let oci = dir.join("oci");
     let layout = format!("{}", oci.display());
     run(Command::new("umoci").args(["init", "--layout", &layout]));
@@ -140,26 +139,13 @@ fn big_elf_image(dir: &Path) -> std::path::PathBuf {
     run(Command::new("umoci")
         .args(["unpack", "--image", &format!("{layout}:plain")])
         .arg(&bundle));
-    let root = bundle.join("rootfs");
-    const M: u64 = 1 << 20;
-    let mut data = elf_headers(&[(4, 0, M), (5, M, 8 * M), (6, 10 * M, M)]);
-    // xorshift: bytes that do not compress, so the file is large on the wire too.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    while data.len() < (12 * M) as usize {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    let p = root.join("usr/lib/big.so");
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, &data).unwrap();
+    fill(&bundle.join("rootfs"));
     run(Command::new("umoci")
         .args(["repack", "--image", &format!("{layout}:plain")])
         .arg(&bundle));
     let l = OciLayout::open(&oci).unwrap();
     let writer = WriterOptions {
-        chunk_size: 1 << 20,
+        chunk_size,
         ..WriterOptions::default()
     };
     convert_image(
@@ -172,6 +158,34 @@ fn big_elf_image(dir: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     oci
+}
+
+/// Incompressible bytes (xorshift), `len` of them, continuing from `state`.
+fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data
+}
+
+/// A rootfs holding one large executable ELF file, `usr/lib/big.so` (12 MiB of
+/// incompressible bytes: 1 MiB of headers and tables, 8 MiB of code, 1 MiB of writable data,
+/// 2 MiB after it), as an eStargz image with 1 MiB chunks.
+fn big_elf_image(dir: &Path) -> std::path::PathBuf {
+    const M: u64 = 1 << 20;
+    umoci_image(dir, 1 << 20, |root| {
+        let mut data = elf_headers(&[(4, 0, M), (5, M, 8 * M), (6, 10 * M, M)]);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let rest = (12 * M) as usize - data.len();
+        data.extend(noise(&mut x, rest));
+        let p = root.join("usr/lib/big.so");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &data).unwrap();
+    })
 }
 
 /// Pushes the `esgz` tag of `oci` to `registry` and opens its layer over `cache`.
@@ -389,44 +403,15 @@ fn loader_dependencies_and_small_directories_arrive_unasked_and_nothing_by_name(
 /// An image whose `usr/share/big/` holds 64 files of incompressible bytes, `f00` 2 KiB up to
 /// `f63` 65 KiB (1 KiB more each): 2.1 MiB in all, over the small-directory budget.
 fn big_dir_image(dir: &Path) -> std::path::PathBuf {
-    let oci = dir.join("oci");
-    let layout = format!("{}", oci.display());
-    run(Command::new("umoci").args(["init", "--layout", &layout]));
-    run(Command::new("umoci").args(["new", "--image", &format!("{layout}:plain")]));
-    let bundle = dir.join("bundle");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &format!("{layout}:plain")])
-        .arg(&bundle));
-    let big = bundle.join("rootfs/usr/share/big");
-    std::fs::create_dir_all(&big).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    // Written largest first, so blob order is not size order.
-    for i in (0..64u64).rev() {
-        let mut data = Vec::new();
-        while data.len() < ((2 + i) << 10) as usize {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            data.extend_from_slice(&x.to_le_bytes());
+    umoci_image(dir, WriterOptions::default().chunk_size, |root| {
+        let big = root.join("usr/share/big");
+        std::fs::create_dir_all(&big).unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        // Written largest first, so blob order is not size order.
+        for i in (0..64usize).rev() {
+            std::fs::write(big.join(format!("f{i:02}")), noise(&mut x, (2 + i) << 10)).unwrap();
         }
-        std::fs::write(big.join(format!("f{i:02}")), &data).unwrap();
-    }
-    run(Command::new("umoci")
-        .args(["repack", "--image", &format!("{layout}:plain")])
-        .arg(&bundle));
-    let l = OciLayout::open(&oci).unwrap();
-    convert_image(
-        &l,
-        Some("plain"),
-        &l,
-        Some("esgz"),
-        &ImageConvertOptions {
-            writer: WriterOptions::default(),
-        },
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    oci
+    })
 }
 
 #[test]

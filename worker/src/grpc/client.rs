@@ -14,9 +14,22 @@ pub async fn connect(socket: &Path) -> Result<SnapshotsClient<Channel>, Snapshot
             socket.display()
         )));
     }
-    let path: PathBuf = socket.to_path_buf();
-    // The URI is required by the API and unused: every connection goes to the socket.
-    let channel = Endpoint::from_static("http://snapshotter.sock")
+    let channel = unix_channel(socket.to_path_buf(), "http://snapshotter.sock")
+        .await
+        .map_err(|e| {
+            SnapshotError::Unavailable(format!("connecting to {}: {e}", socket.display()))
+        })?;
+    Ok(SnapshotsClient::new(channel))
+}
+
+/// A gRPC channel whose every connection goes to the unix socket `path`; `authority` is the
+/// URI the API requires (sent as `:authority`, otherwise unused). Fails at once if nothing
+/// listens there.
+pub(crate) async fn unix_channel(
+    path: PathBuf,
+    authority: &'static str,
+) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_static(authority)
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
@@ -25,8 +38,4 @@ pub async fn connect(socket: &Path) -> Result<SnapshotsClient<Channel>, Snapshot
             }
         }))
         .await
-        .map_err(|e| {
-            SnapshotError::Unavailable(format!("connecting to {}: {e}", socket.display()))
-        })?;
-    Ok(SnapshotsClient::new(channel))
 }

@@ -12,6 +12,7 @@ pub mod proxy;
 mod service;
 
 pub use client::connect;
+pub(crate) use client::unix_channel;
 pub use service::{serve, SnapshotService};
 
 /// Generated protobuf and gRPC code, in containerd's package layout.

@@ -12,21 +12,12 @@ pub mod session;
 
 use super::proto::control::control_client::ControlClient;
 use std::path::{Path, PathBuf};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A channel to the daemon at `addr` (fails at once if nothing listens there).
 pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = Path::new(addr.strip_prefix("unix://").unwrap_or(addr)).to_path_buf();
-    // The URI is required by the API and unused: every connection goes to the socket.
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
+    crate::grpc::unix_channel(path, "http://localhost").await
 }
 
 /// Connects to the control API at `addr` (fails at once if nothing listens there).
