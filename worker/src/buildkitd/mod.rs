@@ -262,6 +262,11 @@ impl Buildkitd {
             tracing::info!(socket = %path.display(), "serving the control API");
         }
         let service = ControlService::new(self.worker.clone(), self.record.clone());
+        // Sessions serving `Auth` answer the worker's registry requests that name them.
+        service.sessions().provide_credentials_to(
+            self.worker.client().options().sessions.clone(),
+            session::AuthLimits::default(),
+        );
         let served = tonic::transport::Server::builder()
             .add_service(ControlServer::new(service))
             .serve_with_incoming_shutdown(futures_util::stream::select_all(incoming), shutdown)
