@@ -55,11 +55,12 @@ pub trait CredentialProvider: Send + Sync {
     fn credentials<'a>(&'a self, host: &'a str) -> ProviderFuture<'a, Option<Credentials>>;
 
     /// For a provider that does the token exchange itself: the token for `req`. `None` (the
-    /// default): this provider does not, and its credentials are exchanged by the caller.
+    /// default), or a future answering `None`: this provider does not (or not this time),
+    /// and its credentials are exchanged by the caller.
     fn fetch_token<'a>(
         &'a self,
         _req: &'a TokenRequest,
-    ) -> Option<ProviderFuture<'a, FetchedToken>> {
+    ) -> Option<ProviderFuture<'a, Option<FetchedToken>>> {
         None
     }
 }

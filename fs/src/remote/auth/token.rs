@@ -314,11 +314,12 @@ impl Authenticator {
             scopes: vec![scope.to_string()],
         };
         if let Some(fetch) = provider.fetch_token(&req) {
-            let t = bounded(fetch).await.map_err(|e| Self::auth_err(host, e))?;
-            tracing::debug!(session = %id, %host, scope = %scope, "token fetched by the session");
-            return accept_token(t)
-                .map(Some)
-                .map_err(|e| Self::auth_err(host, e));
+            if let Some(t) = bounded(fetch).await.map_err(|e| Self::auth_err(host, e))? {
+                tracing::debug!(session = %id, %host, scope = %scope, "token fetched by the session");
+                return accept_token(t)
+                    .map(Some)
+                    .map_err(|e| Self::auth_err(host, e));
+            }
         }
         let creds = self
             .session_credentials(host, id, provider)

@@ -3,7 +3,8 @@
 //! `Credentials{Host}` answers a host's credentials (both empty: anonymous, no credentials;
 //! username empty with a secret: an identity token, exchanged as an OAuth2 refresh token).
 //! When the session serves `FetchToken`, Bearer challenges are handed to the client, which
-//! does the exchange itself, so the registry's credentials never reach the daemon.
+//! does the exchange itself, so the registry's credentials never reach the daemon (a client
+//! that lists it but answers `Unimplemented` is asked for its credentials instead).
 //!
 //! The client is not trusted to answer, nor to answer sensibly: every call has a timeout,
 //! answers are bounded in size, and a malformed answer is an error naming the session.
@@ -150,7 +151,8 @@ impl SessionCredentials {
         )
     }
 
-    async fn ask_token(&self, req: &TokenRequest) -> Result<FetchedToken, CredentialError> {
+    /// `None`: the client does not implement it after all (its credentials are asked then).
+    async fn ask_token(&self, req: &TokenRequest) -> Result<Option<FetchedToken>, CredentialError> {
         let call = FetchTokenRequest {
             client_id: CLIENT_ID.into(),
             host: req.host.clone(),
@@ -165,10 +167,9 @@ impl SessionCredentials {
                 problem,
             })
         };
-        let answer = self
-            .call("FetchToken", client.fetch_token(call))
-            .await?
-            .ok_or_else(|| bad("the session lists FetchToken but does not implement it"))?;
+        let Some(answer) = self.call("FetchToken", client.fetch_token(call)).await? else {
+            return Ok(None);
+        };
         if answer.token.is_empty() {
             return Err(bad("empty token"));
         }
@@ -183,11 +184,11 @@ impl SessionCredentials {
             .ok()
             .filter(|s| *s > 0)
             .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
-        Ok(FetchedToken {
+        Ok(Some(FetchedToken {
             token: Secret::new(answer.token),
             expires_in,
             issued_at,
-        })
+        }))
     }
 }
 
@@ -199,7 +200,7 @@ impl CredentialProvider for SessionCredentials {
     fn fetch_token<'a>(
         &'a self,
         req: &'a TokenRequest,
-    ) -> Option<ProviderFuture<'a, FetchedToken>> {
+    ) -> Option<ProviderFuture<'a, Option<FetchedToken>>> {
         if !self.fetches_tokens {
             return None;
         }
