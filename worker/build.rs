@@ -1,6 +1,6 @@
 //! Generates the gRPC code from `proto/` with tonic 0.14: containerd's snapshots service
 //! (`proto/*.proto`), and BuildKit's control API (`proto/buildkit/`, laid out as BuildKit
-//! imports its files), with its session's FileSync and fsutil's packets, and its gateway (`LLBBridge`). The `containerd-snapshots` crate would pin tonic 0.9 / prost 0.11 next
+//! imports its files), with its session's FileSync, Auth and fsutil's packets, and its gateway (`LLBBridge`). The `containerd-snapshots` crate would pin tonic 0.9 / prost 0.11 next
 //! to the current stack; generating our own stubs keeps one tonic. protox compiles the
 //! protos in Rust (well-known types included), so no `protoc` has to be installed.
 
@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "api/services/control/control.proto",
             "session/filesync/filesync.proto",
             "frontend/gateway/pb/gateway.proto",
+            "session/auth/auth.proto",
         ],
         ["proto/buildkit"],
     )?;

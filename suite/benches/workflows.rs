@@ -186,7 +186,7 @@ fn fetch_bench() {
         reference: reference.clone(),
         digest: desc.digest().expect("digest"),
         size: blob_size,
-        sessions: vec![],
+        sessions: Default::default(),
     };
     let local_path = root
         .join("bench/fetch/blobs/sha256")

@@ -272,7 +272,7 @@ fn chunked_and_concurrent_uploads() {
         for _ in 0..8 {
             let (c, r, f) = (client.clone(), r.clone(), file.clone());
             tasks.push(tokio::spawn(async move {
-                c.push_blob(&r, &d, &f, 3_000_000).await
+                c.push_blob(&r, &d, &f, 3_000_000, &[]).await
             }));
         }
         for t in tasks {

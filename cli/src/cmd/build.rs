@@ -148,6 +148,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
             &out.image,
             d,
             &progress,
+            &[],
         ))?;
     }
     if let Some(r) = opened.collect_after_build() {

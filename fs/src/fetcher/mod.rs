@@ -27,7 +27,7 @@ mod region;
 mod timeline;
 mod window;
 
-pub use blob::RemoteBlob;
+pub use blob::{RemoteBlob, SessionList};
 pub use chunks::Fetcher;
 pub use counters::{CounterSnapshot, LayerCounters};
 pub use latency::{LatencyHistogram, LatencySnapshot, BUCKETS};

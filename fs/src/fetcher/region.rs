@@ -210,7 +210,14 @@ impl Fetcher {
         let b = &self.blob;
         let stream = b
             .client
-            .blob_range_stream(&b.reference, &b.digest, offset, len, &b.sessions, budget)
+            .blob_range_stream(
+                &b.reference,
+                &b.digest,
+                offset,
+                len,
+                &b.sessions.ids(),
+                budget,
+            )
             .await?;
         if stream.answer() == RangeAnswer::Whole {
             self.counters

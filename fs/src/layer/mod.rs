@@ -222,7 +222,7 @@ impl RemoteLayer {
             reference: reference.clone(),
             digest,
             size: desc.size,
-            sessions,
+            sessions: sessions.into(),
         };
         let fmt_err = |source| LayerError::Format { digest, source };
         let annotations: BTreeMap<String, String> = desc
@@ -330,6 +330,17 @@ impl RemoteLayer {
     /// The blob's digest.
     pub fn digest(&self) -> Digest {
         self.fetcher.blob().digest
+    }
+
+    /// Adds sessions whose credentials the layer's reads may ask (after those it has);
+    /// returns how many were new.
+    pub fn add_sessions(&self, ids: &[String]) -> usize {
+        self.fetcher.blob().sessions.add(ids)
+    }
+
+    /// The sessions the layer's reads ask, in order.
+    pub fn sessions(&self) -> Vec<String> {
+        self.fetcher.blob().sessions.ids()
     }
 
     /// The blob's size.

@@ -99,7 +99,7 @@ pub async fn push(
             source,
         })?;
         client
-            .push_blob(r, &d, tmp.path(), data.len() as u64)
+            .push_blob(r, &d, tmp.path(), data.len() as u64, &[])
             .await?;
     }
     let now = std::time::SystemTime::now()

@@ -802,21 +802,23 @@ impl RegistryClient {
     }
 
     /// Uploads a blob from a file unless the registry has it; returns true if uploaded.
+    /// `sessions` are asked for credentials, in order.
     pub async fn push_blob(
         &self,
         r: &Reference,
         d: &Digest,
         path: &std::path::Path,
         size: u64,
+        sessions: &[String],
     ) -> Result<bool, RemoteError> {
-        if self.blob_size_push(r, d).await? == Some(size) {
+        if self.blob_size_push(r, d, sessions).await? == Some(size) {
             return Ok(false);
         }
         let mut c = self.call_for(
             r,
             Method::POST,
             format!("/v2/{}/blobs/uploads/", r.repository),
-            &[],
+            sessions,
         );
         c.scope = Scope::push(&r.repository);
         c.pull = false;
@@ -838,7 +840,7 @@ impl RegistryClient {
             Some(q) => format!("{}?{q}", put_url.path()),
             None => put_url.path().to_string(),
         };
-        let mut c = self.call_for(r, Method::PUT, path_q, &[]);
+        let mut c = self.call_for(r, Method::PUT, path_q, sessions);
         c.scope = Scope::push(&r.repository);
         c.pull = false;
         c.small = false;
@@ -862,15 +864,16 @@ impl RegistryClient {
         r: &Reference,
         d: &Digest,
         from: &str,
+        sessions: &[String],
     ) -> Result<bool, RemoteError> {
-        if self.blob_size_push(r, d).await?.is_some() {
+        if self.blob_size_push(r, d, sessions).await?.is_some() {
             return Ok(true);
         }
         let mut c = self.call_for(
             r,
             Method::POST,
             format!("/v2/{}/blobs/uploads/?mount={d}&from={from}", r.repository),
-            &[],
+            sessions,
         );
         c.scope = Scope::push(&r.repository);
         c.pull = false;
@@ -885,12 +888,17 @@ impl RegistryClient {
         }
     }
 
-    async fn blob_size_push(&self, r: &Reference, d: &Digest) -> Result<Option<u64>, RemoteError> {
+    async fn blob_size_push(
+        &self,
+        r: &Reference,
+        d: &Digest,
+        sessions: &[String],
+    ) -> Result<Option<u64>, RemoteError> {
         let mut c = self.call_for(
             r,
             Method::HEAD,
             format!("/v2/{}/blobs/{d}", r.repository),
-            &[],
+            sessions,
         );
         c.scope = Scope::push(&r.repository);
         c.pull = false;
@@ -905,15 +913,17 @@ impl RegistryClient {
         }
     }
 
-    /// Puts manifest bytes under `object` (a tag or their digest).
+    /// Puts manifest bytes under `object` (a tag or their digest); `sessions` are asked for
+    /// credentials, in order.
     pub async fn push_manifest(
         &self,
         r: &Reference,
         object: &str,
         media_type: &str,
         data: &[u8],
+        sessions: &[String],
     ) -> Result<Digest, RemoteError> {
-        self.push_manifest_answer(r, object, media_type, data)
+        self.push_manifest_answer(r, object, media_type, data, sessions)
             .await
             .map(|(d, _)| d)
     }
@@ -926,6 +936,7 @@ impl RegistryClient {
         object: &str,
         media_type: &str,
         data: &[u8],
+        sessions: &[String],
     ) -> Result<(Digest, Option<String>), RemoteError> {
         if !MANIFEST_TYPES.contains(&media_type) {
             return Err(RemoteError::Config(format!(
@@ -936,7 +947,7 @@ impl RegistryClient {
             r,
             Method::PUT,
             format!("/v2/{}/manifests/{object}", r.repository),
-            &[],
+            sessions,
         );
         c.scope = Scope::push(&r.repository);
         c.pull = false;

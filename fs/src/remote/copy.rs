@@ -349,7 +349,7 @@ async fn put_blob(
 ) -> Result<(), RemoteError> {
     match dst {
         ImageLocation::Registry(r) => {
-            cx.client.push_blob(r, d, path, size).await?;
+            cx.client.push_blob(r, d, path, size, &[]).await?;
             Ok(())
         }
         ImageLocation::Layout(r) => {
@@ -379,7 +379,7 @@ async fn write_manifest(
                 .map(str::to_string)
                 .unwrap_or_else(|| m.digest.to_string());
             cx.client
-                .push_manifest(r, &object, &m.media_type, &m.data)
+                .push_manifest(r, &object, &m.media_type, &m.data, &[])
                 .await?;
         }
         ImageLocation::Layout(r) => {

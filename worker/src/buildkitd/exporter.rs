@@ -124,12 +124,14 @@ impl Exporter {
         matches!(self, Exporter::Image { estargz: true, .. })
     }
 
-    /// Exports `img`; the answer is the Solve's `ExporterResponse`.
+    /// Exports `img`, asking `sessions` for registry credentials; the answer is the Solve's
+    /// `ExporterResponse`.
     pub async fn export(
         &self,
         worker: &OciWorker,
         img: &StageResult,
         progress: &Arc<Progress>,
+        sessions: &[String],
     ) -> Result<HashMap<String, String>, Status> {
         let mut out = HashMap::new();
         let Exporter::Image { names, push, .. } = self else {
@@ -163,6 +165,7 @@ impl Exporter {
                     img,
                     &Destination::Registry(n.clone()),
                     progress,
+                    sessions,
                 )
                 .await
                 .map_err(|e| {

@@ -268,6 +268,11 @@ impl Buildkitd {
             tracing::info!(socket = %path.display(), "serving the control API");
         }
         let service = ControlService::new(self.worker.clone(), self.record.clone());
+        // Sessions serving `Auth` answer the worker's registry requests that name them.
+        service.sessions().provide_credentials_to(
+            self.worker.client().options().sessions.clone(),
+            session::AuthLimits::default(),
+        );
         let gateway = service.gateway();
         let served = tonic::transport::Server::builder()
             .add_service(ControlServer::new(service))

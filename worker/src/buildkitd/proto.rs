@@ -2,8 +2,8 @@
 //! module layout of its protobuf packages so the generated cross-package paths resolve:
 //! `pb` (LLB: platforms, definitions), `moby::buildkit::v1` (the `Control` service) and
 //! `moby::buildkit::v1::types` (worker records), `moby::filesync::v1` and `fsutil::types`
-//! (a session's file transfer), `moby::buildkit::v1::frontend` (the gateway) with
-//! `apicaps` and `google::rpc`. Clients (tests, later `stargaze build
+//! (a session's file transfer and its `Auth` service), `moby::buildkit::v1::frontend` (the
+//! gateway) with `apicaps` and `google::rpc`. Clients (tests, later `stargaze build
 //! --addr`) use the same code.
 
 /// `pb`: BuildKit's LLB messages.
@@ -34,9 +34,9 @@ pub mod moby {
             }
         }
     }
-    /// `moby.filesync.v1`: the session's file transfer.
+    /// `moby.filesync.v1`: the session's file transfer and registry credentials.
     pub mod filesync {
-        /// `moby.filesync.v1`
+        /// `moby.filesync.v1` (`FileSync`, `Auth`)
         pub mod v1 {
             tonic::include_proto!("moby.filesync.v1");
         }

@@ -229,7 +229,11 @@ impl Solver {
             }
         };
         let exporter_response = match &result {
-            Some(img) => exporter.export(&self.worker, img, &progress).await?,
+            Some(img) => {
+                exporter
+                    .export(&self.worker, img, &progress, &build_sessions(&req.session))
+                    .await?
+            }
             None if exporter == Exporter::None => HashMap::new(),
             None => {
                 return Err(Status::invalid_argument(
@@ -239,5 +243,15 @@ impl Solver {
         };
         drop(guard);
         Ok(SolveResponse { exporter_response })
+    }
+}
+
+/// The session IDs a Solve's registry accesses ask: its own session (`id` or `x:id`).
+fn build_sessions(session: &str) -> Vec<String> {
+    let id = session.split_once(':').map_or(session, |(_, i)| i);
+    if id.is_empty() {
+        Vec::new()
+    } else {
+        vec![id.to_string()]
     }
 }

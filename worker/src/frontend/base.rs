@@ -5,14 +5,21 @@
 //! eStargz layers are then mounted lazily and nothing is pulled; other layers, and every
 //! layer with the other snapshotters, are pulled, verified and unpacked into a prepared
 //! snapshot and committed.
+//!
+//! Every registry access asks the build's sessions for credentials: resolving and reading the
+//! config, pulls, and the stargz snapshotter's lazy reads, to which the session IDs travel in
+//! the labels `containerd.io/snapshot/remote/stargz.session.N.<call>` — on the Prepare of a
+//! new lazy layer, and as an Update of a remote snapshot that exists already, so a later build
+//! on the same layer adds its session to the layer's list (as BuildKit does).
 
 use super::guards::random_suffix;
 use super::image_config::ImageConfig;
 use super::BuildError;
-use crate::snapshot::stargz::labels::{TARGET, TOC_DIGEST};
-use crate::snapshot::{Labels, Mount, SnapshotError, Snapshotter};
+use crate::snapshot::stargz::labels::{REMOTE, TARGET, TOC_DIGEST};
+use crate::snapshot::{Info, Labels, Mount, SnapshotError, Snapshotter};
 use stargaze_fs::format::extract::{ExtractOptions, Whiteouts};
 use stargaze_fs::mount::MountError;
+use stargaze_fs::remote::auth::SESSION_LABEL;
 use stargaze_fs::remote::{Descriptor, Platform, Reference, RegistryClient, RemoteError};
 use stargaze_fs::Digest;
 use std::path::PathBuf;
@@ -102,13 +109,15 @@ pub enum BaseError {
     },
 }
 
-/// Resolves `reference` for `platform` and reads its config.
+/// Resolves `reference` for `platform` and reads its config, asking `sessions` for
+/// credentials.
 pub async fn resolve(
     client: &RegistryClient,
     reference: &Reference,
     platform: &Platform,
+    sessions: &[String],
 ) -> Result<BaseImage, BuildError> {
-    resolve_inner(client, reference, platform)
+    resolve_inner(client, reference, platform, sessions)
         .await
         .map_err(|e| BuildError::Base {
             image: reference.to_string(),
@@ -120,9 +129,10 @@ async fn resolve_inner(
     client: &RegistryClient,
     reference: &Reference,
     platform: &Platform,
+    sessions: &[String],
 ) -> Result<BaseImage, BaseError> {
     let (top, child) = client
-        .resolve(reference, platform, &[])
+        .resolve(reference, platform, sessions)
         .await
         .map_err(BaseError::Resolve)?;
     let m = child.unwrap_or(top);
@@ -132,7 +142,7 @@ async fn resolve_inner(
     }
     let cfg_digest = cfg_desc.digest().map_err(BaseError::ConfigDescriptor)?;
     let bytes = client
-        .blob_range(reference, &cfg_digest, 0, cfg_desc.size, &[])
+        .blob_range(reference, &cfg_digest, 0, cfg_desc.size, sessions)
         .await
         .map_err(BaseError::ReadConfig)?
         .data;
@@ -177,25 +187,53 @@ pub enum LayerOutcome {
     Pulled,
 }
 
+/// The session labels of one call: `…stargz.session.N.<call>` = the Nth session ID.
+fn session_labels(sessions: &[String], call: &str) -> Labels {
+    sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("{SESSION_LABEL}.{i}.{call}"), s.clone()))
+        .collect()
+}
+
+/// Tells the snapshotter that the build's sessions use the existing remote snapshot `info`
+/// (its lazy reads may then ask them too). A failure only loses that hint: logged.
+fn add_sessions(snap: &dyn Snapshotter, info: Info, sessions: &[String]) {
+    if sessions.is_empty() || !info.labels.contains_key(REMOTE) {
+        return;
+    }
+    let labels = session_labels(sessions, &random_suffix());
+    let fields: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+    let name = info.name.clone();
+    let update = Info { labels, ..info };
+    if let Err(e) = snap.update(update, &fields) {
+        tracing::warn!(snapshot = %name, error = %e, "could not add the build's sessions to a lazy layer");
+    }
+}
+
 /// Makes sure every layer of `image` is a committed snapshot; returns the top chain ID
-/// (none for an image without layers) and what happened to each layer. Blocking.
+/// (none for an image without layers) and what happened to each layer. `sessions` are asked
+/// for credentials by the pulls and, through the labels, by lazy reads. Blocking.
 pub fn ensure_snapshots(
     snap: &dyn Snapshotter,
     client: &Arc<RegistryClient>,
     rt: &tokio::runtime::Handle,
     image: &BaseImage,
+    sessions: &[String],
     report: &dyn Fn(usize, LayerOutcome),
 ) -> Result<Option<String>, BuildError> {
     let chain = chain_ids(&image.diff_ids);
     let mut parent = String::new();
     for (i, (desc, id)) in image.layers.iter().zip(&chain).enumerate() {
-        if snap.stat(id).is_ok() {
+        if let Ok(info) = snap.stat(id) {
+            add_sessions(snap, info, sessions);
             report(i, LayerOutcome::Present);
             parent = id.clone();
             continue;
         }
-        let key = format!("extract-{}-{id}", random_suffix());
-        let mut labels = Labels::new();
+        let call = random_suffix();
+        let key = format!("extract-{call}-{id}");
+        let mut labels = session_labels(sessions, &call);
         labels.insert(TARGET.into(), id.clone());
         labels.insert(
             "containerd.io/snapshot/remote/stargz.reference".into(),
@@ -221,7 +259,7 @@ pub fn ensure_snapshots(
             Err(e) => return Err(BuildError::Snapshot(e)),
             Ok(m) => m,
         };
-        let unpacked = unpack(client, rt, image, desc, &mounts);
+        let unpacked = unpack(client, rt, image, desc, &mounts, sessions);
         if let Err(e) = unpacked {
             let _ = snap.remove(&key);
             return Err(e);
@@ -267,6 +305,7 @@ fn unpack(
     image: &BaseImage,
     desc: &Descriptor,
     mounts: &[Mount],
+    sessions: &[String],
 ) -> Result<(), BuildError> {
     let fail = |e| BuildError::Base {
         image: image.reference.to_string(),
@@ -284,7 +323,7 @@ fn unpack(
         &image.reference,
         desc,
         &dir,
-        &[],
+        sessions,
         eo,
     ))
     .map_err(|source| {

@@ -151,13 +151,15 @@ pub fn documents(img: &StageResult) -> Result<(Vec<u8>, Vec<u8>), ExportError> {
     Ok((config_bytes, serde_json::to_vec(&manifest)?))
 }
 
-/// Exports `img` to `dest`.
+/// Exports `img` to `dest`; every registry access (base layers read, the push) asks
+/// `sessions` for credentials, in order (the build's `BuildRequest::sessions`).
 pub async fn export(
     client: &Arc<RegistryClient>,
     content: &OciLayout,
     img: &StageResult,
     dest: &Destination,
     progress: &Arc<Progress>,
+    sessions: &[String],
 ) -> Result<ExportReport, BuildError> {
     let (config, manifest) = documents(img)?;
     let v = progress.vertex(&format!(
@@ -169,9 +171,20 @@ pub async fn export(
     ));
     let r = match dest {
         Destination::Layout { dir, tag } => {
-            to_layout(client, content, img, dir, tag, &config, &manifest).await
+            to_layout(
+                client,
+                content,
+                img,
+                dir,
+                tag,
+                (&config, &manifest),
+                sessions,
+            )
+            .await
         }
-        Destination::Registry(r) => to_registry(client, content, img, r, &config, &manifest).await,
+        Destination::Registry(r) => {
+            to_registry(client, content, img, r, &config, &manifest, sessions).await
+        }
     };
     match &r {
         Ok(rep) => {
@@ -195,8 +208,8 @@ async fn to_layout(
     img: &StageResult,
     dir: &std::path::Path,
     tag: &str,
-    config: &[u8],
-    manifest: &[u8],
+    (config, manifest): (&[u8], &[u8]),
+    sessions: &[String],
 ) -> Result<ExportReport, ExportError> {
     let layout = OciLayout::open_or_create(dir)?;
     let mut rep = ExportReport::default();
@@ -216,7 +229,7 @@ async fn to_layout(
                 let f = tmp.reopen().map_err(ExportError::TempFile)?;
                 let mut f = tokio::fs::File::from_std(f);
                 client
-                    .blob_to_file(src, &d, l.blob.size, &mut f, &[], &|_| {})
+                    .blob_to_file(src, &d, l.blob.size, &mut f, sessions, &|_| {})
                     .await?;
                 drop(f);
                 layout.commit_blob(tmp, &d)?;
@@ -242,6 +255,7 @@ async fn to_registry(
     dest: &Reference,
     config: &[u8],
     manifest: &[u8],
+    sessions: &[String],
 ) -> Result<ExportReport, ExportError> {
     let mut rep = ExportReport::default();
     for l in &img.layers {
@@ -249,7 +263,7 @@ async fn to_registry(
         match &l.remote {
             None => {
                 if client
-                    .push_blob(dest, &d, &content.blob_path(&d), l.blob.size)
+                    .push_blob(dest, &d, &content.blob_path(&d), l.blob.size, sessions)
                     .await?
                 {
                     rep.bytes += l.blob.size;
@@ -258,12 +272,14 @@ async fn to_registry(
             }
             Some(src) => {
                 if src.registry == dest.registry
-                    && client.mount_blob(dest, &d, &src.repository).await?
+                    && client
+                        .mount_blob(dest, &d, &src.repository, sessions)
+                        .await?
                 {
                     rep.base_layers_kept += 1;
                     continue;
                 }
-                if client.blob_size(dest, &d, &[]).await.ok().flatten() == Some(l.blob.size) {
+                if client.blob_size(dest, &d, sessions).await.ok().flatten() == Some(l.blob.size) {
                     rep.base_layers_kept += 1;
                     continue;
                 }
@@ -271,10 +287,12 @@ async fn to_registry(
                     .map_err(ExportError::TempFile)?;
                 let mut f = tokio::fs::File::from_std(tmp.reopen().map_err(ExportError::TempFile)?);
                 client
-                    .blob_to_file(src, &d, l.blob.size, &mut f, &[], &|_| {})
+                    .blob_to_file(src, &d, l.blob.size, &mut f, sessions, &|_| {})
                     .await?;
                 drop(f);
-                client.push_blob(dest, &d, tmp.path(), l.blob.size).await?;
+                client
+                    .push_blob(dest, &d, tmp.path(), l.blob.size, sessions)
+                    .await?;
                 rep.base_layers_fetched += 1;
                 rep.bytes += l.blob.size;
             }
@@ -285,11 +303,17 @@ async fn to_registry(
         tempfile::NamedTempFile::new_in(content.root()).map_err(ExportError::TempFile)?;
     std::io::Write::write_all(&mut cfg_file, config).map_err(ExportError::TempFile)?;
     client
-        .push_blob(dest, &cfg_digest, cfg_file.path(), config.len() as u64)
+        .push_blob(
+            dest,
+            &cfg_digest,
+            cfg_file.path(),
+            config.len() as u64,
+            sessions,
+        )
         .await?;
     let tag = dest.tag.clone().unwrap_or_else(|| "latest".into());
     let d = client
-        .push_manifest(dest, &tag, OCI_MANIFEST, manifest)
+        .push_manifest(dest, &tag, OCI_MANIFEST, manifest, sessions)
         .await?;
     rep.manifest = Some(d);
     Ok(rep)

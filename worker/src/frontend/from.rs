@@ -64,24 +64,33 @@ impl Ctx {
         let v = self
             .progress
             .vertex(&format!("[internal] load metadata for {reference}"));
-        let img = match base::resolve(&self.w.client, &reference, platform).await {
-            Ok(i) => i,
-            Err(e) => {
-                v.error(&e);
-                return Err(e);
-            }
-        };
+        let img =
+            match base::resolve(&self.w.client, &reference, platform, &self.req.sessions).await {
+                Ok(i) => i,
+                Err(e) => {
+                    v.error(&e);
+                    return Err(e);
+                }
+            };
         v.done();
         let v = self.progress.vertex(&format!("FROM {}", img.reference));
         let (w, img2) = (self.w.clone(), img.clone());
+        let sessions = self.req.sessions.clone();
         let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let o2 = outcomes.clone();
         let top = blocking(move || {
-            base::ensure_snapshots(w.snapshotter.as_ref(), &w.client, &w.rt, &img2, &|i, o| {
-                if let Ok(mut v) = o2.lock() {
-                    v.push((i, o));
-                }
-            })
+            base::ensure_snapshots(
+                w.snapshotter.as_ref(),
+                &w.client,
+                &w.rt,
+                &img2,
+                &sessions,
+                &|i, o| {
+                    if let Ok(mut v) = o2.lock() {
+                        v.push((i, o));
+                    }
+                },
+            )
         })
         .await;
         let outcomes = outcomes.lock().map(|v| v.clone()).unwrap_or_default();

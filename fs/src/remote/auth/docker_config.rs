@@ -21,7 +21,7 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The key docker uses for Docker Hub.
 const HUB_KEY: &str = "https://index.docker.io/v1/";
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 struct AuthEntry {
     #[serde(default)]
     auth: Option<String>,
@@ -33,7 +33,7 @@ struct AuthEntry {
     identitytoken: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 struct File {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
@@ -44,7 +44,7 @@ struct File {
 }
 
 /// A loaded docker config.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct DockerConfig {
     file: File,
     path: Option<PathBuf>,

@@ -1,7 +1,8 @@
 //! Why credentials could not be had: a docker config that cannot be read or is malformed, a
 //! credential helper that is misnamed, fails or hangs, or a session table that broke. The
 //! authenticator (token.rs in this folder) reports it as a refused authentication to the
-//! host; the CLI shows it as is.
+//! host; the CLI shows it as is. Providers outside this crate (a client's session) report
+//! their own typed errors inside [`CredentialError::Session`].
 
 use crate::small_file::SmallFileError;
 use std::path::PathBuf;
@@ -77,4 +78,19 @@ pub enum CredentialError {
     /// A thread holding the session table panicked.
     #[error("session table is poisoned")]
     Poisoned,
+    /// A provider's background task failed.
+    #[error("credential lookup task failed")]
+    Task,
+    /// A provider did not answer within the authenticator's bound.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// A session's provider failed (its own error, e.g. the client's answer or silence).
+    #[error("session {session}: {source}")]
+    Session {
+        /// The session ID.
+        session: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }

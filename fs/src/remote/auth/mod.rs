@@ -12,7 +12,8 @@ pub use challenge::{parse_challenges, Challenge, ChallengeError};
 pub use docker_config::DockerConfig;
 pub use error::CredentialError;
 pub use session::{
-    session_ids_from_labels, CredentialProvider, SessionManager, StaticCredentials, SESSION_LABEL,
+    session_ids_from_labels, CredentialProvider, FetchedToken, ProviderFuture, SessionManager,
+    StaticCredentials, TokenRequest, SESSION_LABEL,
 };
 pub use token::{Authenticator, Scope};
 

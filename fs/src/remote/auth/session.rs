@@ -2,19 +2,67 @@
 //! credential provider under a session ID; a fetch names the session IDs that asked for it
 //! (the snapshot labels `containerd.io/snapshot/remote/stargz.session.N[.suffix]`), and
 //! the providers are asked in that order for the host's credentials — the first that answers
-//! wins. A session that ends is unregistered and can no longer be asked.
+//! wins. A session that ends is unregistered and can no longer be asked (the tokens it gave
+//! stay usable until they expire: see the authenticator, token.rs in this folder).
+//!
+//! Providers answer through a boxed future, so one that talks to a client over the network
+//! (a BuildKit session) waits without holding a thread, and one that runs a process (a
+//! docker credential helper) moves that work off the async threads itself. A provider may
+//! also fetch bearer tokens itself ([`CredentialProvider::fetch_token`]): the registry's
+//! credentials then never reach the daemon.
 
-use super::{CredentialError, Credentials};
+use super::{CredentialError, Credentials, Secret};
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 /// The snapshot label prefix naming session IDs.
 pub const SESSION_LABEL: &str = "containerd.io/snapshot/remote/stargz.session";
 
+/// What a provider's answer is awaited as.
+pub type ProviderFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, CredentialError>> + Send + 'a>>;
+
+/// A registry's Bearer challenge, for a provider that exchanges it for a token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The registry host (`host[:port]`).
+    pub host: String,
+    /// The token endpoint.
+    pub realm: String,
+    /// The service the challenge names (empty: none).
+    pub service: String,
+    /// The scopes wanted (`repository:NAME:pull[,push]`).
+    pub scopes: Vec<String>,
+}
+
+/// A token a provider fetched.
+#[derive(Debug, Clone)]
+pub struct FetchedToken {
+    /// The bearer token.
+    pub token: Secret,
+    /// How long it is valid from `issued_at` (`None`: unknown, taken as 60 s).
+    pub expires_in: Option<Duration>,
+    /// When it was issued (`None`: now).
+    pub issued_at: Option<SystemTime>,
+}
+
 /// Something that can answer "credentials for this host?".
 pub trait CredentialProvider: Send + Sync {
-    /// Credentials for `host`, `Ok(None)` when this provider has none.
-    fn credentials(&self, host: &str) -> Result<Option<Credentials>, CredentialError>;
+    /// Credentials for `host`, `Ok(None)` when this provider has none (or says anonymous).
+    fn credentials<'a>(&'a self, host: &'a str) -> ProviderFuture<'a, Option<Credentials>>;
+
+    /// For a provider that does the token exchange itself: the token for `req`. `None` (the
+    /// default), or a future answering `None`: this provider does not (or not this time),
+    /// and its credentials are exchanged by the caller.
+    fn fetch_token<'a>(
+        &'a self,
+        _req: &'a TokenRequest,
+    ) -> Option<ProviderFuture<'a, Option<FetchedToken>>> {
+        None
+    }
 }
 
 /// A fixed map of host → credentials (explicit configuration, tests).
@@ -32,14 +80,22 @@ impl StaticCredentials {
 }
 
 impl CredentialProvider for StaticCredentials {
-    fn credentials(&self, host: &str) -> Result<Option<Credentials>, CredentialError> {
-        Ok(self.by_host.get(host).cloned())
+    fn credentials<'a>(&'a self, host: &'a str) -> ProviderFuture<'a, Option<Credentials>> {
+        let found = self.by_host.get(host).cloned();
+        Box::pin(std::future::ready(Ok(found)))
     }
 }
 
 impl CredentialProvider for super::DockerConfig {
-    fn credentials(&self, host: &str) -> Result<Option<Credentials>, CredentialError> {
-        super::DockerConfig::credentials(self, host)
+    fn credentials<'a>(&'a self, host: &'a str) -> ProviderFuture<'a, Option<Credentials>> {
+        // A credential helper is a process (bounded by its own timeout): off the async threads.
+        let me = self.clone();
+        let host = host.to_string();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || super::DockerConfig::credentials(&me, &host))
+                .await
+                .map_err(|_| CredentialError::Task)?
+        })
     }
 }
 
@@ -76,23 +132,30 @@ impl SessionManager {
         }
     }
 
+    /// The provider of session `id`, while it is registered.
+    pub fn get(&self, id: &str) -> Result<Option<Arc<dyn CredentialProvider>>, CredentialError> {
+        match self.sessions.read() {
+            Ok(s) => Ok(s.get(id).cloned()),
+            Err(_) => Err(CredentialError::Poisoned),
+        }
+    }
+
+    /// Whether session `id` is registered.
+    pub fn contains(&self, id: &str) -> bool {
+        self.sessions.read().is_ok_and(|s| s.contains_key(id))
+    }
+
     /// Asks the named sessions in order; the first with credentials for `host` wins.
     /// Unknown sessions are skipped; a provider error is returned only if no later one answers.
-    pub fn credentials(
+    pub async fn credentials(
         &self,
         ids: &[String],
         host: &str,
     ) -> Result<Option<Credentials>, CredentialError> {
-        let providers: Vec<(String, Arc<dyn CredentialProvider>)> = match self.sessions.read() {
-            Ok(s) => ids
-                .iter()
-                .filter_map(|id| s.get(id).map(|p| (id.clone(), p.clone())))
-                .collect(),
-            Err(_) => return Err(CredentialError::Poisoned),
-        };
         let mut first_err = None;
-        for (id, p) in providers {
-            match p.credentials(host) {
+        for id in ids {
+            let Some(p) = self.get(id)? else { continue };
+            match p.credentials(host).await {
                 Ok(Some(c)) => {
                     tracing::debug!(session = %id, %host, "credentials from session");
                     return Ok(Some(c));
@@ -135,8 +198,8 @@ pub fn session_ids_from_labels(labels: &HashMap<String, String>) -> Vec<String> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn first_answer_wins_in_order() {
+    #[tokio::test]
+    async fn first_answer_wins_in_order() {
         let m = SessionManager::new();
         m.register("a", Arc::new(StaticCredentials::default()));
         m.register(
@@ -149,13 +212,15 @@ mod tests {
         );
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            m.credentials(&ids(&["x", "a", "c", "b"]), "h").unwrap(),
+            m.credentials(&ids(&["x", "a", "c", "b"]), "h")
+                .await
+                .unwrap(),
             Some(Credentials::basic("cu", "cp"))
         );
-        assert_eq!(m.credentials(&ids(&["a"]), "h").unwrap(), None);
+        assert_eq!(m.credentials(&ids(&["a"]), "h").await.unwrap(), None);
         m.unregister("c");
         assert_eq!(
-            m.credentials(&ids(&["c", "b"]), "h").unwrap(),
+            m.credentials(&ids(&["c", "b"]), "h").await.unwrap(),
             Some(Credentials::basic("bu", "bp"))
         );
     }

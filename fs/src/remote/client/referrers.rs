@@ -58,7 +58,7 @@ impl RegistryClient {
     ) -> Result<Digest, RemoteError> {
         let d = Digest::of(data);
         let (d, confirmed) = self
-            .push_manifest_answer(r, &d.to_string(), media_type, data)
+            .push_manifest_answer(r, &d.to_string(), media_type, data, &[])
             .await?;
         let Some(listed) = referrer_of(data, media_type) else {
             return Ok(d);
@@ -104,7 +104,7 @@ impl RegistryClient {
                 "the index would outgrow the manifest size limit",
             ));
         }
-        self.push_manifest(r, &tag, INDEX, &body).await?;
+        self.push_manifest(r, &tag, INDEX, &body, &[]).await?;
         tracing::info!(subject = %listed.subject, referrer = %d, tag, "registry has no referrers API; fallback tag updated");
         Ok(d)
     }

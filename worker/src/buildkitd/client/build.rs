@@ -6,9 +6,10 @@
 //! attributes, `Return` with the result or the error. [`Via::Direct`] sends the frontend in
 //! the control `Solve` instead, as BuildKit's Go client does for `Solve` with a frontend.
 
+use super::auth::ConfigAuth;
 use super::local::LocalDirs;
 use super::plain::Plain;
-use super::session::attach;
+use super::session::{attach_with_auth, ServedAuth};
 use crate::buildkitd::gateway::BUILD_ID;
 use crate::buildkitd::proto::control::control_client::ControlClient;
 use crate::buildkitd::proto::control::{
@@ -19,6 +20,7 @@ use crate::buildkitd::proto::gateway::llb_bridge_client::LlbBridgeClient;
 use crate::buildkitd::proto::gateway::{self, PingRequest, ReturnRequest};
 use crate::buildkitd::proto::google::rpc;
 use crate::frontend::guards::random_suffix;
+use stargaze_fs::remote::auth::DockerConfig;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,6 +54,9 @@ pub struct BuildOptions {
     pub exporter_attrs: HashMap<String, String>,
     /// How the frontend is asked for.
     pub via: Via,
+    /// Registry credentials the session answers (buildctl answers from the user's docker
+    /// config); `None`: the session serves no `Auth`.
+    pub docker_config: Option<DockerConfig>,
 }
 
 impl BuildOptions {
@@ -70,6 +75,7 @@ impl BuildOptions {
             exporter: String::new(),
             exporter_attrs: HashMap::new(),
             via: Via::Gateway,
+            docker_config: None,
         }
     }
 }
@@ -144,7 +150,11 @@ pub async fn build_with<F: FileSync>(
 ) -> Result<BuildOutcome, Status> {
     let mut control = ControlClient::new(channel.clone());
     control.list_workers(ListWorkersRequest::default()).await?;
-    let session = attach(&control, &random_suffix(), files).await?;
+    let auth = opts.docker_config.clone().map(|c| ServedAuth {
+        auth: ConfigAuth(c),
+        fetch_token: false,
+    });
+    let session = attach_with_auth(&control, &random_suffix(), files, auth).await?;
     let build_ref = format!("build-{}", random_suffix());
     let mut c3 = control.clone();
     let status_req = StatusRequest {

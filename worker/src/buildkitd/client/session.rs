@@ -1,10 +1,13 @@
 //! The client's half of a session (docs/BUILDKIT_PROTOCOL.md §4): `Control.Session` called
 //! with the session headers, its stream bridged to a byte stream on which the client serves
-//! its services (here a FileSync) as the gRPC server of the session's one connection.
+//! its services (a FileSync, and `Auth` when the client answers registry credentials) as the
+//! gRPC server of the session's one connection.
 
 use crate::buildkitd::proto::control::control_client::ControlClient;
 use crate::buildkitd::proto::control::BytesMessage;
+use crate::buildkitd::proto::filesync::auth_server::{Auth, AuthServer};
 use crate::buildkitd::proto::filesync::file_sync_server::{FileSync, FileSyncServer};
+use crate::buildkitd::session::auth::{CREDENTIALS, FETCH_TOKEN};
 use crate::buildkitd::session::{bridge, GRPC_METHOD, NAME, SHARED_KEY, UUID};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -28,11 +31,31 @@ impl Drop for ClientSession {
     }
 }
 
+/// The `Auth` a session serves, and whether it lists `FetchToken` (the client then does
+/// Bearer exchanges itself and its credentials never reach the daemon).
+#[derive(Debug, Clone)]
+pub struct ServedAuth<A> {
+    /// The service.
+    pub auth: A,
+    /// Lists `FetchToken` as well as `Credentials`.
+    pub fetch_token: bool,
+}
+
 /// Attaches the session `id` to the daemon of `control`, serving `files` on it.
 pub async fn attach<F: FileSync>(
     control: &ControlClient<Channel>,
     id: &str,
     files: F,
+) -> Result<ClientSession, Status> {
+    attach_with_auth::<F, super::auth::ConfigAuth>(control, id, files, None).await
+}
+
+/// Like [`attach`], also serving (and listing) `auth` when given.
+pub async fn attach_with_auth<F: FileSync, A: Auth>(
+    control: &ControlClient<Channel>,
+    id: &str,
+    files: F,
+    auth: Option<ServedAuth<A>>,
 ) -> Result<ClientSession, Status> {
     let mut c = control.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(8);
@@ -46,6 +69,12 @@ pub async fn attach<F: FileSync>(
     md.insert(NAME, value("stargaze")?);
     md.insert(SHARED_KEY, value(id)?);
     md.append(GRPC_METHOD, value(DIFF_COPY)?);
+    if let Some(a) = &auth {
+        md.append(GRPC_METHOD, value(CREDENTIALS)?);
+        if a.fetch_token {
+            md.append(GRPC_METHOD, value(FETCH_TOKEN)?);
+        }
+    }
     let inbound = c.session(req).await?.into_inner();
     let mut bridged = bridge(inbound, || {});
     let io = bridged.io;
@@ -61,6 +90,7 @@ pub async fn attach<F: FileSync>(
         };
         let serve = tonic::transport::Server::builder()
             .add_service(FileSyncServer::new(files))
+            .add_optional_service(auth.map(|a| AuthServer::new(a.auth)))
             // The one connection; a listener that then stays open (the server would stop).
             .serve_with_incoming(
                 tokio_stream::once(Ok::<_, std::io::Error>(io)).chain(tokio_stream::pending()),

@@ -3,9 +3,10 @@
 //! which the client is the gRPC server and the daemon the client (docs/BUILDKIT_PROTOCOL.md
 //! §4). `headers` reads and bounds the session's metadata, `bridge` turns the message
 //! stream into a byte stream and a tonic channel over it, `registry` keeps the live sessions
-//! by ID, and `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
-//! target directory.
+//! by ID, `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
+//! target directory, and `auth` asks a session's `Auth` service for registry credentials.
 
+pub mod auth;
 mod bridge;
 pub mod filesync;
 mod headers;
@@ -13,6 +14,7 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{AuthLimits, SessionAuthError, SessionCredentials};
 pub use bridge::{bridge, channel_over, Bridged};
 pub use headers::{
     HeaderError, SessionHeaders, SessionLimits, GRPC_METHOD, NAME, SHARED_KEY, UUID,

@@ -1,12 +1,17 @@
 //! The live sessions by ID. A session is added when its `Control.Session` call arrives
 //! (headers checked, one ID at a time, at most `max_sessions`) and removed when its stream
 //! ends; [`Sessions::get`] gives the channel to the client's services and what it serves.
+//! Once given a registry client's session manager ([`Sessions::provide_credentials_to`]),
+//! every session serving `Auth.Credentials` is registered there under its ID while it is
+//! attached, so registry requests naming the session ask the client for credentials.
 
 use super::super::proto::control::BytesMessage;
+use super::auth::{AuthLimits, SessionCredentials, CREDENTIALS, FETCH_TOKEN};
 use super::bridge::{bridge, channel_over};
 use super::headers::{SessionHeaders, SessionLimits};
+use stargaze_fs::remote::auth::SessionManager;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -41,6 +46,8 @@ impl Session {
 pub struct Sessions {
     live: Arc<Mutex<HashMap<String, Arc<Session>>>>,
     limits: SessionLimits,
+    /// Where sessions serving `Auth` are registered as credential providers.
+    auth: Arc<OnceLock<(Arc<SessionManager>, AuthLimits)>>,
 }
 
 impl Sessions {
@@ -49,7 +56,15 @@ impl Sessions {
         Sessions {
             live: Arc::default(),
             limits,
+            auth: Arc::default(),
         }
+    }
+
+    /// From now on, sessions serving `Auth.Credentials` are registered in `manager` (the
+    /// worker's registry client's) while attached, their calls bounded by `limits`. Once per
+    /// registry (clones share it); false if it was given one already.
+    pub fn provide_credentials_to(&self, manager: Arc<SessionManager>, limits: AuthLimits) -> bool {
+        self.auth.set((manager, limits)).is_ok()
     }
 
     /// The session `id`, if attached.
@@ -93,10 +108,16 @@ impl Sessions {
         }
         let id = headers.id.clone();
         let registry = self.live.clone();
+        let auth = self.auth.clone();
         let closed_id = id.clone();
         let bridged = bridge(req.into_inner(), move || {
+            // Under the table's lock, as attaching is: a new session of the same ID is
+            // registered only after this one is gone from both.
             if let Ok(mut l) = registry.lock() {
                 l.remove(&closed_id);
+                if let Some((manager, _)) = auth.get() {
+                    manager.unregister(&closed_id);
+                }
             }
             tracing::debug!(session = %closed_id, "session ended");
         });
@@ -104,6 +125,18 @@ impl Sessions {
             headers,
             channel: channel_over(bridged.io),
         };
+        if let Some((manager, limits)) = self.auth.get() {
+            if session.serves(CREDENTIALS) {
+                let provider = SessionCredentials::new(
+                    &id,
+                    session.channel(),
+                    session.serves(FETCH_TOKEN),
+                    *limits,
+                );
+                manager.register(&id, Arc::new(provider));
+                tracing::debug!(session = %id, fetches_tokens = session.serves(FETCH_TOKEN), "session provides registry credentials");
+            }
+        }
         tracing::debug!(session = %id, name = %session.headers.name, methods = session.headers.methods.len(), "session attached");
         live.insert(id, Arc::new(session));
         Ok(Response::new(bridged.outbound))

@@ -8,8 +8,15 @@ use super::filesync::{receive, DiffCopyOptions, FileSyncError, ReceiveLimits};
 use super::Sessions;
 use crate::buildkitd::proto::control::control_server::{Control, ControlServer};
 use crate::buildkitd::proto::control::*;
+use crate::buildkitd::proto::filesync::auth_server::Auth;
 use crate::buildkitd::proto::filesync::file_sync_server::FileSync;
+use crate::buildkitd::proto::filesync::{
+    CredentialsRequest, CredentialsResponse, FetchTokenRequest, FetchTokenResponse,
+    GetTokenAuthorityRequest, GetTokenAuthorityResponse, VerifyTokenAuthorityRequest,
+    VerifyTokenAuthorityResponse,
+};
 use crate::buildkitd::proto::fsutil::types::{packet::PacketType, Packet, Stat};
+use stargaze_fs::remote::auth::{Credentials, Secret, SessionManager};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::pin::Pin;
@@ -201,8 +208,23 @@ async fn attach(
     id: &str,
     sender: Sender,
 ) -> Result<crate::buildkitd::client::session::ClientSession, Status> {
+    attach_with(addr, id, sender, None).await
+}
+
+/// Like [`attach`], also serving (and listing) `Auth` when given.
+async fn attach_with(
+    addr: &str,
+    id: &str,
+    sender: Sender,
+    auth: Option<TestAuth>,
+) -> Result<crate::buildkitd::client::session::ClientSession, Status> {
+    use crate::buildkitd::client::session::{attach_with_auth, ServedAuth};
     let c = crate::buildkitd::client::connect(addr).await.unwrap();
-    crate::buildkitd::client::session::attach(&c, id, sender).await
+    let auth = auth.map(|auth| ServedAuth {
+        auth,
+        fetch_token: false,
+    });
+    attach_with_auth(&c, id, sender, auth).await
 }
 
 async fn session(sessions: &Sessions, id: &str) -> std::sync::Arc<super::Session> {
@@ -421,4 +443,104 @@ async fn sessions_are_checked_and_removed_when_they_end() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("session s2 still registered after its stream ended");
+}
+
+/// A client's Auth service: per host `(username, secret)`; hosts not listed never answer.
+#[derive(Clone)]
+struct TestAuth(std::collections::HashMap<String, (String, String)>);
+
+#[tonic::async_trait]
+impl Auth for TestAuth {
+    async fn credentials(
+        &self,
+        req: Request<CredentialsRequest>,
+    ) -> Result<Response<CredentialsResponse>, Status> {
+        match self.0.get(&req.get_ref().host) {
+            Some((u, s)) => Ok(Response::new(CredentialsResponse {
+                username: u.clone(),
+                secret: s.clone(),
+            })),
+            None => std::future::pending().await,
+        }
+    }
+    async fn fetch_token(
+        &self,
+        _: Request<FetchTokenRequest>,
+    ) -> Result<Response<FetchTokenResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn get_token_authority(
+        &self,
+        _: Request<GetTokenAuthorityRequest>,
+    ) -> Result<Response<GetTokenAuthorityResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn verify_token_authority(
+        &self,
+        _: Request<VerifyTokenAuthorityRequest>,
+    ) -> Result<Response<VerifyTokenAuthorityResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+}
+
+#[tokio::test]
+async fn a_session_serving_auth_answers_credentials_while_attached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sessions, addr) = daemon(tmp.path()).await;
+    let manager = std::sync::Arc::new(SessionManager::new());
+    let limits = super::AuthLimits {
+        timeout: Duration::from_secs(1),
+        ..super::AuthLimits::default()
+    };
+    assert!(sessions.provide_credentials_to(manager.clone(), limits));
+    assert!(!sessions.provide_credentials_to(manager.clone(), limits));
+    let auth = TestAuth(
+        [
+            ("basic:5000", ("u", "p")),
+            ("idtoken:5000", ("", "refresh")),
+            ("anon:5000", ("", "")),
+            ("bad:5000", ("a:b", "p")),
+        ]
+        .into_iter()
+        .map(|(h, (u, s))| (h.to_string(), (u.to_string(), s.to_string())))
+        .collect(),
+    );
+    let sender = Sender {
+        tree: vec![],
+        rogue: Rogue::Honest,
+    };
+    // A session without Auth is not a provider.
+    let plain = attach(&addr, "plain", sender.clone()).await.unwrap();
+    session(&sessions, "plain").await;
+    assert!(!manager.contains("plain"));
+    let client = attach_with(&addr, "a1", sender, Some(auth)).await.unwrap();
+    session(&sessions, "a1").await;
+    assert!(manager.contains("a1"));
+    let ids = ["a1".to_string()];
+    assert_eq!(
+        manager.credentials(&ids, "basic:5000").await.unwrap(),
+        Some(Credentials::basic("u", "p"))
+    );
+    assert_eq!(
+        manager.credentials(&ids, "idtoken:5000").await.unwrap(),
+        Some(Credentials::IdentityToken(Secret::new("refresh")))
+    );
+    assert_eq!(manager.credentials(&ids, "anon:5000").await.unwrap(), None);
+    let e = manager.credentials(&ids, "bad:5000").await.unwrap_err();
+    assert!(e.to_string().contains("colon"), "{e}");
+    // A host the client never answers for: the call times out, the error names the session.
+    let e = manager.credentials(&ids, "mute:5000").await.unwrap_err();
+    assert!(
+        e.to_string().contains("a1") && e.to_string().contains("did not answer"),
+        "{e}"
+    );
+    drop(client);
+    drop(plain);
+    for _ in 0..500 {
+        if !manager.contains("a1") && sessions.get("a1").is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("session a1 still a credential provider after its stream ended");
 }

@@ -22,6 +22,11 @@ const CRI_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 pub const TOC_DIGEST: &str = stargaze_fs::oci::TOC_DIGEST_ANNOTATION;
 const SESSION_PART: &str = ".session.";
 
+/// Whether `key` is a per-call session label (`…stargz.session.N[.call]`).
+pub fn is_session_label(key: &str) -> bool {
+    key.starts_with(stargaze_fs::remote::auth::SESSION_LABEL) && key.contains(SESSION_PART)
+}
+
 /// A layer a Prepare (or a stored remote snapshot) names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteLayerRef {
@@ -84,7 +89,7 @@ pub fn layer(labels: &Labels) -> Result<Option<RemoteLayerRef>, SnapshotError> {
 pub fn stored(labels: &Labels) -> Labels {
     let mut out: Labels = labels
         .iter()
-        .filter(|(k, _)| !k.contains(SESSION_PART))
+        .filter(|(k, _)| !is_session_label(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     out.insert(REMOTE.into(), "remote snapshot".into());

@@ -223,6 +223,11 @@ impl LazyOverlay {
         self.table().contains_key(dir) && stargaze_fs::sys::is_among(&dir.join("fs"), mounts)
     }
 
+    /// The layer mounted at `dir`, if one is.
+    pub fn layer_at(&self, dir: &Path) -> Option<Arc<RemoteLayer>> {
+        self.table().get(dir).map(|m| m.layer.clone())
+    }
+
     /// Layers mounted now, with their directories.
     pub fn layers(&self) -> Vec<(PathBuf, Arc<RemoteLayer>)> {
         self.table()

@@ -8,6 +8,12 @@
 //!
 //! Remote snapshots are remounted when the snapshotter opens (restart), and again on demand
 //! before a mount that stacks them.
+//!
+//! Session IDs (`containerd.io/snapshot/remote/stargz.session.N[.call]`) are never stored:
+//! they name the clients whose credentials a layer's lazy reads may ask. Those of the
+//! Prepare that mounts a layer are its first; an Update of an existing remote snapshot with
+//! session labels (BuildKit's way, for a later build on the same layer) adds its sessions
+//! after them. The IDs are also kept in memory per snapshot, for a remount.
 
 pub mod holder;
 pub mod labels;
@@ -25,9 +31,13 @@ use stargaze_fs::cache::ChunkCache;
 use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::layer::{LayerError, RemoteLayer};
 use stargaze_fs::remote::RegistryClient;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Sessions remembered per remote snapshot.
+const MAX_SESSIONS: usize = 32;
 
 /// Hands memory freed by a layer open (the TOC's JSON tree and its parse) back to the
 /// system: the daemon lives long and the peak would otherwise stay as RSS.
@@ -68,6 +78,8 @@ pub struct Stargz {
     opener: Arc<Opener>,
     rt: tokio::runtime::Handle,
     counters: Arc<StargzCounters>,
+    /// Session IDs each remote snapshot's reads ask (for a remount), by snapshot name.
+    sessions: Mutex<HashMap<String, Vec<String>>>,
 }
 
 fn unavailable(what: impl std::fmt::Display) -> SnapshotError {
@@ -99,6 +111,7 @@ impl Stargz {
             opener: Opener::new(source),
             rt,
             counters: Arc::new(StargzCounters::default()),
+            sessions: Mutex::new(HashMap::new()),
         };
         for (name, _, dir) in s.local.with_label(REMOTE)? {
             if let Err(e) = s.remount(&name, &dir) {
@@ -181,9 +194,10 @@ impl Stargz {
     /// Mounts remote snapshot `name` (stored at `dir`) again.
     fn remount(&self, name: &str, dir: &Path) -> Result<()> {
         let info = self.local.stat(name)?;
-        let layer = labels::layer(&info.labels)?.ok_or_else(|| {
+        let mut layer = labels::layer(&info.labels)?.ok_or_else(|| {
             SnapshotError::Store(format!("remote snapshot {name:?} lost its layer labels"))
         })?;
+        layer.sessions = self.known_sessions(name);
         let opened = self
             .open_layer(&layer)
             .map_err(|e| unavailable(format!("layer {}: {e}", layer.digest)))?;
@@ -202,6 +216,47 @@ impl Stargz {
             .mount(dir, opened, &self.rt, &self.opener.source.lazy)?;
         self.counters.remounts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %name, layer = %layer.digest, "remote snapshot remounted");
+        Ok(())
+    }
+
+    fn sessions_table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session IDs remote snapshot `name`'s reads ask, as far as this process knows.
+    fn known_sessions(&self, name: &str) -> Vec<String> {
+        self.sessions_table().get(name).cloned().unwrap_or_default()
+    }
+
+    fn remember_sessions(&self, name: &str, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut t = self.sessions_table();
+        let list = t.entry(name.to_string()).or_default();
+        for id in ids {
+            if !list.contains(id) {
+                list.push(id.clone());
+            }
+        }
+        let over = list.len().saturating_sub(MAX_SESSIONS);
+        list.drain(..over);
+    }
+
+    /// Adds `ids` to the sessions the reads of remote snapshot `name` ask (its mounted
+    /// layer's, and those a remount starts with). Not a remote snapshot: nothing to do.
+    fn add_sessions(&self, name: &str, ids: &[String]) -> Result<()> {
+        let info = self.local.stat(name)?;
+        if !info.labels.contains_key(REMOTE) || ids.is_empty() {
+            return Ok(());
+        }
+        self.remember_sessions(name, ids);
+        if let Some(rec) = self.local.store().get(name)? {
+            if let Some(layer) = self.local.driver().layer_at(&self.local.dir(rec.id)) {
+                let added = layer.add_sessions(ids);
+                tracing::debug!(snapshot = %name, added, sessions = layer.sessions().len(), "sessions added to a lazy layer");
+            }
+        }
         Ok(())
     }
 
@@ -266,6 +321,7 @@ impl Stargz {
             .create_committed(target, parent, stored, &|dir, _| {
                 driver.mount(dir, opened.clone(), &self.rt, &self.opener.source.lazy)
             })?;
+        self.remember_sessions(target, &layer.sessions);
         self.counters.lazy_mounts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %target, layer = %layer.digest, size = opened.size(), "layer mounted lazily");
         release_freed_memory();
@@ -283,7 +339,48 @@ impl Snapshotter for Stargz {
     }
 
     fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
-        self.local.update(info, fieldpaths)
+        let session_keys: Vec<String> = info
+            .labels
+            .keys()
+            .filter(|k| labels::is_session_label(k))
+            .cloned()
+            .collect();
+        let asked = |k: &str| {
+            fieldpaths.is_empty()
+                || fieldpaths
+                    .iter()
+                    .any(|f| f == "labels" || f.strip_prefix("labels.") == Some(k))
+        };
+        if session_keys.is_empty()
+            && !fieldpaths.iter().any(|f| {
+                f.strip_prefix("labels.")
+                    .is_some_and(labels::is_session_label)
+            })
+        {
+            return self.local.update(info, fieldpaths);
+        }
+        // Session labels say who reads the layer; they are taken, never stored.
+        let given: std::collections::HashMap<String, String> = session_keys
+            .iter()
+            .filter(|k| asked(k))
+            .filter_map(|k| info.labels.get(k).map(|v| (k.clone(), v.clone())))
+            .collect();
+        let ids = stargaze_fs::remote::auth::session_ids_from_labels(&given);
+        self.add_sessions(&info.name, &ids)?;
+        let rest: Vec<String> = fieldpaths
+            .iter()
+            .filter(|f| {
+                !f.strip_prefix("labels.")
+                    .is_some_and(labels::is_session_label)
+            })
+            .cloned()
+            .collect();
+        if !fieldpaths.is_empty() && rest.is_empty() {
+            return self.local.stat(&info.name);
+        }
+        let mut info = info;
+        info.labels.retain(|k, _| !labels::is_session_label(k));
+        self.local.update(info, &rest)
     }
 
     fn usage(&self, key: &str) -> Result<Usage> {
