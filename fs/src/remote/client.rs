@@ -351,9 +351,14 @@ impl RegistryClient {
                 }
             }
             if status == 401 {
+                // An anonymous token is authorization too: say which it was.
+                let anonymous = had_auth
+                    && matches!(self.auth.credentials(&ep.host, c.sessions).await, Ok(None));
                 return Err(RemoteError::Auth {
                     host: ep.host.clone(),
-                    reason: if had_auth {
+                    reason: if anonymous {
+                        "the registry refused anonymous access (HTTP 401) and no credentials were found for this host".into()
+                    } else if had_auth {
                         "the registry refused the credentials (HTTP 401)".into()
                     } else {
                         "authentication required (HTTP 401) and no credentials were found for this host".into()
@@ -875,7 +880,7 @@ impl RegistryClient {
             format!("/v2/{}/blobs/uploads/?mount={d}&from={from}", r.repository),
             sessions,
         );
-        c.scope = Scope::push(&r.repository);
+        c.scope = Scope::mount(&r.repository, from);
         c.pull = false;
         let reply = self.call(&c).await?;
         match reply.resp.status().as_u16() {

@@ -42,6 +42,9 @@ pub struct Scope {
     pub repository: String,
     /// Whether push access is needed (pull is always asked for).
     pub push: bool,
+    /// A repository a cross-repository mount takes the blob from (pull access asked too:
+    /// the registry checks it).
+    pub mount_from: Option<String>,
 }
 
 impl Scope {
@@ -50,6 +53,7 @@ impl Scope {
         Scope {
             repository: repository.to_string(),
             push: false,
+            mount_from: None,
         }
     }
     /// Pull and push access.
@@ -57,14 +61,30 @@ impl Scope {
         Scope {
             repository: repository.to_string(),
             push: true,
+            mount_from: None,
         }
+    }
+    /// Push access to `repository` and pull access to `from`, for a cross-repository mount.
+    pub fn mount(repository: &str, from: &str) -> Self {
+        Scope {
+            mount_from: (from != repository).then(|| from.to_string()),
+            ..Scope::push(repository)
+        }
+    }
+    /// Each resource's scope (`repository:NAME:ACTIONS`), as separate `scope` parameters.
+    pub fn parts(&self) -> Vec<String> {
+        let actions = if self.push { "pull,push" } else { "pull" };
+        let mut v = vec![format!("repository:{}:{actions}", self.repository)];
+        if let Some(from) = &self.mount_from {
+            v.push(format!("repository:{from}:pull"));
+        }
+        v
     }
 }
 
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let actions = if self.push { "pull,push" } else { "pull" };
-        write!(f, "repository:{}:{actions}", self.repository)
+        f.write_str(&self.parts().join(" "))
     }
 }
 
@@ -319,7 +339,7 @@ impl Authenticator {
             host: host.to_string(),
             realm: realm.to_string(),
             service: service.unwrap_or_default().to_string(),
-            scopes: vec![scope.to_string()],
+            scopes: scope.parts(),
         };
         if let Some(fetch) = provider.fetch_token(&req) {
             if let Some(t) = bounded(fetch).await.map_err(provider_err)? {
@@ -506,7 +526,8 @@ impl Authenticator {
                 self.http.post(url.clone()).form(&form)
             }
             other => {
-                let mut q = vec![("scope", scope_s.clone())];
+                let mut q: Vec<(&str, String)> =
+                    scope.parts().into_iter().map(|p| ("scope", p)).collect();
                 if let Some(s) = service {
                     q.push(("service", s.to_string()));
                 }
@@ -562,5 +583,27 @@ impl Authenticator {
         let ttl = Duration::from_secs(reply.expires_in.unwrap_or(60).clamp(60, 24 * 3600));
         tracing::debug!(%host, scope = %scope_s, ttl = ?ttl, "got a registry token");
         Ok((token, ttl))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scope;
+
+    #[test]
+    fn a_mount_asks_pull_on_its_source_too() {
+        assert_eq!(Scope::pull("a/b").to_string(), "repository:a/b:pull");
+        assert_eq!(Scope::push("a/b").parts(), ["repository:a/b:pull,push"]);
+        let m = Scope::mount("out/app", "base/big");
+        assert_eq!(
+            m.parts(),
+            ["repository:out/app:pull,push", "repository:base/big:pull"]
+        );
+        assert_eq!(
+            m.to_string(),
+            "repository:out/app:pull,push repository:base/big:pull"
+        );
+        // Within one repository there is nothing more to ask.
+        assert_eq!(Scope::mount("a", "a").parts(), ["repository:a:pull,push"]);
     }
 }
