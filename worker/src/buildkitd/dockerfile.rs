@@ -312,8 +312,18 @@ pub async fn run(
         no_cache: attrs.no_cache,
         sessions: vec![session_id.to_string()],
     };
-    let out = build(worker.clone(), req, progress.clone())
+    // Its own task and cancel signal: when this call is dropped (the client went away) the
+    // guard cancels the steps and the task cleans up; the context goes with the task.
+    let (w, _cancel) = super::cancel::per_build(worker);
+    let p = progress.clone();
+    let task = tokio::spawn(async move {
+        let out = build(Arc::new(w), req, p).await;
+        drop(tmp);
+        out
+    });
+    let out = task
         .await
+        .map_err(|e| Status::internal(format!("the build task failed: {e}")))?
         .map_err(|e| build_status(&e))?;
     let mut image = out.image;
     if !attrs.labels.is_empty() {
@@ -323,7 +333,6 @@ pub async fn run(
             c.set_labels(Some(l));
         });
     }
-    drop(tmp);
     Ok(image)
 }
 

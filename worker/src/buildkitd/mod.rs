@@ -12,10 +12,12 @@
 //! same rule by its peer credentials (`crate::peer`).
 //!
 //! `address` parses addresses and knows the defaults, `control` is the service, `solver`,
-//! `gateway`, `dockerfile`, `exporter` and `jobs` run builds for it, `session` the clients'
+//! `gateway`, `dockerfile`, `exporter` and `jobs` run builds for it (`cancel`: a build whose
+//! client went away is cancelled), `session` the clients'
 //! sessions, `wire` maps the worker's facts to messages, `proto` is the generated code.
 
 mod address;
+mod cancel;
 pub mod client;
 mod control;
 pub mod dockerfile;

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-/// Everything a build runs on.
+/// Everything a build runs on (a clone shares all of it).
+#[derive(Clone)]
 pub struct Worker {
     /// The snapshotter of base layers and steps.
     pub snapshotter: Arc<dyn Snapshotter>,
