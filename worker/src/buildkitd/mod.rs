@@ -12,10 +12,11 @@
 //! same rule by its peer credentials (`crate::peer`).
 //!
 //! `address` parses addresses and knows the defaults, `control` is the service, `solver`,
-//! `gateway`, `dockerfile`, `exporter` and `jobs` run builds for it, `session` the clients'
-//! sessions, `wire` maps the worker's facts to messages, `proto` is the generated code.
+//! `gateway`, `dockerfile`, `exporter` (with `to_client` and `archive` for the exports sent
+//! to the client) and `jobs` run builds for it, `session` the clients' sessions, `wire` maps the worker's facts to messages, `proto` is the generated code.
 
 mod address;
+pub mod archive;
 pub mod client;
 mod control;
 pub mod dockerfile;
@@ -25,6 +26,7 @@ pub mod jobs;
 pub mod proto;
 pub mod session;
 pub mod solver;
+mod to_client;
 mod wire;
 
 pub use address::{

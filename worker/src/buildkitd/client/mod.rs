@@ -3,12 +3,14 @@
 //! tests drive the daemon with. `auth` answers registry credentials from the client's docker
 //! config, `session` attaches a client session serving the client's
 //! services on the session's connection, `local` is its FileSync sender of local
-//! directories, `build` runs a build the buildctl way (session, Status, Solve through the
+//! directories, `output` parses `--output` and receives exports (a tarball into a file or
+//! stdout, a directory), `build` runs a build the buildctl way (session, Status, Solve through the
 //! gateway's Ping/Solve/Return) and `plain` prints its progress as `--progress=plain` does.
 
 pub mod auth;
 pub mod build;
 pub mod local;
+pub mod output;
 pub mod plain;
 pub mod session;
 
