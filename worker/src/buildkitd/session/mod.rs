@@ -10,6 +10,8 @@
 pub mod auth;
 mod bridge;
 pub mod filesend;
+#[cfg(test)]
+mod filesend_tests;
 pub mod filesync;
 mod headers;
 mod registry;
