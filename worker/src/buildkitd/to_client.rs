@@ -59,7 +59,7 @@ pub async fn export_to_client(
     let v = progress.vertex(title);
     let r = match exp {
         Exporter::Tarball { format, names, .. } => {
-            tarball(worker, img, progress, sessions, session, *format, names).await
+            tarball(worker, img, sessions, session, *format, names).await
         }
         Exporter::Tar => rootfs_tar(worker.worker().clone(), img, session).await,
         _ => local(worker.worker().clone(), img, session).await,
@@ -78,7 +78,6 @@ pub async fn export_to_client(
 async fn tarball(
     worker: &OciWorker,
     img: &StageResult,
-    progress: &Arc<Progress>,
     sessions: &[String],
     session: &Session,
     format: TarballFormat,
@@ -102,7 +101,8 @@ async fn tarball(
             dir: layout.clone(),
             tag,
         },
-        progress,
+        // The scratch layout is no step of the client's: its own vertex stays quiet.
+        &Progress::new(Box::new(std::io::sink())),
         sessions,
     )
     .await
