@@ -10,41 +10,16 @@
 
 use flate2::read::GzDecoder;
 use stargaze_fs::format::tar::{TarKind, TarReader};
-use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_suite::buildkit_client::{control, Buildkitd};
-use stargaze_suite::{busybox, have, is_root, require, run, stargaze_bin};
+use stargaze_suite::buildkit_client::{
+    build_prerequisites, busybox_registry, control, walk, Buildkitd,
+};
 use stargaze_worker::buildkitd::client::build::{build, BuildOptions, BuildOutcome};
 use stargaze_worker::buildkitd::client::channel;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use tonic::Code;
-
-fn ready() -> bool {
-    require(is_root(), "root")
-        && require(have("runc") || have("buildkit-runc"), "runc")
-        && require(have("umoci"), "umoci")
-        && require(Path::new(busybox::BUSYBOX).is_file(), "busybox-static")
-        && require(stargaze_bin().is_file(), "the stargaze binary")
-}
-
-/// A registry with `base/bb:v1` (busybox).
-fn registry(work: &Path) -> BackgroundRegistry {
-    let oci = work.join("oci");
-    busybox::write_image(&oci, "bb", work);
-    let reg = BackgroundRegistry::start(
-        RegistryOptions::new(work.join("registry")),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
-    run(Command::new(stargaze_bin())
-        .arg("copy")
-        .arg(format!("oci:{}:bb", oci.display()))
-        .arg(format!("docker://{}/base/bb:v1", reg.addr())));
-    reg
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -117,11 +92,11 @@ async fn alive(addr: &str) {
 
 #[test]
 fn oci_docker_tar_and_local_exports_reach_the_client() {
-    if !ready() {
+    if !build_prerequisites() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let reg = registry(work.path());
+    let reg = busybox_registry(work.path());
     let mut d = Buildkitd::start(&["--oci-worker-snapshotter=native"]);
     let addr = d.addr();
     let ctx = work.path().join("ctx");
@@ -257,18 +232,4 @@ fn oci_docker_tar_and_local_exports_reach_the_client() {
     assert!(left.is_empty(), "{left:?}");
     assert!(d.alive(), "{}", d.log());
     d.terminate();
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            out.push(p.clone());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.extend(walk(&p));
-            }
-        }
-    }
-    out
 }

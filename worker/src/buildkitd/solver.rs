@@ -9,8 +9,8 @@
 //!
 //! A raw LLB definition is `Unimplemented` (the daemon has no LLB solver), another frontend
 //! `InvalidArgument`. An exporter sending to the client needs the Solve's session to serve
-//! `FileSend` (`FailedPrecondition` before the build otherwise). A session named by the Solve may attach after it; it is waited for
-//! (bounded), `something:ID` meaning `ID`.
+//! `FileSend` (`FailedPrecondition` before the build otherwise). A session named by the
+//! Solve may attach after it; it is waited for (bounded), `something:ID` meaning `ID`.
 
 use super::dockerfile::{self, Attrs, DOCKERFILE_FRONTEND};
 use super::exporter::Exporter;

@@ -22,8 +22,11 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
@@ -41,7 +44,8 @@ const MODE_SYMLINK: u32 = 1 << 27;
 const CHUNK: usize = 32 * 1024;
 /// Messages queued before the producer waits.
 const QUEUE: usize = 16;
-/// Longest wait for the client's next packet in a directory transfer.
+/// Longest wait for the client: its next packet in a directory transfer, taking the next
+/// chunk of a tarball.
 const IDLE: Duration = Duration::from_secs(120);
 
 /// Why an export to the client failed.
@@ -93,21 +97,46 @@ fn io_err<'a>(
 }
 
 /// A blocking writer whose bytes go out as `BytesMessage`s (for a producer on a blocking
-/// thread); a write fails once the call is gone.
+/// thread); a write fails once the call is gone or the transfer is given up.
 pub struct ChunkWriter {
     tx: tokio::sync::mpsc::Sender<BytesMessage>,
     buf: Vec<u8>,
     /// Bytes written.
     pub written: u64,
+    /// Since when (ms after `t0`, 0: not) the writer waits for the client to take more.
+    blocked: Arc<AtomicU64>,
+    /// Turns true when the transfer is given up.
+    cancel: Arc<AtomicBool>,
+    t0: Instant,
+    rt: tokio::runtime::Handle,
 }
 
 impl ChunkWriter {
     fn push(&mut self, n: usize) -> std::io::Result<()> {
         let rest = self.buf.split_off(n);
         let data = std::mem::replace(&mut self.buf, rest);
-        self.tx
-            .blocking_send(BytesMessage { data })
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "transfer closed"))
+        let closed = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "transfer closed");
+        let m = match self.tx.try_send(BytesMessage { data }) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(closed()),
+            Err(TrySendError::Full(m)) => m,
+        };
+        let since = u64::try_from(self.t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.blocked.store(since.max(1), Ordering::Relaxed);
+        let r = loop {
+            let wait = tokio::time::timeout(Duration::from_secs(1), self.tx.reserve());
+            match self.rt.block_on(wait) {
+                Ok(Ok(permit)) => {
+                    permit.send(m);
+                    break Ok(());
+                }
+                Ok(Err(_)) => break Err(closed()),
+                Err(_) if self.cancel.load(Ordering::Relaxed) => break Err(closed()),
+                Err(_) => {}
+            }
+        };
+        self.blocked.store(0, Ordering::Relaxed);
+        r
     }
 }
 
@@ -142,7 +171,8 @@ fn md_of(md: &HashMap<String, String>) -> Result<MetadataMap, FileSendError> {
 }
 
 /// Sends what `produce` writes (on a blocking thread) to the client's FileSend, with `md`
-/// as `exporter-md-*` metadata; returns the bytes sent.
+/// as `exporter-md-*` metadata; returns the bytes sent. A client that stops taking chunks
+/// for the idle bound ends the transfer (the producer's write then fails).
 pub async fn send_bytes<F>(
     channel: Channel,
     md: &HashMap<String, String>,
@@ -156,11 +186,23 @@ where
     *req.metadata_mut() = md_of(md)?;
     // The producer runs while the call is made: a Go client sends its answer's headers only
     // when it is done.
+    let blocked = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (b2, c2, rt) = (
+        blocked.clone(),
+        cancel.clone(),
+        tokio::runtime::Handle::current(),
+    );
     let producer = tokio::task::spawn_blocking(move || {
         let mut w = ChunkWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
             written: 0,
+            blocked: b2,
+            cancel: c2,
+            t0,
+            rt,
         };
         let r = produce(&mut w).and_then(|()| w.flush().map_err(|e| e.to_string()));
         (r, w.written)
@@ -173,7 +215,23 @@ where
         while answer.next().await.transpose()?.is_some() {}
         Ok::<(), FileSendError>(())
     };
-    let called = call.await;
+    let stalled = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let since = blocked.load(Ordering::Relaxed);
+            let now = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if since != 0 && now.saturating_sub(since) > IDLE.as_millis() as u64 {
+                return;
+            }
+        }
+    };
+    // Dropping the call (stalled) drops the request stream: the producer's write fails.
+    let called = tokio::select! {
+        r = call => r,
+        () = stalled => Err(FileSendError::Idle(IDLE)),
+    };
+    // A producer still writing has nobody to write to any more.
+    cancel.store(true, Ordering::Relaxed);
     let (produced, written) = producer
         .await
         .map_err(|e| FileSendError::Producer(format!("export task: {e}")))?;

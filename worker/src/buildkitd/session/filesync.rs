@@ -10,7 +10,9 @@
 //! directory); files are created with `O_EXCL | O_NOFOLLOW`. Entries, path lengths and the
 //! total of the declared sizes are bounded, every file receives exactly its declared size,
 //! data only for a file requested and in flight, and the sender must make progress within
-//! an idle bound. Directories are created 0700 and given their modes at the end.
+//! an idle bound. Directories are created 0700 and given their modes at the end. The
+//! receiver itself ([`receive_packets`]) serves the client's side of the `local` exporter
+//! too (`client::output`), where the daemon is the sender.
 
 use super::super::proto::filesync::file_sync_client::FileSyncClient;
 use super::super::proto::fsutil::types::{packet::PacketType, Packet, Stat};

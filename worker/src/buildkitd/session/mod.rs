@@ -5,7 +5,8 @@
 //! stream into a byte stream and a tonic channel over it, `registry` keeps the live sessions
 //! by ID, `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
 //! target directory, `filesend` sends an export (a tarball, or a directory with fsutil's
-//! packets) to the session's `FileSend`, and `auth` asks a session's `Auth` service for registry credentials.
+//! packets) to the session's `FileSend`, and `auth` asks a session's `Auth` service for
+//! registry credentials.
 
 pub mod auth;
 mod bridge;
