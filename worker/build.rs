@@ -1,6 +1,8 @@
 //! Generates the gRPC code from `proto/` with tonic 0.14: containerd's snapshots service
 //! (`proto/*.proto`), and BuildKit's control API (`proto/buildkit/`, laid out as BuildKit
-//! imports its files), with its session's FileSync, Auth and fsutil's packets, and its gateway (`LLBBridge`). The `containerd-snapshots` crate would pin tonic 0.9 / prost 0.11 next
+//! imports its files), with its session's FileSync, FileSend, Auth and fsutil's packets,
+//! and its gateway (`LLBBridge`); FileSend a second time with packets, as the `local`
+//! exporter uses it. The `containerd-snapshots` crate would pin tonic 0.9 / prost 0.11 next
 //! to the current stack; generating our own stubs keeps one tonic. protox compiles the
 //! protos in Rust (well-known types included), so no `protoc` has to be installed.
 
@@ -24,5 +26,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(buildkit)?;
+    // `FileSend` once more with fsutil's packets (the `local` exporter): the same service
+    // name, so into a directory of its own.
+    let packets = protox::compile(
+        ["session/filesync/filesend_packets.proto"],
+        ["proto/buildkit"],
+    )?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("filesend_packets");
+    std::fs::create_dir_all(&out)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .out_dir(out)
+        .compile_fds(packets)?;
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! unix://DIR/buildkitd.sock` and any extra flags, ready when its socket accepts; stopped
 //! by PID (also when a test fails, on drop). The control API client is the one generated
 //! from the same protocol definitions as the daemon (`stargaze_worker::buildkitd::client`).
+//! The build tests' fixtures live here too: their prerequisites, a registry serving a
+//! busybox base, a walk of the daemon's root for leftovers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -12,6 +14,51 @@ use std::time::{Duration, Instant};
 
 pub use stargaze_worker::buildkitd::client::connect;
 pub use stargaze_worker::buildkitd::proto::{control, pb, types};
+
+/// Whether a build through the daemon can run here: root, runc, umoci, busybox-static and
+/// the stargaze binary (a missing one is reported, and fails under `CI=true`).
+pub fn build_prerequisites() -> bool {
+    use crate::{busybox, have, is_root, require, stargaze_bin};
+    require(is_root(), "root")
+        && require(have("runc") || have("buildkit-runc"), "runc")
+        && require(have("umoci"), "umoci")
+        && require(Path::new(busybox::BUSYBOX).is_file(), "busybox-static")
+        && require(stargaze_bin().is_file(), "the stargaze binary")
+}
+
+/// A registry serving `base/bb:v1` (busybox, built under `work`).
+pub fn busybox_registry(work: &Path) -> stargaze_fs::registry::BackgroundRegistry {
+    use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
+    let oci = work.join("oci");
+    crate::busybox::write_image(&oci, "bb", work);
+    let reg = BackgroundRegistry::start(
+        RegistryOptions::new(work.join("registry")),
+        "127.0.0.1:0".parse().expect("address"),
+    )
+    .expect("registry");
+    crate::run(
+        Command::new(crate::stargaze_bin())
+            .arg("copy")
+            .arg(format!("oci:{}:bb", oci.display()))
+            .arg(format!("docker://{}/base/bb:v1", reg.addr())),
+    );
+    reg
+}
+
+/// Every path under `dir`, parents before their entries.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.clone());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&p));
+            }
+        }
+    }
+    out
+}
 
 /// The label the sandbox gives its workers.
 pub const SANDBOX_LABEL: &str = "org.mobyproject.buildkit.worker.sandbox=true";

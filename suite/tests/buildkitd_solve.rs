@@ -12,9 +12,10 @@
 
 use futures_util::{Stream, StreamExt};
 use stargaze_fs::image::OciLayout;
-use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_suite::buildkit_client::{control, Buildkitd};
-use stargaze_suite::{busybox, have, is_root, require, run, stargaze_bin};
+use stargaze_suite::buildkit_client::{
+    build_prerequisites, busybox_registry, control, walk, Buildkitd,
+};
+use stargaze_suite::{run, stargaze_bin};
 use stargaze_worker::buildkitd::client::build::{
     build, build_with, BuildOptions, BuildOutcome, Via,
 };
@@ -22,35 +23,10 @@ use stargaze_worker::buildkitd::client::channel;
 use stargaze_worker::buildkitd::proto::filesync::file_sync_server::FileSync;
 use stargaze_worker::buildkitd::proto::fsutil::types::{packet::PacketType, Packet, Stat};
 use std::io::Write;
-use std::path::Path;
 use std::pin::Pin;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use tonic::{Code, Request, Response, Status, Streaming};
-
-fn ready() -> bool {
-    require(is_root(), "root")
-        && require(have("runc") || have("buildkit-runc"), "runc")
-        && require(have("umoci"), "umoci")
-        && require(Path::new(busybox::BUSYBOX).is_file(), "busybox-static")
-        && require(stargaze_bin().is_file(), "the stargaze binary")
-}
-
-/// A registry with `base/bb:v1` (busybox).
-fn registry(work: &Path) -> BackgroundRegistry {
-    let oci = work.join("oci");
-    busybox::write_image(&oci, "bb", work);
-    let reg = BackgroundRegistry::start(
-        RegistryOptions::new(work.join("registry")),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
-    run(Command::new(stargaze_bin())
-        .arg("copy")
-        .arg(format!("oci:{}:bb", oci.display()))
-        .arg(format!("docker://{}/base/bb:v1", reg.addr())));
-    reg
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -116,11 +92,11 @@ async fn alive(addr: &str) {
 
 #[test]
 fn dockerfile_builds_through_the_gateway_with_the_context_from_the_session() {
-    if !ready() {
+    if !build_prerequisites() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let reg = registry(work.path());
+    let reg = busybox_registry(work.path());
     let host = reg.addr().to_string();
     let mut d = Buildkitd::start(&["--oci-worker-snapshotter=native"]);
     let addr = d.addr();
@@ -341,7 +317,7 @@ impl FileSync for Liar {
 
 #[test]
 fn a_session_lying_in_its_file_sync_stream_fails_the_build_cleanly() {
-    if !ready() {
+    if !build_prerequisites() {
         return;
     }
     let mut d = Buildkitd::start(&["--oci-worker-snapshotter=native"]);
@@ -379,18 +355,4 @@ fn a_session_lying_in_its_file_sync_stream_fails_the_build_cleanly() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(d.alive(), "{}", d.log());
     d.terminate();
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            out.push(p.clone());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.extend(walk(&p));
-            }
-        }
-    }
-    out
 }

@@ -20,6 +20,8 @@ use stargaze_suite::servers::{DockerRegistry, RegistryAuth, TokenIssuer};
 use stargaze_suite::{have, require, sample_estargz};
 use stargaze_worker::buildkitd::proto::control::control_server::{Control, ControlServer};
 use stargaze_worker::buildkitd::proto::control::*;
+// Named: `filesync` has a `BytesMessage` too (FileSend's).
+use stargaze_worker::buildkitd::proto::control::BytesMessage;
 use stargaze_worker::buildkitd::proto::filesync::auth_server::{Auth, AuthServer};
 use stargaze_worker::buildkitd::proto::filesync::*;
 use stargaze_worker::buildkitd::session::{bridge, AuthLimits, SessionLimits, Sessions};

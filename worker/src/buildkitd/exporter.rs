@@ -1,10 +1,16 @@
 //! Exporters as buildctl names them, over the build engine's export: `image` (`name=` one
 //! or more references separated by commas, `push=true` pushes each to its registry,
 //! `registry.insecure`, `compression=gzip|estargz`, `oci-mediatypes`); no exporter builds
-//! only. An unknown exporter or attribute is `InvalidArgument`, checked before the build.
+//! only; `oci` and `docker` (an image tarball: OCI layout, or the layout with docker's
+//! `manifest.json` whose `RepoTags` are `name=`; `compression=`), `tar` (the result's files
+//! as a tar) and `local` (the result's files written into the client's directory), all four
+//! sent to the client over its session's `FileSend` (`session::filesend`; buildctl's `dest=`
+//! stays on the client). An unknown exporter or attribute is `InvalidArgument`, checked
+//! before the build, and so is a session that cannot receive (`FailedPrecondition`).
 //! Plain HTTP is the worker's registry configuration's choice (localhost and 127.0.0.0/8 by
 //! default); `registry.insecure=true` is accepted for the hosts so configured.
 
+use super::session::Session;
 use crate::frontend::export::{documents, export, Destination};
 use crate::frontend::progress::Progress;
 use crate::frontend::StageResult;
@@ -31,6 +37,23 @@ const IGNORED: &[&str] = &[
     "annotation-",
 ];
 
+/// Attributes of `tar` and `local` accepted and ignored (BuildKit's; exact keys).
+const FS_IGNORED: &[&str] = &[
+    "attestation-prefix",
+    "prefer-nondist-layers",
+    "source-date-epoch",
+    "platform-split",
+];
+
+/// The kind of image tarball.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TarballFormat {
+    /// An OCI image layout (`oci`).
+    Oci,
+    /// The layout with docker's `manifest.json` (`docker`).
+    Docker,
+}
+
 /// What to do with the result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exporter {
@@ -45,6 +68,19 @@ pub enum Exporter {
         /// Layers as eStargz (`compression=estargz`).
         estargz: bool,
     },
+    /// An image tarball sent to the client.
+    Tarball {
+        /// Its format.
+        format: TarballFormat,
+        /// References (the tag of the layout's index, docker's `RepoTags`).
+        names: Vec<Reference>,
+        /// Layers as eStargz.
+        estargz: bool,
+    },
+    /// The result's files as a tar sent to the client.
+    Tar,
+    /// The result's files written into the client's directory.
+    Local,
 }
 
 fn bad(m: String) -> Status {
@@ -59,6 +95,55 @@ fn boolean(k: &str, v: &str) -> Result<bool, Status> {
     }
 }
 
+/// The attributes of `image` (`push` only there) and of `oci`/`docker` (`tar=true` only
+/// there: the tarball is the only form sent): names, push, eStargz.
+fn image_attrs(
+    exporter: &str,
+    attrs: &HashMap<String, String>,
+    image: bool,
+) -> Result<(Vec<Reference>, bool, bool), Status> {
+    let (mut names, mut push, mut estargz) = (Vec::new(), false, false);
+    for (k, v) in attrs {
+        match k.as_str() {
+            "name" => {
+                for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let r = Reference::parse(n).map_err(|e| bad(format!("name={n:?}: {e}")))?;
+                    names.push(r);
+                }
+            }
+            "push" if image => push = boolean(k, v)?,
+            "registry.insecure" if image => {
+                boolean(k, v)?;
+            }
+            "tar" if !image => {
+                if !boolean(k, v)? {
+                    return Err(bad(format!(
+                        "tar=false: stargaze sends {exporter} images as tarballs only"
+                    )));
+                }
+            }
+            "compression" => match v.as_str() {
+                "gzip" => estargz = false,
+                "estargz" => estargz = true,
+                _ => {
+                    return Err(bad(format!(
+                        "compression={v:?}: stargaze writes gzip or estargz layers"
+                    )))
+                }
+            },
+            _ if IGNORED.iter().any(|i| {
+                k == i || ((i.ends_with('.') || i.ends_with('-')) && k.starts_with(i))
+            }) => {}
+            _ => {
+                return Err(bad(format!(
+                    "exporter attribute {k:?} is not supported by the {exporter} exporter"
+                )))
+            }
+        }
+    }
+    Ok((names, push, estargz))
+}
+
 impl Exporter {
     /// Checks the Solve's exporter and its attributes.
     pub fn parse(name: &str, attrs: &HashMap<String, String>) -> Result<Exporter, Status> {
@@ -71,39 +156,7 @@ impl Exporter {
                 }
             }
             "image" => {
-                let (mut names, mut push, mut estargz) = (Vec::new(), false, false);
-                for (k, v) in attrs {
-                    match k.as_str() {
-                        "name" => {
-                            for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                                let r = Reference::parse(n)
-                                    .map_err(|e| bad(format!("name={n:?}: {e}")))?;
-                                names.push(r);
-                            }
-                        }
-                        "push" => push = boolean(k, v)?,
-                        "registry.insecure" => {
-                            boolean(k, v)?;
-                        }
-                        "compression" => match v.as_str() {
-                            "gzip" => estargz = false,
-                            "estargz" => estargz = true,
-                            _ => {
-                                return Err(bad(format!(
-                                    "compression={v:?}: stargaze writes gzip or estargz layers"
-                                )))
-                            }
-                        },
-                        _ if IGNORED.iter().any(|i| {
-                            k == i || ((i.ends_with('.') || i.ends_with('-')) && k.starts_with(i))
-                        }) => {}
-                        _ => {
-                            return Err(bad(format!(
-                                "exporter attribute {k:?} is not supported by the image exporter"
-                            )))
-                        }
-                    }
-                }
+                let (names, push, estargz) = image_attrs(name, attrs, true)?;
                 if push && names.is_empty() {
                     return Err(bad("push=true needs name=".into()));
                 }
@@ -113,26 +166,70 @@ impl Exporter {
                     estargz,
                 })
             }
+            "oci" | "docker" => {
+                let (names, _, estargz) = image_attrs(name, attrs, false)?;
+                let format = if name == "oci" {
+                    TarballFormat::Oci
+                } else {
+                    TarballFormat::Docker
+                };
+                Ok(Exporter::Tarball {
+                    format,
+                    names,
+                    estargz,
+                })
+            }
+            "tar" | "local" => {
+                if let Some(k) = attrs.keys().find(|k| !FS_IGNORED.contains(&k.as_str())) {
+                    return Err(bad(format!(
+                        "exporter attribute {k:?} is not supported by the {name} exporter"
+                    )));
+                }
+                Ok(if name == "tar" {
+                    Exporter::Tar
+                } else {
+                    Exporter::Local
+                })
+            }
             other => Err(bad(format!(
-                "exporter {other:?} is not supported by stargaze buildkitd (image is)"
+                "exporter {other:.64} is not supported by stargaze buildkitd (image, oci, docker, tar, local are)"
             ))),
         }
     }
 
     /// Layers as eStargz.
     pub fn estargz(&self) -> bool {
-        matches!(self, Exporter::Image { estargz: true, .. })
+        matches!(
+            self,
+            Exporter::Image { estargz: true, .. } | Exporter::Tarball { estargz: true, .. }
+        )
     }
 
-    /// Exports `img`, asking `sessions` for registry credentials; the answer is the Solve's
-    /// `ExporterResponse`.
+    /// Whether the result goes to the client (over its session's `FileSend`).
+    pub fn to_client(&self) -> bool {
+        matches!(
+            self,
+            Exporter::Tarball { .. } | Exporter::Tar | Exporter::Local
+        )
+    }
+
+    /// Exports `img`, asking `sessions` for registry credentials, sending what goes to the
+    /// client to `session` (checked to serve `FileSend` before the build); the answer is the
+    /// Solve's `ExporterResponse`.
     pub async fn export(
         &self,
         worker: &OciWorker,
         img: &StageResult,
         progress: &Arc<Progress>,
         sessions: &[String],
+        session: Option<&Session>,
     ) -> Result<HashMap<String, String>, Status> {
+        if self.to_client() {
+            let s = session
+                .ok_or_else(|| Status::failed_precondition("no session to send the export to"))?;
+            return super::to_client::export_to_client(self, worker, img, progress, sessions, s)
+                .await;
+        }
         let mut out = HashMap::new();
         let Exporter::Image { names, push, .. } = self else {
             return Ok(out);
@@ -212,8 +309,28 @@ mod tests {
         };
         assert_eq!(names.len(), 2);
         assert!(*push && e.estargz());
+        let e = Exporter::parse(
+            "docker",
+            &attrs(&[
+                ("name", "app:v1"),
+                ("compression", "estargz"),
+                ("tar", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(e.to_client() && e.estargz(), "{e:?}");
+        assert_eq!(
+            Exporter::parse("local", &attrs(&[("attestation-prefix", "x")])).unwrap(),
+            Exporter::Local
+        );
+        assert!(Exporter::parse("tar", &HashMap::new()).unwrap().to_client());
         for (name, kv) in [
             ("tarball", vec![]),
+            ("oci", vec![("push", "true")]),
+            ("oci", vec![("tar", "false")]),
+            ("docker", vec![("frobnicate", "1")]),
+            ("tar", vec![("name", "x")]),
+            ("local", vec![("dest", "/tmp/x")]),
             ("image", vec![("push", "yes")]),
             ("image", vec![("push", "true")]),
             ("image", vec![("name", "UPPER/Case")]),

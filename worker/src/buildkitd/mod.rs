@@ -12,11 +12,13 @@
 //! same rule by its peer credentials (`crate::peer`).
 //!
 //! `address` parses addresses and knows the defaults, `control` is the service, `solver`,
-//! `gateway`, `dockerfile`, `exporter` and `jobs` run builds for it (`cancel`: a build whose
-//! client went away is cancelled), `session` the clients'
-//! sessions, `wire` maps the worker's facts to messages, `proto` is the generated code.
+//! `gateway`, `dockerfile`, `exporter` (with `to_client` and `archive` for the exports sent
+//! to the client) and `jobs` run builds for it (`cancel`: a build whose client went away is
+//! cancelled), `session` the clients' sessions, `wire` maps the worker's facts to messages,
+//! `proto` is the generated code.
 
 mod address;
+pub mod archive;
 mod cancel;
 pub mod client;
 mod control;
@@ -27,6 +29,7 @@ pub mod jobs;
 pub mod proto;
 pub mod session;
 pub mod solver;
+mod to_client;
 mod wire;
 
 pub use address::{

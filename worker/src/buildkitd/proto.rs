@@ -2,7 +2,8 @@
 //! module layout of its protobuf packages so the generated cross-package paths resolve:
 //! `pb` (LLB: platforms, definitions), `moby::buildkit::v1` (the `Control` service) and
 //! `moby::buildkit::v1::types` (worker records), `moby::filesync::v1` and `fsutil::types`
-//! (a session's file transfer and its `Auth` service), `moby::buildkit::v1::frontend` (the
+//! (a session's file transfer, `FileSend`, and its `Auth` service; `filesend_packets` is
+//! `FileSend` with fsutil's packets), `moby::buildkit::v1::frontend` (the
 //! gateway) with `apicaps` and `google::rpc`. Clients (tests, later `stargaze build
 //! --addr`) use the same code.
 
@@ -41,6 +42,28 @@ pub mod moby {
             tonic::include_proto!("moby.filesync.v1");
         }
     }
+}
+
+/// `moby.filesync.v1.FileSend` as the `local` exporter speaks it: fsutil's packets on the
+/// method BuildKit declares with `BytesMessage` (proto/buildkit/session/filesync/
+/// filesend_packets.proto, generated apart).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod filesend_packets {
+    pub use super::fsutil;
+    /// `moby.*`
+    pub mod moby {
+        /// `moby.filesync.*`
+        pub mod filesync {
+            /// `moby.filesync.v1` (`FileSend` over packets)
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/filesend_packets/moby.filesync.v1.rs"
+                ));
+            }
+        }
+    }
+    pub use moby::filesync::v1::*;
 }
 
 /// `google.rpc`: gRPC's error model.

@@ -8,8 +8,9 @@
 //! - `Frontend: dockerfile.v0`: the daemon runs the frontend itself, then exports.
 //!
 //! A raw LLB definition is `Unimplemented` (the daemon has no LLB solver), another frontend
-//! `InvalidArgument`. A session named by the Solve may attach after it; it is waited for
-//! (bounded), `something:ID` meaning `ID`.
+//! `InvalidArgument`. An exporter sending to the client needs the Solve's session to serve
+//! `FileSend` (`FailedPrecondition` before the build otherwise). A session named by the
+//! Solve may attach after it; it is waited for (bounded), `something:ID` meaning `ID`.
 
 use super::dockerfile::{self, Attrs, DOCKERFILE_FRONTEND};
 use super::exporter::Exporter;
@@ -17,6 +18,7 @@ use super::jobs::Jobs;
 use super::proto::control::{SolveRequest, SolveResponse};
 use super::proto::pb;
 use super::proto::types;
+use super::session::filesend::FILE_SEND;
 use super::session::{Session, Sessions};
 use crate::frontend::progress::Progress;
 use crate::frontend::StageResult;
@@ -181,6 +183,19 @@ impl Solver {
     /// Serves `Control.Solve`.
     pub async fn solve(&self, req: SolveRequest) -> Result<SolveResponse, Status> {
         let exporter = Exporter::parse(&req.exporter, &req.exporter_attrs)?;
+        // An export to the client needs a session that can receive it, known before building.
+        let receiver = if exporter.to_client() {
+            let s = self.session(&req.session).await?;
+            if !s.serves(FILE_SEND) {
+                return Err(Status::failed_precondition(format!(
+                    "exporter {}: the session does not serve {FILE_SEND} to receive the export",
+                    req.exporter
+                )));
+            }
+            Some(s)
+        } else {
+            None
+        };
         if req
             .definition
             .as_ref()
@@ -231,7 +246,13 @@ impl Solver {
         let exporter_response = match &result {
             Some(img) => {
                 exporter
-                    .export(&self.worker, img, &progress, &build_sessions(&req.session))
+                    .export(
+                        &self.worker,
+                        img,
+                        &progress,
+                        &build_sessions(&req.session),
+                        receiver.as_deref(),
+                    )
                     .await?
             }
             None if exporter == Exporter::None => HashMap::new(),

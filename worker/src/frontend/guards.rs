@@ -166,3 +166,38 @@ impl SourceTree {
         })
     }
 }
+
+/// A built image's rootfs mounted read-only for an exporter that sends files (buildkitd's
+/// `tar` and `local`): a view of its top snapshot mounted under the worker's scratch space
+/// (an empty directory when the image has no layers), all undone on drop.
+pub struct RootfsView {
+    tree: SourceTree,
+    empty: Option<PathBuf>,
+}
+
+impl RootfsView {
+    /// Mounts the rootfs whose top snapshot is `top` (none: an empty tree).
+    pub fn open(w: &super::Worker, top: &Option<String>) -> Result<Self, BuildError> {
+        let tree = SourceTree::open(&w.snapshotter, &w.tmp, &w.tmp, Some(top))?;
+        let empty = match (&tree.root, top) {
+            (SourceRoot::Image(d), None) => Some(d.clone()),
+            _ => None,
+        };
+        Ok(RootfsView { tree, empty })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        match &self.tree.root {
+            SourceRoot::Image(d) | SourceRoot::Context(d) => d,
+        }
+    }
+}
+
+impl Drop for RootfsView {
+    fn drop(&mut self) {
+        if let Some(d) = &self.empty {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}

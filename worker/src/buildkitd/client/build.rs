@@ -5,11 +5,14 @@
 //! `buildkit-controlapi-buildid`) is driven: `Ping`, `Solve` with the frontend and its
 //! attributes, `Return` with the result or the error. [`Via::Direct`] sends the frontend in
 //! the control `Solve` instead, as BuildKit's Go client does for `Solve` with a frontend.
+//! With an output (`--output type=oci|docker|tar|local,dest=…`) the session also serves
+//! `FileSend` and the outcome says how the export was received.
 
 use super::auth::ConfigAuth;
 use super::local::LocalDirs;
+use super::output::{parse_output, DirSink, Output, OutputError, Received, TarballSink};
 use super::plain::Plain;
-use super::session::{attach_with_auth, ServedAuth};
+use super::session::{attach_serving, ServedAuth, ServedOutput};
 use crate::buildkitd::gateway::BUILD_ID;
 use crate::buildkitd::proto::control::control_client::ControlClient;
 use crate::buildkitd::proto::control::{
@@ -57,6 +60,9 @@ pub struct BuildOptions {
     /// Registry credentials the session answers (buildctl answers from the user's docker
     /// config); `None`: the session serves no `Auth`.
     pub docker_config: Option<DockerConfig>,
+    /// Where an export sent to the client lands (`--output …,dest=`); the session then
+    /// serves `FileSend`.
+    pub output: Option<Output>,
 }
 
 impl BuildOptions {
@@ -76,7 +82,18 @@ impl BuildOptions {
             exporter_attrs: HashMap::new(),
             via: Via::Gateway,
             docker_config: None,
+            output: None,
         }
+    }
+
+    /// Takes `--output type=…[,dest=…][,key=value…]`: the exporter, its attributes and
+    /// where the export lands.
+    pub fn set_output(&mut self, spec: &str) -> Result<(), OutputError> {
+        let o = parse_output(spec)?;
+        self.exporter = o.exporter;
+        self.exporter_attrs = o.attrs;
+        self.output = o.output;
+        Ok(())
     }
 }
 
@@ -86,6 +103,9 @@ pub struct BuildOutcome {
     pub result: Result<SolveResponse, Status>,
     /// The progress seen.
     pub progress: Plain,
+    /// How the export to the client ended here (bytes of a tarball, files of a directory,
+    /// or why writing it failed); none: nothing was received.
+    pub exported: Option<Result<u64, String>>,
 }
 
 fn with_build_id<T>(msg: T, id: &str) -> Result<Request<T>, Status> {
@@ -154,7 +174,20 @@ pub async fn build_with<F: FileSync>(
         auth: ConfigAuth(c),
         fetch_token: false,
     });
-    let session = attach_with_auth(&control, &random_suffix(), files, auth).await?;
+    let (served, received): (Option<ServedOutput>, Option<Received>) = match &opts.output {
+        None => (None, None),
+        Some(Output::Dir(d)) => {
+            let sink = DirSink::new(d.clone());
+            let r = sink.received.clone();
+            (Some(ServedOutput::Dir(sink)), Some(r))
+        }
+        Some(o) => {
+            let sink = TarballSink::new(o.clone());
+            let r = sink.received.clone();
+            (Some(ServedOutput::Tarball(sink)), Some(r))
+        }
+    };
+    let session = attach_serving(&control, &random_suffix(), files, auth, served).await?;
     let build_ref = format!("build-{}", random_suffix());
     let mut c3 = control.clone();
     let status_req = StatusRequest {
@@ -209,5 +242,10 @@ pub async fn build_with<F: FileSync>(
         }
     };
     drop(session);
-    Ok(BuildOutcome { result, progress })
+    let exported = received.and_then(|r| r.lock().ok().and_then(|g| g.clone()));
+    Ok(BuildOutcome {
+        result,
+        progress,
+        exported,
+    })
 }

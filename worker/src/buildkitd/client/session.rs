@@ -1,13 +1,17 @@
 //! The client's half of a session (docs/BUILDKIT_PROTOCOL.md §4): `Control.Session` called
 //! with the session headers, its stream bridged to a byte stream on which the client serves
-//! its services (a FileSync, and `Auth` when the client answers registry credentials) as the
-//! gRPC server of the session's one connection.
+//! its services (a FileSync, `Auth` when the client answers registry credentials, `FileSend`
+//! when it receives an export) as the gRPC server of the session's one connection.
 
+use super::output::{DirSink, TarballSink};
 use crate::buildkitd::proto::control::control_client::ControlClient;
 use crate::buildkitd::proto::control::BytesMessage;
+use crate::buildkitd::proto::filesend_packets::file_send_server::FileSendServer as PacketFileSendServer;
 use crate::buildkitd::proto::filesync::auth_server::{Auth, AuthServer};
+use crate::buildkitd::proto::filesync::file_send_server::FileSendServer;
 use crate::buildkitd::proto::filesync::file_sync_server::{FileSync, FileSyncServer};
 use crate::buildkitd::session::auth::{CREDENTIALS, FETCH_TOKEN};
+use crate::buildkitd::session::filesend::FILE_SEND;
 use crate::buildkitd::session::{bridge, GRPC_METHOD, NAME, SHARED_KEY, UUID};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -41,6 +45,15 @@ pub struct ServedAuth<A> {
     pub fetch_token: bool,
 }
 
+/// How the session receives an export (serving, and listing, `FileSend`).
+#[derive(Debug, Clone)]
+pub enum ServedOutput {
+    /// A tarball (`oci`, `docker`, `tar`).
+    Tarball(TarballSink),
+    /// A directory (`local`).
+    Dir(DirSink),
+}
+
 /// Attaches the session `id` to the daemon of `control`, serving `files` on it.
 pub async fn attach<F: FileSync>(
     control: &ControlClient<Channel>,
@@ -56,6 +69,17 @@ pub async fn attach_with_auth<F: FileSync, A: Auth>(
     id: &str,
     files: F,
     auth: Option<ServedAuth<A>>,
+) -> Result<ClientSession, Status> {
+    attach_serving(control, id, files, auth, None).await
+}
+
+/// Like [`attach_with_auth`], also receiving an export with `output` when given.
+pub async fn attach_serving<F: FileSync, A: Auth>(
+    control: &ControlClient<Channel>,
+    id: &str,
+    files: F,
+    auth: Option<ServedAuth<A>>,
+    output: Option<ServedOutput>,
 ) -> Result<ClientSession, Status> {
     let mut c = control.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(8);
@@ -75,6 +99,14 @@ pub async fn attach_with_auth<F: FileSync, A: Auth>(
             md.append(GRPC_METHOD, value(FETCH_TOKEN)?);
         }
     }
+    if output.is_some() {
+        md.append(GRPC_METHOD, value(FILE_SEND)?);
+    }
+    let (tarball, dir) = match output {
+        Some(ServedOutput::Tarball(t)) => (Some(FileSendServer::new(t)), None),
+        Some(ServedOutput::Dir(d)) => (None, Some(PacketFileSendServer::new(d))),
+        None => (None, None),
+    };
     let inbound = c.session(req).await?.into_inner();
     let mut bridged = bridge(inbound, || {});
     let io = bridged.io;
@@ -91,6 +123,8 @@ pub async fn attach_with_auth<F: FileSync, A: Auth>(
         let serve = tonic::transport::Server::builder()
             .add_service(FileSyncServer::new(files))
             .add_optional_service(auth.map(|a| AuthServer::new(a.auth)))
+            .add_optional_service(tarball)
+            .add_optional_service(dir)
             // The one connection; a listener that then stays open (the server would stop).
             .serve_with_incoming(
                 tokio_stream::once(Ok::<_, std::io::Error>(io)).chain(tokio_stream::pending()),

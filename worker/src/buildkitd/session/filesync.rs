@@ -10,7 +10,9 @@
 //! directory); files are created with `O_EXCL | O_NOFOLLOW`. Entries, path lengths and the
 //! total of the declared sizes are bounded, every file receives exactly its declared size,
 //! data only for a file requested and in flight, and the sender must make progress within
-//! an idle bound. Directories are created 0700 and given their modes at the end.
+//! an idle bound. Directories are created 0700 and given their modes at the end. The
+//! receiver itself ([`receive_packets`]) serves the client's side of the `local` exporter
+//! too (`client::output`), where the daemon is the sender.
 
 use super::super::proto::filesync::file_sync_client::FileSyncClient;
 use super::super::proto::fsutil::types::{packet::PacketType, Packet, Stat};
@@ -346,6 +348,19 @@ pub async fn receive(
     target: &Path,
     limits: &ReceiveLimits,
 ) -> Result<Received, FileSyncError> {
+    check_target(target)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Packet>(IN_FLIGHT * 2);
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    *req.metadata_mut() = metadata(opts)?;
+    let packets = FileSyncClient::new(channel)
+        .diff_copy(req)
+        .await?
+        .into_inner();
+    receive_packets(packets, tx, &opts.dir_name, target, limits).await
+}
+
+/// Fails unless `target` is an existing empty directory.
+pub fn check_target(target: &Path) -> Result<(), FileSyncError> {
     let meta = std::fs::symlink_metadata(target).map_err(io_err("reading", target))?;
     if !meta.is_dir() {
         return Err(FileSyncError::Target {
@@ -363,13 +378,23 @@ pub async fn receive(
             reason: "not empty",
         });
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Packet>(IN_FLIGHT * 2);
-    let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    *req.metadata_mut() = metadata(opts)?;
-    let mut packets = FileSyncClient::new(channel)
-        .diff_copy(req)
-        .await?
-        .into_inner();
+    Ok(())
+}
+
+/// fsutil's receiver over any packet stream: `packets` from the sender, `tx` to it (the
+/// requests and the final `FIN`), written into `target` (checked empty by the caller, see
+/// [`check_target`]); `dir` names the transfer in errors. The client's side of the `local`
+/// exporter runs it too (`client::output`).
+pub async fn receive_packets<S>(
+    mut packets: S,
+    tx: tokio::sync::mpsc::Sender<Packet>,
+    dir: &str,
+    target: &Path,
+    limits: &ReceiveLimits,
+) -> Result<Received, FileSyncError>
+where
+    S: tokio_stream::Stream<Item = Result<Packet, tonic::Status>> + Unpin,
+{
     let mut next = async || -> Result<Option<Packet>, FileSyncError> {
         match tokio::time::timeout(limits.idle, packets.next()).await {
             Err(_) => Err(FileSyncError::Idle(limits.idle)),
@@ -378,7 +403,7 @@ pub async fn receive(
         }
     };
     let sender_err = |p: &Packet| FileSyncError::Sender {
-        dir: truncated(&opts.dir_name),
+        dir: truncated(dir),
         message: truncated(&String::from_utf8_lossy(&p.data)),
     };
     let send = |p: Packet| {

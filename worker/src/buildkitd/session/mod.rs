@@ -4,10 +4,15 @@
 //! §4). `headers` reads and bounds the session's metadata, `bridge` turns the message
 //! stream into a byte stream and a tonic channel over it, `registry` keeps the live sessions
 //! by ID, `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
-//! target directory, and `auth` asks a session's `Auth` service for registry credentials.
+//! target directory, `filesend` sends an export (a tarball, or a directory with fsutil's
+//! packets) to the session's `FileSend`, and `auth` asks a session's `Auth` service for
+//! registry credentials.
 
 pub mod auth;
 mod bridge;
+pub mod filesend;
+#[cfg(test)]
+mod filesend_tests;
 pub mod filesync;
 mod headers;
 mod registry;

@@ -189,7 +189,7 @@ fn dir(path: &str, mode: u32) -> (Stat, Vec<u8>) {
 }
 
 /// A daemon-side registry served on a unix socket in `tmp`.
-async fn daemon(tmp: &Path) -> (Sessions, String) {
+pub(super) async fn daemon(tmp: &Path) -> (Sessions, String) {
     let sessions = Sessions::default();
     let sock = tmp.join("control.sock");
     let l = tokio::net::UnixListener::bind(&sock).unwrap();
@@ -227,7 +227,7 @@ async fn attach_with(
     attach_with_auth(&c, id, sender, auth).await
 }
 
-async fn session(sessions: &Sessions, id: &str) -> std::sync::Arc<super::Session> {
+pub(super) async fn session(sessions: &Sessions, id: &str) -> std::sync::Arc<super::Session> {
     for _ in 0..500 {
         if let Some(s) = sessions.get(id) {
             return s;
