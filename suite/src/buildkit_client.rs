@@ -45,6 +45,63 @@ pub fn busybox_registry(work: &Path) -> stargaze_fs::registry::BackgroundRegistr
     reg
 }
 
+/// A runtime for driving the daemon from a test (2 worker threads).
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// What a client printed (its plain progress), shared with the test.
+#[derive(Clone, Default)]
+pub struct Printed(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Printed {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Printed {
+    /// Everything printed so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+/// A build with `opts` through the daemon at `addr`, its progress discarded.
+pub async fn build_quietly(
+    addr: &str,
+    opts: &stargaze_worker::buildkitd::client::build::BuildOptions,
+) -> stargaze_worker::buildkitd::client::build::BuildOutcome {
+    let ch = stargaze_worker::buildkitd::client::channel(addr)
+        .await
+        .expect("connecting to the daemon");
+    stargaze_worker::buildkitd::client::build::build(ch, opts, Box::new(std::io::sink()))
+        .await
+        .expect("the build's calls")
+}
+
+/// Asserts the daemon at `addr` still serves (`ListWorkers` answers one worker).
+pub async fn assert_serving(addr: &str) {
+    let mut c = connect(addr).await.expect("connecting to the daemon");
+    let w = c
+        .list_workers(control::ListWorkersRequest::default())
+        .await
+        .expect("ListWorkers")
+        .into_inner();
+    assert_eq!(w.record.len(), 1);
+}
+
 /// Every path under `dir`, parents before their entries.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -4,45 +4,16 @@
 //! process is killed, runc forgets the container, no mount is left under the daemon's root,
 //! and the daemon serves the next build. Needs root, runc, umoci and busybox-static.
 
-use stargaze_fs::registry::{BackgroundRegistry, RegistryOptions};
-use stargaze_suite::buildkit_client::Buildkitd;
+use stargaze_suite::buildkit_client::{
+    build_prerequisites, build_quietly, busybox_registry, client_runtime, Buildkitd, Printed,
+};
 use stargaze_suite::mounts::DetachOnDrop;
-use stargaze_suite::{busybox, have, is_root, require, run, stargaze_bin};
+use stargaze_suite::run;
 use stargaze_worker::buildkitd::client::build::{build, BuildOptions};
 use stargaze_worker::buildkitd::client::channel;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn ready() -> bool {
-    require(is_root(), "root")
-        && require(have("runc") || have("buildkit-runc"), "runc")
-        && require(have("umoci"), "umoci")
-        && require(Path::new(busybox::BUSYBOX).is_file(), "busybox-static")
-        && require(stargaze_bin().is_file(), "the stargaze binary")
-}
-
-/// What the client printed.
-#[derive(Clone, Default)]
-struct Printed(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Printed {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Printed {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// PIDs of the processes whose command line is exactly `args`.
 fn pids(args: &str) -> Vec<i32> {
@@ -92,22 +63,12 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool, detail: impl Fn() -> Str
 
 #[test]
 fn a_client_that_disconnects_mid_build_has_its_steps_cancelled() {
-    if !ready() {
+    if !build_prerequisites() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let oci = work.path().join("oci");
-    busybox::write_image(&oci, "bb", work.path());
-    let reg = BackgroundRegistry::start(
-        RegistryOptions::new(work.path().join("registry")),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let reg = busybox_registry(work.path());
     let host = reg.addr().to_string();
-    run(Command::new(stargaze_bin())
-        .arg("copy")
-        .arg(format!("oci:{}:bb", oci.display()))
-        .arg(format!("docker://{host}/base/bb:v1")));
     let mut d = Buildkitd::start(&["--oci-worker-snapshotter=overlayfs"]);
     let _detach = DetachOnDrop(d.root.clone());
     let addr = d.addr();
@@ -123,11 +84,7 @@ fn a_client_that_disconnects_mid_build_has_its_steps_cancelled() {
     )
     .unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = client_runtime();
     let printed = Printed::default();
     let p = printed.clone();
     let opts = BuildOptions::dockerfile(&ctx);
@@ -175,16 +132,7 @@ fn a_client_that_disconnects_mid_build_has_its_steps_cancelled() {
         format!("FROM {host}/base/bb:v1\nRUN echo next-build\n"),
     )
     .unwrap();
-    let o = rt.block_on(async {
-        let ch = channel(&addr).await.unwrap();
-        build(
-            ch,
-            &BuildOptions::dockerfile(&ok),
-            Box::new(std::io::sink()),
-        )
-        .await
-        .unwrap()
-    });
+    let o = rt.block_on(build_quietly(&addr, &BuildOptions::dockerfile(&ok)));
     o.result
         .unwrap_or_else(|e| panic!("the next build: {e:?}\n{}", d.log()));
     assert!(d.alive());

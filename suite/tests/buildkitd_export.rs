@@ -11,23 +11,15 @@
 use flate2::read::GzDecoder;
 use stargaze_fs::format::tar::{TarKind, TarReader};
 use stargaze_suite::buildkit_client::{
-    build_prerequisites, busybox_registry, control, walk, Buildkitd,
+    assert_serving, build_prerequisites, build_quietly, busybox_registry, client_runtime, walk,
+    Buildkitd,
 };
-use stargaze_worker::buildkitd::client::build::{build, BuildOptions, BuildOutcome};
-use stargaze_worker::buildkitd::client::channel;
+use stargaze_worker::buildkitd::client::build::BuildOptions;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use tonic::Code;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A tar's entries: path (without `./` and trailing `/`) → (kind, mode, link, data).
 type Entries = BTreeMap<String, (TarKind, u32, String, Vec<u8>)>;
@@ -73,23 +65,6 @@ fn top_layer(e: &Entries) -> Entries {
     entries(GzDecoder::new(top))
 }
 
-async fn go(addr: &str, opts: &BuildOptions) -> BuildOutcome {
-    let ch = channel(addr).await.unwrap();
-    build(ch, opts, Box::new(std::io::sink())).await.unwrap()
-}
-
-async fn alive(addr: &str) {
-    let mut c = stargaze_suite::buildkit_client::connect(addr)
-        .await
-        .unwrap();
-    let w = c
-        .list_workers(control::ListWorkersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(w.record.len(), 1);
-}
-
 #[test]
 fn oci_docker_tar_and_local_exports_reach_the_client() {
     if !build_prerequisites() {
@@ -112,7 +87,7 @@ fn oci_docker_tar_and_local_exports_reach_the_client() {
     std::fs::write(ctx.join("app/run.sh"), "#!/bin/sh\necho run\n").unwrap();
     let out = work.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    rt().block_on(async {
+    client_runtime().block_on(async {
         let with = |spec: &str| {
             let mut o = BuildOptions::dockerfile(&ctx);
             o.set_output(spec).unwrap();
@@ -121,7 +96,7 @@ fn oci_docker_tar_and_local_exports_reach_the_client() {
 
         // oci: an OCI layout tar whose top layer has the built files.
         let tar = out.join("oci.tar");
-        let o = go(&addr, &with(&format!("type=oci,dest={}", tar.display()))).await;
+        let o = build_quietly(&addr, &with(&format!("type=oci,dest={}", tar.display()))).await;
         let resp = o.result.expect("oci export");
         assert!(
             matches!(o.exported, Some(Ok(n)) if n > 0),
@@ -146,7 +121,7 @@ fn oci_docker_tar_and_local_exports_reach_the_client() {
 
         // docker: the same with manifest.json naming the image.
         let tar = out.join("docker.tar");
-        let o = go(
+        let o = build_quietly(
             &addr,
             &with(&format!("type=docker,name=app:v1,dest={}", tar.display())),
         )
@@ -165,7 +140,7 @@ fn oci_docker_tar_and_local_exports_reach_the_client() {
 
         // tar: the rootfs.
         let tar = out.join("fs.tar");
-        let o = go(&addr, &with(&format!("type=tar,dest={}", tar.display()))).await;
+        let o = build_quietly(&addr, &with(&format!("type=tar,dest={}", tar.display()))).await;
         o.result.expect("tar export");
         let e = entries(std::fs::File::open(&tar).unwrap());
         assert_eq!(e["app/built.txt"].3, b"built\n");
@@ -175,7 +150,7 @@ fn oci_docker_tar_and_local_exports_reach_the_client() {
 
         // local: the rootfs in a directory.
         let dir = out.join("local");
-        let o = go(&addr, &with(&format!("type=local,dest={}", dir.display()))).await;
+        let o = build_quietly(&addr, &with(&format!("type=local,dest={}", dir.display()))).await;
         o.result.expect("local export");
         assert!(
             matches!(o.exported, Some(Ok(n)) if n >= 3),
@@ -202,22 +177,22 @@ fn oci_docker_tar_and_local_exports_reach_the_client() {
             format!("type=oci,frobnicate=1,dest={}", out.join("x.tar").display()),
             format!("type=local,name=x,dest={}", out.join("x").display()),
         ] {
-            let o = go(&addr, &with(&spec)).await;
+            let o = build_quietly(&addr, &with(&spec)).await;
             let e = o.result.expect_err("refused");
             assert_eq!(e.code(), Code::InvalidArgument, "{spec}: {e:?}");
-            alive(&addr).await;
+            assert_serving(&addr).await;
         }
         assert!(!out.join("x.tar").exists());
 
         // A session that cannot receive: refused before the build.
         let mut o = BuildOptions::dockerfile(&ctx);
         o.exporter = "tar".into();
-        let got = go(&addr, &o).await;
+        let got = build_quietly(&addr, &o).await;
         let e = got.result.expect_err("no FileSend");
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().contains("FileSend"), "{e:?}");
         assert!(got.exported.is_none());
-        alive(&addr).await;
+        assert_serving(&addr).await;
     });
     // No scratch layout or mount left behind.
     let left: Vec<_> = walk(&d.root)

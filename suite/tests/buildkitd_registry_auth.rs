@@ -10,12 +10,13 @@
 
 use stargaze_fs::remote::auth::{Credentials, DockerConfig, StaticCredentials};
 use stargaze_fs::remote::{ClientOptions, Reference, RegistryClient};
-use stargaze_suite::buildkit_client::{control, Buildkitd};
+use stargaze_suite::buildkit_client::{
+    assert_serving, build_prerequisites, build_quietly, client_runtime, Buildkitd,
+};
 use stargaze_suite::fault_proxy::FaultProxy;
 use stargaze_suite::servers::{DockerRegistry, RegistryAuth, TokenIssuer};
-use stargaze_suite::{busybox, have, is_root, require, run, stargaze_bin};
-use stargaze_worker::buildkitd::client::build::{build, BuildOptions, BuildOutcome};
-use stargaze_worker::buildkitd::client::channel;
+use stargaze_suite::{busybox, have, require, run, stargaze_bin};
+use stargaze_worker::buildkitd::client::build::BuildOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -24,21 +25,9 @@ const USER: &str = "builder";
 const PASS: &str = "client-side-secret";
 
 fn ready() -> bool {
-    require(is_root(), "root")
-        && require(have("runc") || have("buildkit-runc"), "runc")
-        && require(have("umoci"), "umoci")
+    build_prerequisites()
         && require(have("docker-registry"), "docker-registry")
         && require(have("openssl"), "openssl")
-        && require(Path::new(busybox::BUSYBOX).is_file(), "busybox-static")
-        && require(stargaze_bin().is_file(), "the stargaze binary")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// A docker config with `creds` for `host` (none: an empty config).
@@ -112,23 +101,6 @@ fn options(ctx: &Path, config: Option<&Path>, push_to: Option<&str>) -> BuildOpt
     opts
 }
 
-async fn go(addr: &str, opts: &BuildOptions) -> BuildOutcome {
-    let ch = channel(addr).await.unwrap();
-    build(ch, opts, Box::new(std::io::sink())).await.unwrap()
-}
-
-async fn alive(addr: &str) {
-    let mut c = stargaze_suite::buildkit_client::connect(addr)
-        .await
-        .unwrap();
-    let w = c
-        .list_workers(control::ListWorkersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(w.record.len(), 1);
-}
-
 /// A registry client of the test's own, with the right credentials.
 fn checker(host: &str) -> RegistryClient {
     let o = ClientOptions {
@@ -168,7 +140,7 @@ fn a_build_reaches_a_token_registry_only_with_the_clients_credentials() {
 
     let d = Buildkitd::start(&["--oci-worker-snapshotter=stargz"]);
     let addr = d.addr();
-    let rt = rt();
+    let rt = client_runtime();
     rt.block_on(async {
         // With the session's credentials: resolved, mounted lazily, pushed.
         proxy.reset_log();
@@ -181,7 +153,7 @@ fn a_build_reaches_a_token_registry_only_with_the_clients_credentials() {
             "head -c 64 /data/part03 | wc -c > /read.txt",
         );
         let out = format!("{host}/out/app:1");
-        let o = go(&addr, &options(&ctx, Some(&right), Some(&out))).await;
+        let o = build_quietly(&addr, &options(&ctx, Some(&right), Some(&out))).await;
         o.result
             .unwrap_or_else(|e| panic!("build with the client's credentials: {e:?}\n{}", d.log()));
         let fetched = proxy.bytes_sent() - sent_before;
@@ -202,13 +174,13 @@ fn a_build_reaches_a_token_registry_only_with_the_clients_credentials() {
         // Without credentials, or with wrong ones: a clear refusal, the daemon serves on.
         for (name, config) in [("none", Some(none.as_path())), ("no-auth", None)] {
             let ctx = dockerfile_dir(work.path(), name, &host, "true");
-            let o = go(&addr, &options(&ctx, config, None)).await;
+            let o = build_quietly(&addr, &options(&ctx, config, None)).await;
             let e = o
                 .result
                 .expect_err("a build without the session's credentials fails");
             assert!(refused(&e), "{name}: {e:?}");
             eprintln!("{name}: {}", e.message());
-            alive(&addr).await;
+            assert_serving(&addr).await;
         }
 
         // Two builds at once with different credentials for the same registry.
@@ -216,7 +188,7 @@ fn a_build_reaches_a_token_registry_only_with_the_clients_credentials() {
         let bad_ctx = dockerfile_dir(work.path(), "bad2", &host, "cat /data/part08 > /dev/null");
         let ok_opts = options(&ok_ctx, Some(&right), Some(&format!("{host}/out/app:2")));
         let bad_opts = options(&bad_ctx, Some(&wrong), Some(&format!("{host}/out/app:3")));
-        let (good, bad) = tokio::join!(go(&addr, &ok_opts), go(&addr, &bad_opts));
+        let (good, bad) = tokio::join!(build_quietly(&addr, &ok_opts), build_quietly(&addr, &bad_opts));
         good.result
             .unwrap_or_else(|e| panic!("the build with the right credentials: {e:?}\n{}", d.log()));
         let e = bad
@@ -227,7 +199,7 @@ fn a_build_reaches_a_token_registry_only_with_the_clients_credentials() {
             .manifest(&Reference::parse(&format!("{host}/out/app:3")).unwrap(), &[])
             .await;
         assert!(not_pushed.is_err(), "nothing pushed with wrong credentials");
-        alive(&addr).await;
+        assert_serving(&addr).await;
     });
     drop(d);
 }

@@ -13,7 +13,8 @@
 use futures_util::{Stream, StreamExt};
 use stargaze_fs::image::OciLayout;
 use stargaze_suite::buildkit_client::{
-    build_prerequisites, busybox_registry, control, walk, Buildkitd,
+    assert_serving, build_prerequisites, busybox_registry, client_runtime, control, walk,
+    Buildkitd, Printed,
 };
 use stargaze_suite::{run, stargaze_bin};
 use stargaze_worker::buildkitd::client::build::{
@@ -22,39 +23,9 @@ use stargaze_worker::buildkitd::client::build::{
 use stargaze_worker::buildkitd::client::channel;
 use stargaze_worker::buildkitd::proto::filesync::file_sync_server::FileSync;
 use stargaze_worker::buildkitd::proto::fsutil::types::{packet::PacketType, Packet, Stat};
-use std::io::Write;
 use std::pin::Pin;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use tonic::{Code, Request, Response, Status, Streaming};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// What the client printed.
-#[derive(Clone, Default)]
-struct Printed(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Printed {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Printed {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 async fn go(addr: &str, opts: &BuildOptions) -> (BuildOutcome, String) {
     let p = Printed::default();
@@ -78,18 +49,6 @@ RUN test -e /ctx/keep.txt && test ! -e /ctx/secret.txt && test ! -e /ctx/logs/de
     )
 }
 
-async fn alive(addr: &str) {
-    let mut c = stargaze_suite::buildkit_client::connect(addr)
-        .await
-        .unwrap();
-    let w = c
-        .list_workers(control::ListWorkersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(w.record.len(), 1);
-}
-
 #[test]
 fn dockerfile_builds_through_the_gateway_with_the_context_from_the_session() {
     if !build_prerequisites() {
@@ -109,7 +68,7 @@ fn dockerfile_builds_through_the_gateway_with_the_context_from_the_session() {
     std::fs::write(ctx.join("keep.txt"), "keep").unwrap();
     std::fs::write(ctx.join("secret.txt"), "secret").unwrap();
     std::fs::write(ctx.join("logs/debug.log"), "log").unwrap();
-    rt().block_on(async {
+    client_runtime().block_on(async {
         // The multi-stage build, pushed.
         let mut opts = BuildOptions::dockerfile(&ctx);
         opts.attrs
@@ -251,7 +210,7 @@ fn dockerfile_builds_through_the_gateway_with_the_context_from_the_session() {
             let (got, printed) = go(&addr, &o).await;
             let e = got.result.expect_err("refused");
             assert_eq!(e.code(), code, "{e:?} {:?}\n{printed}", o.attrs);
-            alive(&addr).await;
+            assert_serving(&addr).await;
         }
         let mut c = stargaze_suite::buildkit_client::connect(&addr)
             .await
@@ -268,7 +227,7 @@ fn dockerfile_builds_through_the_gateway_with_the_context_from_the_session() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented);
-        alive(&addr).await;
+        assert_serving(&addr).await;
     });
     assert!(d.alive(), "{}", d.log());
     d.terminate();
@@ -322,7 +281,7 @@ fn a_session_lying_in_its_file_sync_stream_fails_the_build_cleanly() {
     }
     let mut d = Buildkitd::start(&["--oci-worker-snapshotter=native"]);
     let addr = d.addr();
-    rt().block_on(async {
+    client_runtime().block_on(async {
         let p = Printed::default();
         let ch = channel(&addr).await.unwrap();
         let o = build_with(
@@ -341,7 +300,7 @@ fn a_session_lying_in_its_file_sync_stream_fails_the_build_cleanly() {
             .named("[internal] load build definition from Dockerfile")
             .unwrap_or_else(|| panic!("{}", p.text()));
         assert!(!v.vertex.error.is_empty());
-        alive(&addr).await;
+        assert_serving(&addr).await;
     });
     // Nothing escaped the worker's scratch space, and no temporary directory is left.
     assert!(!d.root.join("escaped").exists());
