@@ -326,7 +326,7 @@ fn the_config_file_gives_root_addresses_and_group() {
     std::fs::write(
         &cfg,
         format!(
-            "root = \"{}\"\n[grpc]\naddress = [\"unix://{}\"]\ngid = 54322\n[worker.oci]\nsnapshotter = \"native\"\n",
+            "root = \"{}\"\ninsecure-entitlements = [\"network.host\"]\n[grpc]\naddress = [\"unix://{}\"]\ngid = 54322\n[worker.oci]\nsnapshotter = \"native\"\n",
             root.display(),
             socket.display()
         ),
@@ -360,6 +360,26 @@ fn the_config_file_gives_root_addresses_and_group() {
                 .map(String::as_str),
             Some("native")
         );
+        // An entitlement the file does not grant is refused before any build, worded as
+        // BuildKit words it; the daemon keeps serving.
+        let e = c
+            .solve(control::SolveRequest {
+                r#ref: "ent-1".into(),
+                entitlements: vec!["security.insecure".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(
+            e.message()
+                .contains("entitlement security.insecure is not allowed"),
+            "{e}"
+        );
+        assert!(c
+            .list_workers(control::ListWorkersRequest::default())
+            .await
+            .is_ok());
     });
     assert!(d.terminate().success());
     assert!(!socket.exists());
@@ -404,4 +424,14 @@ fn refused_flags_say_why() {
         "/nonexistent/buildkitd.toml",
     );
     refused(&["--group", "no-such-group-here"], "no such group");
+    refused(
+        &["--allow-insecure-entitlement", "root.all"],
+        "--allow-insecure-entitlement=root.all",
+    );
+    let bad_ent = dir.path().join("ent.toml");
+    std::fs::write(&bad_ent, "insecure-entitlements = [\"everything\"]\n").unwrap();
+    refused(
+        &["--config", bad_ent.to_str().unwrap()],
+        "insecure-entitlements",
+    );
 }

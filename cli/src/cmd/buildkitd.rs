@@ -47,6 +47,10 @@ pub struct BuildkitdArgs {
     /// CA of client certificates (for tcp://; not served yet).
     #[arg(long)]
     tlscacert: Option<PathBuf>,
+    /// Entitlement builds may be granted: network.host or security.insecure (repeatable;
+    /// replaces the config file's insecure-entitlements).
+    #[arg(long = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
+    insecure_entitlements: Vec<String>,
     #[command(flatten)]
     oci: OciWorkerArgs,
 }
@@ -65,6 +69,7 @@ impl BuildkitdArgs {
                 key: self.tlskey.clone(),
                 ca: self.tlscacert.clone(),
             },
+            insecure_entitlements: self.insecure_entitlements.clone(),
             oci: self.oci.flags(),
         }
     }

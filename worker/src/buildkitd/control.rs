@@ -43,14 +43,18 @@ pub struct ControlService {
 }
 
 impl ControlService {
-    /// Serves `worker`, described to clients by `record`.
-    pub fn new(worker: Arc<OciWorker>, record: types::WorkerRecord) -> Self {
+    /// Serves `worker`, described to clients by `record`; builds may be granted the
+    /// entitlements `insecure_entitlements` (a Solve asking for another is refused).
+    pub fn new(
+        worker: Arc<OciWorker>,
+        record: types::WorkerRecord,
+        insecure_entitlements: Vec<String>,
+    ) -> Self {
         let sessions = Sessions::default();
-        let solver = Arc::new(Solver::new(
-            worker.clone(),
-            record.clone(),
-            sessions.clone(),
-        ));
+        let solver = Arc::new(
+            Solver::new(worker.clone(), record.clone(), sessions.clone())
+                .with_insecure_entitlements(insecure_entitlements),
+        );
         ControlService {
             worker,
             record,

@@ -10,6 +10,7 @@
 
 use super::session::filesync::{receive, DiffCopyOptions, ReceiveLimits};
 use super::session::Session;
+use crate::executor::rootpath;
 use crate::frontend::dockerfile::{self, MAX_DOCKERFILE};
 use crate::frontend::progress::Progress;
 use crate::frontend::{build, BuildError, BuildRequest, StageResult, Worker};
@@ -229,6 +230,42 @@ fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, Status> {
     Ok(Some(text))
 }
 
+/// What to fetch from the `dockerfile` local for the Dockerfile `filename`: the file, its own
+/// `FILENAME.dockerignore` (used instead of the context's `.dockerignore` when present) and,
+/// for the default name, the lower-case `dockerfile` that BuildKit falls back to. Symlinks
+/// among them are followed by the client, so their targets come along.
+fn dockerfile_paths(filename: &str) -> Vec<String> {
+    let mut v = vec![filename.to_string(), format!("{filename}.dockerignore")];
+    if filename == "Dockerfile" {
+        v.push("dockerfile".into());
+    }
+    v
+}
+
+/// Reads `rel` inside the received directory `dir`, following symlinks only inside it
+/// (one that leads out is an error, never a read of the daemon's files); `None` when it
+/// does not exist.
+fn read_in(dir: &Path, rel: &str, max: u64) -> Result<Option<String>, Status> {
+    let path = rootpath::resolve_strict(dir, rel, true).map_err(|e| bad(format!("{rel}: {e}")))?;
+    read_bounded(&path, max)
+}
+
+/// The Dockerfile `filename` from the received `dir` (the default name falling back to
+/// `dockerfile`), bounded.
+fn read_dockerfile(dir: &Path, filename: &str) -> Result<String, Status> {
+    if let Some(t) = read_in(dir, filename, MAX_DOCKERFILE as u64)? {
+        return Ok(t);
+    }
+    if filename == "Dockerfile" {
+        if let Some(t) = read_in(dir, "dockerfile", MAX_DOCKERFILE as u64)? {
+            return Ok(t);
+        }
+    }
+    Err(bad(format!(
+        "failed to read dockerfile: {filename} not found in the dockerfile directory"
+    )))
+}
+
 /// Runs `dockerfile.v0` with `attrs` over the session `session` (its ID in `session_id`),
 /// its layers as eStargz when `estargz`.
 pub async fn run(
@@ -248,13 +285,15 @@ pub async fn run(
                 worker.tmp.display()
             ))
         })?;
+    let wanted = dockerfile_paths(&attrs.filename);
     let df_dir = fetch(
         session,
         tmp.path(),
         "dockerfile",
         DiffCopyOptions {
             dir_name: "dockerfile".into(),
-            include_patterns: vec![attrs.filename.clone()],
+            include_patterns: wanted.clone(),
+            follow_paths: wanted,
             ..DiffCopyOptions::default()
         },
         progress,
@@ -262,29 +301,34 @@ pub async fn run(
         "transferring dockerfile",
     )
     .await?;
-    let text =
-        read_bounded(&df_dir.join(&attrs.filename), MAX_DOCKERFILE as u64)?.ok_or_else(|| {
-            bad(format!(
-                "failed to read dockerfile: {} not found in the dockerfile directory",
-                attrs.filename
-            ))
-        })?;
+    let text = read_dockerfile(&df_dir, &attrs.filename)?;
     let df = dockerfile::parse(&text).map_err(|e| bad(format!("{}: {e}", attrs.filename)))?;
-    let ign_dir = fetch(
-        session,
-        tmp.path(),
-        "dockerignore",
-        DiffCopyOptions {
-            dir_name: "context".into(),
-            include_patterns: vec![".dockerignore".into()],
-            ..DiffCopyOptions::default()
-        },
-        progress,
-        "[internal] load .dockerignore",
-        "transferring context",
-    )
-    .await?;
-    let excludes = read_bounded(&ign_dir.join(".dockerignore"), MAX_DOCKERIGNORE)?
+    let own_ignore = read_in(
+        &df_dir,
+        &format!("{}.dockerignore", attrs.filename),
+        MAX_DOCKERIGNORE,
+    )?;
+    let ignore = match own_ignore {
+        Some(t) => Some(t),
+        None => {
+            let ign_dir = fetch(
+                session,
+                tmp.path(),
+                "dockerignore",
+                DiffCopyOptions {
+                    dir_name: "context".into(),
+                    include_patterns: vec![".dockerignore".into()],
+                    ..DiffCopyOptions::default()
+                },
+                progress,
+                "[internal] load .dockerignore",
+                "transferring context",
+            )
+            .await?;
+            read_bounded(&ign_dir.join(".dockerignore"), MAX_DOCKERIGNORE)?
+        }
+    };
+    let excludes = ignore
         .map(|t| dockerignore_patterns(&t))
         .unwrap_or_default();
     let context = fetch(
@@ -380,6 +424,37 @@ mod tests {
             let e = Attrs::parse(&attrs(&[bad])).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_dockerfile_is_found_through_symlinks_inside_only_and_lower_case() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("Dockerfile.web"), "FROM scratch\n").unwrap();
+        std::os::unix::fs::symlink("Dockerfile.web", p.join("Dockerfile")).unwrap();
+        assert_eq!(read_dockerfile(p, "Dockerfile").unwrap(), "FROM scratch\n");
+        // An absolute target is taken inside the directory, never on the daemon's side.
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), "FROM secret\n").unwrap();
+        std::os::unix::fs::symlink(outside.path(), p.join("Abs")).unwrap();
+        assert_eq!(
+            read_dockerfile(p, "Abs").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        std::os::unix::fs::symlink("../../etc/passwd", p.join("Up")).unwrap();
+        assert_eq!(
+            read_dockerfile(p, "Up").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let l = tempfile::tempdir().unwrap();
+        std::fs::write(l.path().join("dockerfile"), "FROM a\n").unwrap();
+        assert_eq!(read_dockerfile(l.path(), "Dockerfile").unwrap(), "FROM a\n");
+        assert!(read_dockerfile(l.path(), "Other").is_err());
+        assert_eq!(
+            dockerfile_paths("Dockerfile"),
+            vec!["Dockerfile", "Dockerfile.dockerignore", "dockerfile"]
+        );
+        assert_eq!(dockerfile_paths("x/D2"), vec!["x/D2", "x/D2.dockerignore"]);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct BuildkitdOptions {
     pub rootless: Option<bool>,
     /// `--tlscert`, `--tlskey`, `--tlscacert`.
     pub tls: TlsFiles,
+    /// `--allow-insecure-entitlement` (repeatable): `network.host`, `security.insecure`.
+    pub insecure_entitlements: Vec<String>,
     /// The `--oci-worker-*` flags.
     pub oci: OciWorkerFlags,
 }
@@ -80,6 +82,11 @@ pub enum BuildkitdError {
     /// `--containerd-worker` asks for a worker stargaze does not have.
     #[error("--containerd-worker={0}: stargaze buildkitd has only the OCI worker; use --containerd-worker=false")]
     ContainerdWorker(String),
+    /// `--allow-insecure-entitlement` names no entitlement.
+    #[error(
+        "--allow-insecure-entitlement={0}: unknown entitlement (network.host, security.insecure)"
+    )]
+    Entitlement(String),
     /// `--group` names no group.
     #[error("--group {group}: {reason}")]
     Group {
@@ -137,6 +144,7 @@ pub struct Prepared {
     root: PathBuf,
     group: Option<u32>,
     settings: WorkerSettings,
+    entitlements: Vec<String>,
 }
 
 /// The daemon with its worker open.
@@ -146,6 +154,7 @@ pub struct Buildkitd {
     sockets: Vec<PathBuf>,
     root: PathBuf,
     group: Option<u32>,
+    entitlements: Vec<String>,
 }
 
 /// A group name or numeric ID as a group ID.
@@ -220,11 +229,24 @@ impl Buildkitd {
             flags.rootless = Some(true);
         }
         let settings = WorkerSettings::from_config(&file, &flags, &RegistryOverrides::default())?;
+        // The flags, when given, replace the file's list (as buildkitd's flag does).
+        let entitlements = if opts.insecure_entitlements.is_empty() {
+            file.daemon.insecure_entitlements.clone()
+        } else {
+            opts.insecure_entitlements.clone()
+        };
+        if let Some(e) = entitlements
+            .iter()
+            .find(|e| !crate::config::ENTITLEMENTS.contains(&e.as_str()))
+        {
+            return Err(BuildkitdError::Entitlement(e.clone()));
+        }
         Ok(Prepared {
             sockets,
             root,
             group,
             settings,
+            entitlements,
         })
     }
 
@@ -272,7 +294,11 @@ impl Buildkitd {
             }
             tracing::info!(socket = %path.display(), "serving the control API");
         }
-        let service = ControlService::new(self.worker.clone(), self.record.clone());
+        let service = ControlService::new(
+            self.worker.clone(),
+            self.record.clone(),
+            self.entitlements.clone(),
+        );
         // Sessions serving `Auth` answer the worker's registry requests that name them.
         service.sessions().provide_credentials_to(
             self.worker.client().options().sessions.clone(),
@@ -343,6 +369,7 @@ impl Prepared {
             root,
             group,
             settings,
+            entitlements,
         } = self;
         stargaze_fs::sys::private_dir(&root).map_err(io_err("creating", &root))?;
         let worker = OciWorker::open(&root, &settings, LockMode::Exclusive, rt)?;
@@ -354,6 +381,7 @@ impl Prepared {
             sockets,
             root,
             group,
+            entitlements,
         })
     }
 }

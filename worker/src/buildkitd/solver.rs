@@ -97,6 +97,8 @@ pub struct Solver {
     /// The builds' progress.
     pub jobs: Jobs,
     builds: Mutex<HashMap<String, Arc<GatewayBuild>>>,
+    /// The entitlements builds may be granted.
+    insecure_entitlements: Vec<String>,
 }
 
 /// Unregisters a gateway build when its Solve ends.
@@ -119,7 +121,14 @@ impl Solver {
             sessions,
             jobs: Jobs::default(),
             builds: Mutex::new(HashMap::new()),
+            insecure_entitlements: Vec::new(),
         }
+    }
+
+    /// Lets builds be granted `allowed` (`network.host`, `security.insecure`).
+    pub fn with_insecure_entitlements(mut self, allowed: Vec<String>) -> Self {
+        self.insecure_entitlements = allowed;
+        self
     }
 
     /// The gateway build `id`, waiting up to 3 s for it to be registered.
@@ -183,6 +192,7 @@ impl Solver {
     /// Serves `Control.Solve`.
     pub async fn solve(&self, req: SolveRequest) -> Result<SolveResponse, Status> {
         let exporter = Exporter::parse(&req.exporter, &req.exporter_attrs)?;
+        check_entitlements(&self.insecure_entitlements, &req.entitlements)?;
         // An export to the client needs a session that can receive it, known before building.
         let receiver = if exporter.to_client() {
             let s = self.session(&req.session).await?;
@@ -274,5 +284,46 @@ fn build_sessions(session: &str) -> Vec<String> {
         Vec::new()
     } else {
         vec![id.to_string()]
+    }
+}
+
+/// Checks the entitlements a Solve asks for against those the daemon grants, as BuildKit
+/// does before it builds: an unknown one is `InvalidArgument`, one not granted
+/// `PermissionDenied` (worded as BuildKit words it).
+pub fn check_entitlements(allowed: &[String], asked: &[String]) -> Result<(), Status> {
+    for e in asked {
+        if !crate::config::ENTITLEMENTS.contains(&e.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "unknown entitlement {e:.64}"
+            )));
+        }
+        if !allowed.contains(e) {
+            return Err(Status::permission_denied(format!(
+                "granting entitlement {e} is not allowed by build daemon configuration"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_entitlements;
+    use tonic::Code;
+
+    #[test]
+    fn entitlements_are_granted_only_when_the_daemon_allows_them() {
+        let host = vec!["network.host".to_string()];
+        assert!(check_entitlements(&[], &[]).is_ok());
+        assert!(check_entitlements(&host, &host).is_ok());
+        let e = check_entitlements(&[], &host).unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(e
+            .message()
+            .contains("entitlement network.host is not allowed"));
+        let e = check_entitlements(&host, &["security.insecure".to_string()]).unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = check_entitlements(&host, &["root.everything".to_string()]).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
     }
 }

@@ -101,6 +101,9 @@ pub enum KeyError {
         /// Most allowed.
         max: i64,
     },
+    /// An entitlement BuildKit does not have.
+    #[error("unknown entitlement {0:?} (network.host, security.insecure)")]
+    Entitlement(String),
     /// Zero where it would mean "never" or "stuck".
     #[error("0: {0}")]
     Zero(&'static str),

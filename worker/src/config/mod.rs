@@ -69,6 +69,8 @@ struct Raw {
     grpc: Option<RawGrpc>,
     root: Option<PathBuf>,
     trace: Unused,
+    #[serde(rename = "insecure-entitlements", default)]
+    insecure_entitlements: Vec<String>,
 }
 
 /// `[grpc]`: the addresses and socket group `stargaze buildkitd` reads; buildkitd's other keys
@@ -91,7 +93,12 @@ pub struct DaemonConfig {
     pub addresses: Vec<String>,
     /// `[grpc] gid`: the sockets' group.
     pub gid: Option<u32>,
+    /// `insecure-entitlements`: what builds may ask for (`network.host`, `security.insecure`).
+    pub insecure_entitlements: Vec<String>,
 }
+
+/// The entitlements a daemon can grant (BuildKit's names).
+pub const ENTITLEMENTS: &[&str] = &["network.host", "security.insecure"];
 
 /// `[worker.*]`.
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +164,15 @@ impl Config {
             cfg.daemon.gid = g.gid;
         }
         cfg.daemon.root = raw.root;
+        for (i, e) in raw.insecure_entitlements.iter().enumerate() {
+            if !ENTITLEMENTS.contains(&e.as_str()) {
+                return Err(ParseError::at(
+                    KeyPath::of(&["insecure-entitlements"]).index(i),
+                    KeyError::Entitlement(e.clone()),
+                ));
+            }
+        }
+        cfg.daemon.insecure_entitlements = raw.insecure_entitlements;
         cfg.not_yet_used.sort();
         for (host, entry) in &raw.registry {
             entry.check(&KeyPath::of(&["registry", host]))?;
@@ -228,6 +244,27 @@ debug = true
                 "http://127.0.0.1:5001",
                 "https://registry-1.docker.io"
             ]
+        );
+    }
+
+    #[test]
+    fn insecure_entitlements_are_read_and_unknown_ones_refused() {
+        let c = Config::parse(
+            "insecure-entitlements = [\"network.host\"]\n[registry.\"docker.io\"]\nmirrors=[\"127.0.0.1:5000\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.insecure_entitlements, vec!["network.host"]);
+        assert!(Config::parse("")
+            .unwrap()
+            .daemon
+            .insecure_entitlements
+            .is_empty());
+        let e = Config::parse("insecure-entitlements = [\"security.insecure\", \"all\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("insecure-entitlements") && e.contains("\"all\""),
+            "{e}"
         );
     }
 

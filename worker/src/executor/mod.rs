@@ -75,8 +75,9 @@ pub trait OutputSink: Send + Sync {
 /// Why a step did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// The process ran and exited non-zero.
-    #[error("process {args:?} did not complete successfully: exit code: {code}")]
+    /// The process ran and exited non-zero. Worded as BuildKit words it (the arguments
+    /// joined by spaces, in quotes), which clients and scripts match on.
+    #[error("process \"{}\" did not complete successfully: exit code: {code}", .args.join(" "))]
     Exit {
         /// The step's arguments.
         args: Vec<String>,
@@ -328,4 +329,21 @@ fn prepare(
         apparmor_profile: opts.apparmor_profile.clone(),
         rootless: opts.rootless,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExecError;
+
+    #[test]
+    fn a_failed_process_is_named_as_buildkit_names_it() {
+        let e = ExecError::Exit {
+            args: vec!["/bin/sh".into(), "-c".into(), "invalidcmd".into()],
+            code: 127,
+        };
+        assert_eq!(
+            e.to_string(),
+            "process \"/bin/sh -c invalidcmd\" did not complete successfully: exit code: 127"
+        );
+    }
 }

@@ -12,7 +12,7 @@ pub struct User {
     pub uid: u32,
     /// gid.
     pub gid: u32,
-    /// Supplementary groups (from `/etc/group`).
+    /// Supplementary groups: the primary group, then those of `/etc/group` naming the user.
     pub additional_gids: Vec<u32>,
     /// Home directory (for `HOME`), `/` when unknown.
     pub home: String,
@@ -101,7 +101,9 @@ pub fn resolve(root: &Path, spec: &str) -> Result<User, UserError> {
             None => g.parse().map_err(|_| UserError::NoGroup(g.into()))?,
         };
     }
-    let mut additional_gids = Vec::new();
+    // The primary group is a supplementary one too, first, as containerd and BuildKit set
+    // it (so `id` lists it under groups=); member groups only when no group was given.
+    let mut additional_gids = vec![gid];
     if group.is_none() && !name.is_empty() {
         for f in &parsed {
             let members = f.get(3).copied().unwrap_or("");
@@ -145,8 +147,11 @@ mod tests {
         let bob = resolve(r, "bob").unwrap();
         assert_eq!(
             (bob.uid, bob.gid, bob.additional_gids.clone()),
-            (1000, 1000, vec![10])
+            (1000, 1000, vec![1000, 10])
         );
+        assert_eq!(resolve(r, "").unwrap().additional_gids, vec![0]);
+        assert_eq!(resolve(r, "bob:staff").unwrap().additional_gids, vec![50]);
+        assert_eq!(resolve(r, "1234").unwrap().additional_gids, vec![0]);
         assert_eq!(bob.home, "/home/bob");
         assert_eq!(resolve(r, "bob:staff").unwrap().gid, 50);
         assert_eq!(resolve(r, "1000").unwrap().home, "/home/bob");

@@ -349,7 +349,7 @@ pub fn copy_into(
         .map(|s| opts.unpack_archives && is_archive(&s.path))
         .collect();
     if into_dir || archives.iter().any(|a| *a) {
-        let dir = rootpath::mkdir_all(rootfs, &dest_abs, 0o755).map_err(dest_err)?;
+        let dir = make_dest_dir(rootfs, &dest_abs, opts.owner, dest)?;
         for (s, archive) in sources.iter().zip(archives) {
             let m = std::fs::symlink_metadata(&s.path)
                 .map_err(io(format!("inspecting {}", s.written)))?;
@@ -372,10 +372,45 @@ pub fn copy_into(
             Some((p, n)) => (if p.is_empty() { "/" } else { p }, n.to_string()),
             None => ("/", dest_abs.clone()),
         };
-        let dir = rootpath::mkdir_all(rootfs, parent, 0o755).map_err(dest_err)?;
+        let dir = make_dest_dir(rootfs, parent, opts.owner, dest)?;
         copy_entry(&sources[0].path, &dir.join(name), opts, &mut stats)?;
     }
     Ok(stats)
+}
+
+/// Makes the destination directory `path` inside `rootfs` and the missing ones above it,
+/// owned by `owner` when the copy has one (`--chown`), else by root, as BuildKit creates
+/// them; directories that exist keep their owner.
+fn make_dest_dir(
+    rootfs: &Path,
+    path: &str,
+    owner: Option<(u32, u32)>,
+    dest: &str,
+) -> Result<PathBuf, CopyError> {
+    let dest_err = |source| CopyError::Dest {
+        dest: dest.into(),
+        source,
+    };
+    let Some((uid, gid)) = owner else {
+        return rootpath::mkdir_all(rootfs, path, 0o755).map_err(dest_err);
+    };
+    let mut missing = Vec::new();
+    let mut so_far = String::new();
+    for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        so_far.push('/');
+        so_far.push_str(comp);
+        let p = rootpath::resolve(rootfs, &so_far, true).map_err(dest_err)?;
+        if std::fs::symlink_metadata(&p).is_err() {
+            missing.push(so_far.clone());
+        }
+    }
+    let dir = rootpath::mkdir_all(rootfs, path, 0o755).map_err(dest_err)?;
+    for m in missing {
+        let p = rootpath::resolve(rootfs, &m, true).map_err(dest_err)?;
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
+            .map_err(io(format!("chown {}", p.display())))?;
+    }
+    Ok(dir)
 }
 
 /// Whether `path` is a regular file holding a tar archive: gzip or zstd compressed, or
@@ -568,7 +603,30 @@ mod tests {
             std::fs::metadata(rootfs.join("x/renamed")).unwrap().uid(),
             5
         );
+        // The directory made for the destination takes the copy's owner; one that
+        // existed keeps its own, and without --chown a made one is root's.
+        assert_eq!(std::fs::metadata(rootfs.join("x")).unwrap().uid(), 5);
+        assert_eq!(std::fs::metadata(rootfs.join("x")).unwrap().gid(), 6);
+        copy_into(&rootfs, &r("dir").unwrap(), "/x/made/deeper", "/", &o).unwrap();
+        assert_eq!(std::fs::metadata(rootfs.join("x/made")).unwrap().uid(), 5);
+        assert_eq!(
+            std::fs::metadata(rootfs.join("x/made/deeper"))
+                .unwrap()
+                .uid(),
+            5
+        );
+        assert_eq!(std::fs::metadata(rootfs.join("usr")).unwrap().uid(), 0);
+        let root_owned = CopyOptions {
+            owner: None,
+            ..o.clone()
+        };
+        copy_into(&rootfs, &r("dir").unwrap(), "/byroot", "/", &root_owned).unwrap();
+        assert_eq!(std::fs::metadata(rootfs.join("byroot")).unwrap().uid(), 0);
         copy_into(&rootfs, &r("*.txt").unwrap(), "/opt/", "/", &o).unwrap();
+        assert_eq!(
+            std::fs::metadata(rootfs.join("usr/local")).unwrap().uid(),
+            0
+        );
         assert!(rootfs.join("usr/local/b.txt").is_file());
         copy_into(&rootfs, &r("dir").unwrap(), "rel/", "/work", &o).unwrap();
         assert!(rootfs.join("work/rel/sub/c").is_file());

@@ -4,6 +4,7 @@
 //! because their values depend on the instructions before them. Anything outside the
 //! supported subset is an error that names the line.
 
+use super::suggest;
 use super::words::raw_tokens;
 
 /// Longest Dockerfile accepted.
@@ -36,7 +37,31 @@ pub enum Keyword {
     Entrypoint,
     /// `CMD`.
     Cmd,
+    /// `SHELL`.
+    Shell,
 }
+
+/// Every Dockerfile instruction (for the "did you mean" hint of an unknown one).
+const ALL_INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
 
 impl Keyword {
     fn parse(s: &str) -> Option<Keyword> {
@@ -53,6 +78,7 @@ impl Keyword {
             "EXPOSE" => Keyword::Expose,
             "ENTRYPOINT" => Keyword::Entrypoint,
             "CMD" => Keyword::Cmd,
+            "SHELL" => Keyword::Shell,
             _ => return None,
         })
     }
@@ -67,11 +93,27 @@ impl Keyword {
         }
     }
 
+    /// The flags Dockerfile syntax gives this instruction that are not supported here
+    /// (refused as such, not as unknown flags).
+    fn unsupported_flags(self) -> &'static [&'static str] {
+        match self {
+            Keyword::Run => &["mount", "network", "security"],
+            Keyword::Copy => &["link"],
+            Keyword::Add => &["link", "keep-git-dir", "checksum"],
+            _ => &[],
+        }
+    }
+
     /// Whether the JSON (exec) form is meaningful.
     fn takes_json(self) -> bool {
         matches!(
             self,
-            Keyword::Run | Keyword::Cmd | Keyword::Entrypoint | Keyword::Copy | Keyword::Add
+            Keyword::Run
+                | Keyword::Cmd
+                | Keyword::Entrypoint
+                | Keyword::Copy
+                | Keyword::Add
+                | Keyword::Shell
         )
     }
 }
@@ -267,31 +309,48 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
         None => (text, ""),
     };
     let keyword = Keyword::parse(word).ok_or_else(|| {
-        err(
-            line,
-            format!(
-                "unsupported instruction {:?} (supported: FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, ENTRYPOINT, CMD)",
-                word.to_ascii_uppercase()
-            ),
-        )
+        let upper = word.to_ascii_uppercase();
+        if ALL_INSTRUCTIONS.contains(&upper.as_str()) {
+            err(
+                line,
+                format!(
+                    "unsupported instruction {upper:?} (supported: FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, ENTRYPOINT, CMD, SHELL)"
+                ),
+            )
+        } else {
+            err(
+                line,
+                format!(
+                    "unknown instruction: {upper:.64}{}",
+                    suggest::hint(&upper, ALL_INSTRUCTIONS)
+                ),
+            )
+        }
     })?;
     let mut rest = rest;
     let mut flags = Vec::new();
     while let Some(f) = rest.strip_prefix("--") {
         let end = f.find(char::is_whitespace).unwrap_or(f.len());
         let (flag, after) = f.split_at(end);
+        let name = flag.split_once('=').map_or(flag, |(n, _)| n);
+        if !keyword.flags().contains(&name) {
+            let upper = word.to_ascii_uppercase();
+            if keyword.unsupported_flags().contains(&name) {
+                return Err(err(line, format!("{upper} does not support --{name} yet")));
+            }
+            let mut known = keyword.flags().to_vec();
+            known.extend_from_slice(keyword.unsupported_flags());
+            return Err(err(
+                line,
+                format!("unknown flag: {name:.64}{}", suggest::hint(name, &known)),
+            ));
+        }
         let (name, value) = flag.split_once('=').ok_or_else(|| {
             err(
                 line,
                 format!("flag --{flag} needs a value (--{flag}=VALUE)"),
             )
         })?;
-        if !keyword.flags().contains(&name) {
-            return Err(err(
-                line,
-                format!("{} does not support --{name}", word.to_ascii_uppercase()),
-            ));
-        }
         flags.push((name.to_string(), value.to_string()));
         rest = after.trim_start();
     }
@@ -305,14 +364,27 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
         return Err(err(line, "heredocs are not supported"));
     }
     let json = if keyword.takes_json() && rest.starts_with('[') {
-        match serde_json::from_str::<Vec<String>>(rest) {
-            Ok(v) if v.is_empty() && keyword != Keyword::Cmd && keyword != Keyword::Entrypoint => {
-                return Err(err(line, "empty JSON array"))
+        if keyword == Keyword::Shell {
+            match serde_json::from_str::<Vec<String>>(rest) {
+                Ok(v) if !v.is_empty() => Some(v),
+                _ => return Err(err(line, "SHELL needs a non-empty JSON array of strings")),
             }
-            Ok(v) => Some(v),
-            // Docker treats a line that is not valid JSON as the shell form.
-            Err(_) => None,
+        } else {
+            match serde_json::from_str::<Vec<String>>(rest) {
+                Ok(v)
+                    if v.is_empty()
+                        && keyword != Keyword::Cmd
+                        && keyword != Keyword::Entrypoint =>
+                {
+                    return Err(err(line, "empty JSON array"))
+                }
+                Ok(v) => Some(v),
+                // Docker treats a line that is not valid JSON as the shell form.
+                Err(_) => None,
+            }
         }
+    } else if keyword == Keyword::Shell {
+        return Err(err(line, "SHELL needs its arguments in JSON form"));
     } else {
         None
     };
@@ -367,6 +439,31 @@ mod tests {
         assert_eq!(e("RUN x\n").line, 1);
         assert!(e("\n\n").message.contains("no FROM"));
         assert_eq!(e("FROM a\nRUN --mount=type=cache x\n").line, 2);
+        assert_eq!(
+            e("FROM a\nFNTRYPOINT x\n").message,
+            "unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)"
+        );
+        assert_eq!(
+            e("FROM a\nBOGUSWORD x\n").message,
+            "unknown instruction: BOGUSWORD"
+        );
+        assert!(e("FROM a\nONBUILD RUN x\n")
+            .message
+            .contains("unsupported instruction"));
+        assert_eq!(
+            e("FROM a\nRUN --mont=type=tmpfs x\n").message,
+            "unknown flag: mont (did you mean mount?)"
+        );
+        assert_eq!(
+            e("FROM a\nRUN --network=host x\n").message,
+            "RUN does not support --network yet"
+        );
+        assert_eq!(
+            e("FROM a\nCOPY --chwon=1 a b\n").message,
+            "unknown flag: chwon (did you mean chown?)"
+        );
+        assert!(e("FROM a\nSHELL sh -c\n").message.contains("JSON"));
+        assert!(e("FROM a\nSHELL []\n").message.contains("JSON"));
         assert_eq!(e("FROM a\nCOPY --from x y\n").line, 2);
         assert_eq!(e("FROM a AS b c\n").line, 1);
         assert_eq!(e("FROM a AS x\nFROM b AS x\n").line, 2);

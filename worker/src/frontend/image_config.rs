@@ -157,6 +157,24 @@ impl ImageConfig {
         self.config_extra.insert("Cmd".into(), Value::Null);
     }
 
+    /// `config.Shell` (Docker's field, set by `SHELL`), when the document has one.
+    pub fn shell(&self) -> Option<Vec<String>> {
+        let v = self.config_extra.get("Shell")?.as_array()?;
+        let shell: Option<Vec<String>> = v.iter().map(|s| s.as_str().map(String::from)).collect();
+        shell.filter(|s| !s.is_empty())
+    }
+
+    /// Sets `config.Shell`.
+    pub fn set_shell(&mut self, shell: Vec<String>) {
+        if self.spec.config().is_none() {
+            self.spec.set_config(Some(Config::default()));
+        }
+        self.config_extra.insert(
+            "Shell".into(),
+            Value::Array(shell.into_iter().map(Value::String).collect()),
+        );
+    }
+
     /// Sets `created`.
     pub fn set_created(&mut self, created: String) {
         self.spec.set_created(Some(created));

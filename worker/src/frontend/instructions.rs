@@ -1,4 +1,4 @@
-//! The metadata instructions (ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT) as
+//! The metadata instructions (ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT, SHELL) as
 //! pure functions over a stage's typed image config: each takes the instruction, the
 //! variables it may expand and the config, and changes the config or says what is wrong.
 //! Nothing here touches the file system, so these rules are tested without root; the
@@ -72,11 +72,17 @@ impl InstructionError {
 }
 
 /// The command of RUN, CMD or ENTRYPOINT: the exec form as written, or the shell form
-/// through `/bin/sh -c`.
-pub fn command(ins: &Instruction) -> Vec<String> {
+/// through the config's `SHELL` (default `/bin/sh -c`).
+pub fn command(ins: &Instruction, cfg: &ImageConfig) -> Vec<String> {
     match &ins.json {
         Some(j) => j.clone(),
-        None => vec!["/bin/sh".into(), "-c".into(), ins.args.clone()],
+        None => {
+            let mut v = cfg
+                .shell()
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+            v.push(ins.args.clone());
+            v
+        }
     }
 }
 
@@ -235,9 +241,17 @@ pub fn expose(
     Ok(())
 }
 
+/// `SHELL`: the shell of later shell-form RUN, CMD and ENTRYPOINT (the parser has checked
+/// the JSON form).
+pub fn shell(cfg: &mut ImageConfig, ins: &Instruction) {
+    if let Some(v) = ins.json.clone().filter(|v| !v.is_empty()) {
+        cfg.set_shell(v);
+    }
+}
+
 /// `CMD`.
 pub fn cmd(cfg: &mut ImageConfig, ins: &Instruction) {
-    let v = command(ins);
+    let v = command(ins, cfg);
     cfg.edit_config(|c| {
         c.set_cmd(Some(v));
     });
@@ -246,7 +260,7 @@ pub fn cmd(cfg: &mut ImageConfig, ins: &Instruction) {
 /// `ENTRYPOINT`; it drops the CMD inherited from the base image unless the stage set one
 /// before (`keeps_cmd`).
 pub fn entrypoint(cfg: &mut ImageConfig, ins: &Instruction, keeps_cmd: bool) {
-    let v = command(ins);
+    let v = command(ins, cfg);
     cfg.edit_config(|c| {
         c.set_entrypoint(Some(v));
     });
@@ -317,6 +331,7 @@ mod tests {
                 Keyword::Label => label(&mut cfg, ins, esc, &lookup)?,
                 Keyword::Expose => expose(&mut cfg, ins, esc, &lookup)?,
                 Keyword::Cmd => cmd(&mut cfg, ins),
+                Keyword::Shell => shell(&mut cfg, ins),
                 Keyword::Entrypoint => entrypoint(&mut cfg, ins, cmd_set_before(&all, ins)),
                 k => panic!("not a metadata instruction: {k:?}"),
             }
@@ -636,17 +651,51 @@ mod tests {
 
     #[test]
     fn commands_in_exec_and_shell_form() {
+        let cfg = base();
         assert_eq!(
-            command(&steps("RUN [\"/bin/echo\", \"a b\"]")[0]),
+            command(&steps("RUN [\"/bin/echo\", \"a b\"]")[0], &cfg),
             vec!["/bin/echo".to_string(), "a b".to_string()]
         );
         assert_eq!(
-            command(&steps("RUN echo a   b")[0]),
+            command(&steps("RUN echo a   b")[0], &cfg),
             vec![
                 "/bin/sh".to_string(),
                 "-c".to_string(),
                 "echo a   b".to_string()
             ]
+        );
+    }
+
+    #[test]
+    fn shell_changes_later_shell_forms_and_is_kept_in_the_config() {
+        let cfg = apply_to(
+            base(),
+            "FROM b\nSHELL [\"/bin/bash\", \"-euxc\"]\nCMD echo hi\nENTRYPOINT [\"/e\"]",
+            &HashMap::new(),
+        )
+        .unwrap();
+        let d = doc(&cfg);
+        assert_eq!(
+            d["config"]["Shell"],
+            serde_json::json!(["/bin/bash", "-euxc"])
+        );
+        assert_eq!(
+            d["config"]["Cmd"],
+            serde_json::json!(["/bin/bash", "-euxc", "echo hi"])
+        );
+        assert_eq!(
+            command(&steps("RUN ls")[0], &cfg),
+            vec!["/bin/bash".to_string(), "-euxc".into(), "ls".into()]
+        );
+        // The exec form ignores it; a base image's Shell carries over.
+        assert_eq!(
+            command(&steps("RUN [\"ls\"]")[0], &cfg),
+            vec!["ls".to_string()]
+        );
+        let again = ImageConfig::from_value(d).unwrap();
+        assert_eq!(
+            again.shell(),
+            Some(vec!["/bin/bash".into(), "-euxc".into()])
         );
     }
 

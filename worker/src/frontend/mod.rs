@@ -28,6 +28,7 @@ pub mod request;
 mod run_step;
 pub mod solve;
 mod step;
+mod suggest;
 pub mod words;
 
 pub use image_config::ImageConfig;

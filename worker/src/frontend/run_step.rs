@@ -1,4 +1,5 @@
-//! RUN: the command (exec form, or the shell form through `/bin/sh -c`) runs in a fresh
+//! RUN: the command (exec form, or the shell form through the stage's `SHELL`, default
+//! `/bin/sh -c`) runs in a fresh
 //! active snapshot over the stage's top, with the config's environment plus the stage's
 //! ARGs, its user and working directory, through the runc executor while it holds a permit
 //! of the worker's parallelism bound. Its key chains the stage's key with all of those and
@@ -23,7 +24,7 @@ impl Ctx {
         ins: &Instruction,
         title: &str,
     ) -> Result<(), BuildError> {
-        let args = command(ins);
+        let args = command(ins, &state.res.config);
         let mut env: Vec<String> = env_of(&state.res.config)
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))

@@ -307,6 +307,7 @@ impl Ctx {
             Keyword::Label => instructions::label(cfg, ins, esc, &lookup)?,
             Keyword::Expose => instructions::expose(cfg, ins, esc, &lookup)?,
             Keyword::Cmd => instructions::cmd(cfg, ins),
+            Keyword::Shell => instructions::shell(cfg, ins),
             Keyword::Entrypoint => {
                 let steps = &self.req.dockerfile.stages[stage].steps;
                 instructions::entrypoint(cfg, ins, instructions::cmd_set_before(steps, ins));
