@@ -131,6 +131,13 @@ fn image_attrs(
                     )))
                 }
             },
+            // Empty is BuildKit's "not set"; a value would ask for clamped timestamps.
+            "source-date-epoch" if v.is_empty() => {}
+            "source-date-epoch" => {
+                return Err(bad(format!(
+                    "source-date-epoch={v:.32}: stargaze does not rewrite timestamps yet"
+                )))
+            }
             _ if IGNORED.iter().any(|i| {
                 k == i || ((i.ends_with('.') || i.ends_with('-')) && k.starts_with(i))
             }) => {}
@@ -285,6 +292,19 @@ mod tests {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn an_unset_source_date_epoch_is_accepted_and_a_set_one_refused() {
+        for exporter in ["image", "oci", "docker"] {
+            assert!(
+                Exporter::parse(exporter, &attrs(&[("source-date-epoch", "")])).is_ok(),
+                "{exporter}"
+            );
+            let e = Exporter::parse(exporter, &attrs(&[("source-date-epoch", "1700000000")]))
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{exporter}");
+        }
     }
 
     #[test]
