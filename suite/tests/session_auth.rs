@@ -9,7 +9,6 @@
 //! sessions with different credentials for one registry each get their own answer; a client
 //! that never answers fails the request after the bound instead of hanging it.
 
-use futures_util::StreamExt;
 use stargaze_fs::cache::{ChunkCache, MemoryCache};
 use stargaze_fs::fetcher::FetchOptions;
 use stargaze_fs::layer::RemoteLayer;
@@ -21,10 +20,13 @@ use stargaze_suite::{have, require, sample_estargz};
 use stargaze_worker::buildkitd::proto::control::control_server::{Control, ControlServer};
 use stargaze_worker::buildkitd::proto::control::*;
 // Named: `filesync` has a `BytesMessage` too (FileSend's).
+use stargaze_worker::buildkitd::client::local::LocalDirs;
+use stargaze_worker::buildkitd::client::session::{attach_with_auth, ClientSession, ServedAuth};
 use stargaze_worker::buildkitd::proto::control::BytesMessage;
-use stargaze_worker::buildkitd::proto::filesync::auth_server::{Auth, AuthServer};
+use stargaze_worker::buildkitd::proto::filesync::auth_server::Auth;
 use stargaze_worker::buildkitd::proto::filesync::*;
-use stargaze_worker::buildkitd::session::{bridge, AuthLimits, SessionLimits, Sessions};
+use stargaze_worker::buildkitd::session::{AuthLimits, SessionLimits, Sessions};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,63 +202,30 @@ async fn daemon(timeout: Duration) -> Daemon {
     }
 }
 
-/// Attaches session `id` serving `auth`; the task holds the client side (abort it to end
-/// the session). Returns once the daemon has registered the session's credentials.
-async fn attach(d: &Daemon, id: &str, auth: ClientAuth) -> tokio::task::JoinHandle<()> {
-    let mut c = stargaze_worker::buildkitd::client::connect(&d.sock)
+/// Attaches session `id` serving `auth` (listing `FetchToken` too) with the project's client;
+/// dropping the session ends it. Returns once the daemon has registered its credentials.
+async fn attach(d: &Daemon, id: &str, auth: ClientAuth) -> ClientSession {
+    let c = stargaze_worker::buildkitd::client::connect(&d.sock)
         .await
         .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(8);
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut req = Request::new(stream);
-    let md = req.metadata_mut();
-    md.insert("x-docker-expose-session-uuid", id.parse().unwrap());
-    md.insert("x-docker-expose-session-name", "ctx".parse().unwrap());
-    md.insert("x-docker-expose-session-sharedkey", "k".parse().unwrap());
-    for m in [
-        "/moby.filesync.v1.Auth/Credentials",
-        "/moby.filesync.v1.Auth/FetchToken",
-        "/moby.filesync.v1.Auth/GetTokenAuthority",
-        "/moby.filesync.v1.Auth/VerifyTokenAuthority",
-        "/grpc.health.v1.Health/Check",
-    ] {
-        md.append("x-docker-expose-session-grpc-method", m.parse().unwrap());
-    }
-    let inbound = c.session(req).await.unwrap().into_inner();
-    let mut bridged = bridge(inbound, || {});
-    let io = bridged.io;
-    let task = tokio::spawn(async move {
-        let _control = c;
-        let forward = async {
-            while let Some(Ok(m)) = bridged.outbound.next().await {
-                if tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-        };
-        let serve = tonic::transport::Server::builder()
-            .add_service(AuthServer::new(auth))
-            .serve_with_incoming(
-                futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(io)))
-                    .chain(futures_util::stream::pending()),
-            );
-        tokio::select! {
-            () = forward => {}
-            _ = serve => {}
-        }
-    });
+    let served = ServedAuth {
+        auth,
+        fetch_token: true,
+    };
+    let session = attach_with_auth(&c, id, LocalDirs(HashMap::new()), Some(served))
+        .await
+        .unwrap();
     for _ in 0..500 {
         if d.manager.contains(id) {
-            return task;
+            return session;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("session {id} never registered its credentials");
 }
 
-async fn end(d: &Daemon, id: &str, task: tokio::task::JoinHandle<()>) {
-    task.abort();
+async fn end(d: &Daemon, id: &str, session: ClientSession) {
+    drop(session);
     for _ in 0..500 {
         if !d.manager.contains(id) && d.sessions.get(id).is_none() {
             return;
