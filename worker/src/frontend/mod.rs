@@ -77,7 +77,7 @@ pub enum BuildError {
         source: Box<base::BaseError>,
     },
     /// A base image a stage (or `COPY --from`) names failed (for every stage naming it).
-    #[error("base image {image}: {source}")]
+    #[error("{}", image_failed(.image, .source))]
     Image {
         /// The image as named.
         image: String,
@@ -148,4 +148,12 @@ impl BuildError {
 pub(crate) fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BuildError {
     let context = context.to_string();
     move |source| BuildError::Io { context, source }
+}
+
+/// `BuildError::Image`'s message: the image named once, also when its error names it.
+fn image_failed(image: &str, source: &BuildError) -> String {
+    match source {
+        BuildError::Base { image: i, .. } if i == image => source.to_string(),
+        _ => format!("base image {image}: {source}"),
+    }
 }
