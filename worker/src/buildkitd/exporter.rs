@@ -251,16 +251,7 @@ impl Exporter {
             "containerimage.config.digest".into(),
             Digest::of(&config).to_string(),
         );
-        if !names.is_empty() {
-            out.insert(
-                "image.name".into(),
-                names
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-        }
+        insert_image_names(&mut out, names);
         if *push {
             for n in names {
                 export(
@@ -281,6 +272,14 @@ impl Exporter {
             }
         }
         Ok(out)
+    }
+}
+
+/// The answer's `image.name`: the names exported, comma-separated (none: absent).
+pub(super) fn insert_image_names(out: &mut HashMap<String, String>, names: &[Reference]) {
+    if !names.is_empty() {
+        let list: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        out.insert("image.name".into(), list.join(","));
     }
 }
 

@@ -114,16 +114,7 @@ async fn tarball(
     if let Some(cd) = config_digest(&layout) {
         out.insert("containerimage.config.digest".to_string(), cd.to_string());
     }
-    if !names.is_empty() {
-        out.insert(
-            "image.name".into(),
-            names
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-    }
+    super::exporter::insert_image_names(&mut out, names);
     let docker: Option<Vec<_>> = (format == TarballFormat::Docker).then(|| names.to_vec());
     let sent = send_bytes(session.channel(), &out, move |wr| {
         let _keep = scratch;
