@@ -3,6 +3,7 @@
 //! an OCI layout (`-t oci:DIR:TAG`) or a registry (`-t REF --push`), GC after the build
 //! when it is on, and a summary of what ran, what came from the cache and how the base
 //! layers arrived (lazily mounted, pulled, present) with the bytes fetched lazily.
+//! With `--addr` the same build goes to a daemon instead (`build_remote`).
 
 use super::oci_worker::OciWorkerArgs;
 use anyhow::Context;
@@ -17,6 +18,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Instant;
+
+const DEFAULT_ROOT: &str = "/var/lib/stargaze";
 
 /// `stargaze build …`
 #[derive(Args)]
@@ -48,11 +51,18 @@ pub struct BuildArgs {
     #[arg(long)]
     platform: Option<String>,
     /// State directory.
-    #[arg(long, default_value = "/var/lib/stargaze")]
+    #[arg(long, default_value = DEFAULT_ROOT)]
     root: PathBuf,
     /// Config file (buildkitd TOML: `[worker.oci]`, `[registry."host"]`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Build on the buildkitd at this address (unix://PATH) instead of in this process;
+    /// the daemon's worker settings apply.
+    #[arg(long, conflicts_with_all = ["config"])]
+    addr: Option<String>,
+    /// With --addr: buildctl's --output (type=image|oci|docker|tar|local,…) instead of -t.
+    #[arg(long, requires = "addr", value_name = "type=…")]
+    output: Option<String>,
     #[command(flatten)]
     oci: OciWorkerArgs,
     #[command(flatten)]
@@ -80,6 +90,9 @@ fn build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 
 /// Runs the build.
 pub fn run(a: BuildArgs) -> anyhow::Result<()> {
+    if let Some(addr) = &a.addr {
+        return remote(&a, addr);
+    }
     let started = Instant::now();
     let dest = a
         .tag
@@ -186,4 +199,41 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         tracing::debug!(top = %layer.blob.digest, "top layer");
     }
     Ok(())
+}
+
+/// `--addr`: the build through a daemon. Flags that configure the in-process worker are
+/// refused rather than ignored.
+fn remote(a: &BuildArgs, addr: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.oci.is_default() && a.root == std::path::Path::new(DEFAULT_ROOT),
+        "--addr builds on the daemon's worker: --root and the --oci-worker-* flags belong to the daemon"
+    );
+    anyhow::ensure!(
+        a.hosts.insecure.is_empty() && a.hosts.mirrors.is_empty(),
+        "--addr: --insecure-registry and --mirror belong to the daemon (its [registry] config)"
+    );
+    anyhow::ensure!(
+        a.context.is_dir(),
+        "build context {}: not a directory",
+        a.context.display()
+    );
+    let context = a
+        .context
+        .canonicalize()
+        .with_context(|| format!("build context {}", a.context.display()))?;
+    let file = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    super::build_remote::run(super::build_remote::RemoteBuild {
+        addr,
+        context,
+        file,
+        tag: a.tag.as_deref(),
+        push: a.push,
+        estargz: a.estargz,
+        build_args: build_args(&a.build_args)?,
+        target: a.target.as_deref(),
+        no_cache: a.no_cache,
+        platform: a.platform.as_deref(),
+        output: a.output.as_deref(),
+        docker_config: a.hosts.docker_config.as_deref(),
+    })
 }

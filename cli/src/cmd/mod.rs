@@ -1,6 +1,7 @@
 //! One module per subcommand; each owns its clap arguments and its output.
 
 pub mod build;
+pub mod build_remote;
 pub mod buildkitd;
 pub mod convert;
 pub mod copy;

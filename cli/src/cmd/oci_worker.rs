@@ -61,6 +61,25 @@ pub struct OciWorkerArgs {
 }
 
 impl OciWorkerArgs {
+    /// No flag given.
+    pub fn is_default(&self) -> bool {
+        self.enabled.is_none()
+            && self.labels.is_empty()
+            && self.snapshotter.is_none()
+            && self.proxy_snapshotter_path.is_none()
+            && self.platforms.is_empty()
+            && self.net.is_none()
+            && self.cni_config_path.is_none()
+            && self.cni_binary_dir.is_none()
+            && self.binary.is_none()
+            && self.apparmor_profile.is_none()
+            && self.rootless.is_none()
+            && self.no_process_sandbox.is_none()
+            && self.gc.is_none()
+            && self.gc_keep_storage_mb.is_none()
+            && self.max_parallelism.is_none()
+    }
+
     /// As the library's flag set.
     pub fn flags(&self) -> OciWorkerFlags {
         OciWorkerFlags {

@@ -6,6 +6,7 @@ mod build;
 mod convert;
 mod error;
 mod layout;
+mod layout_import;
 pub mod sample;
 
 pub use build::{hash_file, write_image, ImageConfig, LayerInput};
@@ -14,3 +15,4 @@ pub use convert::{
 };
 pub use error::ImageError;
 pub use layout::{host_arch, ImageRef, OciLayout, MAX_INDEX_JSON};
+pub use layout_import::{import_layout_tar, Imported};
