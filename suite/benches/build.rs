@@ -1,20 +1,69 @@
 //! Cold builds under the cold-start bench's WAN (`suite/src/bench/`): a cold `stargaze build`
 //! of `FROM <that image>` + `RUN python3 -c …`, each run from an empty worker root: the stargz
 //! snapshotter on the eStargz image (the base is mounted lazily) against overlayfs on the gzip
-//! image (full pull and unpack); medians of 3 and their ratio (goal <= 0.3).
+//! image (full pull and unpack); medians of 3 and their ratio (goal <= 0.3). The daemon row
+//! runs the same lazy build through a running `stargaze buildkitd` (fresh root, started
+//! before the clock) with `stargaze build --addr`, next to the in-process build (goal:
+//! within 0.1 s of it).
 //!
 //! Run (root): `cargo build --release -p stargaze && cargo bench --bench build`.
 
 use stargaze_suite::bench::{wan, Wan, CMD, DELAY, RATE_MBIT, RUNS};
 use stargaze_suite::{have, median, stargaze_bin};
 use std::path::Path;
-use std::time::Instant;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
-/// One cold `stargaze build` of `FROM image / RUN python3 …` in a fresh worker root inside
-/// the WAN namespace; (seconds, the summary lines).
-fn cold_build(w: &Wan, work: &Path, name: &str, image: &str, snapshotter: &str) -> (f64, String) {
-    let d = work.join(name);
-    let ctx = d.join("ctx");
+/// A `stargaze buildkitd` in the WAN namespace, stopped by PID when dropped.
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(w: &Wan, dir: &Path) -> Daemon {
+        std::fs::create_dir_all(dir).expect("daemon dir");
+        let socket = dir.join("buildkitd.sock");
+        let log = std::fs::File::create(dir.join("buildkitd.log")).expect("log");
+        let child =
+            w.ns.cmd(stargaze_bin())
+                .arg("buildkitd")
+                .arg("--root")
+                .arg(dir.join("root"))
+                .arg(format!("--addr=unix://{}", socket.display()))
+                .args(["--oci-worker-snapshotter=stargz", "--oci-worker-gc=false"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("stargaze buildkitd");
+        let d = Daemon {
+            child,
+            addr: format!("unix://{}", socket.display()),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "buildkitd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // nsenter execs the daemon: this PID is the daemon's.
+        // SAFETY: kill(2) on the PID of our own child, which has not been waited for.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The Dockerfile of the bench in a fresh context `dir/ctx`.
+fn context(dir: &Path, image: &str) -> std::path::PathBuf {
+    let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).expect("ctx");
     std::fs::write(
         ctx.join("Dockerfile"),
@@ -27,6 +76,43 @@ fn cold_build(w: &Wan, work: &Path, name: &str, image: &str, snapshotter: &str) 
         ),
     )
     .expect("Dockerfile");
+    ctx
+}
+
+/// One cold `stargaze build --addr` of the same Dockerfile through a fresh daemon (started
+/// before the clock); (seconds, the summary line).
+fn daemon_build(w: &Wan, work: &Path, name: &str, image: &str) -> (f64, String) {
+    let d = work.join(name);
+    let ctx = context(&d, image);
+    let daemon = Daemon::start(w, &d.join("daemon"));
+    let start = Instant::now();
+    let out =
+        w.ns.cmd(stargaze_bin())
+            .arg("build")
+            .arg(&ctx)
+            .args(["--addr", &daemon.addr])
+            .output()
+            .expect("stargaze build --addr");
+    let t = start.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("12345"),
+        "build --addr failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = text
+        .lines()
+        .filter(|l| l.starts_with("built in"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    (t, summary)
+}
+
+/// One cold `stargaze build` of `FROM image / RUN python3 …` in a fresh worker root inside
+/// the WAN namespace; (seconds, the summary lines).
+fn cold_build(w: &Wan, work: &Path, name: &str, image: &str, snapshotter: &str) -> (f64, String) {
+    let d = work.join(name);
+    let ctx = context(&d, image);
     let start = Instant::now();
     let out =
         w.ns.cmd(stargaze_bin())
@@ -69,8 +155,11 @@ fn build() {
         CMD.join(" "),
         DELAY.as_millis()
     );
-    let (mut lazy, mut full) = (Vec::new(), Vec::new());
+    let (mut lazy, mut full, mut daemon) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..RUNS {
+        let (t, s) = daemon_build(&w, work.path(), &format!("bk{i}"), &w.esgz);
+        println!("build: stargz through buildkitd run {i}: {t:.2} s ({s})");
+        daemon.push(t);
         let (t, s) = cold_build(&w, work.path(), &format!("sg{i}"), &w.esgz, "stargz");
         println!("build: stargz run {i}: {t:.2} s ({s})");
         lazy.push(t);
@@ -78,7 +167,11 @@ fn build() {
         println!("build: overlayfs run {i}: {t:.2} s ({s})");
         full.push(t);
     }
-    let (l, f) = (median(lazy), median(full));
+    let (l, f, b) = (median(lazy), median(full), median(daemon));
+    println!(
+        "build: through buildkitd (stargaze build --addr, stargz) {b:.2} s vs in process {l:.2} s: {:+.2} s (goal: within 0.1 s)",
+        b - l
+    );
     println!(
         "build: stargz (lazy base) {l:.2} s vs overlayfs (full pull) {f:.2} s: ratio {:.2} (goal <= 0.3)",
         l / f
