@@ -209,8 +209,19 @@ impl Buildkitd {
         socket: PathBuf,
         args: &[String],
     ) -> Buildkitd {
+        let cmd = command(dir.path(), args);
+        Self::spawn_command(dir, root, socket, cmd)
+    }
+
+    /// Like [`Self::spawn`] with the whole command given (e.g. behind sudo and rootlesskit).
+    pub fn spawn_command(
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        socket: PathBuf,
+        mut cmd: Command,
+    ) -> Buildkitd {
         let log = dir.path().join("buildkitd.log");
-        let child = command(dir.path(), args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(

@@ -4,8 +4,12 @@
 //! `STARGAZE_INTEGRATION_ROOTLESS_IDPAIR=uid:gid` is set and rootlesskit works for that
 //! user — each in a fresh worker root, skipping a variant with a printed reason when its
 //! binary or privileges are missing. A sandbox fails its test if anything under its root
-//! is still mounted when it ends ("leaked mountpoint"), and detaches it either way.
+//! is still mounted when it ends ("leaked mountpoint"), and detaches it either way. A test
+//! either runs `stargaze build` in process (`build`) or starts the variant's daemon as
+//! BuildKit's OCI backend starts buildkitd (`daemon`) and builds through it with the
+//! project's buildctl-like client (`build_on`: `stargaze build --addr`).
 
+use crate::buildkit_client::{buildkitd_on_path, sandbox_args, Buildkitd};
 use crate::{have, is_root, stargaze_bin};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -129,16 +133,8 @@ impl Sandbox {
                 all.push(format!("--oci-worker-snapshotter={s}"));
             }
         }
-        if let Some((uid, gid)) = self.variant.rootless {
-            // What the test put in the sandbox becomes the user's; the worker root is the
-            // worker's own (its files carry the image's ownership, mapped).
-            let owner = format!("{uid}:{gid}");
-            crate::run(Command::new("chown").arg(&owner).arg(self.dir.path()));
-            for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
-                if e.file_name() != "root" {
-                    crate::run(Command::new("chown").arg("-R").arg(&owner).arg(e.path()));
-                }
-            }
+        if let Some((uid, _)) = self.variant.rootless {
+            self.give_to_user();
             if args.first() != Some(&"worker") || args.get(1) != Some(&"info") {
                 all.push("--oci-worker-rootless".into());
             }
@@ -151,6 +147,97 @@ impl Sandbox {
         let mut c = Command::new(stargaze_bin());
         c.args(&all);
         c
+    }
+
+    /// For rootless: what the test put in the sandbox becomes the variant's user's; a
+    /// worker root (`root`, a daemon's `bk-*/root`) stays the worker's own (its files carry
+    /// the image's ownership, mapped).
+    fn give_to_user(&self) {
+        let Some((uid, gid)) = self.variant.rootless else {
+            return;
+        };
+        let owner = format!("{uid}:{gid}");
+        let chown = |p: &Path, recursive: bool| {
+            let mut c = Command::new("chown");
+            if recursive {
+                c.arg("-R");
+            }
+            crate::run(c.arg(&owner).arg(p));
+        };
+        chown(self.dir.path(), false);
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let name = e.file_name();
+            if name == "root" {
+                continue;
+            }
+            if name.to_string_lossy().starts_with("bk-") {
+                chown(&e.path(), false);
+                for inner in std::fs::read_dir(e.path()).unwrap().flatten() {
+                    if inner.file_name() != "root" {
+                        chown(&inner.path(), true);
+                    }
+                }
+                continue;
+            }
+            chown(&e.path(), true);
+        }
+    }
+
+    /// Starts `buildkitd` for this variant exactly as BuildKit's OCI backend starts it
+    /// (`--oci-worker=true --containerd-worker=false --oci-worker-gc=false
+    /// --oci-worker-labels=org.mobyproject.buildkit.worker.sandbox=true
+    /// [--oci-worker-snapshotter=X]`, `--root`, `--addr`, `extra`), rootless through
+    /// `sudo -u #UID -i -- exec rootlesskit buildkitd …`, with
+    /// `BUILDKIT_DEBUG_FORCE_OVERLAY_DIFF=true` unless the snapshotter is native; waits for
+    /// its socket. `buildkitd` is a symlink to the stargaze binary. Stopped by PID on drop.
+    pub fn daemon(&self, extra: &[&str]) -> Buildkitd {
+        let dir = tempfile::Builder::new()
+            .prefix("bk-")
+            .tempdir_in(self.dir.path())
+            .expect("daemon dir");
+        let root = dir.path().join("root");
+        let socket = dir.path().join("buildkitd.sock");
+        let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(s) = &self.variant.snapshotter {
+            flags.push(format!("--oci-worker-snapshotter={s}"));
+        }
+        let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let args = sandbox_args(&root, &socket, &flag_refs);
+        let bin = buildkitd_on_path(dir.path());
+        let mut cmd = match self.variant.rootless {
+            Some((uid, _)) => {
+                self.give_to_user();
+                let mut c = Command::new("sudo");
+                c.args(["-u", &format!("#{uid}"), "-i", "--", "exec", "rootlesskit"])
+                    .arg(bin.join("buildkitd"));
+                c
+            }
+            None => Command::new(bin.join("buildkitd")),
+        };
+        cmd.args(&args).env_remove("STARGAZE_LOG");
+        if self.variant.snapshotter.as_deref() != Some("native") {
+            cmd.env("BUILDKIT_DEBUG_FORCE_OVERLAY_DIFF", "true");
+        }
+        Buildkitd::spawn_command(dir, root, socket, cmd)
+    }
+
+    /// Runs `stargaze build --addr` against `daemon` with `args`, as the variant's user
+    /// (a rootless daemon lets in only its own user); returns its output.
+    pub fn build_on(&self, daemon: &Buildkitd, args: &[&str]) -> Output {
+        let mut c = match self.variant.rootless {
+            Some((uid, _)) => {
+                self.give_to_user();
+                let mut c = Command::new("sudo");
+                c.args(["-u", &format!("#{uid}"), "--"]).arg(stargaze_bin());
+                c
+            }
+            None => Command::new(stargaze_bin()),
+        };
+        c.arg("build")
+            .args(args)
+            .args(["--addr", &daemon.addr()])
+            .output()
+            .unwrap()
     }
 
     /// Runs `stargaze build` with `args`; returns its output.
