@@ -155,7 +155,7 @@ pub fn run(r: RemoteBuild) -> anyhow::Result<()> {
     let v = &outcome.progress.vertices;
     let cached = v.iter().filter(|s| s.vertex.cached).count();
     println!(
-        "built in {:.2} s through the daemon at {}: {} steps, {} from the cache",
+        "built in {:.2} s through the daemon at {}: {} vertices, {} cached",
         started.elapsed().as_secs_f64(),
         r.addr,
         v.len(),
