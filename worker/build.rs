@@ -1,7 +1,7 @@
 //! Generates the gRPC code from `proto/` with tonic 0.14: containerd's snapshots service
 //! (`proto/*.proto`), and BuildKit's control API (`proto/buildkit/`, laid out as BuildKit
 //! imports its files), with its session's FileSync, FileSend, Auth and fsutil's packets,
-//! and its gateway (`LLBBridge`); FileSend a second time with packets, as the `local`
+//! and its gateway (`LLBBridge`); gRPC's health service (`proto/grpc/`), which a session's client serves; FileSend a second time with packets, as the `local`
 //! exporter uses it. The `containerd-snapshots` crate would pin tonic 0.9 / prost 0.11 next
 //! to the current stack; generating our own stubs keeps one tonic. protox compiles the
 //! protos in Rust (well-known types included), so no `protoc` has to be installed.
@@ -26,6 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(buildkit)?;
+    // gRPC's health service, which the daemon calls on every session.
+    let health = protox::compile(["grpc/health/v1/health.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(health)?;
     // `FileSend` once more with fsutil's packets (the `local` exporter): the same service
     // name, so into a directory of its own.
     let packets = protox::compile(

@@ -88,3 +88,15 @@ pub use moby::buildkit::v1 as control;
 pub use moby::buildkit::v1::frontend as gateway;
 pub use moby::buildkit::v1::types;
 pub use moby::filesync::v1 as filesync;
+
+/// `grpc.health.v1`: the health service a session's client serves (the daemon checks it).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod grpc {
+    /// `grpc.health`
+    pub mod health {
+        /// `grpc.health.v1`
+        pub mod v1 {
+            tonic::include_proto!("grpc.health.v1");
+        }
+    }
+}

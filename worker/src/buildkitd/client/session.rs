@@ -1,8 +1,9 @@
 //! The client's half of a session (docs/BUILDKIT_PROTOCOL.md §4): `Control.Session` called
 //! with the session headers, its stream bridged to a byte stream on which the client serves
-//! its services (a FileSync, `Auth` when the client answers registry credentials, `FileSend`
+//! its services (a FileSync, the health service the daemon checks, `Auth` when the client answers registry credentials, `FileSend`
 //! when it receives an export) as the gRPC server of the session's one connection.
 
+use super::health::Serving;
 use super::output::{DirSink, TarballSink};
 use crate::buildkitd::proto::control::control_client::ControlClient;
 use crate::buildkitd::proto::control::BytesMessage;
@@ -10,8 +11,10 @@ use crate::buildkitd::proto::filesend_packets::file_send_server::FileSendServer 
 use crate::buildkitd::proto::filesync::auth_server::{Auth, AuthServer};
 use crate::buildkitd::proto::filesync::file_send_server::FileSendServer;
 use crate::buildkitd::proto::filesync::file_sync_server::{FileSync, FileSyncServer};
+use crate::buildkitd::proto::grpc::health::v1::health_server::HealthServer;
 use crate::buildkitd::session::auth::{CREDENTIALS, FETCH_TOKEN};
 use crate::buildkitd::session::filesend::FILE_SEND;
+use crate::buildkitd::session::health::CHECK;
 use crate::buildkitd::session::{bridge, GRPC_METHOD, NAME, SHARED_KEY, UUID};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -93,6 +96,7 @@ pub async fn attach_serving<F: FileSync, A: Auth>(
     md.insert(NAME, value("stargaze")?);
     md.insert(SHARED_KEY, value(id)?);
     md.append(GRPC_METHOD, value(DIFF_COPY)?);
+    md.append(GRPC_METHOD, value(CHECK)?);
     if let Some(a) = &auth {
         md.append(GRPC_METHOD, value(CREDENTIALS)?);
         if a.fetch_token {
@@ -122,6 +126,7 @@ pub async fn attach_serving<F: FileSync, A: Auth>(
         };
         let serve = tonic::transport::Server::builder()
             .add_service(FileSyncServer::new(files))
+            .add_service(HealthServer::new(Serving))
             .add_optional_service(auth.map(|a| AuthServer::new(a.auth)))
             .add_optional_service(tarball)
             .add_optional_service(dir)

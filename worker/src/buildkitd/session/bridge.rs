@@ -25,17 +25,32 @@ pub struct Bridged {
     pub io: DuplexStream,
     /// The messages to send back on the gRPC stream.
     pub outbound: ReceiverStream<Result<BytesMessage, Status>>,
+    /// Ends the bridge from this side (both directions end, `on_close` runs).
+    pub closer: Closer,
+}
+
+/// Ends a bridge when asked (cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub struct Closer(Arc<tokio::sync::Notify>);
+
+impl Closer {
+    /// Ends the bridge (now, or as soon as it runs).
+    pub fn close(&self) {
+        self.0.notify_one();
+    }
 }
 
 /// Bridges `inbound` (the messages received) to a byte stream. The copying runs until
 /// either side ends (the peer closes its stream, or the byte stream's user drops it); then
-/// `on_close` runs once and both directions end.
+/// `on_close` runs once and both directions end; [`Closer::close`] ends it the same way.
 pub fn bridge<S>(inbound: S, on_close: impl FnOnce() + Send + 'static) -> Bridged
 where
     S: Stream<Item = Result<BytesMessage, Status>> + Send + Unpin + 'static,
 {
     let (ours, theirs) = tokio::io::duplex(CHUNK);
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+    let closer = Closer::default();
+    let asked = closer.0.clone();
     tokio::spawn(async move {
         let (mut rd, mut wr) = tokio::io::split(ours);
         let mut inbound = inbound;
@@ -74,12 +89,14 @@ where
         tokio::select! {
             () = incoming => {}
             () = outgoing => {}
+            () = asked.notified() => {}
         }
         on_close();
     });
     Bridged {
         io: theirs,
         outbound: ReceiverStream::new(rx),
+        closer,
     }
 }
 

@@ -22,6 +22,8 @@ pub struct SessionLimits {
     pub max_methods: usize,
     /// Bytes of any one header value.
     pub max_value_len: usize,
+    /// How the sessions' health is checked.
+    pub health: super::health::HealthPolicy,
 }
 
 impl Default for SessionLimits {
@@ -30,6 +32,7 @@ impl Default for SessionLimits {
             max_sessions: 128,
             max_methods: 256,
             max_value_len: 1024,
+            health: super::health::HealthPolicy::default(),
         }
     }
 }

@@ -5,8 +5,9 @@
 //! stream into a byte stream and a tonic channel over it, `registry` keeps the live sessions
 //! by ID, `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
 //! target directory, `filesend` sends an export (a tarball, or a directory with fsutil's
-//! packets) to the session's `FileSend`, and `auth` asks a session's `Auth` service for
-//! registry credentials.
+//! packets) to the session's `FileSend`, `auth` asks a session's `Auth` service for
+//! registry credentials, and `health` checks that the client still answers, closing its
+//! session when it does not.
 
 pub mod auth;
 mod bridge;
@@ -15,12 +16,15 @@ pub mod filesend;
 mod filesend_tests;
 pub mod filesync;
 mod headers;
+pub mod health;
+#[cfg(test)]
+mod health_tests;
 mod registry;
 #[cfg(test)]
 mod tests;
 
 pub use auth::{AuthLimits, SessionAuthError, SessionCredentials};
-pub use bridge::{bridge, channel_over, Bridged};
+pub use bridge::{bridge, channel_over, Bridged, Closer};
 pub use headers::{
     HeaderError, SessionHeaders, SessionLimits, GRPC_METHOD, NAME, SHARED_KEY, UUID,
 };

@@ -3,12 +3,14 @@
 //! ends; [`Sessions::get`] gives the channel to the client's services and what it serves.
 //! Once given a registry client's session manager ([`Sessions::provide_credentials_to`]),
 //! every session serving `Auth.Credentials` is registered there under its ID while it is
-//! attached, so registry requests naming the session ask the client for credentials.
+//! attached, so registry requests naming the session ask the client for credentials. Each
+//! session's health is checked while it is attached (`health`); failing, it is closed.
 
 use super::super::proto::control::BytesMessage;
 use super::auth::{AuthLimits, SessionCredentials, CREDENTIALS, FETCH_TOKEN};
 use super::bridge::{bridge, channel_over};
 use super::headers::{SessionHeaders, SessionLimits};
+use super::health::monitor;
 use stargaze_fs::remote::auth::SessionManager;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -110,7 +112,10 @@ impl Sessions {
         let registry = self.live.clone();
         let auth = self.auth.clone();
         let closed_id = id.clone();
+        let ended = Arc::new(tokio::sync::Notify::new());
+        let ended_here = ended.clone();
         let bridged = bridge(req.into_inner(), move || {
+            ended_here.notify_one();
             // Under the table's lock, as attaching is: a new session of the same ID is
             // registered only after this one is gone from both.
             if let Ok(mut l) = registry.lock() {
@@ -137,6 +142,13 @@ impl Sessions {
                 tracing::debug!(session = %id, fetches_tokens = session.serves(FETCH_TOKEN), "session provides registry credentials");
             }
         }
+        tokio::spawn(monitor(
+            id.clone(),
+            session.channel(),
+            self.limits.health,
+            bridged.closer,
+            ended,
+        ));
         tracing::debug!(session = %id, name = %session.headers.name, methods = session.headers.methods.len(), "session attached");
         live.insert(id, Arc::new(session));
         Ok(Response::new(bridged.outbound))

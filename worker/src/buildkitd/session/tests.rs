@@ -190,7 +190,11 @@ fn dir(path: &str, mode: u32) -> (Stat, Vec<u8>) {
 
 /// A daemon-side registry served on a unix socket in `tmp`.
 pub(super) async fn daemon(tmp: &Path) -> (Sessions, String) {
-    let sessions = Sessions::default();
+    daemon_with(tmp, Sessions::default()).await
+}
+
+/// Like [`daemon`] with the registry given.
+pub(super) async fn daemon_with(tmp: &Path, sessions: Sessions) -> (Sessions, String) {
     let sock = tmp.join("control.sock");
     let l = tokio::net::UnixListener::bind(&sock).unwrap();
     let svc = ControlServer::new(TestControl(sessions.clone()));
@@ -429,7 +433,13 @@ async fn sessions_are_checked_and_removed_when_they_end() {
     let s = session(&sessions, "s2").await;
     assert_eq!(s.headers.name, "stargaze");
     assert_eq!(s.headers.shared_key, "s2");
-    assert_eq!(s.methods(), ["/moby.filesync.v1.FileSync/DiffCopy"]);
+    assert_eq!(
+        s.methods(),
+        [
+            "/moby.filesync.v1.FileSync/DiffCopy",
+            "/grpc.health.v1.Health/Check"
+        ]
+    );
     drop(s);
     // The same ID again: refused while the first is attached.
     let e = attach(&addr, "s2", sender).await.unwrap_err();
