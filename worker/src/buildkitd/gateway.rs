@@ -14,8 +14,28 @@ use super::proto::gateway::{
 };
 use super::proto::moby::buildkit::v1::apicaps::ApiCap;
 use super::solver::{GatewayBuild, Solver};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
+
+/// A Solve's `FrontendInputs` (LLB states handed to the frontend in place of its locals):
+/// an input without a definition is refused as buildkitd refuses it, any other input is
+/// raw LLB, which this daemon does not solve.
+pub fn refuse_frontend_inputs(
+    inputs: &HashMap<String, super::proto::pb::Definition>,
+) -> Result<(), Status> {
+    if let Some((name, _)) = inputs.iter().find(|(_, d)| d.def.is_empty()) {
+        return Err(Status::invalid_argument(format!(
+            "frontend input {name:.64}: invalid nil input definition to definition op"
+        )));
+    }
+    if !inputs.is_empty() {
+        return Err(Status::unimplemented(
+            "frontend inputs are raw LLB, which stargaze buildkitd does not solve; send the context through the session",
+        ));
+    }
+    Ok(())
+}
 
 /// The metadata naming the build.
 pub const BUILD_ID: &str = "buildkit-controlapi-buildid";
@@ -68,6 +88,7 @@ impl LlbBridge for GatewayService {
                 "raw LLB definitions are not supported by stargaze buildkitd; use the dockerfile.v0 frontend",
             ));
         }
+        refuse_frontend_inputs(&req.frontend_inputs)?;
         if req.frontend != DOCKERFILE_FRONTEND {
             return Err(Status::invalid_argument(format!(
                 "frontend {:.64} is not supported by stargaze buildkitd ({DOCKERFILE_FRONTEND} is)",
@@ -134,5 +155,35 @@ impl LlbBridge for GatewayService {
         };
         build.finish(outcome)?;
         Ok(Response::new(ReturnResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::refuse_frontend_inputs;
+    use crate::buildkitd::proto::pb::Definition;
+    use std::collections::HashMap;
+    use tonic::Code;
+
+    #[test]
+    fn frontend_inputs_are_refused_nil_ones_as_buildkitd_words_it() {
+        assert!(refuse_frontend_inputs(&HashMap::new()).is_ok());
+        let nil = HashMap::from([("context".to_string(), Definition::default())]);
+        let e = refuse_frontend_inputs(&nil).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e
+            .message()
+            .contains("invalid nil input definition to definition op"));
+        let llb = HashMap::from([(
+            "context".to_string(),
+            Definition {
+                def: vec![vec![1, 2, 3]],
+                ..Definition::default()
+            },
+        )]);
+        assert_eq!(
+            refuse_frontend_inputs(&llb).unwrap_err().code(),
+            Code::Unimplemented
+        );
     }
 }

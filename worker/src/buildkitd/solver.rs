@@ -215,6 +215,7 @@ impl Solver {
                 "raw LLB definitions are not supported by stargaze buildkitd; use the dockerfile.v0 frontend",
             ));
         }
+        super::gateway::refuse_frontend_inputs(&req.frontend_inputs)?;
         let guard = self.jobs.start(&req.r#ref)?;
         let progress = Progress::events(guard.job.clone());
         tracing::info!(build = %req.r#ref, frontend = %req.frontend, exporter = %req.exporter, "solve");
