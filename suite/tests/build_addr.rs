@@ -3,7 +3,8 @@
 //! a multi-stage Dockerfile outside the context with a build argument and a target stage,
 //! exported to an OCI layout (`-t oci:DIR:TAG`, which comes back over the session and is
 //! imported) and pushed to a registry (`-t REF --push`, the daemon's image exporter). A
-//! failing RUN fails the command with the step's error; in-process worker flags are refused
+//! failing RUN fails the command with the step's error; the daemon's build history holds
+//! a record of each build; in-process worker flags are refused
 //! with `--addr`, and so is a daemon address where nothing listens. Needs root, runc,
 //! umoci and busybox-static.
 
@@ -166,6 +167,33 @@ fn build_through_the_daemon_matches_the_build_in_process() {
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("exit code: 3"), "{t}");
+
+    // The daemon's build history has a record of each build, the failed one with its error.
+    let records = stargaze_suite::buildkit_client::client_runtime().block_on(async {
+        use stargaze_suite::buildkit_client::control::BuildHistoryRequest;
+        let mut c = stargaze_suite::buildkit_client::connect(&addr)
+            .await
+            .unwrap();
+        let mut s = c
+            .listen_build_history(BuildHistoryRequest {
+                early_exit: true,
+                ..BuildHistoryRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(ev) = s.message().await.unwrap() {
+            out.push(ev.record.unwrap());
+        }
+        out
+    });
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records.iter().all(|r| r.completed_at.is_some()));
+    assert_eq!(records.iter().filter(|r| r.error.is_some()).count(), 1);
+    assert!(records
+        .iter()
+        .any(|r| r.exporters.iter().any(|e| e.r#type == "oci")));
 
     // Worker flags belong to the daemon; an address where nothing listens fails clearly.
     let o = Command::new(stargaze_bin())

@@ -45,6 +45,10 @@ fn ready() -> bool {
 /// The daemon's Control service as far as sessions go (the rest is not used here).
 struct SessionControl(Sessions);
 
+use stargaze_worker::buildkitd::proto::control::{
+    BuildHistoryEvent, BuildHistoryRequest, UpdateBuildHistoryRequest, UpdateBuildHistoryResponse,
+};
+
 #[tonic::async_trait]
 impl Control for SessionControl {
     async fn disk_usage(
@@ -81,6 +85,19 @@ impl Control for SessionControl {
         Err(Status::unimplemented("test"))
     }
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    type ListenBuildHistoryStream = Answers<BuildHistoryEvent>;
+    async fn listen_build_history(
+        &self,
+        _: Request<BuildHistoryRequest>,
+    ) -> Result<Response<Self::ListenBuildHistoryStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn update_build_history(
+        &self,
+        _: Request<UpdateBuildHistoryRequest>,
+    ) -> Result<Response<UpdateBuildHistoryResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
 }

@@ -3,15 +3,18 @@
 //! worker's build records and its GC, a stream of the records removed), `Session` (the
 //! client's session attached, `super::session`), `Solve` (`super::solver`, with the gateway
 //! of `super::gateway`) and `Status` (the build's progress from `super::jobs`, waited for up
-//! to 6 s, ending when the build does). Bad requests (filters, negative bounds, frontends,
+//! to 6 s, ending when the build does), `ListenBuildHistory` and `UpdateBuildHistory` (the
+//! Solves' records, `super::history`). Bad requests (filters, negative bounds, frontends,
 //! attributes, exporters) are `InvalidArgument`; the daemon keeps serving.
 
 use super::gateway::GatewayService;
+use super::history::History;
 use super::proto::control::control_server::Control;
 use super::proto::control::{
-    BytesMessage, DiskUsageRequest, DiskUsageResponse, InfoRequest, InfoResponse,
-    ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest, SolveResponse,
-    StatusRequest, StatusResponse, UsageRecord,
+    BuildHistoryEvent, BuildHistoryRequest, BytesMessage, DiskUsageRequest, DiskUsageResponse,
+    InfoRequest, InfoResponse, ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest,
+    SolveResponse, StatusRequest, StatusResponse, UpdateBuildHistoryRequest,
+    UpdateBuildHistoryResponse, UsageRecord,
 };
 use super::proto::types;
 use super::session::Sessions;
@@ -40,6 +43,8 @@ pub struct ControlService {
     sessions: Sessions,
     /// Builds, shared with the gateway.
     solver: Arc<Solver>,
+    /// Their records.
+    history: Arc<History>,
 }
 
 impl ControlService {
@@ -61,6 +66,7 @@ impl ControlService {
             pruning: Arc::new(tokio::sync::Mutex::new(())),
             sessions,
             solver,
+            history: Arc::default(),
         }
     }
 
@@ -154,11 +160,62 @@ impl Control for ControlService {
     }
 
     async fn solve(&self, req: Request<SolveRequest>) -> Result<Response<SolveResponse>, Status> {
-        let r = self.solver.solve(req.into_inner()).await;
+        let req = req.into_inner();
+        let id = req.r#ref.clone();
+        let recorded = self.history.started(&req);
+        let r = self.solver.solve(req).await;
+        if recorded {
+            self.history.completed(&id, &r);
+        }
         if let Err(e) = &r {
             tracing::info!(code = ?e.code(), error = %e.message(), "solve failed");
         }
         r.map(Response::new)
+    }
+
+    type ListenBuildHistoryStream = Answers<BuildHistoryEvent>;
+
+    async fn listen_build_history(
+        &self,
+        req: Request<BuildHistoryRequest>,
+    ) -> Result<Response<Self::ListenBuildHistoryStream>, Status> {
+        let req = req.into_inner();
+        let (now, mut live) = self.history.listen(&req);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            for ev in now {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            if req.early_exit {
+                return;
+            }
+            loop {
+                let ev = match live.recv().await {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "build history listener lagged");
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if History::wants(&req, &ev) && tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn update_build_history(
+        &self,
+        req: Request<UpdateBuildHistoryRequest>,
+    ) -> Result<Response<UpdateBuildHistoryResponse>, Status> {
+        self.history.update(req.get_ref())?;
+        Ok(Response::new(UpdateBuildHistoryResponse {}))
     }
 
     type StatusStream = Answers<StatusResponse>;

@@ -14,7 +14,7 @@
 //! `address` parses addresses and knows the defaults, `control` is the service, `solver`,
 //! `gateway`, `dockerfile`, `exporter` (with `to_client` and `archive` for the exports sent
 //! to the client) and `jobs` run builds for it (`cancel`: a build whose client went away is
-//! cancelled), `session` the clients' sessions, `wire` maps the worker's facts to messages,
+//! cancelled; `history`: their records), `session` the clients' sessions, `wire` maps the worker's facts to messages,
 //! `proto` is the generated code.
 
 mod address;
@@ -25,6 +25,7 @@ mod control;
 pub mod dockerfile;
 pub mod exporter;
 pub mod gateway;
+mod history;
 pub mod jobs;
 pub mod proto;
 pub mod session;

@@ -29,6 +29,10 @@ type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>
 
 struct TestControl(Sessions);
 
+use crate::buildkitd::proto::control::{
+    BuildHistoryEvent, BuildHistoryRequest, UpdateBuildHistoryRequest, UpdateBuildHistoryResponse,
+};
+
 #[tonic::async_trait]
 impl Control for TestControl {
     async fn disk_usage(
@@ -65,6 +69,19 @@ impl Control for TestControl {
         Err(Status::unimplemented("test"))
     }
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    type ListenBuildHistoryStream = Answers<BuildHistoryEvent>;
+    async fn listen_build_history(
+        &self,
+        _: Request<BuildHistoryRequest>,
+    ) -> Result<Response<Self::ListenBuildHistoryStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn update_build_history(
+        &self,
+        _: Request<UpdateBuildHistoryRequest>,
+    ) -> Result<Response<UpdateBuildHistoryResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
 }
