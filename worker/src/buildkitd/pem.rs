@@ -6,7 +6,7 @@
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::io::Read;
+use stargaze_fs::small_file::{read_small_file, SmallFileError};
 use std::path::{Path, PathBuf};
 
 /// Largest PEM file read (CA bundles of a system are a few hundred KiB).
@@ -24,23 +24,13 @@ pub enum PemKind {
 /// Why a PEM file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PemError {
-    /// Unreadable.
-    #[error("{flag} {}: {error}", path.display())]
-    Io {
+    /// Unreadable, or larger than any such file should be.
+    #[error("{flag} {error}")]
+    Read {
         /// The flag or key that named it.
         flag: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Cause (in the message, not also a source).
-        error: std::io::Error,
-    },
-    /// Larger than any such file should be.
-    #[error("{flag} {}: larger than {MAX_PEM} bytes", path.display())]
-    TooLarge {
-        /// The flag or key that named it.
-        flag: &'static str,
-        /// The file.
-        path: PathBuf,
+        /// Why (naming the file; in the message, not also a source).
+        error: SmallFileError,
     },
     /// Not PEM, or no item of the kind wanted.
     #[error("{flag} {}: no PEM {} in it ({reason})", path.display(), kind_name(*.kind))]
@@ -65,20 +55,7 @@ fn kind_name(k: PemKind) -> &'static str {
 
 /// The bytes of the PEM file at `path` (named by `flag` in errors), checked to hold `kind`.
 pub fn read(flag: &'static str, path: &Path, kind: PemKind) -> Result<Vec<u8>, PemError> {
-    let io = |error| PemError::Io {
-        flag,
-        path: path.to_path_buf(),
-        error,
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    f.take(MAX_PEM + 1).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 > MAX_PEM {
-        return Err(PemError::TooLarge {
-            flag,
-            path: path.to_path_buf(),
-        });
-    }
+    let bytes = read_small_file(path, MAX_PEM).map_err(|error| PemError::Read { flag, error })?;
     let checked = match kind {
         PemKind::Certificates => {
             let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
@@ -110,7 +87,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let e = read("--tlskey", &missing, PemKind::PrivateKey).unwrap_err();
-        assert!(matches!(e, PemError::Io { .. }), "{e}");
+        assert!(matches!(e, PemError::Read { .. }), "{e}");
         assert!(e.to_string().starts_with("--tlskey "), "{e}");
         assert!(e.to_string().contains("missing.pem"), "{e}");
 
