@@ -13,9 +13,10 @@ use std::path::PathBuf;
 /// buildkitd's flags.
 #[derive(Args)]
 pub struct BuildkitdArgs {
-    /// Listening address, unix://PATH (repeatable) [default: unix:///run/buildkit/buildkitd.sock;
-    /// rootless: unix://$XDG_RUNTIME_DIR/buildkit/buildkitd.sock]. tcp:// needs TLS, which is
-    /// not served yet.
+    /// Listening address, unix://PATH or tcp://HOST:PORT (repeatable) [default:
+    /// unix:///run/buildkit/buildkitd.sock; rootless:
+    /// unix://$XDG_RUNTIME_DIR/buildkit/buildkitd.sock]. tcp:// needs --tlscert, --tlskey
+    /// and --tlscacert: served with mutual TLS.
     #[arg(long = "addr", value_name = "ADDRESS")]
     addrs: Vec<String>,
     /// Path to the state directory [default: /var/lib/buildkit; rootless:
@@ -38,13 +39,13 @@ pub struct BuildkitdArgs {
     /// Rootless defaults for the worker [default: true in a user namespace].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     rootless: Option<bool>,
-    /// Server certificate (for tcp://; not served yet).
+    /// Server certificate (PEM, for tcp://).
     #[arg(long)]
     tlscert: Option<PathBuf>,
-    /// Server key (for tcp://; not served yet).
+    /// Server key (PEM, for tcp://).
     #[arg(long)]
     tlskey: Option<PathBuf>,
-    /// CA of client certificates (for tcp://; not served yet).
+    /// CA that client certificates must chain to (PEM, for tcp://).
     #[arg(long)]
     tlscacert: Option<PathBuf>,
     /// Entitlement builds may be granted: network.host or security.insecure (repeatable;
@@ -84,12 +85,11 @@ pub fn run(a: BuildkitdArgs) -> anyhow::Result<()> {
     // Opening may connect a proxy snapshotter with block_on: before entering the runtime.
     let d = prepared.open(rt.handle())?;
     let served = rt.block_on(async {
-        for s in d.sockets() {
+        for a in d.addresses() {
             eprintln!(
-                "buildkitd: worker {} in {}: running server on unix://{}",
+                "buildkitd: worker {} in {}: running server on {a}",
                 d.record().id,
                 d.root().display(),
-                s.display()
             );
         }
         d.serve(super::registry::wait_for_signal()).await

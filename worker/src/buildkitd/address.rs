@@ -1,12 +1,14 @@
-//! buildkitd's listen addresses and default locations. `--addr` takes `unix://PATH` (and
-//! `tcp://HOST:PORT`, which needs TLS: refused here until TLS is served); an address without
-//! a scheme is refused with the `unix://` spelling suggested, as buildkitd does. The defaults
+//! buildkitd's listen addresses and default locations. `--addr` takes `unix://PATH` and
+//! `tcp://HOST:PORT`, the latter only with all three TLS files (served with mutual TLS; an
+//! empty host listens on every interface, as Go's `:PORT` does); an address without a scheme
+//! is refused with the `unix://` spelling suggested, as buildkitd does. The defaults
 //! follow buildkitd: `/run/buildkit/buildkitd.sock`, `/var/lib/buildkit` and
 //! `/etc/buildkit/buildkitd.toml` as root; in a user namespace (rootlesskit) or as another
 //! user, `$XDG_RUNTIME_DIR/buildkit/buildkitd.sock`, `$XDG_DATA_HOME/buildkit` (else
 //! `~/.local/share/buildkit`) and `$XDG_CONFIG_HOME/buildkit/buildkitd.toml` (else
 //! `~/.config/buildkit/buildkitd.toml`).
 
+pub use crate::config::TlsFiles;
 use std::path::{Path, PathBuf};
 
 /// The default address as root.
@@ -31,32 +33,46 @@ pub enum AddressError {
     /// `tcp://` without the TLS files.
     #[error("--addr {0}: tcp addresses need --tlscert, --tlskey and --tlscacert (mutual TLS); use a unix:// address")]
     TcpWithoutTls(String),
-    /// `tcp://` with TLS files: not served yet.
-    #[error(
-        "--addr {0}: TLS listeners are not implemented in stargaze yet; use a unix:// address"
-    )]
-    TlsNotImplemented(String),
+    /// `tcp://` not followed by `HOST:PORT`.
+    #[error("--addr {0}: a tcp address is tcp://HOST:PORT (a port number, no path)")]
+    BadTcp(String),
 }
 
-/// The TLS files of buildkitd's `--tlscert`, `--tlskey`, `--tlscacert`.
-#[derive(Debug, Clone, Default)]
-pub struct TlsFiles {
-    /// Server certificate.
-    pub cert: Option<PathBuf>,
-    /// Its key.
-    pub key: Option<PathBuf>,
-    /// CA of the clients' certificates.
-    pub ca: Option<PathBuf>,
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A unix socket.
+    Unix(PathBuf),
+    /// `HOST:PORT` on TCP, served with mutual TLS.
+    Tcp(String),
 }
 
-impl TlsFiles {
-    fn complete(&self) -> bool {
-        self.cert.is_some() && self.key.is_some() && self.ca.is_some()
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Unix(p) => write!(f, "unix://{}", p.display()),
+            Listen::Tcp(a) => write!(f, "tcp://{a}"),
+        }
     }
 }
 
-/// The unix socket path of `addr`.
-pub fn parse(addr: &str, tls: &TlsFiles) -> Result<PathBuf, AddressError> {
+/// `HOST:PORT` of a tcp address (`[V6]:PORT` too), an empty host as `0.0.0.0`.
+fn tcp_host_port(addr: &str, rest: &str) -> Result<String, AddressError> {
+    let bad = || AddressError::BadTcp(addr.to_string());
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    if port.parse::<u16>().is_err() || host.contains('/') {
+        return Err(bad());
+    }
+    let v6 = host.starts_with('[') && host.ends_with(']');
+    if host.contains(':') && !v6 {
+        return Err(bad());
+    }
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok(format!("{host}:{port}"))
+}
+
+/// Where `addr` listens (`tls`: the TLS files given, which a tcp address needs).
+pub fn parse(addr: &str, tls: &TlsFiles) -> Result<Listen, AddressError> {
     let Some((scheme, rest)) = addr.split_once("://") else {
         return Err(AddressError::NoScheme(addr.to_string()));
     };
@@ -66,9 +82,9 @@ pub fn parse(addr: &str, tls: &TlsFiles) -> Result<PathBuf, AddressError> {
             if !p.is_absolute() {
                 return Err(AddressError::RelativePath(addr.to_string()));
             }
-            Ok(p.to_path_buf())
+            Ok(Listen::Unix(p.to_path_buf()))
         }
-        "tcp" if tls.complete() => Err(AddressError::TlsNotImplemented(addr.to_string())),
+        "tcp" if tls.complete() => Ok(Listen::Tcp(tcp_host_port(addr, rest)?)),
         "tcp" => Err(AddressError::TcpWithoutTls(addr.to_string())),
         _ => Err(AddressError::Unsupported(addr.to_string())),
     }
@@ -142,7 +158,7 @@ mod tests {
         let none = TlsFiles::default();
         assert_eq!(
             parse("unix:///run/x.sock", &none).unwrap(),
-            PathBuf::from("/run/x.sock")
+            Listen::Unix(PathBuf::from("/run/x.sock"))
         );
         assert!(matches!(
             parse("/run/x.sock", &none),
@@ -161,10 +177,30 @@ mod tests {
             key: Some("k".into()),
             ca: Some("a".into()),
         };
-        assert!(matches!(
-            parse("tcp://127.0.0.1:1234", &all),
-            Err(AddressError::TlsNotImplemented(_))
-        ));
+        assert_eq!(
+            parse("tcp://127.0.0.1:1234", &all).unwrap(),
+            Listen::Tcp("127.0.0.1:1234".into())
+        );
+        assert_eq!(
+            parse("tcp://:1234", &all).unwrap(),
+            Listen::Tcp("0.0.0.0:1234".into())
+        );
+        assert_eq!(
+            parse("tcp://[::1]:1234", &all).unwrap().to_string(),
+            "tcp://[::1]:1234"
+        );
+        for bad in [
+            "tcp://127.0.0.1",
+            "tcp://127.0.0.1:http",
+            "tcp://127.0.0.1:70000",
+            "tcp://127.0.0.1:1234/x",
+            "tcp://::1:1234",
+        ] {
+            assert!(
+                matches!(parse(bad, &all), Err(AddressError::BadTcp(_))),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             parse("npipe:////./pipe/x", &none),
             Err(AddressError::Unsupported(_))

@@ -4,6 +4,8 @@
 //! before anything is created; [`Prepared::open`] opens the worker under the root (its state
 //! held exclusively, as buildkitd holds its root); [`Buildkitd::serve`] serves the control
 //! API on every address until its shutdown future resolves, then removes the sockets.
+//! `tcp://` addresses are served with mutual TLS (`tls`: the client must present a
+//! certificate signed by `--tlscacert`), unix sockets in the clear, both at once.
 //! Dropping the daemon closes the worker (lazy mounts unmounted, lock released).
 //!
 //! Sockets are made as buildkitd makes them: mode 0660, owned by the daemon's user and by
@@ -11,7 +13,8 @@
 //! 0770 with that group when one is given. Every connection is also checked against the
 //! same rule by its peer credentials (`crate::peer`).
 //!
-//! `address` parses addresses and knows the defaults, `control` is the service, `solver`,
+//! `address` parses addresses and knows the defaults, `tls` and `pem` read the TLS files
+//! (`pem` for the client too), `control` is the service, `solver`,
 //! `gateway`, `dockerfile`, `exporter` (with `to_client` and `archive` for the exports sent
 //! to the client) and `jobs` run builds for it (`cancel`: a build whose client went away is
 //! cancelled; `history`: their records), `session` the clients' sessions, `wire` maps the worker's facts to messages,
@@ -27,15 +30,17 @@ pub mod exporter;
 pub mod gateway;
 mod history;
 pub mod jobs;
+pub mod pem;
 pub mod proto;
 pub mod session;
 pub mod solver;
+pub mod tls;
 mod to_client;
 mod wire;
 
 pub use address::{
     default_address, default_config, default_root, in_user_namespace, rootless_defaults,
-    AddressError, TlsFiles,
+    AddressError, Listen, TlsFiles,
 };
 pub use control::ControlService;
 
@@ -66,7 +71,7 @@ pub struct BuildkitdOptions {
     pub containerd_worker: Option<String>,
     /// `--rootless`.
     pub rootless: Option<bool>,
-    /// `--tlscert`, `--tlskey`, `--tlscacert`.
+    /// `--tlscert`, `--tlskey`, `--tlscacert` (each over the file's `[grpc.tls]`).
     pub tls: TlsFiles,
     /// `--allow-insecure-entitlement` (repeatable): `network.host`, `security.insecure`.
     pub insecure_entitlements: Vec<String>,
@@ -116,6 +121,18 @@ pub enum BuildkitdError {
     /// A socket path cannot work, or could not be secured.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// The TLS files of the tcp addresses are wrong.
+    #[error(transparent)]
+    Tls(#[from] tls::ServerTlsError),
+    /// A tcp address could not be listened on.
+    #[error("listening on tcp://{addr}: {source}")]
+    ListenTcp {
+        /// `HOST:PORT`.
+        addr: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Serving failed.
     #[error("serving the control API: {0}")]
     Serve(#[source] tonic::transport::Error),
@@ -141,7 +158,8 @@ fn io_err<'a>(
 /// Checked flags and the config read; nothing created yet.
 #[derive(Debug)]
 pub struct Prepared {
-    sockets: Vec<PathBuf>,
+    addresses: Vec<Listen>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     root: PathBuf,
     group: Option<u32>,
     settings: WorkerSettings,
@@ -152,7 +170,8 @@ pub struct Prepared {
 pub struct Buildkitd {
     worker: Arc<OciWorker>,
     record: types::WorkerRecord,
-    sockets: Vec<PathBuf>,
+    addresses: Vec<Listen>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     root: PathBuf,
     group: Option<u32>,
     entitlements: Vec<String>,
@@ -178,8 +197,9 @@ fn group_id(group: &str) -> Result<u32, BuildkitdError> {
 
 impl Buildkitd {
     /// The first step: flags checked and the config file read (`--config`, else the default
-    /// file when it exists): flags over the file's `root`, `[grpc] address` and `gid`, and
-    /// the `--oci-worker-*` flags over its `[worker.oci]`.
+    /// file when it exists): flags over the file's `root`, `[grpc] address`, `gid` and
+    /// `[grpc.tls]`, and the `--oci-worker-*` flags over its `[worker.oci]`. The TLS files
+    /// are read and checked here when a tcp address needs them.
     pub fn prepare(opts: BuildkitdOptions) -> Result<Prepared, BuildkitdError> {
         match opts.containerd_worker.as_deref() {
             None | Some("false") | Some("auto") => {}
@@ -209,12 +229,20 @@ impl Buildkitd {
         } else {
             vec![default_address(rootless)]
         };
-        let mut sockets = Vec::new();
+        let tls_files = opts.tls.or(&file.daemon.tls);
+        let mut addresses = Vec::new();
         for a in &addrs {
-            let p = address::parse(a, &opts.tls)?;
-            crate::peer::check_path(&p)?;
-            sockets.push(p);
+            let l = address::parse(a, &tls_files)?;
+            if let Listen::Unix(p) = &l {
+                crate::peer::check_path(p)?;
+            }
+            addresses.push(l);
         }
+        let tls = if addresses.iter().any(|a| matches!(a, Listen::Tcp(_))) {
+            Some(tls::server_config(&opts.tls, &file.daemon.tls)?)
+        } else {
+            None
+        };
         let group = match opts.group.as_deref() {
             Some(g) => Some(group_id(g)?),
             None => file.daemon.gid,
@@ -243,7 +271,8 @@ impl Buildkitd {
             return Err(BuildkitdError::Entitlement(e.clone()));
         }
         Ok(Prepared {
-            sockets,
+            addresses,
+            tls,
             root,
             group,
             settings,
@@ -251,9 +280,17 @@ impl Buildkitd {
         })
     }
 
+    /// The addresses served.
+    pub fn addresses(&self) -> &[Listen] {
+        &self.addresses
+    }
+
     /// The unix sockets served.
-    pub fn sockets(&self) -> &[PathBuf] {
-        &self.sockets
+    fn sockets(&self) -> impl Iterator<Item = &PathBuf> {
+        self.addresses.iter().filter_map(|a| match a {
+            Listen::Unix(p) => Some(p),
+            Listen::Tcp(_) => None,
+        })
     }
 
     /// The root directory.
@@ -266,19 +303,35 @@ impl Buildkitd {
         &self.record
     }
 
-    /// Binds every socket, then serves the control API until `shutdown` resolves; the
-    /// sockets are removed afterwards (also when binding one of them failed).
+    /// Binds every address (the tcp ones first, so a client that finds a socket finds them
+    /// too), then serves the control API until `shutdown` resolves: unix sockets in the
+    /// clear, tcp addresses with mutual TLS. The sockets are removed afterwards (also when
+    /// binding an address failed).
     pub async fn serve(
         &self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), BuildkitdError> {
+        use futures_util::FutureExt;
         let policy = PeerPolicy {
             // SAFETY: getgid has no preconditions.
             group: Some(self.group.unwrap_or_else(|| unsafe { libc::getgid() })),
         };
+        let mut tcp = Vec::new();
+        for a in &self.addresses {
+            if let Listen::Tcp(addr) = a {
+                let l = tokio::net::TcpListener::bind(addr.as_str())
+                    .await
+                    .map_err(|source| BuildkitdError::ListenTcp {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                tracing::info!(address = %a, "serving the control API with mutual TLS");
+                tcp.push(Box::pin(tonic::transport::server::TcpIncoming::from(l)));
+            }
+        }
         let mut bound = Vec::new();
         let mut incoming = Vec::new();
-        for path in &self.sockets {
+        for path in self.sockets() {
             match bind(path, self.group, policy) {
                 Ok(l) => {
                     bound.push(path.clone());
@@ -306,15 +359,38 @@ impl Buildkitd {
             session::AuthLimits::default(),
         );
         let gateway = service.gateway();
-        let served = tonic::transport::Server::builder()
-            .add_service(ControlServer::new(service))
-            .add_service(proto::gateway::llb_bridge_server::LlbBridgeServer::new(
-                gateway,
-            ))
-            .serve_with_incoming_shutdown(futures_util::stream::select_all(incoming), shutdown)
-            .await;
+        let routes = tonic::service::Routes::new(ControlServer::new(service)).add_service(
+            proto::gateway::llb_bridge_server::LlbBridgeServer::new(gateway),
+        );
+        let shutdown = shutdown.shared();
+        let plain = async {
+            if incoming.is_empty() {
+                return Ok(());
+            }
+            tonic::transport::Server::builder()
+                .add_routes(routes.clone())
+                .serve_with_incoming_shutdown(
+                    futures_util::stream::select_all(incoming),
+                    shutdown.clone(),
+                )
+                .await
+        };
+        let with_tls = async {
+            let Some(tls) = self.tls.clone().filter(|_| !tcp.is_empty()) else {
+                return Ok(());
+            };
+            tonic::transport::Server::builder()
+                .tls_config(tls)?
+                .add_routes(routes.clone())
+                .serve_with_incoming_shutdown(
+                    futures_util::stream::select_all(tcp),
+                    shutdown.clone(),
+                )
+                .await
+        };
+        let served = tokio::try_join!(plain, with_tls);
         remove_sockets(&bound);
-        served.map_err(BuildkitdError::Serve)
+        served.map(drop).map_err(BuildkitdError::Serve)
     }
 }
 
@@ -366,7 +442,8 @@ impl Prepared {
     /// lazy reads served on `rt` (not to be called from inside it).
     pub fn open(self, rt: &tokio::runtime::Handle) -> Result<Buildkitd, BuildkitdError> {
         let Prepared {
-            sockets,
+            addresses,
+            tls,
             root,
             group,
             settings,
@@ -379,7 +456,8 @@ impl Prepared {
         Ok(Buildkitd {
             worker: Arc::new(worker),
             record,
-            sockets,
+            addresses,
+            tls,
             root,
             group,
             entitlements,

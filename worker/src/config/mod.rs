@@ -73,13 +73,14 @@ struct Raw {
     insecure_entitlements: Vec<String>,
 }
 
-/// `[grpc]`: the addresses and socket group `stargaze buildkitd` reads; buildkitd's other keys
-/// (`debugAddress`, `uid`, `tls`, …) are accepted and named as not used yet.
+/// `[grpc]`: the addresses, socket group and `[grpc.tls]` files `stargaze buildkitd` reads;
+/// buildkitd's other keys (`debugAddress`, `uid`, …) are accepted and named as not used yet.
 #[derive(Debug, Default, Deserialize)]
 struct RawGrpc {
     #[serde(default)]
     address: Vec<String>,
     gid: Option<u32>,
+    tls: Option<TlsFiles>,
     #[serde(flatten)]
     other: BTreeMap<String, toml::Value>,
 }
@@ -95,6 +96,37 @@ pub struct DaemonConfig {
     pub gid: Option<u32>,
     /// `insecure-entitlements`: what builds may ask for (`network.host`, `security.insecure`).
     pub insecure_entitlements: Vec<String>,
+    /// `[grpc.tls]`: the files of the `tcp://` addresses.
+    pub tls: TlsFiles,
+}
+
+/// The TLS files of `tcp://` addresses: buildkitd's `--tlscert`, `--tlskey`, `--tlscacert`,
+/// and `[grpc.tls] cert`, `key`, `ca` in its config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Server certificate (chain).
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    pub key: Option<PathBuf>,
+    /// CA of the clients' certificates.
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether all three files are named.
+    pub fn complete(&self) -> bool {
+        self.cert.is_some() && self.key.is_some() && self.ca.is_some()
+    }
+
+    /// Each file of `self`, else of `other` (flags over the config file, file by file).
+    pub fn or(&self, other: &TlsFiles) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert.clone().or_else(|| other.cert.clone()),
+            key: self.key.clone().or_else(|| other.key.clone()),
+            ca: self.ca.clone().or_else(|| other.ca.clone()),
+        }
+    }
 }
 
 /// The entitlements a daemon can grant (BuildKit's names).
@@ -162,6 +194,7 @@ impl Config {
                 .extend(g.other.keys().map(|k| format!("grpc.{k}")));
             cfg.daemon.addresses = g.address;
             cfg.daemon.gid = g.gid;
+            cfg.daemon.tls = g.tls.unwrap_or_default();
         }
         cfg.daemon.root = raw.root;
         for (i, e) in raw.insecure_entitlements.iter().enumerate() {
@@ -278,6 +311,10 @@ trace = false
   address = ["unix:///run/buildkit/buildkitd.sock"]
   gid = 998
   debugAddress = "0.0.0.0:6060"
+[grpc.tls]
+  cert = "/etc/buildkit/tls.crt"
+  key = "/etc/buildkit/tls.key"
+  ca = "/etc/buildkit/tlsca.crt"
 [dns]
   nameservers = ["1.1.1.1"]
 [worker.oci]
@@ -303,6 +340,18 @@ trace = false
             vec!["unix:///run/buildkit/buildkitd.sock"]
         );
         assert_eq!(c.daemon.gid, Some(998));
+        assert!(c.daemon.tls.complete());
+        assert_eq!(
+            c.daemon.tls.ca,
+            Some(PathBuf::from("/etc/buildkit/tlsca.crt"))
+        );
+        let e = Config::parse(
+            "[grpc.tls]
+certt = \"/x\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("certt"), "{e}");
         let e = Config::parse("root = 3").unwrap_err().to_string();
         assert!(e.contains("root"), "{e}");
         let e = Config::parse("[grpc]\ngid = \"wheel\"")
