@@ -231,6 +231,37 @@ fn tcp_with_mutual_tls_next_to_a_unix_socket() {
         std::fs::read_to_string(dest.join("hello.txt")).unwrap(),
         "over TLS\n"
     );
+    // `stargaze build --addr tcp://…` with buildctl's TLS flags, and without a certificate.
+    let layout = out.path().join("layout");
+    let build_cli = |with_cert: bool| {
+        let mut c = std::process::Command::new(stargaze_suite::stargaze_bin());
+        c.arg("build")
+            .arg(ctx.path())
+            .args(["--addr", &tcp])
+            .arg("--tlscacert")
+            .arg(&p.ca)
+            .arg("-t")
+            .arg(format!("oci:{}:v1", layout.display()));
+        if with_cert {
+            c.arg("--tlscert")
+                .arg(&p.client.0)
+                .arg("--tlskey")
+                .arg(&p.client.1);
+        }
+        c.output().unwrap()
+    };
+    let o = build_cli(true);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stargaze_fs::image::OciLayout::open(&layout)
+        .unwrap()
+        .resolve(Some("v1"))
+        .is_ok());
+    assert!(!build_cli(false).status.success());
     assert!(d.alive(), "{}", d.log());
     assert!(d.terminate().success(), "{}", d.log());
     assert!(!d.socket.exists());

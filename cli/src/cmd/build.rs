@@ -63,6 +63,18 @@ pub struct BuildArgs {
     /// With --addr: buildctl's --output (type=image|oci|docker|tar|local,…) instead of -t.
     #[arg(long, requires = "addr", value_name = "type=…")]
     output: Option<String>,
+    /// With a tcp:// --addr: the server name to verify (buildctl's --tlsservername).
+    #[arg(long, requires = "addr")]
+    tlsservername: Option<String>,
+    /// With a tcp:// --addr: CA certificate of the daemon.
+    #[arg(long, requires = "addr")]
+    tlscacert: Option<PathBuf>,
+    /// With a tcp:// --addr: client certificate.
+    #[arg(long, requires = "addr")]
+    tlscert: Option<PathBuf>,
+    /// With a tcp:// --addr: client key.
+    #[arg(long, requires = "addr")]
+    tlskey: Option<PathBuf>,
     #[command(flatten)]
     oci: OciWorkerArgs,
     #[command(flatten)]
@@ -235,5 +247,11 @@ fn remote(a: &BuildArgs, addr: &str) -> anyhow::Result<()> {
         platform: a.platform.as_deref(),
         output: a.output.as_deref(),
         docker_config: a.hosts.docker_config.as_deref(),
+        tls: stargaze_worker::buildkitd::client::ClientTls {
+            server_name: a.tlsservername.clone(),
+            ca: a.tlscacert.clone(),
+            cert: a.tlscert.clone(),
+            key: a.tlskey.clone(),
+        },
     })
 }

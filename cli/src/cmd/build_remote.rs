@@ -10,8 +10,8 @@ use anyhow::Context;
 use stargaze_fs::image::{import_layout_tar, OciLayout};
 use stargaze_fs::remote::auth::DockerConfig;
 use stargaze_worker::buildkitd::client::build::{build, BuildOptions};
-use stargaze_worker::buildkitd::client::channel;
 use stargaze_worker::buildkitd::client::output::Output;
+use stargaze_worker::buildkitd::client::{channel_with, ClientTls};
 use stargaze_worker::frontend::export::{parse_destination, Destination};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,8 @@ pub struct RemoteBuild<'a> {
     pub output: Option<&'a str>,
     /// `--docker-config`.
     pub docker_config: Option<&'a Path>,
+    /// `--tlsservername`, `--tlscacert`, `--tlscert`, `--tlskey` for a `tcp://` daemon.
+    pub tls: ClientTls,
 }
 
 fn options(r: &RemoteBuild, oci_tar: Option<&Path>) -> anyhow::Result<BuildOptions> {
@@ -117,7 +119,7 @@ pub fn run(r: RemoteBuild) -> anyhow::Result<()> {
     let opts = options(&r, layout_dest.as_ref().map(|_| oci_tar.as_path()))?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let outcome = rt.block_on(async {
-        let ch = channel(r.addr)
+        let ch = channel_with(r.addr, &r.tls)
             .await
             .with_context(|| format!("connecting to the daemon at {}", r.addr))?;
         build(ch, &opts, Box::new(std::io::stdout()))
