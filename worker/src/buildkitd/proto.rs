@@ -34,6 +34,13 @@ pub mod moby {
                 tonic::include_proto!("moby.buildkit.v1.frontend");
             }
         }
+        /// `moby.buildkit.secrets.v1`: the session's secrets.
+        pub mod secrets {
+            /// `moby.buildkit.secrets.v1` (`Secrets`)
+            pub mod v1 {
+                tonic::include_proto!("moby.buildkit.secrets.v1");
+            }
+        }
     }
     /// `moby.filesync.v1`: the session's file transfer and registry credentials.
     pub mod filesync {
@@ -84,6 +91,7 @@ pub mod fsutil {
     }
 }
 
+pub use moby::buildkit::secrets::v1 as secrets;
 pub use moby::buildkit::v1 as control;
 pub use moby::buildkit::v1::frontend as gateway;
 pub use moby::buildkit::v1::types;

@@ -2,7 +2,7 @@
 //! the same protocol definitions as the daemon, behaving as buildctl v0.11 does: what the
 //! tests drive the daemon with. `auth` answers registry credentials from the client's docker
 //! config, `session` attaches a client session serving the client's services on the
-//! session's connection, `local` is its FileSync sender of local directories, `output`
+//! session's connection, `secrets` serves `--secret` files on it, `local` is its FileSync sender of local directories, `output`
 //! parses `--output` and receives exports (a tarball into a file or stdout, a directory),
 //! `build` runs a build the buildctl way (session, Status, Solve through the gateway's
 //! Ping/Solve/Return) and `plain` prints its progress as `--progress=plain` does.
@@ -12,6 +12,7 @@ pub mod build;
 pub mod local;
 pub mod output;
 pub mod plain;
+pub mod secrets;
 pub mod session;
 
 use super::proto::control::control_client::ControlClient;

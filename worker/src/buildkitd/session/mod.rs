@@ -6,7 +6,7 @@
 //! by ID, `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
 //! target directory, `filesend` sends an export (a tarball, or a directory with fsutil's
 //! packets) to the session's `FileSend`, and `auth` asks a session's `Auth` service for
-//! registry credentials.
+//! registry credentials, and `secrets` asks its `Secrets` for a build's secrets.
 
 pub mod auth;
 mod bridge;
@@ -16,6 +16,7 @@ mod filesend_tests;
 pub mod filesync;
 mod headers;
 mod registry;
+pub mod secrets;
 #[cfg(test)]
 mod tests;
 
