@@ -10,6 +10,7 @@
 
 use super::session::filesync::{receive, DiffCopyOptions, ReceiveLimits};
 use super::session::secrets::{SessionSecrets, GET_SECRET};
+use super::session::ssh::{SessionSsh, CHECK_AGENT};
 use super::session::Session;
 use crate::executor::rootpath;
 use crate::frontend::dockerfile::{self, MAX_DOCKERFILE};
@@ -360,6 +361,11 @@ pub async fn run(
             session_id,
             session.channel(),
             session.serves(GET_SECRET),
+        ))),
+        ssh: Some(Arc::new(SessionSsh::new(
+            session_id,
+            session.channel(),
+            session.serves(CHECK_AGENT),
         ))),
     };
     // Its own task and cancel signal: when this call is dropped (the client went away) the

@@ -42,6 +42,13 @@ pub mod moby {
             }
         }
     }
+    /// `moby.sshforward.v1`: the session's SSH agent forwarding.
+    pub mod sshforward {
+        /// `moby.sshforward.v1` (`SSH`)
+        pub mod v1 {
+            tonic::include_proto!("moby.sshforward.v1");
+        }
+    }
     /// `moby.filesync.v1`: the session's file transfer and registry credentials.
     pub mod filesync {
         /// `moby.filesync.v1` (`FileSync`, `Auth`)
@@ -96,3 +103,4 @@ pub use moby::buildkit::v1 as control;
 pub use moby::buildkit::v1::frontend as gateway;
 pub use moby::buildkit::v1::types;
 pub use moby::filesync::v1 as filesync;
+pub use moby::sshforward::v1 as sshforward;

@@ -35,8 +35,8 @@ pub mod words;
 
 pub use image_config::ImageConfig;
 pub use request::{
-    BuildOutput, BuildRequest, BuildStats, ImageLayer, SecretError, SecretSource, StageResult,
-    Worker,
+    BuildOutput, BuildRequest, BuildStats, ImageLayer, SecretError, SecretSource, SshError,
+    SshSource, StageResult, Worker,
 };
 pub use solve::build;
 pub use step::BUILD_KEY_LABEL;
@@ -111,6 +111,9 @@ pub enum BuildError {
         #[source]
         source: run_mount::MountError,
     },
+    /// An SSH agent a step mounts could not be had.
+    #[error(transparent)]
+    Ssh(#[from] request::SshError),
     /// A secret a step mounts could not be had.
     #[error(transparent)]
     Secret(#[from] request::SecretError),

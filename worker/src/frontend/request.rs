@@ -64,13 +64,46 @@ pub struct BuildRequest {
     pub sessions: Vec<String>,
     /// Where `RUN --mount=type=secret` gets its secrets (none: no secret is found).
     pub secrets: Option<Arc<dyn SecretSource>>,
+    /// Where `RUN --mount=type=ssh` forwards its agent connections (none: no agent).
+    pub ssh: Option<Arc<dyn SshSource>>,
+}
+
+/// Why an SSH agent could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SshError {
+    /// No session has it.
+    #[error("no SSH key {0:?} forwarded from the client")]
+    NotFound(String),
+    /// Asking for it failed.
+    #[error("ssh agent {id}: {message}")]
+    Failed {
+        /// The agent ID.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Forwards the SSH agent connections of a build (buildkitd: to the client's sessions).
+pub trait SshSource: Send + Sync + std::fmt::Debug {
+    /// Whether agent `id` is there.
+    fn check<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), SshError>>;
+    /// Carries one connection to agent `id` until either side closes it.
+    fn forward(
+        &self,
+        id: String,
+        conn: tokio::net::UnixStream,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), SshError>>;
 }
 
 /// Why a secret could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SecretError {
     /// No session has it.
-    #[error("secret {0} not found")]
+    #[error("secret {0}: not found")]
     NotFound(String),
     /// Asking for it failed.
     #[error("secret {id}: {message}")]

@@ -4,13 +4,14 @@
 //! the content it shows; a cache is a directory of the worker that outlives builds (keyed
 //! by its ID and place, never its content), made with the mount's owner and mode and
 //! shared, locked or private among concurrent steps; a tmpfs is fresh; a secret is a file
-//! the build's sessions answer, written for the step only (never into the image).
+//! the build's sessions answer, written for the step only (never into the image); an ssh
+//! mount is a socket whose connections are forwarded to the sessions' agent.
 //! Everything is undone when the [`StepMounts`] drop.
 
 use super::copy::{self, Source, SourceRoot};
 use super::guards::{random_suffix, Mounted, SourceTree};
 use super::instructions::InstructionError;
-use super::request::SecretError;
+use super::request::{SecretError, SshError, SshSource};
 use super::run_mount::{MountType, RunMount, Sharing};
 use super::solve::{blocking, Ctx};
 use super::{io, BuildError};
@@ -27,6 +28,9 @@ pub(super) struct StepMounts {
     pub(super) mounts: Vec<StepMount>,
     /// Key parts.
     pub(super) key: Vec<String>,
+    /// Environment the mounts add (`SSH_AUTH_SOCK`).
+    pub(super) env: Vec<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     overlays: Vec<Mounted>,
     trees: Vec<SourceTree>,
     dirs: Vec<PathBuf>,
@@ -36,6 +40,9 @@ pub(super) struct StepMounts {
 
 impl Drop for StepMounts {
     fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
         // Overlays first (they sit on the trees and on the scratch directories).
         self.overlays.clear();
         self.trees.clear();
@@ -304,16 +311,71 @@ impl Ctx {
                     });
                 }
                 MountType::Ssh => {
-                    return Err(BuildError::RunMount {
-                        line,
-                        source: super::run_mount::MountError::Secret(
-                            "ssh mounts are not supported yet",
-                        ),
+                    let id = if m.id.is_empty() {
+                        "default".to_string()
+                    } else {
+                        m.id.clone()
+                    };
+                    out.key.push(format!("ssh\0{target}\0{id}"));
+                    let Some(src) = self.req.ssh.clone() else {
+                        if m.required {
+                            return Err(BuildError::Ssh(SshError::NotFound(id)));
+                        }
+                        continue;
+                    };
+                    match src.check(&id).await {
+                        Ok(()) => {}
+                        Err(SshError::NotFound(_)) if !m.required => continue,
+                        Err(e) => return Err(BuildError::Ssh(e)),
+                    }
+                    let dir = self.w.tmp.join(format!("ssh-{}", random_suffix()));
+                    out.dirs.push(dir.clone());
+                    let sock = self.ssh_socket(&dir, m).await?;
+                    let listener = tokio::net::UnixListener::bind(&sock)
+                        .map_err(io(format!("listening on {}", sock.display())))?;
+                    let s = sock.clone();
+                    let (mode, uid, gid) = (
+                        m.mode.unwrap_or(0o600),
+                        m.uid.unwrap_or(0),
+                        m.gid.unwrap_or(0),
+                    );
+                    blocking(move || {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::os::unix::fs::chown(&s, Some(uid), Some(gid))
+                            .map_err(io(format!("chown {}", s.display())))?;
+                        std::fs::set_permissions(&s, std::fs::Permissions::from_mode(mode))
+                            .map_err(io(format!("chmod {}", s.display())))
                     })
+                    .await?;
+                    out.tasks.push(tokio::spawn(serve_agent(listener, src, id)));
+                    if m.target.is_empty()
+                        && !out.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
+                    {
+                        out.env.push(format!("SSH_AUTH_SOCK={target}"));
+                    }
+                    out.mounts.push(StepMount::Bind {
+                        target,
+                        source: sock,
+                        readonly: false,
+                    });
                 }
             }
         }
         Ok(out)
+    }
+
+    /// A fresh directory `dir` for the agent socket of `m`; the socket's path.
+    async fn ssh_socket(&self, dir: &Path, _m: &RunMount) -> Result<PathBuf, BuildError> {
+        let d = dir.to_path_buf();
+        blocking(move || {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&d)
+                .map_err(io(format!("creating {}", d.display())))?;
+            Ok(d.join("agent.sock"))
+        })
+        .await
     }
 
     /// The key and top snapshot of what a bind shows: the context (`None`), a stage or
@@ -348,4 +410,29 @@ impl Ctx {
 /// Whether a cache mount asks for other than the default owner and mode.
 fn m_has_owner(mode: u32, uid: u32, gid: u32) -> bool {
     mode != 0o755 || uid != 0 || gid != 0
+}
+
+/// Accepts the step's connections to its agent socket, each forwarded to `src` until it
+/// closes; ends (and with it every forward) when the step's mounts are dropped.
+async fn serve_agent(listener: tokio::net::UnixListener, src: Arc<dyn SshSource>, id: String) {
+    let mut forwards = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            c = listener.accept() => match c {
+                Ok((conn, _)) => {
+                    let f = src.forward(id.clone(), conn);
+                    forwards.spawn(async move {
+                        if let Err(e) = f.await {
+                            tracing::debug!(error = %e, "an SSH agent connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting on a step's SSH agent socket");
+                    return;
+                }
+            },
+            Some(_) = forwards.join_next(), if !forwards.is_empty() => {}
+        }
+    }
 }

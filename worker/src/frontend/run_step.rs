@@ -59,6 +59,7 @@ impl Ctx {
             .await
             .map_err(|e| failed(ins, &v, e))?;
         let mount_key = mounts.key.join("\n");
+        env.extend(mounts.env.iter().cloned());
         let key = hex_key(&[
             &state.res.key,
             "RUN",

@@ -6,7 +6,8 @@
 //! by ID, `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
 //! target directory, `filesend` sends an export (a tarball, or a directory with fsutil's
 //! packets) to the session's `FileSend`, and `auth` asks a session's `Auth` service for
-//! registry credentials, and `secrets` asks its `Secrets` for a build's secrets.
+//! registry credentials, `secrets` asks its `Secrets` for a build's secrets and `ssh` forwards
+//! a build's SSH agent connections to its `SSH`.
 
 pub mod auth;
 mod bridge;
@@ -17,6 +18,7 @@ pub mod filesync;
 mod headers;
 mod registry;
 pub mod secrets;
+pub mod ssh;
 #[cfg(test)]
 mod tests;
 
