@@ -32,7 +32,7 @@ fn cache_secret_tmpfs_and_stage_binds_reach_the_step_only() {
              FROM {base}\n\
              ARG RUNID\n\
              RUN --mount=type=cache,target=/c echo $RUNID >> /c/log && cp /c/log /cache-seen\n\
-             RUN --mount=type=secret,id=tok,required [ \"$(cat /run/secrets/tok)\" = s3cret ] && echo ok > /secret-ok\n\
+             RUN --mount=type=secret,id=tok,required [ \"$(cat /run/secrets/tok)\" = s3cret ] && echo ok > /got-secret\n\
              RUN --mount=type=tmpfs,target=/t grep ' /t tmpfs ' /proc/mounts > /tmpfs-line && touch /t/x\n\
              RUN --mount=from=src,source=/data,target=/d cat /d/f > /bound\n"
         ),
@@ -60,7 +60,7 @@ fn cache_secret_tmpfs_and_stage_binds_reach_the_step_only() {
             "1\n"
         );
         assert_eq!(
-            std::fs::read_to_string(out.join("secret-ok")).unwrap(),
+            std::fs::read_to_string(out.join("got-secret")).unwrap(),
             "ok\n"
         );
         assert!(!out.join("run/secrets/tok").exists());
