@@ -1,6 +1,6 @@
 //! Generates the gRPC code from `proto/` with tonic 0.14: containerd's snapshots service
 //! (`proto/*.proto`), and BuildKit's control API (`proto/buildkit/`, laid out as BuildKit
-//! imports its files), with its session's FileSync, FileSend, Auth and fsutil's packets,
+//! imports its files), with its session's FileSync, FileSend, Auth, Secrets, SSH and fsutil's packets,
 //! and its gateway (`LLBBridge`); gRPC's health service (`proto/grpc/`), which a session's client serves; FileSend a second time with packets, as the `local`
 //! exporter uses it. The `containerd-snapshots` crate would pin tonic 0.9 / prost 0.11 next
 //! to the current stack; generating our own stubs keeps one tonic. protox compiles the
@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "session/filesync/filesync.proto",
             "frontend/gateway/pb/gateway.proto",
             "session/auth/auth.proto",
+            "session/secrets/secrets.proto",
+            "session/sshforward/ssh.proto",
         ],
         ["proto/buildkit"],
     )?;

@@ -147,6 +147,8 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         estargz: a.estargz,
         no_cache: a.no_cache,
         sessions: Vec::new(),
+        secrets: None,
+        ssh: None,
     };
     let worker = opened.worker().clone();
     // Ctrl-C or SIGTERM: running steps are killed and cleaned up, then the build fails.

@@ -9,6 +9,8 @@
 //! `[internal] load build context`).
 
 use super::session::filesync::{receive, DiffCopyOptions, ReceiveLimits};
+use super::session::secrets::{SessionSecrets, GET_SECRET};
+use super::session::ssh::{SessionSsh, CHECK_AGENT};
 use super::session::Session;
 use crate::executor::rootpath;
 use crate::frontend::dockerfile::{self, MAX_DOCKERFILE};
@@ -355,6 +357,16 @@ pub async fn run(
         estargz,
         no_cache: attrs.no_cache,
         sessions: vec![session_id.to_string()],
+        secrets: Some(Arc::new(SessionSecrets::new(
+            session_id,
+            session.channel(),
+            session.serves(GET_SECRET),
+        ))),
+        ssh: Some(Arc::new(SessionSsh::new(
+            session_id,
+            session.channel(),
+            session.serves(CHECK_AGENT),
+        ))),
     };
     // Its own task and cancel signal: when this call is dropped (the client went away) the
     // guard cancels the steps and the task cleans up; the context goes with the task.

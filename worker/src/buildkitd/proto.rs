@@ -34,6 +34,20 @@ pub mod moby {
                 tonic::include_proto!("moby.buildkit.v1.frontend");
             }
         }
+        /// `moby.buildkit.secrets.v1`: the session's secrets.
+        pub mod secrets {
+            /// `moby.buildkit.secrets.v1` (`Secrets`)
+            pub mod v1 {
+                tonic::include_proto!("moby.buildkit.secrets.v1");
+            }
+        }
+    }
+    /// `moby.sshforward.v1`: the session's SSH agent forwarding.
+    pub mod sshforward {
+        /// `moby.sshforward.v1` (`SSH`)
+        pub mod v1 {
+            tonic::include_proto!("moby.sshforward.v1");
+        }
     }
     /// `moby.filesync.v1`: the session's file transfer and registry credentials.
     pub mod filesync {
@@ -84,10 +98,12 @@ pub mod fsutil {
     }
 }
 
+pub use moby::buildkit::secrets::v1 as secrets;
 pub use moby::buildkit::v1 as control;
 pub use moby::buildkit::v1::frontend as gateway;
 pub use moby::buildkit::v1::types;
 pub use moby::filesync::v1 as filesync;
+pub use moby::sshforward::v1 as sshforward;
 
 /// `grpc.health.v1`: the health service a session's client serves (the daemon checks it).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

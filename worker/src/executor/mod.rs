@@ -16,7 +16,7 @@ pub mod user;
 
 pub use network::{NetworkKind, UnknownNetworkKind};
 pub use runc::Stream;
-pub use spec::Network;
+pub use spec::{Network, StepMount};
 
 use crate::snapshot::{mounts, Mount, SnapshotError};
 use std::path::{Path, PathBuf};
@@ -64,6 +64,9 @@ pub struct StepProcess {
     pub user: String,
     /// Hostname; empty means `buildkitsandbox`.
     pub hostname: String,
+    /// The step's own mounts (`RUN --mount`); their mount points, when the rootfs lacks
+    /// them, are made for the step and removed after it when still empty.
+    pub mounts: Vec<StepMount>,
 }
 
 /// Receives a step's output, one line (or partial final line) at a time.
@@ -216,7 +219,7 @@ impl Executor {
             rootfs: rootfs.clone(),
             mounted: false,
         };
-        let input = {
+        let (input, stubs) = {
             let root = root.to_vec();
             let p = p.clone();
             let opts = self.opts.clone();
@@ -264,6 +267,7 @@ impl Executor {
                 source: std::io::Error::other(e.to_string()),
             })?;
         let r = runc::run(&self.opts, &id, &dir, sink, cancel, timeout).await;
+        remove_stubs(&stubs);
         drop(bundle);
         match r {
             Ok(0) => Ok(()),
@@ -286,7 +290,7 @@ fn prepare(
     opts: &ExecutorOptions,
     resolv: PathBuf,
     hosts: PathBuf,
-) -> Result<spec::SpecInput, (bool, ExecError)> {
+) -> Result<(spec::SpecInput, Vec<PathBuf>), (bool, ExecError)> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .mode(0o711)
@@ -307,7 +311,12 @@ fn prepare(
             tracing::debug!(error = %e, "chown of the new working directory");
         }
     }
-    Ok(spec::SpecInput {
+    let mut stubs = Vec::new();
+    for m in &p.mounts {
+        let file = matches!(m, StepMount::Bind { source, .. } if !source.is_dir());
+        stubs.extend(make_stub(rootfs, m.target(), file).map_err(|e| (true, e))?);
+    }
+    let input = spec::SpecInput {
         rootfs: rootfs.to_path_buf(),
         args: p.args.clone(),
         env: p.env.clone(),
@@ -328,7 +337,59 @@ fn prepare(
         process_sandbox: opts.process_sandbox,
         apparmor_profile: opts.apparmor_profile.clone(),
         rootless: opts.rootless,
-    })
+        mounts: p.mounts.clone(),
+    };
+    Ok((input, stubs))
+}
+
+/// Makes the mount point `target` (a directory, or an empty file when `file`) in `rootfs`
+/// when missing; returns what was made, deepest last (nothing when it was there).
+fn make_stub(rootfs: &Path, target: &str, file: bool) -> Result<Vec<PathBuf>, ExecError> {
+    let path = rootpath::resolve(rootfs, target, true)?;
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return Ok(Vec::new());
+    }
+    // The missing ancestors, outermost first.
+    let mut made = Vec::new();
+    let mut cur = path.clone();
+    while let Some(parent) = cur.parent() {
+        if !parent.starts_with(rootfs) || parent.exists() {
+            break;
+        }
+        made.insert(0, parent.to_path_buf());
+        cur = parent.to_path_buf();
+    }
+    let parent_in = Path::new(target)
+        .parent()
+        .and_then(|p| p.to_str())
+        .unwrap_or("/");
+    rootpath::mkdir_all(rootfs, parent_in, 0o755)?;
+    if file {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io(format!("creating {}", path.display())))?;
+    } else {
+        std::fs::create_dir(&path).map_err(io(format!("creating {}", path.display())))?;
+    }
+    made.push(path);
+    Ok(made)
+}
+
+/// Removes the mount points a step's mounts needed, deepest first, where still empty (a
+/// step that wrote next to them keeps its files).
+fn remove_stubs(stubs: &[PathBuf]) {
+    for s in stubs.iter().rev() {
+        let r = match std::fs::symlink_metadata(s) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir(s),
+            Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(s),
+            _ => continue,
+        };
+        if let Err(e) = r {
+            tracing::debug!(stub = %s.display(), error = %e, "mount point kept");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,36 @@ pub enum Network {
     Join(PathBuf),
 }
 
+/// A mount a step asks for (`RUN --mount`), over whatever the default spec has there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepMount {
+    /// A host path bound at `target`.
+    Bind {
+        /// Where, inside the container.
+        target: String,
+        /// The host path (a directory or a file).
+        source: PathBuf,
+        /// Read-only.
+        readonly: bool,
+    },
+    /// A fresh tmpfs at `target`.
+    Tmpfs {
+        /// Where, inside the container.
+        target: String,
+        /// Size limit in bytes (none: the kernel's default).
+        size: Option<u64>,
+    },
+}
+
+impl StepMount {
+    /// Where it goes inside the container.
+    pub fn target(&self) -> &str {
+        match self {
+            StepMount::Bind { target, .. } | StepMount::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
 /// Everything a spec is made from.
 #[derive(Debug, Clone)]
 pub struct SpecInput {
@@ -54,6 +84,8 @@ pub struct SpecInput {
     pub apparmor_profile: Option<String>,
     /// Rootless: no sysfs or cgroup mounts, no resources.
     pub rootless: bool,
+    /// The step's own mounts, in order.
+    pub mounts: Vec<StepMount>,
 }
 
 /// Why a spec could not be made.
@@ -217,6 +249,37 @@ pub fn generate(i: &SpecInput) -> Result<Spec, SpecError> {
     }
     mounts.push(bind_ro("/etc/resolv.conf", &i.resolv_conf)?);
     mounts.push(bind_ro("/etc/hosts", &i.hosts)?);
+    for m in &i.mounts {
+        // A step's mount replaces a default one at the same place (`/dev/shm`).
+        mounts.retain(|d| d.destination() != Path::new(m.target()));
+        mounts.push(match m {
+            StepMount::Bind {
+                target,
+                source,
+                readonly,
+            } => {
+                let mut opts = vec!["rbind", "nosuid", "nodev"];
+                if *readonly {
+                    opts.push("ro");
+                }
+                MountBuilder::default()
+                    .destination(target)
+                    .typ("bind")
+                    .source(source)
+                    .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .build()
+                    .map_err(e)?
+            }
+            StepMount::Tmpfs { target, size } => {
+                let size = size.map(|s| format!("size={s}"));
+                let mut opts = vec!["nosuid", "nodev", "mode=1777"];
+                if let Some(s) = &size {
+                    opts.push(s);
+                }
+                mount(target, "tmpfs", "tmpfs", &opts)?
+            }
+        });
+    }
 
     let mut namespaces: Vec<LinuxNamespace> = Vec::new();
     let ns = |t: LinuxNamespaceType, path: Option<&Path>| -> Result<LinuxNamespace, SpecError> {
@@ -301,7 +364,40 @@ mod tests {
             process_sandbox: true,
             apparmor_profile: None,
             rootless: false,
+            mounts: Vec::new(),
         }
+    }
+
+    #[test]
+    fn step_mounts_replace_defaults_at_their_target() {
+        let mut i = input();
+        i.mounts = vec![
+            StepMount::Tmpfs {
+                target: "/dev/shm".into(),
+                size: Some(128 << 20),
+            },
+            StepMount::Bind {
+                target: "/ctx".into(),
+                source: "/host/ctx".into(),
+                readonly: true,
+            },
+        ];
+        let v = serde_json::to_value(generate(&i).unwrap()).unwrap();
+        let ms = v["mounts"].as_array().unwrap();
+        let at = |d: &str| -> Vec<&serde_json::Value> {
+            ms.iter().filter(|m| m["destination"] == d).collect()
+        };
+        assert_eq!(at("/dev/shm").len(), 1);
+        assert_eq!(at("/dev/shm")[0]["type"], "tmpfs");
+        assert!(at("/dev/shm")[0]["options"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("size=134217728")));
+        assert_eq!(at("/ctx")[0]["source"], "/host/ctx");
+        assert!(at("/ctx")[0]["options"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("ro")));
     }
 
     #[test]

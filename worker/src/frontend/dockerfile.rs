@@ -89,6 +89,7 @@ impl Keyword {
             Keyword::From => &["platform"],
             Keyword::Copy => &["from", "chown", "chmod"],
             Keyword::Add => &["chown", "chmod"],
+            Keyword::Run => &["mount"],
             _ => &[],
         }
     }
@@ -97,7 +98,7 @@ impl Keyword {
     /// (refused as such, not as unknown flags).
     fn unsupported_flags(self) -> &'static [&'static str] {
         match self {
-            Keyword::Run => &["mount", "network", "security"],
+            Keyword::Run => &["network", "security"],
             Keyword::Copy => &["link"],
             Keyword::Add => &["link", "keep-git-dir", "checksum"],
             _ => &[],
@@ -438,7 +439,6 @@ mod tests {
             .contains("HEALTHCHECK"));
         assert_eq!(e("RUN x\n").line, 1);
         assert!(e("\n\n").message.contains("no FROM"));
-        assert_eq!(e("FROM a\nRUN --mount=type=cache x\n").line, 2);
         assert_eq!(
             e("FROM a\nFNTRYPOINT x\n").message,
             "unknown instruction: FNTRYPOINT (did you mean ENTRYPOINT?)"

@@ -25,6 +25,8 @@ pub mod instructions;
 pub mod layer;
 pub mod progress;
 pub mod request;
+mod run_mount;
+mod run_mounts;
 mod run_step;
 pub mod solve;
 mod step;
@@ -32,7 +34,10 @@ mod suggest;
 pub mod words;
 
 pub use image_config::ImageConfig;
-pub use request::{BuildOutput, BuildRequest, BuildStats, ImageLayer, StageResult, Worker};
+pub use request::{
+    BuildOutput, BuildRequest, BuildStats, ImageLayer, SecretError, SecretSource, SshError,
+    SshSource, StageResult, Worker,
+};
 pub use solve::build;
 pub use step::BUILD_KEY_LABEL;
 
@@ -97,6 +102,21 @@ pub enum BuildError {
     /// `--chown` names no user or group of the image.
     #[error(transparent)]
     User(#[from] UserError),
+    /// A `RUN --mount` is wrong.
+    #[error("Dockerfile line {line}: {source}")]
+    RunMount {
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        #[source]
+        source: run_mount::MountError,
+    },
+    /// An SSH agent a step mounts could not be had.
+    #[error(transparent)]
+    Ssh(#[from] request::SshError),
+    /// A secret a step mounts could not be had.
+    #[error(transparent)]
+    Secret(#[from] request::SecretError),
     /// A step's snapshot has mounts whose changes cannot be read.
     #[error("cannot read changes of mounts {0:?}")]
     Changes(Vec<Mount>),

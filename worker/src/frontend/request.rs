@@ -32,6 +32,8 @@ pub struct Worker {
     pub cache: StepCache,
     /// Scratch space for mount points (same file system as the state).
     pub tmp: PathBuf,
+    /// The directories of `RUN --mount=type=cache`, kept across builds.
+    pub cache_mounts: PathBuf,
     /// Bounds RUN steps at once.
     pub parallelism: Arc<Semaphore>,
     /// Runtime for blocking snapshotter work that needs async calls.
@@ -60,6 +62,66 @@ pub struct BuildRequest {
     /// Session IDs asked, in order, for registry credentials by every registry access of the
     /// build (empty: the worker's own configuration only).
     pub sessions: Vec<String>,
+    /// Where `RUN --mount=type=secret` gets its secrets (none: no secret is found).
+    pub secrets: Option<Arc<dyn SecretSource>>,
+    /// Where `RUN --mount=type=ssh` forwards its agent connections (none: no agent).
+    pub ssh: Option<Arc<dyn SshSource>>,
+}
+
+/// Why an SSH agent could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SshError {
+    /// No session has it.
+    #[error("no SSH key {0:?} forwarded from the client")]
+    NotFound(String),
+    /// Asking for it failed.
+    #[error("ssh agent {id}: {message}")]
+    Failed {
+        /// The agent ID.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Forwards the SSH agent connections of a build (buildkitd: to the client's sessions).
+pub trait SshSource: Send + Sync + std::fmt::Debug {
+    /// Whether agent `id` is there.
+    fn check<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), SshError>>;
+    /// Carries one connection to agent `id` until either side closes it.
+    fn forward(
+        &self,
+        id: String,
+        conn: tokio::net::UnixStream,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), SshError>>;
+}
+
+/// Why a secret could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SecretError {
+    /// No session has it.
+    #[error("secret {0}: not found")]
+    NotFound(String),
+    /// Asking for it failed.
+    #[error("secret {id}: {message}")]
+    Failed {
+        /// The secret.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Answers the secrets of a build (buildkitd: the client's sessions).
+pub trait SecretSource: Send + Sync + std::fmt::Debug {
+    /// The secret `id`'s bytes.
+    fn secret<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<u8>, SecretError>>;
 }
 
 /// A layer of a stage's image: its descriptor and where its blob is.

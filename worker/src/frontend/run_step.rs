@@ -3,13 +3,15 @@
 //! active snapshot over the stage's top, with the config's environment plus the stage's
 //! ARGs, its user and working directory, through the runc executor while it holds a permit
 //! of the worker's parallelism bound. Its key chains the stage's key with all of those and
-//! the layer compression.
+//! the layer compression. Its `--mount`s (`run_mount`, `run_mounts`) are set up for the
+//! step and add to its key what they show.
 
 use super::dockerfile::Instruction;
 use super::guards::Active;
 use super::instructions::{command, env_of, user_of, working_dir_of};
 use super::layer::LayerBlob;
 use super::progress::Vertex;
+use super::run_mount;
 use super::solve::{blocking, hex_key, Ctx, StageState};
 use super::step::{compression, failed, finish};
 use super::BuildError;
@@ -21,9 +23,21 @@ impl Ctx {
     pub(super) async fn run(
         self: &Arc<Self>,
         state: &mut StageState,
+        stage: usize,
         ins: &Instruction,
         title: &str,
     ) -> Result<(), BuildError> {
+        let esc = self.req.dockerfile.escape;
+        let specs = ins
+            .flags
+            .iter()
+            .filter(|(k, _)| k == "mount")
+            .map(|(_, v)| run_mount::parse(v, esc, &state.lookup()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| BuildError::RunMount {
+                line: ins.line,
+                source,
+            })?;
         let args = command(ins, &state.res.config);
         let mut env: Vec<String> = env_of(&state.res.config)
             .into_iter()
@@ -39,6 +53,13 @@ impl Ctx {
         env.extend(args_env);
         let user = user_of(&state.res.config);
         let cwd = working_dir_of(&state.res.config);
+        let v = self.progress.vertex(title);
+        let mounts = self
+            .step_mounts(&specs, stage, &cwd, ins.line)
+            .await
+            .map_err(|e| failed(ins, &v, e))?;
+        let mount_key = mounts.key.join("\n");
+        env.extend(mounts.env.iter().cloned());
         let key = hex_key(&[
             &state.res.key,
             "RUN",
@@ -47,9 +68,10 @@ impl Ctx {
             &user,
             &cwd,
             compression(self.req.estargz),
+            &mount_key,
         ]);
-        let v = self.progress.vertex(title);
         if self.reuse_cached(state, &key, ins, &v) {
+            drop(tokio::task::spawn_blocking(move || drop(mounts)).await);
             return Ok(());
         }
         let process = StepProcess {
@@ -58,12 +80,15 @@ impl Ctx {
             cwd: if cwd.is_empty() { "/".into() } else { cwd },
             user,
             hostname: String::new(),
+            mounts: mounts.mounts.clone(),
         };
         let v = Arc::new(v);
-        let (snapshot, layer) = self
+        let ran = self
             .execute(state.res.top.clone(), &key, process, v.clone())
-            .await
-            .map_err(|e| failed(ins, &v, e))?;
+            .await;
+        // The mounts go on a blocking thread (removing them may unmount).
+        drop(tokio::task::spawn_blocking(move || drop(mounts)).await);
+        let (snapshot, layer) = ran.map_err(|e| failed(ins, &v, e))?;
         self.executed(state, ins, key, snapshot, layer)?;
         v.done();
         Ok(())

@@ -263,7 +263,7 @@ impl Ctx {
         match ins.keyword {
             Keyword::From => Err(bad(InstructionError::FromInStage)),
             Keyword::Arg => self.arg(state, ins).map_err(bad),
-            Keyword::Run => self.run(state, ins, title).await,
+            Keyword::Run => self.run(state, stage, ins, title).await,
             Keyword::Copy | Keyword::Add => self.copy(state, stage, ins, title).await,
             _ => {
                 self.metadata(state, stage, ins).map_err(bad)?;

@@ -41,6 +41,24 @@ pub fn hint(word: &str, known: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// ` (did you mean X?)` the way BuildKit's `suggest.WrapError` picks X for values (mount
+/// keys and types): the first closest of `known` fewer than three edits away, whatever
+/// the word's length; nothing for an exact match.
+pub fn near_hint(word: &str, known: &[&str]) -> String {
+    if word.len() > 64 || known.contains(&word) {
+        return String::new();
+    }
+    let mut best: Option<(usize, &str)> = None;
+    for k in known {
+        let d = distance(word, k);
+        if d < best.map_or(3, |(b, _)| b) {
+            best = Some((d, k));
+        }
+    }
+    best.map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +78,10 @@ mod tests {
         );
         assert_eq!(hint("zzzz", &["mount", "network"]), "");
         assert_eq!(distance("kitten", "sitting"), 3);
+        assert_eq!(
+            near_hint("tmp", &["bind", "tmpfs"]),
+            " (did you mean tmpfs?)"
+        );
+        assert_eq!(near_hint("tmpfs", &["bind", "tmpfs"]), "");
     }
 }

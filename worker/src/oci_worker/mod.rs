@@ -148,6 +148,7 @@ impl OciWorker {
             content,
             cache,
             tmp,
+            cache_mounts: state.join("cache-mounts"),
             parallelism: Arc::new(tokio::sync::Semaphore::new(permits)),
             rt: rt.clone(),
         });

@@ -12,6 +12,7 @@ use super::auth::ConfigAuth;
 use super::local::LocalDirs;
 use super::output::{parse_output, DirSink, Output, OutputError, Received, TarballSink};
 use super::plain::Plain;
+use super::secrets::FileSecrets;
 use super::session::{attach_serving, ServedAuth, ServedOutput};
 use crate::buildkitd::gateway::BUILD_ID;
 use crate::buildkitd::proto::control::control_client::ControlClient;
@@ -63,6 +64,8 @@ pub struct BuildOptions {
     /// Where an export sent to the client lands (`--output …,dest=`); the session then
     /// serves `FileSend`.
     pub output: Option<Output>,
+    /// `--secret id=ID,src=FILE`: secrets the session serves (none: no `Secrets`).
+    pub secrets: HashMap<String, PathBuf>,
 }
 
 impl BuildOptions {
@@ -83,6 +86,7 @@ impl BuildOptions {
             via: Via::Gateway,
             docker_config: None,
             output: None,
+            secrets: HashMap::new(),
         }
     }
 
@@ -187,7 +191,8 @@ pub async fn build_with<F: FileSync>(
             (Some(ServedOutput::Tarball(sink)), Some(r))
         }
     };
-    let session = attach_serving(&control, &random_suffix(), files, auth, served).await?;
+    let secrets = (!opts.secrets.is_empty()).then(|| FileSecrets(opts.secrets.clone()));
+    let session = attach_serving(&control, &random_suffix(), files, auth, served, secrets).await?;
     let build_ref = format!("build-{}", random_suffix());
     let mut c3 = control.clone();
     let status_req = StatusRequest {

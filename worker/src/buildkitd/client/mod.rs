@@ -3,7 +3,7 @@
 //! definitions as the daemon, behaving as buildctl v0.11 does: what the tests drive the
 //! daemon with. `auth` answers registry credentials from the client's docker
 //! config, `session` attaches a client session serving the client's services on the
-//! session's connection (`health` answers the daemon's checks), `local` is its FileSync sender of local directories, `output`
+//! session's connection (`health` answers the daemon's checks), `secrets` serves `--secret` files on it, `local` is its FileSync sender of local directories, `output`
 //! parses `--output` and receives exports (a tarball into a file or stdout, a directory),
 //! `build` runs a build the buildctl way (session, Status, Solve through the gateway's
 //! Ping/Solve/Return) and `plain` prints its progress as `--progress=plain` does.
@@ -14,6 +14,7 @@ pub mod health;
 pub mod local;
 pub mod output;
 pub mod plain;
+pub mod secrets;
 pub mod session;
 pub mod tls;
 

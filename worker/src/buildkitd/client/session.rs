@@ -1,10 +1,12 @@
 //! The client's half of a session (docs/BUILDKIT_PROTOCOL.md §4): `Control.Session` called
 //! with the session headers, its stream bridged to a byte stream on which the client serves
-//! its services (a FileSync, the health service the daemon checks, `Auth` when the client answers registry credentials, `FileSend`
-//! when it receives an export) as the gRPC server of the session's one connection.
+//! its services (a FileSync, the health service the daemon checks, `Auth` when the client
+//! answers registry credentials, `FileSend` when it receives an export, `Secrets` when it
+//! has any) as the gRPC server of the session's one connection.
 
 use super::health::Serving;
 use super::output::{DirSink, TarballSink};
+use super::secrets::FileSecrets;
 use crate::buildkitd::proto::control::control_client::ControlClient;
 use crate::buildkitd::proto::control::BytesMessage;
 use crate::buildkitd::proto::filesend_packets::file_send_server::FileSendServer as PacketFileSendServer;
@@ -12,9 +14,11 @@ use crate::buildkitd::proto::filesync::auth_server::{Auth, AuthServer};
 use crate::buildkitd::proto::filesync::file_send_server::FileSendServer;
 use crate::buildkitd::proto::filesync::file_sync_server::{FileSync, FileSyncServer};
 use crate::buildkitd::proto::grpc::health::v1::health_server::HealthServer;
+use crate::buildkitd::proto::secrets::secrets_server::SecretsServer;
 use crate::buildkitd::session::auth::{CREDENTIALS, FETCH_TOKEN};
 use crate::buildkitd::session::filesend::FILE_SEND;
 use crate::buildkitd::session::health::CHECK;
+use crate::buildkitd::session::secrets::GET_SECRET;
 use crate::buildkitd::session::{bridge, GRPC_METHOD, NAME, SHARED_KEY, UUID};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -73,16 +77,18 @@ pub async fn attach_with_auth<F: FileSync, A: Auth>(
     files: F,
     auth: Option<ServedAuth<A>>,
 ) -> Result<ClientSession, Status> {
-    attach_serving(control, id, files, auth, None).await
+    attach_serving(control, id, files, auth, None, None).await
 }
 
-/// Like [`attach_with_auth`], also receiving an export with `output` when given.
+/// Like [`attach_with_auth`], also receiving an export with `output` and serving (and
+/// listing) `secrets` when given.
 pub async fn attach_serving<F: FileSync, A: Auth>(
     control: &ControlClient<Channel>,
     id: &str,
     files: F,
     auth: Option<ServedAuth<A>>,
     output: Option<ServedOutput>,
+    secrets: Option<FileSecrets>,
 ) -> Result<ClientSession, Status> {
     let mut c = control.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<BytesMessage>(8);
@@ -105,6 +111,9 @@ pub async fn attach_serving<F: FileSync, A: Auth>(
     }
     if output.is_some() {
         md.append(GRPC_METHOD, value(FILE_SEND)?);
+    }
+    if secrets.is_some() {
+        md.append(GRPC_METHOD, value(GET_SECRET)?);
     }
     let (tarball, dir) = match output {
         Some(ServedOutput::Tarball(t)) => (Some(FileSendServer::new(t)), None),
@@ -130,6 +139,7 @@ pub async fn attach_serving<F: FileSync, A: Auth>(
             .add_optional_service(auth.map(|a| AuthServer::new(a.auth)))
             .add_optional_service(tarball)
             .add_optional_service(dir)
+            .add_optional_service(secrets.map(SecretsServer::new))
             // The one connection; a listener that then stays open (the server would stop).
             .serve_with_incoming(
                 tokio_stream::once(Ok::<_, std::io::Error>(io)).chain(tokio_stream::pending()),

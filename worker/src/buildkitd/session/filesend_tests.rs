@@ -25,6 +25,7 @@ async fn client(addr: &str, id: &str, out: ServedOutput) -> ClientSession {
         LocalDirs::default(),
         None,
         Some(out),
+        None,
     )
     .await
     .unwrap()

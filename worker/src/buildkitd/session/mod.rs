@@ -6,8 +6,9 @@
 //! by ID, `filesync` receives a directory from a session's `FileSync.DiffCopy` into a
 //! target directory, `filesend` sends an export (a tarball, or a directory with fsutil's
 //! packets) to the session's `FileSend`, `auth` asks a session's `Auth` service for
-//! registry credentials, and `health` checks that the client still answers, closing its
-//! session when it does not.
+//! registry credentials, `secrets` asks its `Secrets` for a build's secrets, `ssh` forwards
+//! a build's SSH agent connections to its `SSH`, and `health` checks that the client still
+//! answers, closing its session when it does not.
 
 pub mod auth;
 mod bridge;
@@ -20,6 +21,8 @@ pub mod health;
 #[cfg(test)]
 mod health_tests;
 mod registry;
+pub mod secrets;
+pub mod ssh;
 #[cfg(test)]
 mod tests;
 
