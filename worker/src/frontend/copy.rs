@@ -380,8 +380,8 @@ pub fn copy_into(
 
 /// Makes the destination directory `path` inside `rootfs` and the missing ones above it,
 /// owned by `owner` when the copy has one (`--chown`), else by root, as BuildKit creates
-/// them; directories that exist keep their owner.
-fn make_dest_dir(
+/// them; directories that exist keep their owner (WORKDIR makes its directory so too).
+pub fn make_dest_dir(
     rootfs: &Path,
     path: &str,
     owner: Option<(u32, u32)>,

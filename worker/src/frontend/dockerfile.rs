@@ -4,6 +4,7 @@
 //! because their values depend on the instructions before them. Anything outside the
 //! supported subset is an error that names the line.
 
+use super::heredoc::{markers_in_line, Heredoc};
 use super::suggest;
 use super::words::raw_tokens;
 
@@ -39,6 +40,8 @@ pub enum Keyword {
     Cmd,
     /// `SHELL`.
     Shell,
+    /// `ONBUILD`: an instruction stored in the image config, run by the images built on it.
+    Onbuild,
 }
 
 /// Every Dockerfile instruction (for the "did you mean" hint of an unknown one).
@@ -79,6 +82,7 @@ impl Keyword {
             "ENTRYPOINT" => Keyword::Entrypoint,
             "CMD" => Keyword::Cmd,
             "SHELL" => Keyword::Shell,
+            "ONBUILD" => Keyword::Onbuild,
             _ => return None,
         })
     }
@@ -133,6 +137,8 @@ pub struct Instruction {
     pub json: Option<Vec<String>>,
     /// The instruction as written (continuations joined), for progress and errors.
     pub text: String,
+    /// Its heredocs (RUN, COPY, ADD, and ONBUILD of those), in order.
+    pub heredocs: Vec<Heredoc>,
 }
 
 impl Instruction {
@@ -142,6 +148,31 @@ impl Instruction {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether heredoc markers in its line take the lines after it.
+    fn takes_heredocs(&self) -> bool {
+        let inner = |s: &str| {
+            let w = s.split_whitespace().next().unwrap_or_default();
+            ["RUN", "COPY", "ADD"].contains(&w.to_ascii_uppercase().as_str())
+        };
+        match self.keyword {
+            Keyword::Run | Keyword::Copy | Keyword::Add => true,
+            Keyword::Onbuild => inner(&self.args),
+            _ => false,
+        }
+    }
+
+    /// ONBUILD's trigger as stored in the image config: the instruction, its heredocs
+    /// appended with their terminators (so it parses again as written).
+    pub fn trigger(&self) -> String {
+        let mut t = self.args.clone();
+        for h in &self.heredocs {
+            t.push('\n');
+            t.push_str(&h.content);
+            t.push_str(&h.name);
+        }
+        t
     }
 }
 
@@ -219,35 +250,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
         }
         i += 1;
     }
-    let mut instructions = Vec::new();
-    while i < lines.len() {
-        let start = i;
-        let first = lines[i].trim_start();
-        i += 1;
-        if first.is_empty() || first.starts_with('#') {
-            continue;
-        }
-        let mut joined = String::new();
-        let mut cur = first.trim_end().to_string();
-        loop {
-            if let Some(stripped) = cur.strip_suffix(escape) {
-                joined.push_str(stripped);
-                // Comment and empty lines inside a continuation are skipped.
-                while i < lines.len() && lines[i].trim_start().starts_with('#') {
-                    i += 1;
-                }
-                if i >= lines.len() {
-                    break;
-                }
-                cur = lines[i].trim_end().to_string();
-                i += 1;
-            } else {
-                joined.push_str(&cur);
-                break;
-            }
-        }
-        instructions.push(instruction(start + 1, joined.trim())?);
-    }
+    let instructions = parse_instructions(&lines, i, escape)?;
     let mut global_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     for ins in instructions {
@@ -303,6 +306,92 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
     })
 }
 
+/// Parses an ONBUILD trigger (as an image config stores it) into its one instruction.
+pub fn parse_trigger(text: &str, escape: char) -> Result<Instruction, ParseError> {
+    if text.len() > MAX_DOCKERFILE {
+        return Err(err(0, format!("larger than {MAX_DOCKERFILE} bytes")));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut all = parse_instructions(&lines, 0, escape)?;
+    match all.pop() {
+        Some(ins) if all.is_empty() && ins.keyword != Keyword::Onbuild => Ok(ins),
+        _ => Err(err(
+            0,
+            format!("ONBUILD trigger {text:.64?} is not one instruction"),
+        )),
+    }
+}
+
+/// The instructions of `lines` from index `i`: continuations joined, comments skipped,
+/// heredocs taken.
+fn parse_instructions(
+    lines: &[&str],
+    mut i: usize,
+    escape: char,
+) -> Result<Vec<Instruction>, ParseError> {
+    let mut instructions = Vec::new();
+    while i < lines.len() {
+        let start = i;
+        let first = lines[i].trim_start();
+        i += 1;
+        if first.is_empty() || first.starts_with('#') {
+            continue;
+        }
+        let mut joined = String::new();
+        let mut cur = first.trim_end().to_string();
+        loop {
+            if let Some(stripped) = cur.strip_suffix(escape) {
+                joined.push_str(stripped);
+                // Comment and empty lines inside a continuation are skipped.
+                while i < lines.len() && lines[i].trim_start().starts_with('#') {
+                    i += 1;
+                }
+                if i >= lines.len() {
+                    break;
+                }
+                cur = lines[i].trim_end().to_string();
+                i += 1;
+            } else {
+                joined.push_str(&cur);
+                break;
+            }
+        }
+        let mut ins = instruction(start + 1, joined.trim())?;
+        if ins.takes_heredocs() {
+            for m in markers_in_line(&joined) {
+                let mut content = String::new();
+                let mut terminated = false;
+                while i < lines.len() {
+                    let l = lines[i];
+                    i += 1;
+                    let end = if m.chomp {
+                        l.trim_start_matches('\t')
+                    } else {
+                        l
+                    };
+                    if end == m.name {
+                        terminated = true;
+                        break;
+                    }
+                    content.push_str(l);
+                    content.push('\n');
+                }
+                if !terminated {
+                    return Err(err(start + 1, format!("unterminated heredoc {:?}", m.name)));
+                }
+                ins.heredocs.push(Heredoc {
+                    name: m.name,
+                    expand: m.expand,
+                    chomp: m.chomp,
+                    content,
+                });
+            }
+        }
+        instructions.push(ins);
+    }
+    Ok(instructions)
+}
+
 fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
     let (word, rest) = match text.find(char::is_whitespace) {
         Some(p) => (&text[..p], text[p..].trim_start()),
@@ -314,7 +403,7 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
             err(
                 line,
                 format!(
-                    "unsupported instruction {upper:?} (supported: FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, ENTRYPOINT, CMD, SHELL)"
+                    "unsupported instruction {upper:?} (supported: FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, ENTRYPOINT, CMD, SHELL, ONBUILD)"
                 ),
             )
         } else {
@@ -360,8 +449,24 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
             format!("{} needs arguments", word.to_ascii_uppercase()),
         ));
     }
-    if rest.starts_with("<<") {
-        return Err(err(line, "heredocs are not supported"));
+    if keyword == Keyword::Onbuild {
+        let inner = rest.split_whitespace().next().unwrap_or_default();
+        match inner.to_ascii_uppercase().as_str() {
+            "ONBUILD" => {
+                return Err(err(
+                    line,
+                    "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+                ))
+            }
+            i @ ("FROM" | "MAINTAINER") => {
+                return Err(err(
+                    line,
+                    format!("{i} isn't allowed as an ONBUILD trigger"),
+                ))
+            }
+            // The trigger must be an instruction this parser takes.
+            _ => drop(instruction(line, rest)?),
+        }
     }
     let json = if keyword.takes_json() && rest.starts_with('[') {
         if keyword == Keyword::Shell {
@@ -394,6 +499,7 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
         flags,
         args: rest.to_string(),
         json,
+        heredocs: Vec::new(),
         text: format!(
             "{} {}",
             word.to_ascii_uppercase(),
@@ -447,9 +553,16 @@ mod tests {
             e("FROM a\nBOGUSWORD x\n").message,
             "unknown instruction: BOGUSWORD"
         );
-        assert!(e("FROM a\nONBUILD RUN x\n")
+        assert!(e("FROM a\nSTOPSIGNAL 9\n")
             .message
             .contains("unsupported instruction"));
+        assert!(e("FROM a\nONBUILD ONBUILD RUN x\n")
+            .message
+            .contains("Chaining ONBUILD"));
+        assert_eq!(
+            e("FROM a\nONBUILD FROM x\n").message,
+            "FROM isn't allowed as an ONBUILD trigger"
+        );
         assert_eq!(
             e("FROM a\nRUN --mont=type=tmpfs x\n").message,
             "unknown flag: mont (did you mean mount?)"

@@ -52,6 +52,13 @@ impl Ctx {
         if self.reuse_cached(state, &key, ins, &v) {
             return Ok(());
         }
+        // Proxy build args reach the step without an ARG, outside its key (as in BuildKit).
+        for p in super::solve::proxy_env(&self.req.build_args) {
+            let name = p.split('=').next().unwrap_or_default();
+            if !env.iter().any(|e| e.split('=').next() == Some(name)) {
+                env.push(p);
+            }
+        }
         let process = StepProcess {
             args,
             env,
