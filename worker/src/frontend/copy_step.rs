@@ -131,7 +131,7 @@ impl InlineFiles {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664))
                 .map_err(io(format!("chmod {}", path.display())))?;
             sources.push(Source {
-                written: format!("<<{name}"),
+                written: name.clone(),
                 path,
             });
         }

@@ -536,6 +536,45 @@ mod tests {
     }
 
     #[test]
+    fn heredocs_take_the_lines_after_their_instruction() {
+        let df = parse(
+            "FROM a\nCOPY <<EOF <<-\"EOF2\" dir/\n one\n# kept\nEOF\n\ttwo\n\tEOF2\nRUN cat <<A; \\\n  cat <<B\na\nA\nb\nB\nONBUILD RUN <<EOF\necho hi\nEOF\nENV X=1\n",
+        )
+        .unwrap();
+        let steps = &df.stages[0].steps;
+        assert_eq!(steps.len(), 4);
+        let h = &steps[0].heredocs;
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].name.as_str(), h[0].expand, h[0].chomp),
+            ("EOF", true, false)
+        );
+        assert_eq!(h[0].content, " one\n# kept\n");
+        assert_eq!(
+            (h[1].name.as_str(), h[1].expand, h[1].chomp),
+            ("EOF2", false, true)
+        );
+        assert_eq!(h[1].data(), "two\n");
+        let names: Vec<_> = steps[1].heredocs.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["A", "B"]);
+        assert_eq!(steps[2].keyword, Keyword::Onbuild);
+        assert_eq!(steps[2].trigger(), "RUN <<EOF\necho hi\nEOF");
+        assert_eq!(steps[3].keyword, Keyword::Env);
+        // The stored trigger parses back to the instruction with its heredoc.
+        let t = parse_trigger(&steps[2].trigger(), '\\').unwrap();
+        assert_eq!((t.keyword, t.args.as_str()), (Keyword::Run, "<<EOF"));
+        assert_eq!(t.heredocs[0].content, "echo hi\n");
+        assert!(parse_trigger("RUN a\nRUN b", '\\').is_err());
+        // Other instructions keep `<<` as text; a heredoc must end.
+        let df = parse("FROM a\nENV A=<<EOF\n").unwrap();
+        assert!(df.stages[0].steps[0].heredocs.is_empty());
+        assert!(parse("FROM a\nRUN <<EOF\nx\n")
+            .unwrap_err()
+            .message
+            .contains("unterminated heredoc"));
+    }
+
+    #[test]
     fn bad_files_name_their_line() {
         let e = |s: &str| parse(s).unwrap_err();
         assert_eq!(e("FROM a\nHEALTHCHECK CMD x\n").line, 2);

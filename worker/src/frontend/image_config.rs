@@ -243,7 +243,25 @@ pub fn rfc3339(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn onbuild_triggers_are_added_and_taken() {
+        let mut cfg = ImageConfig::scratch(&Platform::parse("linux/amd64").unwrap());
+        assert!(cfg.on_build().is_empty());
+        cfg.push_on_build("RUN a".into());
+        cfg.push_on_build("RUN b".into());
+        let doc = cfg.to_value().unwrap();
+        assert_eq!(
+            doc["config"]["OnBuild"],
+            serde_json::json!(["RUN a", "RUN b"])
+        );
+        let mut again = ImageConfig::from_value(doc).unwrap();
+        assert_eq!(again.take_on_build(), ["RUN a", "RUN b"]);
+        assert!(again.on_build().is_empty());
+        assert!(again.to_value().unwrap()["config"].get("OnBuild").is_none());
+    }
 
     #[test]
     fn dates() {

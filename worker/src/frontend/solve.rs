@@ -383,3 +383,37 @@ impl Ctx {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_args_name_both_platforms() {
+        let build = Platform::parse("linux/amd64").unwrap();
+        let target = Platform::parse("linux/arm/v7").unwrap();
+        let args: HashMap<_, _> = platform_args(&build, &target).into_iter().collect();
+        assert_eq!(args["BUILDPLATFORM"], "linux/amd64");
+        assert_eq!(args["BUILDOS"], "linux");
+        assert_eq!(args["BUILDARCH"], "amd64");
+        assert_eq!(args["BUILDVARIANT"], "");
+        assert_eq!(args["TARGETPLATFORM"], "linux/arm/v7");
+        assert_eq!(args["TARGETARCH"], "arm");
+        assert_eq!(args["TARGETVARIANT"], "v7");
+        assert_eq!(args.len(), 8);
+    }
+
+    #[test]
+    fn proxy_args_in_both_cases_and_nothing_else() {
+        let args = std::collections::BTreeMap::from([
+            ("http_proxy".to_string(), "h".to_string()),
+            ("NO_PROXY".to_string(), "n".to_string()),
+            ("FOO".to_string(), "f".to_string()),
+            ("HTTPS_PROXY".to_string(), String::new()),
+        ]);
+        assert_eq!(
+            proxy_env(&args),
+            ["HTTP_PROXY=h", "http_proxy=h", "NO_PROXY=n", "no_proxy=n"]
+        );
+    }
+}
