@@ -340,16 +340,17 @@ pub fn copy_into(
         let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(dest_err)?;
         p.is_dir()
     };
-    if sources.len() > 1 && !(dest.ends_with('/') || dest == ".") {
+    let archives: Vec<bool> = sources
+        .iter()
+        .map(|s| opts.unpack_archives && is_archive(&s.path))
+        .collect();
+    // Archives ADD unpacks all go into the destination as a directory.
+    if sources.len() > 1 && !archives.iter().all(|a| *a) && !(dest.ends_with('/') || dest == ".") {
         let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(dest_err)?;
         if !p.is_dir() {
             return Err(CopyError::DestNotDir(dest.into()));
         }
     }
-    let archives: Vec<bool> = sources
-        .iter()
-        .map(|s| opts.unpack_archives && is_archive(&s.path))
-        .collect();
     if into_dir || archives.iter().any(|a| *a) {
         let dir = make_dest_dir(rootfs, &dest_abs, opts.owner, dest)?;
         for (s, archive) in sources.iter().zip(archives) {

@@ -538,7 +538,7 @@ mod tests {
     #[test]
     fn heredocs_take_the_lines_after_their_instruction() {
         let df = parse(
-            "FROM a\nCOPY <<EOF <<-\"EOF2\" dir/\n one\n# kept\nEOF\n\ttwo\n\tEOF2\nRUN cat <<A; \\\n  cat <<B\na\nA\nb\nB\nONBUILD RUN <<EOF\necho hi\nEOF\nENV X=1\n",
+            "FROM a\nCOPY <<EOF <<-\"EOF2\" dir/\n one\n# kept\nEOF\n\ttwo\n\tEOF2\nRUN cat <<A && \\\n  cat <<B\na\nA\nb\nB\nONBUILD RUN <<EOF\necho hi\nEOF\nENV X=1\n",
         )
         .unwrap();
         let steps = &df.stages[0].steps;
