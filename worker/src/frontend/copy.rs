@@ -184,7 +184,8 @@ fn resolve_in(root: &SourceRoot, rel: &str, written: &str) -> Result<PathBuf, Co
     }
 }
 
-/// Resolves the sources, expanding wildcards (in the last path component).
+/// Resolves the sources, expanding wildcards (in the last path component; one matching nothing
+/// gives no source).
 pub fn resolve_sources(root: &SourceRoot, srcs: &[String]) -> Result<Vec<Source>, CopyError> {
     let mut out = Vec::new();
     for s in srcs {
@@ -227,9 +228,7 @@ pub fn resolve_sources(root: &SourceRoot, srcs: &[String]) -> Result<Vec<Source>
             Err(_) => Vec::new(),
         };
         names.sort();
-        if names.is_empty() {
-            return Err(CopyError::NotFound(s.clone()));
-        }
+        // A wildcard that matches nothing copies nothing (as in BuildKit), not an error.
         for n in names {
             let rel = if dir_part.is_empty() {
                 n.clone()
@@ -332,22 +331,26 @@ pub fn copy_into(
         source,
     };
     let mut stats = CopyStats::default();
+    if sources.is_empty() {
+        return Ok(stats);
+    }
     let single_file = sources.len() == 1
         && std::fs::symlink_metadata(&sources[0].path).is_ok_and(|m| !m.is_dir());
     let into_dir = dest.ends_with('/') || dest.ends_with("/.") || dest == "." || !single_file || {
         let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(dest_err)?;
         p.is_dir()
     };
-    if sources.len() > 1 && !(dest.ends_with('/') || dest == ".") {
+    let archives: Vec<bool> = sources
+        .iter()
+        .map(|s| opts.unpack_archives && is_archive(&s.path))
+        .collect();
+    // Archives ADD unpacks all go into the destination as a directory.
+    if sources.len() > 1 && !archives.iter().all(|a| *a) && !(dest.ends_with('/') || dest == ".") {
         let p = rootpath::resolve(rootfs, &dest_abs, true).map_err(dest_err)?;
         if !p.is_dir() {
             return Err(CopyError::DestNotDir(dest.into()));
         }
     }
-    let archives: Vec<bool> = sources
-        .iter()
-        .map(|s| opts.unpack_archives && is_archive(&s.path))
-        .collect();
     if into_dir || archives.iter().any(|a| *a) {
         let dir = make_dest_dir(rootfs, &dest_abs, opts.owner, dest)?;
         for (s, archive) in sources.iter().zip(archives) {
@@ -359,9 +362,11 @@ pub fn copy_into(
             } else if m.is_dir() {
                 copy_dir_contents(&s.path, &dir, opts, &mut stats)?;
             } else {
-                let name = s
-                    .path
+                // Named as written: a symlink source is copied as its target's content
+                // under the link's name.
+                let name = Path::new(s.written.trim_end_matches('/'))
                     .file_name()
+                    .or_else(|| s.path.file_name())
                     .map(|n| n.to_os_string())
                     .unwrap_or_default();
                 copy_entry(&s.path, &dir.join(name), opts, &mut stats)?;
@@ -380,8 +385,8 @@ pub fn copy_into(
 
 /// Makes the destination directory `path` inside `rootfs` and the missing ones above it,
 /// owned by `owner` when the copy has one (`--chown`), else by root, as BuildKit creates
-/// them; directories that exist keep their owner.
-fn make_dest_dir(
+/// them; directories that exist keep their owner (WORKDIR makes its directory so too).
+pub fn make_dest_dir(
     rootfs: &Path,
     path: &str,
     owner: Option<(u32, u32)>,
@@ -579,6 +584,7 @@ mod tests {
         assert!(matches!(r("abs"), Err(CopyError::Outside { .. })));
         assert!(matches!(r("missing"), Err(CopyError::NotFound(_))));
         assert_eq!(r("*.txt").unwrap().len(), 2);
+        assert!(r("nomatch*").unwrap().is_empty());
         let d1 = digest_sources(&r("dir").unwrap()).unwrap();
         std::fs::write(ctx.join("dir/sub/c"), "changed").unwrap();
         assert_ne!(d1, digest_sources(&r("dir").unwrap()).unwrap());

@@ -3,21 +3,28 @@
 //! or image's rootfs mounted read-only), and the step itself. The sources are resolved and
 //! digested once, with the source tree mounted once: the digest completes the step's key,
 //! and on a cache miss the same resolved sources are copied into a fresh active snapshot.
+//! Heredoc sources (`COPY <<EOF dest`) are written as files in a scratch directory and
+//! copied like the others.
 
 use super::copy::{self, CopyOptions, Source};
 use super::dockerfile::{Instruction, Keyword};
-use super::guards::{Active, Mounted, SourceTree};
+use super::guards::{random_suffix, Active, Mounted, SourceTree};
+use super::heredoc;
 use super::instructions::{working_dir_of, InstructionError};
 use super::solve::{blocking, hex_key, Ctx, StageState};
 use super::step::{compression, failed, finish};
 use super::words::{expand, process, raw_tokens};
-use super::BuildError;
+use super::{io, BuildError};
 use crate::executor::user;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A COPY or ADD as written: what to copy, where to, how.
 struct CopyArgs {
     srcs: Vec<String>,
+    /// Heredoc sources: file name and content (expanded unless the word was quoted).
+    inline: Vec<(String, String)>,
     dest: String,
     chown: Option<String>,
     chmod: Option<u32>,
@@ -31,17 +38,43 @@ impl CopyArgs {
         esc: char,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, InstructionError> {
-        let mut words: Vec<String> = match &ins.json {
-            Some(j) => j.clone(),
+        // Each word raw (a heredoc marker is recognised as written) and processed.
+        let mut words: Vec<(String, String)> = match &ins.json {
+            Some(j) => j.iter().map(|w| (w.clone(), w.clone())).collect(),
             None => raw_tokens(&ins.args, esc)?
-                .iter()
-                .map(|t| process(t, esc, lookup))
+                .into_iter()
+                .map(|t| process(&t, esc, lookup).map(|p| (t, p)))
                 .collect::<Result<_, _>>()?,
         };
         if words.len() < 2 {
             return Err(InstructionError::CopyArgs(ins.text.clone()));
         }
-        let dest = words.pop().unwrap_or_default();
+        let (raw_dest, dest) = words.pop().unwrap_or_default();
+        if heredoc::marker(&raw_dest).is_some() {
+            return Err(InstructionError::HeredocDest(ins.text.clone()));
+        }
+        let mut inline = Vec::new();
+        let mut paths = Vec::new();
+        for (raw, word) in words {
+            match heredoc::marker(&raw) {
+                Some(m) => {
+                    let doc = ins.heredocs.iter().rev().find(|h| h.name == m.name);
+                    let mut data = doc.map(|h| h.content.clone()).unwrap_or_default();
+                    if m.chomp {
+                        data = heredoc::chomp(&data);
+                    }
+                    if m.expand {
+                        data = heredoc::expand_content(&data, lookup)?;
+                    }
+                    if m.name.contains('/') || m.name == "." || m.name == ".." {
+                        return Err(InstructionError::HeredocName(m.name));
+                    }
+                    inline.push((m.name, data));
+                }
+                None => paths.push(word),
+            }
+        }
+        let words = paths;
         if ins.keyword == Keyword::Add {
             if let Some(u) = words.iter().find(|s| s.contains("://")) {
                 return Err(InstructionError::AddUrl(u.clone()));
@@ -62,6 +95,7 @@ impl CopyArgs {
             .transpose()?;
         Ok(CopyArgs {
             srcs: words,
+            inline,
             dest,
             chown,
             chmod,
@@ -70,10 +104,47 @@ impl CopyArgs {
     }
 }
 
-/// The sources of a COPY, resolved in their tree, which stays mounted while this lives.
+/// The sources of a COPY, resolved in their tree, which stays mounted while this lives
+/// (and the heredoc files, which stay while this lives).
 struct Resolved {
     _tree: SourceTree,
+    _inline: Option<InlineFiles>,
     sources: Vec<Source>,
+}
+
+/// Heredoc sources written as files (mode 0664, as BuildKit makes them) in a scratch
+/// directory, removed on drop.
+struct InlineFiles {
+    dir: PathBuf,
+}
+
+impl InlineFiles {
+    /// Writes `files` under `tmp`; the sources that copy them, written `<<NAME`.
+    fn write(tmp: &Path, files: &[(String, String)]) -> Result<(Self, Vec<Source>), BuildError> {
+        let dir = tmp.join(format!("heredoc-{}", random_suffix()));
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let me = InlineFiles { dir };
+        let mut sources = Vec::new();
+        for (name, data) in files {
+            let path = me.dir.join(name);
+            std::fs::write(&path, data).map_err(io(format!("writing {}", path.display())))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664))
+                .map_err(io(format!("chmod {}", path.display())))?;
+            sources.push(Source {
+                written: name.clone(),
+                path,
+            });
+        }
+        Ok((me, sources))
+    }
+}
+
+impl Drop for InlineFiles {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "removing heredoc files");
+        }
+    }
 }
 
 impl Ctx {
@@ -115,14 +186,24 @@ impl Ctx {
             self.req.context.clone(),
             a.srcs.clone(),
         );
+        let inline = a.inline.clone();
         let from_context = from_top.is_none();
         let resolved = blocking(move || {
             let tree = SourceTree::open(&snap, &tmp, &context, from_top.as_ref())?;
-            let sources = copy::resolve_sources(&tree.root, &srcs)?;
+            let mut sources = copy::resolve_sources(&tree.root, &srcs)?;
+            let inline = match inline.is_empty() {
+                true => None,
+                false => {
+                    let (files, more) = InlineFiles::write(&tmp, &inline)?;
+                    sources.extend(more);
+                    Some(files)
+                }
+            };
             let digest = copy::digest_sources(&sources)?.hex();
             Ok((
                 Resolved {
                     _tree: tree,
+                    _inline: inline,
                     sources,
                 },
                 digest,

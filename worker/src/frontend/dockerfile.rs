@@ -4,6 +4,7 @@
 //! because their values depend on the instructions before them. Anything outside the
 //! supported subset is an error that names the line.
 
+use super::heredoc::{markers_in_line, Heredoc};
 use super::suggest;
 use super::words::raw_tokens;
 
@@ -39,6 +40,8 @@ pub enum Keyword {
     Cmd,
     /// `SHELL`.
     Shell,
+    /// `ONBUILD`: an instruction stored in the image config, run by the images built on it.
+    Onbuild,
 }
 
 /// Every Dockerfile instruction (for the "did you mean" hint of an unknown one).
@@ -79,6 +82,7 @@ impl Keyword {
             "ENTRYPOINT" => Keyword::Entrypoint,
             "CMD" => Keyword::Cmd,
             "SHELL" => Keyword::Shell,
+            "ONBUILD" => Keyword::Onbuild,
             _ => return None,
         })
     }
@@ -134,6 +138,8 @@ pub struct Instruction {
     pub json: Option<Vec<String>>,
     /// The instruction as written (continuations joined), for progress and errors.
     pub text: String,
+    /// Its heredocs (RUN, COPY, ADD, and ONBUILD of those), in order.
+    pub heredocs: Vec<Heredoc>,
 }
 
 impl Instruction {
@@ -143,6 +149,31 @@ impl Instruction {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether heredoc markers in its line take the lines after it.
+    fn takes_heredocs(&self) -> bool {
+        let inner = |s: &str| {
+            let w = s.split_whitespace().next().unwrap_or_default();
+            ["RUN", "COPY", "ADD"].contains(&w.to_ascii_uppercase().as_str())
+        };
+        match self.keyword {
+            Keyword::Run | Keyword::Copy | Keyword::Add => true,
+            Keyword::Onbuild => inner(&self.args),
+            _ => false,
+        }
+    }
+
+    /// ONBUILD's trigger as stored in the image config: the instruction, its heredocs
+    /// appended with their terminators (so it parses again as written).
+    pub fn trigger(&self) -> String {
+        let mut t = self.args.clone();
+        for h in &self.heredocs {
+            t.push('\n');
+            t.push_str(&h.content);
+            t.push_str(&h.name);
+        }
+        t
     }
 }
 
@@ -220,35 +251,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
         }
         i += 1;
     }
-    let mut instructions = Vec::new();
-    while i < lines.len() {
-        let start = i;
-        let first = lines[i].trim_start();
-        i += 1;
-        if first.is_empty() || first.starts_with('#') {
-            continue;
-        }
-        let mut joined = String::new();
-        let mut cur = first.trim_end().to_string();
-        loop {
-            if let Some(stripped) = cur.strip_suffix(escape) {
-                joined.push_str(stripped);
-                // Comment and empty lines inside a continuation are skipped.
-                while i < lines.len() && lines[i].trim_start().starts_with('#') {
-                    i += 1;
-                }
-                if i >= lines.len() {
-                    break;
-                }
-                cur = lines[i].trim_end().to_string();
-                i += 1;
-            } else {
-                joined.push_str(&cur);
-                break;
-            }
-        }
-        instructions.push(instruction(start + 1, joined.trim())?);
-    }
+    let instructions = parse_instructions(&lines, i, escape)?;
     let mut global_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     for ins in instructions {
@@ -304,6 +307,92 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
     })
 }
 
+/// Parses an ONBUILD trigger (as an image config stores it) into its one instruction.
+pub fn parse_trigger(text: &str, escape: char) -> Result<Instruction, ParseError> {
+    if text.len() > MAX_DOCKERFILE {
+        return Err(err(0, format!("larger than {MAX_DOCKERFILE} bytes")));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut all = parse_instructions(&lines, 0, escape)?;
+    match all.pop() {
+        Some(ins) if all.is_empty() && ins.keyword != Keyword::Onbuild => Ok(ins),
+        _ => Err(err(
+            0,
+            format!("ONBUILD trigger {text:.64?} is not one instruction"),
+        )),
+    }
+}
+
+/// The instructions of `lines` from index `i`: continuations joined, comments skipped,
+/// heredocs taken.
+fn parse_instructions(
+    lines: &[&str],
+    mut i: usize,
+    escape: char,
+) -> Result<Vec<Instruction>, ParseError> {
+    let mut instructions = Vec::new();
+    while i < lines.len() {
+        let start = i;
+        let first = lines[i].trim_start();
+        i += 1;
+        if first.is_empty() || first.starts_with('#') {
+            continue;
+        }
+        let mut joined = String::new();
+        let mut cur = first.trim_end().to_string();
+        loop {
+            if let Some(stripped) = cur.strip_suffix(escape) {
+                joined.push_str(stripped);
+                // Comment and empty lines inside a continuation are skipped.
+                while i < lines.len() && lines[i].trim_start().starts_with('#') {
+                    i += 1;
+                }
+                if i >= lines.len() {
+                    break;
+                }
+                cur = lines[i].trim_end().to_string();
+                i += 1;
+            } else {
+                joined.push_str(&cur);
+                break;
+            }
+        }
+        let mut ins = instruction(start + 1, joined.trim())?;
+        if ins.takes_heredocs() {
+            for m in markers_in_line(&joined) {
+                let mut content = String::new();
+                let mut terminated = false;
+                while i < lines.len() {
+                    let l = lines[i];
+                    i += 1;
+                    let end = if m.chomp {
+                        l.trim_start_matches('\t')
+                    } else {
+                        l
+                    };
+                    if end == m.name {
+                        terminated = true;
+                        break;
+                    }
+                    content.push_str(l);
+                    content.push('\n');
+                }
+                if !terminated {
+                    return Err(err(start + 1, format!("unterminated heredoc {:?}", m.name)));
+                }
+                ins.heredocs.push(Heredoc {
+                    name: m.name,
+                    expand: m.expand,
+                    chomp: m.chomp,
+                    content,
+                });
+            }
+        }
+        instructions.push(ins);
+    }
+    Ok(instructions)
+}
+
 fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
     let (word, rest) = match text.find(char::is_whitespace) {
         Some(p) => (&text[..p], text[p..].trim_start()),
@@ -315,7 +404,7 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
             err(
                 line,
                 format!(
-                    "unsupported instruction {upper:?} (supported: FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, ENTRYPOINT, CMD, SHELL)"
+                    "unsupported instruction {upper:?} (supported: FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, ENTRYPOINT, CMD, SHELL, ONBUILD)"
                 ),
             )
         } else {
@@ -361,8 +450,24 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
             format!("{} needs arguments", word.to_ascii_uppercase()),
         ));
     }
-    if rest.starts_with("<<") {
-        return Err(err(line, "heredocs are not supported"));
+    if keyword == Keyword::Onbuild {
+        let inner = rest.split_whitespace().next().unwrap_or_default();
+        match inner.to_ascii_uppercase().as_str() {
+            "ONBUILD" => {
+                return Err(err(
+                    line,
+                    "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+                ))
+            }
+            i @ ("FROM" | "MAINTAINER") => {
+                return Err(err(
+                    line,
+                    format!("{i} isn't allowed as an ONBUILD trigger"),
+                ))
+            }
+            // The trigger must be an instruction this parser takes.
+            _ => drop(instruction(line, rest)?),
+        }
     }
     let json = if keyword.takes_json() && rest.starts_with('[') {
         if keyword == Keyword::Shell {
@@ -395,6 +500,7 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
         flags,
         args: rest.to_string(),
         json,
+        heredocs: Vec::new(),
         text: format!(
             "{} {}",
             word.to_ascii_uppercase(),
@@ -431,6 +537,45 @@ mod tests {
     }
 
     #[test]
+    fn heredocs_take_the_lines_after_their_instruction() {
+        let df = parse(
+            "FROM a\nCOPY <<EOF <<-\"EOF2\" dir/\n one\n# kept\nEOF\n\ttwo\n\tEOF2\nRUN cat <<A && \\\n  cat <<B\na\nA\nb\nB\nONBUILD RUN <<EOF\necho hi\nEOF\nENV X=1\n",
+        )
+        .unwrap();
+        let steps = &df.stages[0].steps;
+        assert_eq!(steps.len(), 4);
+        let h = &steps[0].heredocs;
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].name.as_str(), h[0].expand, h[0].chomp),
+            ("EOF", true, false)
+        );
+        assert_eq!(h[0].content, " one\n# kept\n");
+        assert_eq!(
+            (h[1].name.as_str(), h[1].expand, h[1].chomp),
+            ("EOF2", false, true)
+        );
+        assert_eq!(h[1].data(), "two\n");
+        let names: Vec<_> = steps[1].heredocs.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["A", "B"]);
+        assert_eq!(steps[2].keyword, Keyword::Onbuild);
+        assert_eq!(steps[2].trigger(), "RUN <<EOF\necho hi\nEOF");
+        assert_eq!(steps[3].keyword, Keyword::Env);
+        // The stored trigger parses back to the instruction with its heredoc.
+        let t = parse_trigger(&steps[2].trigger(), '\\').unwrap();
+        assert_eq!((t.keyword, t.args.as_str()), (Keyword::Run, "<<EOF"));
+        assert_eq!(t.heredocs[0].content, "echo hi\n");
+        assert!(parse_trigger("RUN a\nRUN b", '\\').is_err());
+        // Other instructions keep `<<` as text; a heredoc must end.
+        let df = parse("FROM a\nENV A=<<EOF\n").unwrap();
+        assert!(df.stages[0].steps[0].heredocs.is_empty());
+        assert!(parse("FROM a\nRUN <<EOF\nx\n")
+            .unwrap_err()
+            .message
+            .contains("unterminated heredoc"));
+    }
+
+    #[test]
     fn bad_files_name_their_line() {
         let e = |s: &str| parse(s).unwrap_err();
         assert_eq!(e("FROM a\nHEALTHCHECK CMD x\n").line, 2);
@@ -447,9 +592,16 @@ mod tests {
             e("FROM a\nBOGUSWORD x\n").message,
             "unknown instruction: BOGUSWORD"
         );
-        assert!(e("FROM a\nONBUILD RUN x\n")
+        assert!(e("FROM a\nSTOPSIGNAL 9\n")
             .message
             .contains("unsupported instruction"));
+        assert!(e("FROM a\nONBUILD ONBUILD RUN x\n")
+            .message
+            .contains("Chaining ONBUILD"));
+        assert_eq!(
+            e("FROM a\nONBUILD FROM x\n").message,
+            "FROM isn't allowed as an ONBUILD trigger"
+        );
         assert_eq!(
             e("FROM a\nRUN --mont=type=tmpfs x\n").message,
             "unknown flag: mont (did you mean mount?)"

@@ -175,6 +175,40 @@ impl ImageConfig {
         );
     }
 
+    /// `config.OnBuild` (Docker's field, the `ONBUILD` triggers), empty when unset.
+    pub fn on_build(&self) -> Vec<String> {
+        self.config_extra
+            .get("OnBuild")
+            .and_then(Value::as_array)
+            .map(|v| {
+                v.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Adds an `ONBUILD` trigger to `config.OnBuild`.
+    pub fn push_on_build(&mut self, trigger: String) {
+        let mut all = self.on_build();
+        all.push(trigger);
+        if self.spec.config().is_none() {
+            self.spec.set_config(Some(Config::default()));
+        }
+        self.config_extra.insert(
+            "OnBuild".into(),
+            Value::Array(all.into_iter().map(Value::String).collect()),
+        );
+    }
+
+    /// Takes the triggers out of `config.OnBuild` (an image built on this one runs them
+    /// and does not pass them on).
+    pub fn take_on_build(&mut self) -> Vec<String> {
+        let all = self.on_build();
+        self.config_extra.remove("OnBuild");
+        all
+    }
+
     /// Sets `created`.
     pub fn set_created(&mut self, created: String) {
         self.spec.set_created(Some(created));
@@ -209,7 +243,25 @@ pub fn rfc3339(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn onbuild_triggers_are_added_and_taken() {
+        let mut cfg = ImageConfig::scratch(&Platform::parse("linux/amd64").unwrap());
+        assert!(cfg.on_build().is_empty());
+        cfg.push_on_build("RUN a".into());
+        cfg.push_on_build("RUN b".into());
+        let doc = cfg.to_value().unwrap();
+        assert_eq!(
+            doc["config"]["OnBuild"],
+            serde_json::json!(["RUN a", "RUN b"])
+        );
+        let mut again = ImageConfig::from_value(doc).unwrap();
+        assert_eq!(again.take_on_build(), ["RUN a", "RUN b"]);
+        assert!(again.on_build().is_empty());
+        assert!(again.to_value().unwrap()["config"].get("OnBuild").is_none());
+    }
 
     #[test]
     fn dates() {

@@ -1,10 +1,11 @@
-//! The metadata instructions (ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT, SHELL) as
-//! pure functions over a stage's typed image config: each takes the instruction, the
+//! The metadata instructions (ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT, SHELL,
+//! ONBUILD) as pure functions over a stage's typed image config: each takes the instruction, the
 //! variables it may expand and the config, and changes the config or says what is wrong.
 //! Nothing here touches the file system, so these rules are tested without root; the
 //! steps that do (RUN, COPY, ADD) read the config through the accessors here.
 
 use super::dockerfile::{Instruction, Keyword};
+use super::heredoc;
 use super::image_config::ImageConfig;
 use super::words::{expand, key_values, process, raw_tokens, WordError};
 use crate::frontend::copy::CopyError;
@@ -53,6 +54,12 @@ pub enum InstructionError {
     /// COPY or ADD without a source or a destination.
     #[error("{0} needs at least one source and a destination")]
     CopyArgs(String),
+    /// A heredoc as the destination of COPY or ADD.
+    #[error("{0}: a heredoc cannot be the destination")]
+    HeredocDest(String),
+    /// A heredoc file name COPY cannot write as one file.
+    #[error("heredoc {0:?}: not a file name")]
+    HeredocName(String),
     /// ADD of a URL.
     #[error("ADD {0}: remote URLs are not supported; download it in a RUN step")]
     AddUrl(String),
@@ -72,7 +79,8 @@ impl InstructionError {
 }
 
 /// The command of RUN, CMD or ENTRYPOINT: the exec form as written, or the shell form
-/// through the config's `SHELL` (default `/bin/sh -c`).
+/// through the config's `SHELL` (default `/bin/sh -c`); a RUN's heredocs as
+/// `heredoc::run_command` puts them.
 pub fn command(ins: &Instruction, cfg: &ImageConfig) -> Vec<String> {
     match &ins.json {
         Some(j) => j.clone(),
@@ -80,10 +88,19 @@ pub fn command(ins: &Instruction, cfg: &ImageConfig) -> Vec<String> {
             let mut v = cfg
                 .shell()
                 .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
-            v.push(ins.args.clone());
+            if ins.keyword == Keyword::Run && !ins.heredocs.is_empty() {
+                v.push(heredoc::run_command(&ins.args, &ins.heredocs));
+            } else {
+                v.push(ins.args.clone());
+            }
             v
         }
     }
+}
+
+/// `ONBUILD instruction`: the trigger goes into the config, for images built on this one.
+pub fn onbuild(cfg: &mut ImageConfig, ins: &Instruction) {
+    cfg.push_on_build(ins.trigger());
 }
 
 /// The environment of `cfg` as pairs, in order (entries without `=` left out).
@@ -333,6 +350,7 @@ mod tests {
                 Keyword::Cmd => cmd(&mut cfg, ins),
                 Keyword::Shell => shell(&mut cfg, ins),
                 Keyword::Entrypoint => entrypoint(&mut cfg, ins, cmd_set_before(&all, ins)),
+                Keyword::Onbuild => onbuild(&mut cfg, ins),
                 k => panic!("not a metadata instruction: {k:?}"),
             }
             history(&mut cfg, &ins.text, true, "2025-01-01T00:00:00Z".into());

@@ -20,6 +20,7 @@ pub mod dockerfile;
 pub mod export;
 mod from;
 pub(crate) mod guards;
+pub mod heredoc;
 pub mod image_config;
 pub mod instructions;
 pub mod layer;
@@ -32,6 +33,7 @@ pub mod solve;
 mod step;
 mod suggest;
 pub mod words;
+mod workdir_step;
 
 pub use image_config::ImageConfig;
 pub use request::{

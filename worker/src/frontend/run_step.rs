@@ -74,6 +74,13 @@ impl Ctx {
             drop(tokio::task::spawn_blocking(move || drop(mounts)).await);
             return Ok(());
         }
+        // Proxy build args reach the step without an ARG, outside its key (as in BuildKit).
+        for p in super::solve::proxy_env(&self.req.build_args) {
+            let name = p.split('=').next().unwrap_or_default();
+            if !env.iter().any(|e| e.split('=').next() == Some(name)) {
+                env.push(p);
+            }
+        }
         let process = StepProcess {
             args,
             env,

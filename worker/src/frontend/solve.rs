@@ -6,7 +6,7 @@
 //! base of a stage is another stage or an image (`from`).
 
 use super::cache::now;
-use super::dockerfile::{Instruction, Keyword};
+use super::dockerfile::{parse_trigger, Instruction, Keyword, ParseError};
 use super::image_config::{rfc3339, ImageConfig};
 use super::instructions::{self, arg_decls, env_of, InstructionError};
 use super::progress::Progress;
@@ -57,7 +57,14 @@ pub async fn build(
     progress: Arc<Progress>,
 ) -> Result<BuildOutput, BuildError> {
     let esc = req.dockerfile.escape;
-    let mut global_args = HashMap::new();
+    // The automatic platform ARGs are defined before FROM (a build arg overrides them).
+    let mut global_args: HashMap<String, String> = platform_args(&Platform::host(), &req.platform)
+        .into_iter()
+        .map(|(k, v)| {
+            let v = req.build_args.get(&k).cloned().unwrap_or(v);
+            (k, v)
+        })
+        .collect();
     for a in &req.dockerfile.global_args {
         let decls =
             arg_decls(a, esc, &|n| global_args.get(n).cloned()).map_err(|e| e.at(a.line))?;
@@ -67,6 +74,7 @@ pub async fn build(
                 .get(&name)
                 .cloned()
                 .or(value)
+                .or_else(|| global_args.get(&name).cloned())
                 .unwrap_or_default();
             global_args.insert(name, v);
         }
@@ -119,6 +127,45 @@ pub async fn build(
     let image = result?;
     let stats = ctx.stats.lock().map(|s| *s).unwrap_or_default();
     Ok(BuildOutput { image, stats })
+}
+
+/// The automatic platform ARGs of a build on `build` for `target`: `BUILDPLATFORM`,
+/// `BUILDOS`, `BUILDARCH`, `BUILDVARIANT` and the same four `TARGET…`.
+pub fn platform_args(build: &Platform, target: &Platform) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (prefix, p) in [("BUILD", build), ("TARGET", target)] {
+        out.push((format!("{prefix}PLATFORM"), p.to_string()));
+        out.push((format!("{prefix}OS"), p.os.clone()));
+        out.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        out.push((
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// The proxy build args (`HTTP_PROXY`, `HTTPS_PROXY`, `FTP_PROXY`, `NO_PROXY`, `ALL_PROXY`, in
+/// either case) as RUN's environment gets them without an `ARG`: each set in both cases.
+/// Like BuildKit, they are not part of a step's cache key.
+pub fn proxy_env(build_args: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ] {
+        let v = build_args
+            .get(name)
+            .or_else(|| build_args.get(&name.to_ascii_lowercase()));
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            out.push(format!("{name}={v}"));
+            out.push(format!("{}={v}", name.to_ascii_lowercase()));
+        }
+    }
+    out
 }
 
 /// Variable values: the environment of `config` first (as it is now), then `args`.
@@ -243,6 +290,18 @@ impl Ctx {
             args: HashMap::new(),
         };
         let label = st.name.clone().unwrap_or_else(|| format!("stage-{i}"));
+        // The base's ONBUILD triggers run first; they are not passed on.
+        for t in state.res.config.take_on_build() {
+            let mut ins = parse_trigger(&t, self.req.dockerfile.escape).map_err(|e| {
+                BuildError::Parse(ParseError {
+                    line: st.from.line,
+                    message: format!("ONBUILD trigger of the base: {}", e.message),
+                })
+            })?;
+            ins.line = st.from.line;
+            let title = format!("[{label} onbuild] {}", ins.text);
+            self.step(&mut state, i, &ins, &title).await?;
+        }
         let total = st.steps.len();
         for (n, ins) in st.steps.iter().enumerate() {
             let title = format!("[{label} {}/{total}] {}", n + 1, ins.text);
@@ -265,6 +324,10 @@ impl Ctx {
             Keyword::Arg => self.arg(state, ins).map_err(bad),
             Keyword::Run => self.run(state, stage, ins, title).await,
             Keyword::Copy | Keyword::Add => self.copy(state, stage, ins, title).await,
+            Keyword::Workdir => {
+                self.metadata(state, stage, ins).map_err(bad)?;
+                self.make_workdir(state, ins, title).await
+            }
             _ => {
                 self.metadata(state, stage, ins).map_err(bad)?;
                 state.history(&ins.text, true);
@@ -308,6 +371,7 @@ impl Ctx {
             Keyword::Expose => instructions::expose(cfg, ins, esc, &lookup)?,
             Keyword::Cmd => instructions::cmd(cfg, ins),
             Keyword::Shell => instructions::shell(cfg, ins),
+            Keyword::Onbuild => instructions::onbuild(cfg, ins),
             Keyword::Entrypoint => {
                 let steps = &self.req.dockerfile.stages[stage].steps;
                 instructions::entrypoint(cfg, ins, instructions::cmd_set_before(steps, ins));
@@ -317,5 +381,39 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_args_name_both_platforms() {
+        let build = Platform::parse("linux/amd64").unwrap();
+        let target = Platform::parse("linux/arm/v7").unwrap();
+        let args: HashMap<_, _> = platform_args(&build, &target).into_iter().collect();
+        assert_eq!(args["BUILDPLATFORM"], "linux/amd64");
+        assert_eq!(args["BUILDOS"], "linux");
+        assert_eq!(args["BUILDARCH"], "amd64");
+        assert_eq!(args["BUILDVARIANT"], "");
+        assert_eq!(args["TARGETPLATFORM"], "linux/arm/v7");
+        assert_eq!(args["TARGETARCH"], "arm");
+        assert_eq!(args["TARGETVARIANT"], "v7");
+        assert_eq!(args.len(), 8);
+    }
+
+    #[test]
+    fn proxy_args_in_both_cases_and_nothing_else() {
+        let args = std::collections::BTreeMap::from([
+            ("http_proxy".to_string(), "h".to_string()),
+            ("NO_PROXY".to_string(), "n".to_string()),
+            ("FOO".to_string(), "f".to_string()),
+            ("HTTPS_PROXY".to_string(), String::new()),
+        ]);
+        assert_eq!(
+            proxy_env(&args),
+            ["HTTP_PROXY=h", "http_proxy=h", "NO_PROXY=n", "no_proxy=n"]
+        );
     }
 }

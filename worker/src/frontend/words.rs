@@ -152,7 +152,7 @@ fn is_name(c: char) -> bool {
 }
 
 /// Expands the variable after a `$`; returns its text and how many chars it used.
-fn variable(
+pub(super) fn variable(
     rest: &[char],
     escape: char,
     lookup: &dyn Fn(&str) -> Option<String>,
