@@ -467,9 +467,9 @@ fn bad_input_is_refused_without_writing_outside_the_root() {
             "line 2",
         ),
         (
-            format!("FROM {host}/base/bb:v1\nRUN --mount=type=cache,target=/x true\n"),
+            format!("FROM {host}/base/bb:v1\nRUN --mount=typ=cache,target=/x true\n"),
             vec![],
-            "--mount",
+            "unexpected key 'typ'",
         ),
         ("RUN true\n".into(), vec![], "line 1"),
         (
