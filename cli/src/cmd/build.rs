@@ -100,6 +100,21 @@ fn build_args(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// The build context (canonical) and the Dockerfile (`-f`, else `CONTEXT/Dockerfile`).
+fn context_and_file(a: &BuildArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
+    anyhow::ensure!(
+        a.context.is_dir(),
+        "build context {}: not a directory",
+        a.context.display()
+    );
+    let context = a
+        .context
+        .canonicalize()
+        .with_context(|| format!("build context {}", a.context.display()))?;
+    let file = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    Ok((context, file))
+}
+
 /// Runs the build.
 pub fn run(a: BuildArgs) -> anyhow::Result<()> {
     if let Some(addr) = &a.addr {
@@ -112,16 +127,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         .map(|t| parse_destination(t, a.push))
         .transpose()?;
     anyhow::ensure!(!a.push || dest.is_some(), "--push needs -t HOST/REPO[:TAG]");
-    anyhow::ensure!(
-        a.context.is_dir(),
-        "build context {}: not a directory",
-        a.context.display()
-    );
-    let context = a
-        .context
-        .canonicalize()
-        .with_context(|| format!("build context {}", a.context.display()))?;
-    let file = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let (context, file) = context_and_file(&a)?;
     let mut text = String::new();
     std::fs::File::open(&file)
         .with_context(|| format!("opening {}", file.display()))?
@@ -226,16 +232,7 @@ fn remote(a: &BuildArgs, addr: &str) -> anyhow::Result<()> {
         a.hosts.insecure.is_empty() && a.hosts.mirrors.is_empty(),
         "--addr: --insecure-registry and --mirror belong to the daemon (its [registry] config)"
     );
-    anyhow::ensure!(
-        a.context.is_dir(),
-        "build context {}: not a directory",
-        a.context.display()
-    );
-    let context = a
-        .context
-        .canonicalize()
-        .with_context(|| format!("build context {}", a.context.display()))?;
-    let file = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let (context, file) = context_and_file(a)?;
     super::build_remote::run(super::build_remote::RemoteBuild {
         addr,
         context,
